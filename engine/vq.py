@@ -1,0 +1,189 @@
+"""Image tokenizers: the protocol the engine codes against, and EARL-nano's FSQ tokenizer.
+
+``NanoVQ`` is a diffusers ``ModelMixin`` built from diffusers' VAE encoder/decoder blocks with a
+finite-scalar quantizer (FSQ) in the middle. FSQ was ahead of a learned codebook at every step in our
+CPU measurements (ARCHITECTURE §8) and cannot collapse, so it needs no codebook loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import Decoder, Encoder
+from diffusers.models.modeling_utils import ModelMixin
+from PIL import Image
+from torch import nn
+
+
+@runtime_checkable
+class ImageTokenizer(Protocol):
+    """What the engine needs from an image tokenizer (nano FSQ or Emu3's VQVAE)."""
+
+    spatial_factor: int
+    codebook_size: int
+
+    def encode(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """RGB images whose sides are multiples of ``spatial_factor`` -> (H, W) int64 code grids."""
+        ...
+
+    def decode(self, grids: list[np.ndarray]) -> list[Image.Image]:
+        """(H, W) code grids -> RGB images."""
+        ...
+
+    def save(self, path: str | Path) -> None: ...
+
+
+def pil_to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """Same-sized RGB images -> float tensor (N, 3, H, W) in [-1, 1]."""
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def tensor_to_pil(x: torch.Tensor) -> list[Image.Image]:
+    """(N, 3, H, W) in [-1, 1] -> RGB images (rounded, not truncated)."""
+    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in arr]
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantization (Mentzer et al., 2023): bound each dim with tanh, round to a fixed level.
+
+    Rounding uses a straight-through gradient. Codes are mixed-radix numbers over the levels.
+    """
+
+    def __init__(self, levels: list[int]):
+        super().__init__()
+        lv = torch.tensor(levels, dtype=torch.float32)
+        self.register_buffer("levels", lv, persistent=False)
+        basis = torch.cumprod(torch.tensor([1] + list(levels[:-1]), dtype=torch.long), 0)
+        self.register_buffer("basis", basis, persistent=False)
+        self.codebook_size = int(np.prod(levels))
+
+    def bound(self, z: torch.Tensor) -> torch.Tensor:
+        half_l = (self.levels - 1) * (1 + 1e-3) / 2
+        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)
+        shift = torch.atanh(offset / half_l)
+        return torch.tanh(z + shift) * half_l - offset
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (..., D) -> quantized values normalized to [-1, 1], same shape."""
+        bounded = self.bound(z)
+        quantized = bounded + (bounded.round() - bounded).detach()
+        return quantized / (self.levels // 2)
+
+    def codes_from_quantized(self, q: torch.Tensor) -> torch.Tensor:
+        half = self.levels // 2
+        digits = (q * half + half).round().long()
+        return (digits * self.basis).sum(-1)
+
+    def quantized_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        digits = (codes.unsqueeze(-1) // self.basis) % self.levels.long()
+        half = self.levels // 2
+        return (digits.float() - half) / half
+
+
+class NanoVQ(ModelMixin, ConfigMixin):
+    """EARL-nano's image tokenizer: pixel-unshuffle -> diffusers Encoder -> FSQ -> Decoder -> pixel-shuffle.
+
+    Downsampling is ``unshuffle * 2 ** (len(block_out_channels) - 1)`` (8 by default).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        block_out_channels: tuple[int, ...] = (64, 128, 128),
+        layers_per_block: int = 1,
+        fsq_levels: tuple[int, ...] = (8, 8, 8, 8),
+        unshuffle: int = 2,
+        norm_num_groups: int = 32,
+        mid_block_add_attention: bool = False,
+    ):
+        super().__init__()
+        n = len(block_out_channels)
+        dims = len(fsq_levels)
+        io_channels = 3 * unshuffle * unshuffle
+        self.encoder = Encoder(
+            in_channels=io_channels,
+            out_channels=dims,
+            down_block_types=("DownEncoderBlock2D",) * n,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            double_z=False,
+            mid_block_add_attention=mid_block_add_attention,
+        )
+        self.decoder = Decoder(
+            in_channels=dims,
+            out_channels=io_channels,
+            up_block_types=("UpDecoderBlock2D",) * n,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            mid_block_add_attention=mid_block_add_attention,
+        )
+        self.fsq = FSQ(list(fsq_levels))
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.config.unshuffle * 2 ** (len(self.config.block_out_channels) - 1)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.fsq.codebook_size
+
+    # -- tensor API (training) -------------------------------------------------------------------
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> quantized latents (N, D, H/f, W/f)."""
+        h = self.encoder(F.pixel_unshuffle(x, self.config.unshuffle))
+        return self.fsq(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def decode_latents(self, q: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.decoder(q), self.config.unshuffle)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode_latents(self.encode_latents(x))
+
+    def codes_from_latents(self, q: torch.Tensor) -> torch.Tensor:
+        return self.fsq.codes_from_quantized(q.permute(0, 2, 3, 1))
+
+    def latents_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.fsq.quantized_from_codes(codes).permute(0, 3, 1, 2).to(self.dtype)
+
+    # -- ImageTokenizer protocol -----------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, images: list[Image.Image]) -> list[np.ndarray]:
+        f = self.spatial_factor
+        for im in images:
+            if im.width % f or im.height % f:
+                raise ValueError(f"image size {im.size} is not a multiple of the spatial factor {f}")
+        out: list[np.ndarray] = []
+        for group in _same_size_groups(images):
+            x = pil_to_tensor([images[i] for i in group]).to(self.device, self.dtype)
+            codes = self.codes_from_latents(self.encode_latents(x)).cpu().numpy()
+            out.extend(zip(group, codes, strict=True))
+        return [c for _, c in sorted(out, key=lambda t: t[0])]
+
+    @torch.inference_mode()
+    def decode(self, grids: list[np.ndarray]) -> list[Image.Image]:
+        out = []
+        for group in _same_size_groups(grids):
+            codes = torch.as_tensor(np.stack([grids[i] for i in group]), dtype=torch.long, device=self.device)
+            out.extend(zip(group, tensor_to_pil(self.decode_latents(self.latents_from_codes(codes))), strict=True))
+        return [im for _, im in sorted(out, key=lambda t: t[0])]
+
+    def save(self, path: str | Path) -> None:
+        self.save_pretrained(str(path))
+
+
+def _same_size_groups(items: list) -> list[list[int]]:
+    """Indices grouped by image size / grid shape so each group can run as one batch."""
+    groups: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        key = it.size if isinstance(it, Image.Image) else tuple(np.shape(it))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
