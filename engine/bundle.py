@@ -1,0 +1,382 @@
+"""Model bundles: one folder holding everything needed to run an editing model.
+
+```
+bundle.json   BundleConfig (family, image_area, spatial_factor, codebook_size, ...)
+lm/           Emu3ForCausalLM save_pretrained (+ grid_embed.json / grid_embed.safetensors when present)
+tokenizer/    tokenizer save_pretrained
+vq/           NanoVQ (family "earl-nano") or transformers Emu3VQVAE (family "emu3") save_pretrained
+```
+
+The LM is stored in bf16 by default (half the bytes, and bf16 is what it trains under) and loaded in
+float32 on CPU unless told otherwise. The image tokenizer is stored and run in float32: it is small,
+frozen, and its conv decoder is sensitive to rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, Emu3ForCausalLM, Emu3TextConfig
+
+from engine import tokens as T
+from engine.grid_embed import CONFIG_NAME as GRID_CONFIG_NAME
+from engine.grid_embed import WEIGHTS_NAME as GRID_WEIGHTS_NAME
+from engine.grid_embed import GridEmbedding
+from engine.vq import ImageTokenizer, NanoVQ
+
+BUNDLE_JSON = "bundle.json"
+FAMILIES = ("earl-nano", "emu3")
+
+# A handful of instruction strings for tiny test tokenizers (real bundles train on the editing suite).
+TINY_TEXTS = [
+    "Make the photo grayscale.",
+    "Flip the image horizontally.",
+    "Turn the picture upside down.",
+    "Invert the colours of the photo.",
+    "Keep the image unchanged.",
+    "Add a red ball in the top left corner.",
+    "Remove the blue square.",
+    T.COT_OPENER + "The edit changes the whole image; the layout stays the same.",
+    "0 1 2 3 4 5 6 7 8 9 16*16 32*32 8*8 rows 1-4, cols 2-6",
+]
+
+
+class BundleError(ValueError):
+    """A bundle folder that cannot be loaded, with a message saying what is wrong and where."""
+
+
+@dataclass
+class BundleConfig:
+    family: str = "earl-nano"
+    name: str = "earl-nano"
+    version: str = "0"
+    image_area: int = 128 * 128
+    spatial_factor: int = 8
+    codebook_size: int = 4096
+    parent: str | None = None  # name/version (or weights hash) this bundle was fine-tuned from
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "bundle.json") -> BundleConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{where} is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise BundleError(f"{where} must hold a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        # Unknown keys are kept in notes rather than rejected, so newer bundles still load.
+        extra = {k: v for k, v in data.items() if k not in known}
+        cfg = cls(**{k: v for k, v in data.items() if k in known})
+        if extra:
+            cfg.notes = {**cfg.notes, **extra}
+        if cfg.family not in FAMILIES:
+            raise BundleError(f"{where}: unknown family {cfg.family!r}; expected one of {', '.join(FAMILIES)}")
+        return cfg
+
+
+@dataclass
+class Bundle:
+    config: BundleConfig
+    lm: Emu3ForCausalLM
+    tokenizer: Any  # a transformers tokenizer (PreTrainedTokenizerFast / TokenizersBackend)
+    vq: ImageTokenizer
+    grid_embed: GridEmbedding | None = None
+    path: Path | None = None
+    _hash: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.lm.parameters()).dtype
+
+    def weights_hash(self) -> str:
+        """sha256 over the LM weights (+ grid embedding), computed once and cached.
+
+        For a bundle loaded from disk it hashes the safetensors files as stored (cheap to recompute
+        and identical on every machine); for an in-memory bundle it hashes the tensors. A bundle whose
+        weights change in memory (training) should be saved and reloaded to get a new hash.
+        """
+        if self._hash is None:
+            files = _weight_files(self.path / "lm") if self.path is not None else []
+            self._hash = _hash_files(files) if files else _hash_tensors(self)
+        return self._hash
+
+
+def _weight_files(lm_dir: Path) -> list[Path]:
+    if not lm_dir.is_dir():
+        return []
+    return sorted(p for p in lm_dir.iterdir() if p.suffix == ".safetensors")
+
+
+def _hash_files(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_tensors(bundle: Bundle) -> str:
+    h = hashlib.sha256()
+    modules = [("lm", bundle.lm)] + ([("grid", bundle.grid_embed)] if bundle.grid_embed is not None else [])
+    for prefix, module in modules:
+        for name, t in sorted(module.state_dict().items()):
+            h.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def default_bundle_path() -> Path:
+    """The shipped EARL-nano bundle: ``<repo>/assets/earl-nano``."""
+    return Path(__file__).resolve().parent.parent / "assets" / "earl-nano"
+
+
+# -- save ----------------------------------------------------------------------------------------
+
+
+def save_bundle(bundle: Bundle, path: str | Path, dtype: torch.dtype | None = torch.bfloat16) -> Path:
+    """Write ``bundle`` to the folder ``path`` (LM and grid embedding in ``dtype``; None keeps theirs).
+
+    Written to a temporary sibling folder first and renamed into place, so an interrupted save never
+    leaves a half-written bundle under ``path``. An existing folder at ``path`` is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        lm_dir = tmp / "lm"
+        state = None
+        if dtype is not None:
+            state = {k: v.detach().to(dtype) for k, v in bundle.lm.state_dict().items()}
+        bundle.lm.save_pretrained(str(lm_dir), state_dict=state)
+        if dtype is not None:
+            # save_pretrained records the in-memory dtype; config.json should say what is on disk.
+            cfg_path = lm_dir / "config.json"
+            lm_cfg = json.loads(cfg_path.read_text())
+            lm_cfg["dtype"] = str(dtype).removeprefix("torch.")
+            cfg_path.write_text(json.dumps(lm_cfg, indent=2, sort_keys=True) + "\n")
+        if bundle.grid_embed is not None:
+            ge = copy.deepcopy(bundle.grid_embed).cpu()
+            if dtype is not None:
+                ge = ge.to(dtype)
+            ge.save(lm_dir)
+        bundle.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        bundle.vq.save(tmp / "vq")
+        (tmp / BUNDLE_JSON).write_text(bundle.config.to_json())
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+def read_bundle_config(path: str | Path) -> BundleConfig:
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle folder not found: {path}")
+    if not path.is_dir():
+        raise BundleError(f"a bundle is a folder, but {path} is a file")
+    cfg_file = path / BUNDLE_JSON
+    if not cfg_file.is_file():
+        raise BundleError(f"{path} is not a bundle: it has no {BUNDLE_JSON}")
+    return BundleConfig.from_json(cfg_file.read_text(), where=str(cfg_file))
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Bundle:
+    """Load the bundle folder ``path``; the LM (and grid embedding) in ``dtype``, in eval mode.
+
+    ``dtype`` None means float32 on CPU and bfloat16 on an accelerator.
+    """
+    path = Path(path)
+    cfg = read_bundle_config(path)
+    for sub in ("lm", "tokenizer", "vq"):
+        if not (path / sub).is_dir():
+            raise BundleError(f"bundle {path} is incomplete: the {sub}/ folder is missing")
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+
+    try:
+        lm = Emu3ForCausalLM.from_pretrained(str(path / "lm"), dtype=dtype, attn_implementation="sdpa")
+    except (OSError, ValueError, KeyError) as e:
+        raise BundleError(f"cannot load the language model from {path / 'lm'}: {e}") from e
+    lm.to(device).eval()
+    grid = GridEmbedding.load(path / "lm")
+    if grid is not None:
+        grid.to(device=device, dtype=dtype).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+    except (OSError, ValueError) as e:
+        raise BundleError(f"cannot load the tokenizer from {path / 'tokenizer'}: {e}") from e
+
+    vq: ImageTokenizer
+    if cfg.family == "earl-nano":
+        try:
+            vq = NanoVQ.from_pretrained(str(path / "vq"))
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise BundleError(f"cannot load the NanoVQ image tokenizer from {path / 'vq'}: {e}") from e
+        vq.to(device).eval()
+    else:
+        from engine.emu3_vq import Emu3VisionTokenizer
+
+        vq = Emu3VisionTokenizer.from_pretrained(path / "vq", device=device)
+
+    bundle = Bundle(config=cfg, lm=lm, tokenizer=tokenizer, vq=vq, grid_embed=grid, path=path)
+    _check_consistency(bundle)
+    return bundle
+
+
+def _check_consistency(bundle: Bundle) -> None:
+    """Catch mismatched parts early, with a message, instead of an index error mid-generation."""
+    tok, cfg = bundle.tokenizer, bundle.config
+    unk = tok.unk_token_id
+    missing = [n for n in T.STRUCTURAL if n not in (T.THINK_START, T.THINK_END) and _tok_id(tok, n, unk) is None]
+    last_visual = T.visual_token_name(cfg.codebook_size - 1)
+    if _tok_id(tok, last_visual, unk) is None:
+        missing.append(last_visual)
+    if missing:
+        raise BundleError(f"tokenizer of bundle {bundle.path} lacks tokens: {', '.join(missing)}")
+    if bundle.vq.codebook_size != cfg.codebook_size:
+        raise BundleError(
+            f"bundle {bundle.path}: bundle.json says codebook_size {cfg.codebook_size}, "
+            f"the image tokenizer has {bundle.vq.codebook_size}"
+        )
+    if bundle.vq.spatial_factor != cfg.spatial_factor:
+        raise BundleError(
+            f"bundle {bundle.path}: bundle.json says spatial_factor {cfg.spatial_factor}, "
+            f"the image tokenizer has {bundle.vq.spatial_factor}"
+        )
+    vocab = bundle.lm.config.vocab_size
+    if len(tok) > vocab:
+        raise BundleError(f"bundle {bundle.path}: tokenizer has {len(tok)} tokens, the LM only {vocab}")
+
+
+def _tok_id(tok, name: str, unk: int | None) -> int | None:
+    tid = tok.convert_tokens_to_ids(name)
+    return None if tid is None or tid == unk else tid
+
+
+# -- tiny random bundles (tests) -------------------------------------------------------------------
+
+
+def tiny_lm_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                   intermediate: int | None = None, max_positions: int = 4096) -> Emu3TextConfig:
+    """An Emu3TextConfig sized for ``tokenizer``, with the fast settings of ARCHITECTURE §8."""
+    return Emu3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate or 2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        attention_dropout=0.0,
+        # The default pad id (151643) is out of range for a small vocabulary and crashes embedding.
+        pad_token_id=tokenizer.convert_tokens_to_ids(T.PAD),
+        bos_token_id=tokenizer.convert_tokens_to_ids(T.BOS),
+        eos_token_id=tokenizer.convert_tokens_to_ids(T.EOS),
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+
+
+def make_tiny_random_bundle(
+    path: str | Path | None = None,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    fsq_levels: tuple[int, ...] = (4, 4, 4),
+    vq_channels: tuple[int, ...] = (16, 32, 32),
+    grid_embed: bool = True,
+    image_area: int = 64 * 64,
+    texts: list[str] | None = None,
+    text_vocab_size: int = 400,
+    name: str = "tiny-random",
+) -> Bundle:
+    """A tiny random EARL-nano bundle (a few hundred K parameters) for tests; saved when ``path`` is given.
+
+    Deterministic in ``seed``; the global torch RNG state is left untouched.
+    """
+    from engine.text_tokenizer import build_nano_tokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vq = NanoVQ(block_out_channels=tuple(vq_channels), fsq_levels=tuple(fsq_levels),
+                    norm_num_groups=min(8, min(vq_channels)))
+        vq.eval()
+        tokenizer = build_nano_tokenizer(texts or TINY_TEXTS, vq.codebook_size, text_vocab_size)
+        lm = Emu3ForCausalLM(tiny_lm_config(tokenizer, hidden, layers, heads, kv_heads))
+        lm.eval()
+        ge = GridEmbedding(hidden).eval() if grid_embed else None
+    # Round the random weights to bf16-representable values: a bf16 save -> load round trip is then
+    # exact, and the in-memory bundle computes the same logits as the one loaded from disk.
+    for module in (lm, ge):
+        if module is not None:
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.copy_(p.to(torch.bfloat16).float())
+    cfg = BundleConfig(
+        family="earl-nano", name=name, version="0", image_area=image_area,
+        spatial_factor=vq.spatial_factor, codebook_size=vq.codebook_size,
+        notes={"tiny_random": True, "seed": seed},
+    )
+    bundle = Bundle(config=cfg, lm=lm, tokenizer=tokenizer, vq=vq, grid_embed=ge, path=None)
+    if path is not None:
+        bundle.path = save_bundle(bundle, path)
+    return bundle
+
+
+# -- emu3 bundles -----------------------------------------------------------------------------------
+
+
+def assemble_emu3_bundle(
+    lm_dir: str | Path,
+    vq_dir: str | Path,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    link: bool = False,
+    name: str = "emu3",
+    version: str = "0",
+    image_area: int = 256 * 256,
+) -> Path:
+    """Build an ``emu3`` bundle folder from local checkpoint folders (defined in engine.emu3_bundle)."""
+    from engine.emu3_bundle import assemble_emu3_bundle as _assemble
+
+    return _assemble(lm_dir, vq_dir, tokenizer_dir, out_dir, link=link, name=name, version=version,
+                     image_area=image_area)
+
+
+GRID_FILES = (GRID_CONFIG_NAME, GRID_WEIGHTS_NAME)

@@ -1,0 +1,19 @@
+"""Shared pytest fixtures. Keep this file small: one fixture per need, built lazily."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A tiny random EARL-nano bundle saved to a temp folder and loaded back (LM in float32, CPU).
+
+    8x8 code grid at its 64x64 image area, 64 FSQ codes, hidden 64, 2 layers, with a grid embedding.
+    Session-scoped: treat it as read-only (copy.deepcopy the LM before training it).
+    """
+    from engine.bundle import load_bundle, make_tiny_random_bundle
+
+    path = tmp_path_factory.mktemp("bundles") / "tiny"
+    make_tiny_random_bundle(path, seed=0)
+    return load_bundle(path)
