@@ -1,0 +1,218 @@
+"""Export the feedback store to a Hugging Face ``datasets`` folder (parquet, images embedded) and back.
+
+Folder layout (``datasets.load_dataset(folder, "candidates")`` / ``"ratings"`` read it)::
+
+    README.md                               dataset card; its YAML header declares the two configs
+    candidates/train-00000-of-00001.parquet one row per candidate, source/output images as PNG bytes
+    ratings/train-00000-of-00001.parquet    one row per rating; candidates referred to by uid
+
+Rows carry their ``uid``, so importing is idempotent and ids can differ between stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from studio.store import Store
+
+CARD = """---
+configs:
+- config_name: candidates
+  data_files: candidates/*.parquet
+- config_name: ratings
+  data_files: ratings/*.parquet
+---
+# EARL Studio feedback export
+
+Exported by EARL Studio (`Store.export_dataset`). `candidates`: one row per generated candidate, with
+the source image the model saw, the output, the instruction, bundle id + weights hash, seed and every
+sampling setting, the exact generated token ids and their log-probs, reasoning text and timings;
+`parent_uid` links a candidate to the result it was edited from. `ratings`: thumb (up/down), star (1–5),
+pair (A/B/tie/both_bad over `candidate_uids` = [A, B]) and best_of_n (value = chosen candidate uid),
+with `shown_order_uids` the left-to-right order on screen.
+"""
+
+CANDIDATE_FEATURES = datasets.Features(
+    {
+        "uid": datasets.Value("string"),
+        "edit_uid": datasets.Value("string"),
+        "idx": datasets.Value("int32"),
+        "parent_uid": datasets.Value("string"),
+        "source_image": datasets.Image(),
+        "output_image": datasets.Image(),
+        "source_hash": datasets.Value("string"),
+        "output_hash": datasets.Value("string"),
+        "instruction": datasets.Value("string"),
+        "bundle_id": datasets.Value("string"),
+        "weights_hash": datasets.Value("string"),
+        "seed": datasets.Value("int64"),
+        "think": datasets.Value("bool"),
+        "temperature": datasets.Value("float64"),
+        "top_k": datasets.Value("int64"),
+        "top_p": datasets.Value("float64"),
+        "settings": datasets.Value("string"),  # JSON
+        "grid_h": datasets.Value("int32"),
+        "grid_w": datasets.Value("int32"),
+        "tokens": datasets.List(datasets.Value("int64")),
+        "logprobs": datasets.List(datasets.Value("float64")),
+        "logprob_sum": datasets.Value("float64"),
+        "reasoning": datasets.Value("string"),
+        "timings": datasets.Value("string"),  # JSON
+        "rater": datasets.Value("string"),
+        "created_at": datasets.Value("float64"),
+    }
+)
+
+RATING_FEATURES = datasets.Features(
+    {
+        "uid": datasets.Value("string"),
+        "rater": datasets.Value("string"),
+        "kind": datasets.Value("string"),
+        "value": datasets.Value("string"),
+        "candidate_uids": datasets.List(datasets.Value("string")),
+        "shown_order_uids": datasets.List(datasets.Value("string")),
+        "created_at": datasets.Value("float64"),
+    }
+)
+
+SHARD = "train-00000-of-00001.parquet"
+
+
+def export_store(store: Store, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cands = store.candidates()
+    uid_of = {c.id: c.uid for c in cands}
+    rows: dict[str, list[Any]] = {k: [] for k in CANDIDATE_FEATURES}
+    for c in cands:
+        rec = {
+            "uid": c.uid,
+            "edit_uid": c.edit_uid,
+            "idx": c.idx,
+            "parent_uid": uid_of.get(c.parent_id) if c.parent_id is not None else None,
+            "source_image": {"bytes": store.image_path(c.source_hash).read_bytes(), "path": None},
+            "output_image": {"bytes": store.image_path(c.output_hash).read_bytes(), "path": None},
+            "source_hash": c.source_hash,
+            "output_hash": c.output_hash,
+            "instruction": c.instruction,
+            "bundle_id": c.bundle_id,
+            "weights_hash": c.weights_hash,
+            "seed": c.seed,
+            "think": c.think,
+            "temperature": c.temperature,
+            "top_k": c.top_k,
+            "top_p": c.top_p,
+            "settings": json.dumps(c.settings, sort_keys=True),
+            "grid_h": c.grid_h,
+            "grid_w": c.grid_w,
+            "tokens": c.tokens,
+            "logprobs": c.logprobs,
+            "logprob_sum": c.logprob_sum,
+            "reasoning": c.reasoning,
+            "timings": json.dumps(c.timings),
+            "rater": c.rater,
+            "created_at": c.created_at,
+        }
+        for k, v in rec.items():
+            rows[k].append(v)
+    ratings = store.ratings()
+    rrows: dict[str, list[Any]] = {k: [] for k in RATING_FEATURES}
+    for r in ratings:
+        value = uid_of[int(r.value)] if r.kind == "best_of_n" else r.value
+        rec = {
+            "uid": r.uid,
+            "rater": r.rater,
+            "kind": r.kind,
+            "value": value,
+            "candidate_uids": [uid_of[i] for i in r.candidate_ids],
+            "shown_order_uids": [uid_of[i] for i in r.shown_order],
+            "created_at": r.created_at,
+        }
+        for k, v in rec.items():
+            rrows[k].append(v)
+    for name, data, feats in (("candidates", rows, CANDIDATE_FEATURES), ("ratings", rrows, RATING_FEATURES)):
+        (folder / name).mkdir(exist_ok=True)
+        ds = datasets.Dataset.from_dict(data, features=feats)
+        tmp = folder / name / f".{SHARD}.tmp"
+        ds.to_parquet(str(tmp))
+        tmp.replace(folder / name / SHARD)
+    (folder / "README.md").write_text(CARD)
+    return folder
+
+
+def _read(folder: Path, name: str) -> list[dict[str, Any]]:
+    # pyarrow directly: no datasets cache is written, and image columns arrive as raw PNG bytes.
+    files = sorted((folder / name).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(
+            f"{folder / name} holds no parquet files — is {folder} an EARL Studio export?"
+        )
+    out: list[dict[str, Any]] = []
+    for f in files:
+        out.extend(pq.read_table(f).to_pylist())
+    return out
+
+
+def import_store(store: Store, folder: Path) -> dict[str, int]:
+    cand_rows = _read(folder, "candidates")
+    rating_rows = _read(folder, "ratings")
+    new_c = new_r = 0
+    # Images first (files + rows), then candidates — parents before children — then ratings.
+    for row in cand_rows:
+        for col, hcol in (("source_image", "source_hash"), ("output_image", "output_hash")):
+            data = row[col]["bytes"]
+            h = hashlib.sha256(data).hexdigest()
+            if h != row[hcol]:
+                raise ValueError(f"candidate {row['uid']}: {col} bytes do not match {hcol} {row[hcol]}")
+            store.put_image(data)
+    by_uid = {r["uid"]: r for r in cand_rows}
+    done: set[str] = set()
+
+    def insert(uid: str, stack: tuple[str, ...] = ()) -> None:
+        nonlocal new_c
+        if uid in done:
+            return
+        row = by_uid[uid]
+        parent = row["parent_uid"]
+        if parent is not None and parent in by_uid and parent not in stack:
+            insert(parent, stack + (uid,))
+        parent_id = store.id_for_uid(parent) if parent is not None else None
+        rec = {k: v for k, v in row.items() if k not in ("source_image", "output_image", "parent_uid")}
+        rec["parent_id"] = parent_id
+        rec["think"] = int(bool(rec["think"]))
+        rec["tokens"] = json.dumps([int(t) for t in rec["tokens"]])
+        rec["logprobs"] = json.dumps([float(x) for x in rec["logprobs"]])
+        if store._write(lambda con: store._insert_raw_candidate(con, rec)) is not None:
+            new_c += 1
+        done.add(uid)
+
+    for uid in by_uid:
+        insert(uid)
+    for r in rating_rows:
+        if store.rating_uid_exists(r["uid"]):
+            continue
+        ids = []
+        for u in r["candidate_uids"]:
+            cid = store.id_for_uid(u)
+            if cid is None:
+                raise ValueError(f"rating {r['uid']} refers to candidate {u}, which is not in the export")
+            ids.append(cid)
+        order = [store.id_for_uid(u) for u in r["shown_order_uids"]]
+        value = store.id_for_uid(r["value"]) if r["kind"] == "best_of_n" else r["value"]
+        store.add_rating(
+            rater=r["rater"],
+            kind=r["kind"],
+            value=value,
+            candidate_ids=ids,
+            shown_order=order,
+            created_at=r["created_at"],
+            uid=r["uid"],
+        )
+        new_r += 1
+    return {"candidates": new_c, "ratings": new_r}

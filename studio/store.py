@@ -1,0 +1,776 @@
+"""The feedback store: SQLite (WAL) rows + content-addressed PNG files in a data folder.
+
+Layout of a data folder::
+
+    <data>/feedback.sqlite3        candidates, ratings (schema versioned via PRAGMA user_version)
+    <data>/images/ab/abcdef….png   every image once, named by the sha256 of its PNG bytes
+    <data>/bundles/                fine-tuned bundles (found by the studio's model picker)
+
+Durability rules (a process may be killed at any instant, ``kill -9`` included):
+- image files are written to a temp file, fsync'ed and renamed *before* the row referencing them is
+  committed, so a committed row never points at a missing or half-written file;
+- every write is one ``BEGIN IMMEDIATE`` transaction, in WAL mode with ``synchronous=FULL``, so a
+  commit that returned is on disk and a killed writer leaves at most an uncommitted (discarded) tail;
+- several processes/threads may write at once: SQLite's lock serializes them (``busy_timeout``), and
+  rows are only ever inserted, never rewritten, so raters in two tabs cannot clobber each other.
+
+The public reading API (``preference_pairs``, ``thumbs``, ``stars``) returns the exact generated
+token ids, so training can compute log-probs of precisely what the rater saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+DB_NAME = "feedback.sqlite3"
+RATING_KINDS = ("thumb", "star", "pair", "best_of_n")
+PAIR_VALUES = ("A", "B", "tie", "both_bad")
+THUMB_VALUES = ("up", "down")
+
+
+class StoreError(RuntimeError):
+    """The data folder or database cannot be used (newer schema, bad arguments, …)."""
+
+
+def default_data_dir() -> Path:
+    """``$EARL_STUDIO_DATA`` if set, else ``~/.earl-studio``."""
+    env = os.environ.get("EARL_STUDIO_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".earl-studio"
+
+
+# --------------------------------------------------------------------------------------------- schema
+def _exec_script(con: sqlite3.Connection, sql: str) -> None:
+    """Run DDL statement by statement inside the caller's transaction (``executescript`` would
+    COMMIT first, breaking a migration's all-or-nothing guarantee). No literals here hold "--" or ";"."""
+    body = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    for stmt in body.split(";"):
+        if stmt.strip():
+            con.execute(stmt)
+
+
+def _migrate_1(con: sqlite3.Connection) -> None:
+    """Initial schema."""
+    _exec_script(
+        con,
+        """
+        CREATE TABLE images (
+            hash        TEXT PRIMARY KEY,          -- sha256 hex of the PNG bytes
+            width       INTEGER NOT NULL,
+            height      INTEGER NOT NULL,
+            created_at  REAL NOT NULL
+        );
+        CREATE TABLE candidates (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            uid             TEXT NOT NULL UNIQUE,  -- stable across export/import
+            edit_uid        TEXT NOT NULL,         -- the N candidates of one request share it
+            idx             INTEGER NOT NULL,      -- candidate index within the request
+            parent_id       INTEGER REFERENCES candidates(id),  -- source was this result (history tree)
+            source_hash     TEXT NOT NULL REFERENCES images(hash),
+            output_hash     TEXT NOT NULL REFERENCES images(hash),
+            instruction     TEXT NOT NULL,
+            bundle_id       TEXT NOT NULL,         -- "name@version"
+            weights_hash    TEXT NOT NULL,
+            seed            INTEGER NOT NULL,
+            think           INTEGER NOT NULL,
+            temperature     REAL NOT NULL,
+            top_k           INTEGER NOT NULL,
+            top_p           REAL NOT NULL,
+            settings        TEXT NOT NULL,         -- JSON: every sampling setting (cfg scales, n, …)
+            grid_h          INTEGER NOT NULL,
+            grid_w          INTEGER NOT NULL,
+            tokens          TEXT NOT NULL,         -- JSON list[int]: every generated token id
+            logprobs        TEXT NOT NULL,         -- JSON list[float], same length as tokens
+            logprob_sum     REAL NOT NULL,
+            reasoning       TEXT NOT NULL,
+            timings         TEXT NOT NULL,         -- JSON {first_preview, total, …} seconds
+            rater           TEXT,                  -- who asked for the edit
+            created_at      REAL NOT NULL
+        );
+        CREATE INDEX candidates_edit ON candidates(edit_uid, idx);
+        CREATE INDEX candidates_source ON candidates(source_hash, instruction);
+        CREATE TABLE ratings (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            uid             TEXT NOT NULL UNIQUE,
+            rater           TEXT NOT NULL,
+            kind            TEXT NOT NULL CHECK (kind IN ('thumb', 'star', 'pair', 'best_of_n')),
+            value           TEXT NOT NULL,         -- thumb: up/down; star: 1..5; pair: A/B/tie/both_bad;
+                                                   -- best_of_n: the chosen candidate id
+            candidate_ids   TEXT NOT NULL,         -- JSON list[int]; pair: [A, B]
+            shown_order     TEXT NOT NULL,         -- JSON list[int]: candidate ids left→right on screen
+            created_at      REAL NOT NULL
+        );
+        CREATE INDEX ratings_kind ON ratings(kind, created_at);
+        CREATE TABLE rating_candidates (        -- join table: which candidates a rating touches
+            rating_id       INTEGER NOT NULL REFERENCES ratings(id),
+            candidate_id    INTEGER NOT NULL REFERENCES candidates(id),
+            PRIMARY KEY (rating_id, candidate_id)
+        );
+        CREATE INDEX rating_candidates_cand ON rating_candidates(candidate_id);
+        """,
+    )
+
+
+# Index i holds the migration from user_version i to i + 1. Append, never edit a released one.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# ---------------------------------------------------------------------------------------------- rows
+@dataclass
+class Candidate:
+    """One generated candidate, with everything needed to train on it."""
+
+    id: int
+    uid: str
+    edit_uid: str
+    idx: int
+    parent_id: int | None
+    source_hash: str
+    output_hash: str
+    instruction: str
+    bundle_id: str
+    weights_hash: str
+    seed: int
+    think: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    settings: dict[str, Any]
+    grid_h: int
+    grid_w: int
+    tokens: list[int]
+    logprobs: list[float]
+    logprob_sum: float
+    reasoning: str
+    timings: dict[str, float]
+    rater: str | None
+    created_at: float
+
+
+@dataclass
+class Rating:
+    id: int
+    uid: str
+    rater: str
+    kind: str
+    value: str
+    candidate_ids: list[int]
+    shown_order: list[int]
+    created_at: float
+
+
+@dataclass
+class PreferencePair:
+    """A chosen/rejected pair for the same source image and instruction (DPO)."""
+
+    chosen: Candidate
+    rejected: Candidate
+    rater: str
+    rating_id: int
+    kind: str  # "pair" (explicit A/B) or "best_of_n" (chosen vs each other shown candidate)
+
+    @property
+    def source_hash(self) -> str:
+        return self.chosen.source_hash
+
+    @property
+    def instruction(self) -> str:
+        return self.chosen.instruction
+
+
+@dataclass
+class Thumb:
+    candidate: Candidate
+    up: bool
+    rater: str
+    rating_id: int
+
+
+@dataclass
+class Star:
+    candidate: Candidate
+    stars: int
+    rater: str
+    rating_id: int
+
+
+@dataclass
+class NewCandidate:
+    """What the studio hands to ``Store.add_candidates`` for one finished candidate."""
+
+    image: Image.Image
+    tokens: list[int]
+    logprobs: list[float]
+    seed: int
+    idx: int = 0
+    reasoning: str = ""
+    grid_shape: tuple[int, int] = (0, 0)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- store
+def png_bytes(img: Image.Image) -> bytes:
+    """Deterministic lossless PNG encoding (RGB; metadata dropped so equal pixels ⇒ equal bytes)."""
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems/OSes don't allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """temp file in the same folder → fsync → rename → fsync folder: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+class Store:
+    """A feedback store in ``data_dir``. Thread-safe; several processes may share one folder."""
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        migrations: Sequence[Callable[[sqlite3.Connection], None]] | None = None,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        self.data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.images_dir = self.data_dir / "images"
+        self.images_dir.mkdir(exist_ok=True)
+        (self.data_dir / "bundles").mkdir(exist_ok=True)
+        self.db_path = self.data_dir / DB_NAME
+        self._migrations = list(MIGRATIONS if migrations is None else migrations)
+        self._lock = threading.RLock()
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the write lock
+        # up front instead of failing with SQLITE_BUSY when upgrading a read transaction.
+        self._con = sqlite3.connect(
+            self.db_path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self._con.row_factory = sqlite3.Row
+        self._con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        mode = self._con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"could not switch {self.db_path} to WAL mode (got {mode!r})")
+        self._con.execute("PRAGMA synchronous = FULL")
+        self._con.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    # -- lifecycle
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._con.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._con.execute("BEGIN IMMEDIATE")  # one process migrates; others wait, then see it done
+            try:
+                version = self.schema_version
+                if version > len(self._migrations):
+                    raise StoreError(
+                        f"{self.db_path} has schema version {version}, newer than this code "
+                        f"understands ({len(self._migrations)}); update EARL Studio"
+                    )
+                for i in range(version, len(self._migrations)):
+                    self._migrations[i](self._con)
+                    # PRAGMA can't take parameters; i is an int we control.
+                    self._con.execute(f"PRAGMA user_version = {i + 1}")
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._con)
+                self._con.execute("COMMIT")
+                return out
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return str(self._con.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # -- images
+    def image_path(self, image_hash: str) -> Path:
+        return self.images_dir / image_hash[:2] / f"{image_hash}.png"
+
+    def put_image(self, img: Image.Image | bytes) -> str:
+        """Store an image (PIL or PNG bytes) once; returns its hash. File first, then the row."""
+        data = png_bytes(img) if isinstance(img, Image.Image) else bytes(img)
+        h = hashlib.sha256(data).hexdigest()
+        path = self.image_path(h)
+        if not path.exists():
+            _atomic_write(path, data)
+        if isinstance(img, Image.Image):
+            w, hgt = img.size
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                w, hgt = im.size
+        self._write(
+            lambda con: con.execute(
+                "INSERT OR IGNORE INTO images(hash, width, height, created_at) VALUES (?,?,?,?)",
+                (h, w, hgt, time.time()),
+            )
+        )
+        return h
+
+    def load_image(self, image_hash: str) -> Image.Image:
+        path = self.image_path(image_hash)
+        if not path.exists():
+            raise StoreError(f"image {image_hash} is missing from {self.images_dir}")
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+    # -- candidates
+    def add_candidates(
+        self,
+        *,
+        source: Image.Image | str,
+        instruction: str,
+        bundle_id: str,
+        weights_hash: str,
+        settings: dict[str, Any],
+        candidates: Iterable[NewCandidate],
+        parent_id: int | None = None,
+        rater: str | None = None,
+        edit_uid: str | None = None,
+    ) -> list[int]:
+        """Record finished candidates of one edit request; returns their ids (in the given order).
+
+        ``settings`` must hold ``think``, ``temperature``, ``top_k``, ``top_p``; everything in it is
+        kept (JSON). ``source`` is the image the model saw (PIL) or the hash of a stored one.
+        """
+        for key in ("think", "temperature", "top_k", "top_p"):
+            if key not in settings:
+                raise StoreError(f"settings lacks {key!r}")
+        if not instruction.strip():
+            raise StoreError("instruction is empty")
+        cands = list(candidates)
+        source_hash = source if isinstance(source, str) else self.put_image(source)
+        # Image files (and their rows) land before the candidate rows that point at them.
+        out_hashes = [self.put_image(c.image) for c in cands]
+        edit_uid = edit_uid or uuid.uuid4().hex
+        now = time.time()
+        settings_json = json.dumps(settings, sort_keys=True)
+
+        def insert(con: sqlite3.Connection) -> list[int]:
+            ids = []
+            for c, oh in zip(cands, out_hashes, strict=True):
+                if len(c.tokens) != len(c.logprobs):
+                    raise StoreError(
+                        f"candidate {c.idx}: {len(c.tokens)} tokens but {len(c.logprobs)} log-probs"
+                    )
+                cur = con.execute(
+                    """INSERT INTO candidates(uid, edit_uid, idx, parent_id, source_hash, output_hash,
+                       instruction, bundle_id, weights_hash, seed, think, temperature, top_k, top_p,
+                       settings, grid_h, grid_w, tokens, logprobs, logprob_sum, reasoning, timings,
+                       rater, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                    (
+                        uuid.uuid4().hex,
+                        edit_uid,
+                        int(c.idx),
+                        parent_id,
+                        source_hash,
+                        oh,
+                        instruction,
+                        bundle_id,
+                        weights_hash,
+                        int(c.seed),
+                        int(bool(settings["think"])),
+                        float(settings["temperature"]),
+                        int(settings["top_k"]),
+                        float(settings["top_p"]),
+                        settings_json,
+                        int(c.grid_shape[0]),
+                        int(c.grid_shape[1]),
+                        json.dumps([int(t) for t in c.tokens]),
+                        json.dumps([float(x) for x in c.logprobs]),
+                        float(sum(c.logprobs)),
+                        c.reasoning,
+                        json.dumps(c.timings),
+                        rater,
+                        now,
+                    ),
+                )
+                ids.append(int(cur.lastrowid))
+            return ids
+
+        return self._write(insert)
+
+    @staticmethod
+    def _candidate(row: sqlite3.Row) -> Candidate:
+        return Candidate(
+            id=row["id"],
+            uid=row["uid"],
+            edit_uid=row["edit_uid"],
+            idx=row["idx"],
+            parent_id=row["parent_id"],
+            source_hash=row["source_hash"],
+            output_hash=row["output_hash"],
+            instruction=row["instruction"],
+            bundle_id=row["bundle_id"],
+            weights_hash=row["weights_hash"],
+            seed=row["seed"],
+            think=bool(row["think"]),
+            temperature=row["temperature"],
+            top_k=row["top_k"],
+            top_p=row["top_p"],
+            settings=json.loads(row["settings"]),
+            grid_h=row["grid_h"],
+            grid_w=row["grid_w"],
+            tokens=json.loads(row["tokens"]),
+            logprobs=json.loads(row["logprobs"]),
+            logprob_sum=row["logprob_sum"],
+            reasoning=row["reasoning"],
+            timings=json.loads(row["timings"]),
+            rater=row["rater"],
+            created_at=row["created_at"],
+        )
+
+    def candidate(self, candidate_id: int) -> Candidate:
+        with self._lock:
+            row = self._con.execute("SELECT * FROM candidates WHERE id=?", (candidate_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no candidate with id {candidate_id}")
+        return self._candidate(row)
+
+    def candidates(self, ids: Iterable[int] | None = None) -> list[Candidate]:
+        with self._lock:
+            if ids is None:
+                rows = self._con.execute("SELECT * FROM candidates ORDER BY id").fetchall()
+            else:
+                ids = [int(i) for i in ids]
+                q = f"SELECT * FROM candidates WHERE id IN ({','.join('?' * len(ids))})"
+                by_id = {r["id"]: r for r in self._con.execute(q, ids).fetchall()}
+                missing = [i for i in ids if i not in by_id]
+                if missing:
+                    raise StoreError(f"no candidates with ids {missing}")
+                rows = [by_id[i] for i in ids]
+        return [self._candidate(r) for r in rows]
+
+    def edit_candidates(self, edit_uid: str) -> list[Candidate]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT * FROM candidates WHERE edit_uid=? ORDER BY idx", (edit_uid,)
+            ).fetchall()
+        return [self._candidate(r) for r in rows]
+
+    def recent_edits(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Newest edit requests first: edit_uid, instruction, n, source_hash, created_at, n_ratings."""
+        with self._lock:
+            rows = self._con.execute(
+                """SELECT c.edit_uid, MIN(c.instruction) AS instruction, COUNT(*) AS n,
+                          MIN(c.source_hash) AS source_hash, MIN(c.created_at) AS created_at,
+                          MIN(c.bundle_id) AS bundle_id, MIN(c.parent_id) AS parent_id,
+                          (SELECT COUNT(DISTINCT rc.rating_id) FROM rating_candidates rc
+                             JOIN candidates c2 ON c2.id = rc.candidate_id
+                             WHERE c2.edit_uid = c.edit_uid) AS n_ratings
+                   FROM candidates c GROUP BY c.edit_uid ORDER BY MIN(c.id) DESC LIMIT ? OFFSET ?""",
+                (limit, offset),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- ratings
+    def add_rating(
+        self,
+        *,
+        rater: str,
+        kind: str,
+        value: str | int,
+        candidate_ids: Sequence[int],
+        shown_order: Sequence[int] | None = None,
+        created_at: float | None = None,
+        uid: str | None = None,
+    ) -> int:
+        """Record one rating; returns its id. Validates kind/value/candidates; never overwrites.
+
+        - ``thumb``: one candidate, value ``"up"``/``"down"`` (``True``/``1``/``-1`` accepted);
+        - ``star``: one candidate, value 1..5;
+        - ``pair``: ``candidate_ids=[A, B]``, value ``"A"``, ``"B"``, ``"tie"`` or ``"both_bad"``;
+        - ``best_of_n``: the candidates shown (≥ 2), value = the chosen candidate's id.
+        ``shown_order`` is the left→right order on screen (defaults to ``candidate_ids``).
+        """
+        rater = (rater or "").strip()
+        if not rater:
+            raise StoreError("rater is empty")
+        ids = [int(i) for i in candidate_ids]
+        if kind not in RATING_KINDS:
+            raise StoreError(f"unknown rating kind {kind!r}; one of {RATING_KINDS}")
+        if len(set(ids)) != len(ids):
+            raise StoreError(f"candidate ids repeat: {ids}")
+        v = self._normalize_value(kind, value, ids)
+        order = [int(i) for i in (shown_order if shown_order is not None else ids)]
+        if sorted(order) != sorted(ids):
+            raise StoreError(f"shown_order {order} is not a permutation of candidate_ids {ids}")
+
+        def insert(con: sqlite3.Connection) -> int:
+            q = f"SELECT COUNT(*) FROM candidates WHERE id IN ({','.join('?' * len(ids))})"
+            if con.execute(q, ids).fetchone()[0] != len(ids):
+                raise StoreError(f"rating refers to unknown candidates {ids}")
+            cur = con.execute(
+                "INSERT INTO ratings(uid, rater, kind, value, candidate_ids, shown_order, created_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (
+                    uid or uuid.uuid4().hex,
+                    rater,
+                    kind,
+                    v,
+                    json.dumps(ids),
+                    json.dumps(order),
+                    time.time() if created_at is None else float(created_at),
+                ),
+            )
+            rid = int(cur.lastrowid)
+            con.executemany(
+                "INSERT INTO rating_candidates(rating_id, candidate_id) VALUES (?,?)", [(rid, i) for i in ids]
+            )
+            return rid
+
+        return self._write(insert)
+
+    @staticmethod
+    def _normalize_value(kind: str, value: str | int | bool, ids: list[int]) -> str:
+        if kind == "thumb":
+            if len(ids) != 1:
+                raise StoreError("a thumb rates exactly one candidate")
+            if value in ("up", True, 1, "1", "+1"):
+                return "up"
+            if value in ("down", False, -1, 0, "-1", "0"):
+                return "down"
+            raise StoreError(f"thumb value must be up/down, got {value!r}")
+        if kind == "star":
+            if len(ids) != 1:
+                raise StoreError("a star rating rates exactly one candidate")
+            try:
+                f = float(value)
+            except (TypeError, ValueError):
+                f = float("nan")
+            if f != f or f != int(f) or not 1 <= f <= 5:
+                raise StoreError(f"star value must be a whole number 1..5, got {value!r}")
+            return str(int(f))
+        if kind == "pair":
+            if len(ids) != 2:
+                raise StoreError("a pair rating compares exactly two candidates [A, B]")
+            if value not in PAIR_VALUES:
+                raise StoreError(f"pair value must be one of {PAIR_VALUES}, got {value!r}")
+            return str(value)
+        # best_of_n
+        if len(ids) < 2:
+            raise StoreError("best-of-N needs at least two candidates")
+        try:
+            chosen = int(value)
+        except (TypeError, ValueError):
+            raise StoreError(f"best_of_n value must be a candidate id, got {value!r}") from None
+        if chosen not in ids:
+            raise StoreError(f"best_of_n choice {chosen} is not among the candidates {ids}")
+        return str(chosen)
+
+    @staticmethod
+    def _rating(row: sqlite3.Row) -> Rating:
+        return Rating(
+            id=row["id"],
+            uid=row["uid"],
+            rater=row["rater"],
+            kind=row["kind"],
+            value=row["value"],
+            candidate_ids=json.loads(row["candidate_ids"]),
+            shown_order=json.loads(row["shown_order"]),
+            created_at=row["created_at"],
+        )
+
+    def ratings(self, kind: str | None = None, candidate_id: int | None = None) -> list[Rating]:
+        """Every rating row (history included), oldest first."""
+        q, args = "SELECT r.* FROM ratings r", []
+        conds = []
+        if candidate_id is not None:
+            q += " JOIN rating_candidates rc ON rc.rating_id = r.id"
+            conds.append("rc.candidate_id = ?")
+            args.append(int(candidate_id))
+        if kind is not None:
+            conds.append("r.kind = ?")
+            args.append(kind)
+        if conds:
+            q += " WHERE " + " AND ".join(conds)
+        q += " ORDER BY r.id"
+        with self._lock:
+            return [self._rating(r) for r in self._con.execute(q, args).fetchall()]
+
+    def _latest(self, kind: str) -> list[Rating]:
+        """Latest rating of ``kind`` per (rater, candidate set): a rater who changes their mind
+        is counted once, with the newest value (older rows stay, as history)."""
+        latest: dict[tuple[str, tuple[int, ...]], Rating] = {}
+        for r in self.ratings(kind):
+            latest[(r.rater, tuple(sorted(r.candidate_ids)))] = r
+        return sorted(latest.values(), key=lambda r: r.id)
+
+    def thumbs(self) -> list[Thumb]:
+        """Latest thumb per (rater, candidate), with the candidate's exact tokens (KTO)."""
+        rs = self._latest("thumb")
+        cands = {c.id: c for c in self.candidates({r.candidate_ids[0] for r in rs})} if rs else {}
+        return [Thumb(cands[r.candidate_ids[0]], r.value == "up", r.rater, r.id) for r in rs]
+
+    def stars(self) -> list[Star]:
+        """Latest 1–5 star rating per (rater, candidate)."""
+        rs = self._latest("star")
+        cands = {c.id: c for c in self.candidates({r.candidate_ids[0] for r in rs})} if rs else {}
+        return [Star(cands[r.candidate_ids[0]], int(r.value), r.rater, r.id) for r in rs]
+
+    def preference_pairs(self, include_best_of_n: bool = True) -> list[PreferencePair]:
+        """Chosen/rejected pairs (DPO), latest rating per (rater, candidate set).
+
+        From ``pair`` ratings with value A or B (ties and "both bad" carry no preference and are
+        left out); from ``best_of_n`` (if asked) the chosen candidate against each other one shown.
+        Only pairs whose two candidates share source image and instruction are returned.
+        """
+        rs = self._latest("pair") + (self._latest("best_of_n") if include_best_of_n else [])
+        needed = {i for r in rs for i in r.candidate_ids}
+        cands = {c.id: c for c in self.candidates(needed)} if needed else {}
+        out: list[PreferencePair] = []
+        for r in sorted(rs, key=lambda r: r.id):
+            if r.kind == "pair":
+                if r.value not in ("A", "B"):
+                    continue
+                a, b = r.candidate_ids
+                pairs = [(a, b)] if r.value == "A" else [(b, a)]
+            else:
+                chosen = int(r.value)
+                pairs = [(chosen, o) for o in r.candidate_ids if o != chosen]
+            for w, lo in pairs:
+                cw, cl = cands[w], cands[lo]
+                if (cw.source_hash, cw.instruction) != (cl.source_hash, cl.instruction):
+                    continue
+                out.append(PreferencePair(cw, cl, r.rater, r.id, r.kind))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """What has been collected: edits, candidates, pairs (usable A/B), ties, thumbs up/down,
+        stars, best_of_n, raters."""
+        with self._lock:
+            one = lambda q: int(self._con.execute(q).fetchone()[0])  # noqa: E731
+            c = {
+                "edits": one("SELECT COUNT(DISTINCT edit_uid) FROM candidates"),
+                "candidates": one("SELECT COUNT(*) FROM candidates"),
+                "ratings": one("SELECT COUNT(*) FROM ratings"),
+                "raters": one("SELECT COUNT(DISTINCT rater) FROM ratings"),
+            }
+        thumbs = self.thumbs()
+        c["thumbs_up"] = sum(t.up for t in thumbs)
+        c["thumbs_down"] = sum(not t.up for t in thumbs)
+        c["stars"] = len(self._latest("star"))
+        pair_rs = self._latest("pair")
+        c["pairs_decided"] = sum(r.value in ("A", "B") for r in pair_rs)
+        c["pairs_undecided"] = len(pair_rs) - c["pairs_decided"]
+        c["best_of_n"] = len(self._latest("best_of_n"))
+        c["preference_pairs"] = len(self.preference_pairs())
+        return c
+
+    # -- history tree
+    def lineage(self, candidate_id: int) -> list[Candidate]:
+        """The chain root → … → candidate (each one's source was the previous one's output)."""
+        chain: list[Candidate] = []
+        seen: set[int] = set()
+        cid: int | None = candidate_id
+        while cid is not None and cid not in seen:
+            seen.add(cid)
+            c = self.candidate(cid)
+            chain.append(c)
+            cid = c.parent_id
+        return chain[::-1]
+
+    def children(self, candidate_id: int) -> list[Candidate]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT * FROM candidates WHERE parent_id=? ORDER BY id", (candidate_id,)
+            ).fetchall()
+        return [self._candidate(r) for r in rows]
+
+    # -- export / import
+    def export_dataset(self, folder: str | Path) -> Path:
+        """Write a Hugging Face ``datasets`` folder: ``candidates/`` and ``ratings/`` parquet files
+        with the images embedded (PNG bytes) — loadable with ``datasets.load_dataset(folder, name)``."""
+        from studio.export import export_store
+
+        return export_store(self, Path(folder))
+
+    def import_dataset(self, folder: str | Path) -> dict[str, int]:
+        """Merge an exported folder into this store (idempotent: rows are matched by ``uid``).
+        Returns how many candidates and ratings were new."""
+        from studio.export import import_store
+
+        return import_store(self, Path(folder))
+
+    def _insert_raw_candidate(self, con: sqlite3.Connection, row: dict[str, Any]) -> int | None:
+        """Used by import: insert a candidate row as-is unless its uid exists. Returns the local id."""
+        hit = con.execute("SELECT id FROM candidates WHERE uid=?", (row["uid"],)).fetchone()
+        if hit is not None:
+            return None
+        cols = list(row)
+        cur = con.execute(
+            f"INSERT INTO candidates({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+            [row[c] for c in cols],
+        )
+        return int(cur.lastrowid)
+
+    def id_for_uid(self, uid: str) -> int | None:
+        with self._lock:
+            hit = self._con.execute("SELECT id FROM candidates WHERE uid=?", (uid,)).fetchone()
+        return None if hit is None else int(hit[0])
+
+    def rating_uid_exists(self, uid: str) -> bool:
+        with self._lock:
+            return self._con.execute("SELECT 1 FROM ratings WHERE uid=?", (uid,)).fetchone() is not None
