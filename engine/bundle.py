@@ -243,7 +243,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", dtype: tor
     if cfg.family == "earl-nano":
         try:
             vq = NanoVQ.from_pretrained(str(path / "vq"))
-        except (OSError, ValueError, EnvironmentError) as e:
+        except (OSError, ValueError) as e:
             raise BundleError(f"cannot load the NanoVQ image tokenizer from {path / 'vq'}: {e}") from e
         vq.to(device).eval()
     else:
