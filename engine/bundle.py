@@ -29,8 +29,6 @@ import torch
 from transformers import AutoTokenizer, Emu3ForCausalLM, Emu3TextConfig
 
 from engine import tokens as T
-from engine.grid_embed import CONFIG_NAME as GRID_CONFIG_NAME
-from engine.grid_embed import WEIGHTS_NAME as GRID_WEIGHTS_NAME
 from engine.grid_embed import GridEmbedding
 from engine.vq import ImageTokenizer, NanoVQ
 
@@ -282,8 +280,12 @@ def _check_consistency(bundle: Bundle) -> None:
 
 
 def _tok_id(tok, name: str, unk: int | None) -> int | None:
+    """Id of token ``name``, None when the vocabulary lacks it (unknown names map to None or unk)."""
     tid = tok.convert_tokens_to_ids(name)
-    return None if tid is None or tid == unk else tid
+    # GPT2-style tokenizers (Emu3's) use <|endoftext|> as unk token: that name itself is present.
+    if tid is None or (tid == unk and name != tok.unk_token):
+        return None
+    return tid
 
 
 # -- tiny random bundles (tests) -------------------------------------------------------------------
@@ -360,6 +362,51 @@ def make_tiny_random_bundle(
 
 # -- emu3 bundles -----------------------------------------------------------------------------------
 
+# Keys of the original BAAI remote-code Emu3 config that Emu3TextConfig names differently or drops.
+_REMOTE_CODE_KEYS = ("auto_map", "architectures", "model_type", "rope_theta", "rope_scaling", "_name_or_path",
+                     "torch_dtype", "transformers_version")
+_LM_FILE_SUFFIXES = (".safetensors", ".json", ".bin")
+
+
+def _emu3_lm_config(lm_dir: Path) -> dict:
+    """config.json of an Emu3 LLM folder as a transformers-native Emu3TextConfig dict.
+
+    Accepts transformers' own format (``model_type: emu3_text_model``) unchanged, and the original
+    BAAI remote-code format (``model_type: Emu3``, ``rope_theta``, ``auto_map``), whose weight names
+    are the same, by rewriting only the config. A full multimodal ``Emu3ForConditionalGeneration``
+    checkpoint (``model_type: emu3`` with ``text_config``) is refused with a message.
+    """
+    cfg_file = lm_dir / "config.json"
+    if not cfg_file.is_file():
+        raise BundleError(f"{lm_dir} holds no language model: config.json is missing")
+    cfg = json.loads(cfg_file.read_text())
+    mt = cfg.get("model_type")
+    if mt == Emu3TextConfig.model_type:
+        return cfg
+    if "text_config" in cfg or "vq_config" in cfg:
+        raise BundleError(
+            f"{lm_dir} is a full multimodal Emu3 checkpoint (Emu3ForConditionalGeneration); an emu3 bundle "
+            "needs the LLM-only weights that load with Emu3ForCausalLM (as EARL's released checkpoints are)"
+        )
+    if str(mt).lower() != "emu3":
+        raise BundleError(f"{lm_dir} holds a {mt!r} model, not an Emu3 language model")
+    out = {k: v for k, v in cfg.items() if k not in _REMOTE_CODE_KEYS}
+    rope = dict(cfg.get("rope_scaling") or {})
+    rope.setdefault("rope_type", rope.pop("type", "default"))
+    rope["rope_theta"] = cfg.get("rope_theta", Emu3TextConfig.default_theta)
+    out.update(model_type=Emu3TextConfig.model_type, architectures=["Emu3ForCausalLM"], rope_parameters=rope)
+    if cfg.get("torch_dtype"):
+        out["dtype"] = cfg["torch_dtype"]
+    return out
+
+
+def _place(src: Path, dst: Path, link: bool) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        os.symlink(src.resolve(), dst)
+    else:
+        shutil.copy2(src, dst)
+
 
 def assemble_emu3_bundle(
     lm_dir: str | Path,
@@ -372,11 +419,82 @@ def assemble_emu3_bundle(
     version: str = "0",
     image_area: int = 256 * 256,
 ) -> Path:
-    """Build an ``emu3`` bundle folder from local checkpoint folders (defined in engine.emu3_bundle)."""
-    from engine.emu3_bundle import assemble_emu3_bundle as _assemble
+    """Build an ``emu3`` bundle folder from local folders; returns ``out_dir``.
 
-    return _assemble(lm_dir, vq_dir, tokenizer_dir, out_dir, link=link, name=name, version=version,
-                     image_area=image_area)
+    - ``lm_dir``: LLM-only Emu3 weights that load with ``Emu3ForCausalLM`` (EARL's released
+      checkpoints, ``mair-lab/earl-*``, are of this kind), in transformers' format or BAAI's original
+      remote-code format (the config is rewritten; weights are taken unchanged).
+    - ``vq_dir``: transformers' ``Emu3VQVAE.save_pretrained`` folder (see engine.emu3_vq for the
+      BAAI/Emu3-VisionTokenizer remote-code format, which must be converted first).
+    - ``tokenizer_dir``: a tokenizer ``AutoTokenizer`` loads without remote code — the HF-converted
+      Emu3 tokenizer (tokenizer.json, class GPT2Tokenizer, as in ``Emu3-*-hf`` repos) — holding
+      Emu3's structural token names and ``<|visual token NNNNNN|>`` for every VQ code.
+    Files are copied (``link=False``) or symlinked (``link=True``). EARL's setting: ``image_area`` 256².
+    """
+    lm_dir, vq_dir, tokenizer_dir, out_dir = (Path(p) for p in (lm_dir, vq_dir, tokenizer_dir, out_dir))
+    for label, d in (("language model", lm_dir), ("vision tokenizer", vq_dir), ("tokenizer", tokenizer_dir)):
+        if not d.is_dir():
+            raise BundleError(f"{label} folder not found: {d}")
 
+    lm_cfg = _emu3_lm_config(lm_dir)
+    weights = [p for p in lm_dir.iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not weights:
+        raise BundleError(f"{lm_dir} holds no weight files (*.safetensors)")
 
-GRID_FILES = (GRID_CONFIG_NAME, GRID_WEIGHTS_NAME)
+    vq_cfg_file = vq_dir / "config.json"
+    vq_cfg = json.loads(vq_cfg_file.read_text()) if vq_cfg_file.is_file() else {}
+    if vq_cfg.get("model_type") != "emu3_vqgan":
+        raise BundleError(
+            f"{vq_dir} is not a transformers Emu3VQVAE folder (config.json with model_type 'emu3_vqgan'). "
+            "The original BAAI/Emu3-VisionTokenizer remote-code format is not supported: convert it to "
+            "transformers' Emu3VQVAE and save_pretrained it first."
+        )
+    codebook_size = int(vq_cfg.get("codebook_size", 32768))
+    spatial_factor = 2 ** (len(vq_cfg.get("channel_multiplier", (1, 2, 2, 4))) - 1)
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    except (OSError, ValueError, KeyError) as e:
+        raise BundleError(
+            f"cannot load the tokenizer in {tokenizer_dir} without remote code ({e}). Use the HF-converted "
+            "Emu3 tokenizer (tokenizer.json), not BAAI's emu3.tiktoken + tokenization_emu3.py."
+        ) from e
+    unk = tok.unk_token_id
+    required = [T.BOS, T.EOS, T.IMG_START, T.IMG_END, T.IMG_TOKEN, T.EOL, T.EOF, T.PAD,
+                T.visual_token_name(0), T.visual_token_name(codebook_size - 1)]
+    missing = [n for n in required if _tok_id(tok, n, unk) is None]
+    if missing:
+        raise BundleError(f"tokenizer in {tokenizer_dir} lacks Emu3 tokens: {', '.join(missing)}")
+    if len(tok) > int(lm_cfg.get("vocab_size", 0)):
+        raise BundleError(f"tokenizer has {len(tok)} tokens but the language model only {lm_cfg.get('vocab_size')}")
+    think = "tokens" if all(_tok_id(tok, n, unk) is not None for n in (T.THINK_START, T.THINK_END)) else "text"
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists():
+        raise BundleError(f"{out_dir} already exists; choose a new folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for p in sorted(lm_dir.iterdir()):
+            if p.is_file() and p.suffix in _LM_FILE_SUFFIXES and p.name != "config.json":
+                _place(p, tmp / "lm" / p.name, link)
+        (tmp / "lm" / "config.json").write_text(json.dumps(lm_cfg, indent=2, sort_keys=True) + "\n")
+        for p in sorted(vq_dir.iterdir()):
+            if p.is_file():
+                _place(p, tmp / "vq" / p.name, link)
+        for p in sorted(tokenizer_dir.iterdir()):
+            if p.is_file() and p.suffix != ".py":  # never carry remote code along
+                _place(p, tmp / "tokenizer" / p.name, link)
+        cfg = BundleConfig(
+            family="emu3", name=name, version=version, image_area=image_area, spatial_factor=spatial_factor,
+            codebook_size=codebook_size, parent=None,
+            notes={"sources": {"lm": str(lm_dir.resolve()), "vq": str(vq_dir.resolve()),
+                               "tokenizer": str(tokenizer_dir.resolve())},
+                   "linked": link, "think_markers": think},
+        )
+        (tmp / BUNDLE_JSON).write_text(cfg.to_json())
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+

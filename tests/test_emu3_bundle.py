@@ -1,0 +1,148 @@
+"""emu3 bundles: a tiny checkpoint written in the real formats -> assemble -> load -> run.
+
+Formats used: the LLM as ``Emu3ForCausalLM.save_pretrained`` (and as BAAI's original remote-code
+config), the vision tokenizer as ``Emu3VQVAE.save_pretrained``, the tokenizer as an HF-converted Emu3
+tokenizer (byte-level BPE tokenizer.json, class GPT2Tokenizer, Emu3's special-token names).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import Emu3ForCausalLM, Emu3VQVAE
+
+from engine import tokens as T
+from engine.bundle import BundleError, assemble_emu3_bundle, load_bundle, tiny_lm_config
+from engine.emu3_vq import Emu3VisionTokenizer, tiny_emu3_vqvae_config
+
+CODEBOOK = 64
+# Emu3's tokenizer: Qwen's <|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0..204|>, then the image
+# markers and 32768 visual tokens (here: CODEBOOK of them).
+EMU3_SPECIALS = (
+    ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    + [f"<|extra_{i}|>" for i in range(205)]
+    + ["<|image start|>", "<|image end|>", "<|image token|>"]
+)
+
+
+def _write_emu3_tokenizer(folder, codebook: int = CODEBOOK) -> None:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(["Make it grayscale.", "Flip the photo.", "Let's think step by step."], trainer)
+    names = EMU3_SPECIALS + [T.visual_token_name(i) for i in range(codebook)]
+    tok.add_special_tokens([AddedToken(n, special=True, normalized=False) for n in names])
+    folder.mkdir(parents=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "clean_up_tokenization_spaces": False,
+        "bos_token": "<|extra_203|>", "eos_token": "<|extra_204|>", "pad_token": "<|endoftext|>",
+    }))
+    (folder / "tokenization_emu3.py").write_text("raise RuntimeError('remote code must never run')\n")
+
+
+@pytest.fixture(scope="module")
+def emu3_parts(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("emu3src")
+    _write_emu3_tokenizer(root / "tok")
+    tok = AutoTokenizer.from_pretrained(str(root / "tok"))
+    torch.manual_seed(0)
+    lm = Emu3ForCausalLM(tiny_lm_config(tok, hidden=32, layers=1, heads=2, kv_heads=1))
+    lm.save_pretrained(str(root / "lm"))
+    vq = Emu3VQVAE(tiny_emu3_vqvae_config(CODEBOOK)).eval()
+    vq.save_pretrained(str(root / "vq"))
+    return root, lm
+
+
+def test_tiny_emu3_vq_encode_decode_shapes():
+    torch.manual_seed(0)
+    vt = Emu3VisionTokenizer(Emu3VQVAE(tiny_emu3_vqvae_config(CODEBOOK)))
+    assert vt.spatial_factor == 8 and vt.codebook_size == CODEBOOK
+    rng = np.random.default_rng(0)
+    ims = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((32, 48), (16, 16))]
+    grids = vt.encode(ims)
+    assert [g.shape for g in grids] == [(4, 6), (2, 2)]
+    assert all(g.dtype == np.int64 and g.min() >= 0 and g.max() < CODEBOOK for g in grids)
+    out = vt.decode(grids)
+    assert [im.size for im in out] == [(48, 32), (16, 16)] and out[0].mode == "RGB"
+    # Decoding is deterministic and re-encoding the decoded pixels is well-formed.
+    assert np.array_equal(np.asarray(vt.decode(grids[:1])[0]), np.asarray(out[0]))
+    with pytest.raises(ValueError, match="multiple"):
+        vt.encode([Image.new("RGB", (20, 16))])
+    with pytest.raises(ValueError, match="codes must lie"):
+        vt.decode([np.full((2, 2), CODEBOOK)])
+
+
+def test_assemble_load_and_run(emu3_parts, tmp_path):
+    root, lm_src = emu3_parts
+    out = assemble_emu3_bundle(root / "lm", root / "vq", root / "tok", tmp_path / "b")
+    cfg = json.loads((out / "bundle.json").read_text())
+    assert cfg["family"] == "emu3" and cfg["image_area"] == 256 * 256
+    assert cfg["spatial_factor"] == 8 and cfg["codebook_size"] == CODEBOOK
+    assert cfg["notes"]["think_markers"] == "text"  # Emu3's vocabulary has no think tokens
+    assert not (out / "tokenizer" / "tokenization_emu3.py").exists()
+    assert not (out / "lm" / "model.safetensors").is_symlink()
+
+    b = load_bundle(out)
+    assert isinstance(b.lm, Emu3ForCausalLM) and isinstance(b.vq, Emu3VisionTokenizer)
+    assert b.grid_embed is None and b.lm.config._attn_implementation == "sdpa"
+    tok = b.tokenizer
+    assert tok.convert_tokens_to_ids(T.BOS) == tok.bos_token_id
+    ids = [tok.convert_tokens_to_ids(n) for n in (T.BOS, T.IMG_START)] + tok.encode("2*2", add_special_tokens=False)
+    ids += [tok.convert_tokens_to_ids(T.IMG_TOKEN), tok.convert_tokens_to_ids(T.visual_token_name(5))]
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logits = b.lm(x).logits
+        ref = lm_src.eval()(x).logits
+    assert logits.shape == (1, len(ids), b.lm.config.vocab_size)
+    assert torch.allclose(logits, ref, atol=1e-5)  # stored in float32 by save_pretrained -> exact
+    img = Image.new("RGB", (16, 16), (200, 30, 30))
+    assert b.vq.decode(b.vq.encode([img]))[0].size == (16, 16)
+
+
+def test_assemble_with_links_and_remote_code_config(emu3_parts, tmp_path):
+    root, _ = emu3_parts
+    # BAAI's original format: model_type "Emu3", rope_theta, auto_map -> config rewritten, weights reused.
+    remote = tmp_path / "remote_lm"
+    remote.mkdir()
+    cfg = json.loads((root / "lm" / "config.json").read_text())
+    rope = cfg.pop("rope_parameters")
+    cfg.update(model_type="Emu3", rope_theta=rope["rope_theta"], rope_scaling=None,
+               auto_map={"AutoModelForCausalLM": "modeling_emu3.Emu3ForCausalLM"})
+    (remote / "config.json").write_text(json.dumps(cfg))
+    os.symlink((root / "lm" / "model.safetensors").resolve(), remote / "model.safetensors")
+    out = assemble_emu3_bundle(remote, root / "vq", root / "tok", tmp_path / "b", link=True)
+    assert (out / "lm" / "model.safetensors").is_symlink() and (out / "vq" / "config.json").is_symlink()
+    written = json.loads((out / "lm" / "config.json").read_text())
+    assert written["model_type"] == "emu3_text_model" and "auto_map" not in written
+    b = load_bundle(out)
+    with torch.no_grad():
+        assert torch.isfinite(b.lm(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_assemble_errors_are_clear(emu3_parts, tmp_path):
+    root, _ = emu3_parts
+    with pytest.raises(BundleError, match="folder not found"):
+        assemble_emu3_bundle(tmp_path / "none", root / "vq", root / "tok", tmp_path / "b")
+    with pytest.raises(BundleError, match="not a transformers Emu3VQVAE"):
+        assemble_emu3_bundle(root / "lm", root / "lm", root / "tok", tmp_path / "b")
+    with pytest.raises(BundleError, match="holds a .* model, not an Emu3"):
+        assemble_emu3_bundle(root / "vq", root / "vq", root / "tok", tmp_path / "b")
+    small = tmp_path / "small_tok"
+    _write_emu3_tokenizer(small, codebook=8)
+    with pytest.raises(BundleError, match="lacks Emu3 tokens"):
+        assemble_emu3_bundle(root / "lm", root / "vq", small, tmp_path / "b")
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(BundleError, match="already exists"):
+        assemble_emu3_bundle(root / "lm", root / "vq", root / "tok", tmp_path / "exists")
+    assert not (tmp_path / "b").exists()
