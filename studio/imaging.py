@@ -1,0 +1,40 @@
+"""Small image helpers for the studio: difference heatmaps and captions. Pure numpy/PIL."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+# A perceptually ordered dark→bright ramp (anchors sampled from matplotlib's "inferno"), so the
+# heatmap reads the same in print and for colour-blind raters; interpolated to 256 entries.
+_ANCHORS = np.array(
+    [
+        [0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85],
+        [227, 89, 51], [249, 140, 10], [249, 201, 50], [252, 255, 164],
+    ],
+    dtype=np.float64,
+)
+_LUT = np.stack(
+    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c]) for c in range(3)],
+    axis=1,
+).astype(np.uint8)
+
+
+def difference(a: Image.Image, b: Image.Image) -> np.ndarray:
+    """Per-pixel mean absolute RGB difference in [0, 1]; ``b`` is resized to ``a`` if sizes differ."""
+    if b.size != a.size:
+        b = b.resize(a.size, Image.Resampling.BICUBIC)
+    x = np.asarray(a.convert("RGB"), dtype=np.float32)
+    y = np.asarray(b.convert("RGB"), dtype=np.float32)
+    return np.abs(x - y).mean(axis=2) / 255.0
+
+
+def diff_heatmap(before: Image.Image, after: Image.Image, full_scale: float = 0.5) -> tuple[Image.Image, float]:
+    """Heatmap of where ``after`` differs from ``before`` and the mean difference (0–1).
+
+    The colour scale is fixed (``full_scale`` = a mean channel change of half the range is white)
+    rather than stretched to each image's maximum, so two candidates' heatmaps can be compared.
+    """
+    d = difference(before, after)
+    idx = np.clip(np.sqrt(d / full_scale) * 255, 0, 255).astype(np.uint8)  # sqrt: small changes visible
+    return Image.fromarray(_LUT[idx]), float(d.mean())
