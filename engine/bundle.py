@@ -498,3 +498,135 @@ def assemble_emu3_bundle(
         raise
     return out_dir
 
+# Files of an HF Emu3 checkpoint that belong to its tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                    "merges.txt", "added_tokens.json", "chat_template.jinja")
+
+
+def _checkpoint_tensors(folder: Path):
+    """(name, safetensors file) for every tensor of a safetensors checkpoint, sharded or not."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise BundleError(f"{folder} holds no *.safetensors weights")
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                yield k, f
+
+
+def _write_sharded(tensors, out: Path, max_shard_bytes: int) -> None:
+    """Stream (name, loader) pairs into safetensors shards of at most ``max_shard_bytes`` (+ index)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[list[str]] = []
+    weight_map: dict[str, int] = {}
+    batch: dict[str, torch.Tensor] = {}
+    size = total = 0
+
+    def flush() -> None:
+        nonlocal batch, size
+        if batch:
+            shards.append(list(batch))
+            save_file(batch, str(out / f".shard-{len(shards)}.safetensors"), metadata={"format": "pt"})
+            batch, size = {}, 0
+
+    for name, load in tensors:
+        t = load().contiguous()
+        n = t.numel() * t.element_size()
+        if batch and size + n > max_shard_bytes:
+            flush()
+        batch[name] = t
+        size += n
+        total += n
+        weight_map[name] = len(shards) + 1
+    flush()
+    if len(shards) == 1:
+        os.replace(out / ".shard-1.safetensors", out / "model.safetensors")
+        return
+    names = {i: f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)}
+    for i, fname in names.items():
+        os.replace(out / f".shard-{i}.safetensors", out / fname)
+    index = {"metadata": {"total_size": total}, "weight_map": {k: names[i] for k, i in weight_map.items()}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def extract_emu3_hf_parts(
+    hf_dir: str | Path, out_dir: str | Path, *, lm: bool = False, max_shard_bytes: int = 4 << 30
+) -> dict[str, Path]:
+    """Split a transformers ``Emu3ForConditionalGeneration`` checkpoint (``Emu3-*-hf``) into parts.
+
+    Writes ``out_dir/vq`` (Emu3VQVAE save_pretrained format, with the image processor config),
+    ``out_dir/tokenizer`` and, when ``lm`` is True, ``out_dir/lm`` (Emu3ForCausalLM format) — the
+    inputs ``assemble_emu3_bundle`` takes. EARL's use: its LLM-only checkpoint + the VQ and tokenizer
+    of an Emu3 -hf checkpoint. Tensors are streamed one at a time, so memory stays at one shard.
+    Returns {"vq": ..., "tokenizer": ..., ["lm": ...]}.
+    """
+    from safetensors import safe_open
+    from transformers import Emu3VQVAEConfig
+
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    cfg_file = hf_dir / "config.json"
+    if not cfg_file.is_file():
+        raise BundleError(f"{hf_dir} holds no checkpoint: config.json is missing")
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("model_type") != "emu3" or "vq_config" not in cfg or "text_config" not in cfg:
+        raise BundleError(f"{hf_dir} is not a transformers Emu3ForConditionalGeneration checkpoint")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def loader(f: Path, k: str):
+        def load() -> torch.Tensor:
+            with safe_open(str(f), "pt") as st:
+                return st.get_tensor(k)
+        return load
+
+    # On disk, transformers writes the original layout ("text_model.model.*", "text_model.lm_head.*",
+    # "vqmodel.*"); checkpoints saved with save_original_format=False use "model.text_model.*",
+    # "lm_head.*" and "model.vqmodel.*". Both map onto the standalone models' names.
+    def rename(k: str) -> tuple[str, str] | None:
+        for prefix, part, new in (("vqmodel.", "vq", ""), ("model.vqmodel.", "vq", ""),
+                                  ("text_model.", "lm", ""), ("model.text_model.", "lm", "model."),
+                                  ("lm_head.", "lm", "lm_head.")):
+            if k.startswith(prefix):
+                return part, new + k[len(prefix):]
+        return None
+
+    parts: dict[str, list] = {"vq": [], "lm": []}
+    for k, f in _checkpoint_tensors(hf_dir):
+        r = rename(k)
+        if r is not None:
+            parts[r[0]].append((r[1], loader(f, k)))
+    if not parts["vq"]:
+        raise BundleError(f"{hf_dir} has no vqmodel.* weights")
+
+    result: dict[str, Path] = {}
+    vq_cfg = Emu3VQVAEConfig(**{k: v for k, v in cfg["vq_config"].items()
+                                if k not in ("model_type", "transformers_version", "architectures")})
+    vq_dir = out_dir / "vq"
+    _write_sharded(parts["vq"], vq_dir, max_shard_bytes)
+    vq_cfg.save_pretrained(str(vq_dir))
+    if (hf_dir / "preprocessor_config.json").is_file():
+        shutil.copy2(hf_dir / "preprocessor_config.json", vq_dir / "preprocessor_config.json")
+    result["vq"] = vq_dir
+
+    tok_dir = out_dir / "tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    found = [n for n in _TOKENIZER_FILES if (hf_dir / n).is_file()]
+    if not found:
+        raise BundleError(f"{hf_dir} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:2])})")
+    for n in found:
+        shutil.copy2(hf_dir / n, tok_dir / n)
+    result["tokenizer"] = tok_dir
+
+    if lm:
+        if not parts["lm"]:
+            raise BundleError(f"{hf_dir} has no text_model.* weights")
+        lm_dir = out_dir / "lm"
+        _write_sharded(parts["lm"], lm_dir, max_shard_bytes)
+        text_cfg = {k: v for k, v in cfg["text_config"].items() if k != "transformers_version"}
+        text_cfg.update(model_type=Emu3TextConfig.model_type, architectures=["Emu3ForCausalLM"])
+        (lm_dir / "config.json").write_text(json.dumps(text_cfg, indent=2, sort_keys=True) + "\n")
+        result["lm"] = lm_dir
+    return result

@@ -146,3 +146,33 @@ def test_assemble_errors_are_clear(emu3_parts, tmp_path):
     with pytest.raises(BundleError, match="already exists"):
         assemble_emu3_bundle(root / "lm", root / "vq", root / "tok", tmp_path / "exists")
     assert not (tmp_path / "b").exists()
+
+
+def test_extract_parts_from_hf_multimodal_checkpoint(tmp_path):
+    """Emu3ForConditionalGeneration (-hf) checkpoint -> lm/vq/tokenizer parts -> bundle, same numbers."""
+    from transformers import AutoTokenizer, Emu3Config, Emu3ForConditionalGeneration
+
+    from engine.bundle import extract_emu3_hf_parts
+
+    _write_emu3_tokenizer(tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    text_cfg = tiny_lm_config(tok, hidden=32, layers=1, heads=2, kv_heads=1)
+    cfg = Emu3Config(vq_config=tiny_emu3_vqvae_config(CODEBOOK).to_dict(), text_config=text_cfg.to_dict(),
+                     vocabulary_map=tok.get_vocab())
+    torch.manual_seed(1)
+    full = Emu3ForConditionalGeneration(cfg).eval()
+    hf = tmp_path / "hf"
+    full.save_pretrained(str(hf))
+    tok.save_pretrained(str(hf))
+
+    parts = extract_emu3_hf_parts(hf, tmp_path / "parts", lm=True, max_shard_bytes=100_000)
+    assert (parts["lm"] / "model.safetensors.index.json").exists()  # sharded on the small limit
+    out = assemble_emu3_bundle(parts["lm"], parts["vq"], parts["tokenizer"], tmp_path / "bundle")
+    b = load_bundle(out)
+    ids = torch.tensor([[tok.bos_token_id, 5, 17, tok.convert_tokens_to_ids(T.visual_token_name(3))]])
+    with torch.no_grad():
+        assert torch.allclose(b.lm(ids).logits, full(input_ids=ids).logits, atol=1e-5)
+        codes = torch.randint(0, CODEBOOK, (1, 2, 3))
+        assert torch.allclose(b.vq.vqvae.decode(codes), full.model.vqmodel.decode(codes), atol=1e-5)
+    with pytest.raises(BundleError, match="not a transformers Emu3ForConditionalGeneration"):
+        extract_emu3_hf_parts(parts["lm"], tmp_path / "x")
