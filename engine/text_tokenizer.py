@@ -3,8 +3,9 @@
 Id layout (so the visual ids form one contiguous slice, cheap to mask in the sampler):
 
     0 .. len(STRUCTURAL)-1            the structural tokens of ``engine.tokens`` (single special tokens)
-    .. text vocab end                  byte-level BPE (all 256 bytes are in the alphabet, so any text,
-                                       digits of any "H*W" header included, is encodable)
+    .. text vocab end                  byte-level BPE (all 256 bytes are in the alphabet, so any text is
+                                       encodable; digits are split one per token, so "H*W" headers are
+                                       one token per character for any H, W)
     text vocab end .. + codebook_size  ``visual_token_name(i)`` for i in range(codebook_size)
 
 The engine only ever looks ids up by name (``convert_tokens_to_ids``), so a real Emu3 tokenizer, where
@@ -37,8 +38,13 @@ def build_nano_tokenizer(
     texts = list(texts)
 
     tok = Tokenizer(models.BPE())
+    # Digits one per token, as in Emu3's (Qwen) pre-tokenizer: an "H*W" header is always one token per
+    # character, and numbers in reasoning text (grid boxes) are compositional.
     # add_prefix_space=False: decode(encode(s)) == s exactly, leading spaces included.
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=text_vocab_size,

@@ -62,6 +62,7 @@ def test_grid_header_is_plain_text(tok, h, w):
     assert ids[0] == tok.convert_tokens_to_ids(T.IMG_START)
     assert ids[-1] == tok.convert_tokens_to_ids(T.IMG_TOKEN)
     assert tok.decode(ids[1:-1]) == header
+    assert len(ids) == len(header) + 2  # digits split: one token per character, whatever H and W
     assert max(ids[1:-1]) < len(T.STRUCTURAL) + 400  # text ids, not special ones
 
 
