@@ -1,0 +1,222 @@
+"""Programmatic verifier for the synthetic editing suite — VIEScore-shaped, 0–10, on pixels.
+
+``score(source, output, target, mask) -> VerifierScore(success, overedit, sc, pq, overall)``
+
+All images are float RGB in [0, 1]; the output is resized to the target's size if it differs. The mask
+is the edit region (True = may change); ``None`` means the whole image. Cells are the 8×8-pixel token
+cells. ``P(x)`` is a Gaussian blur with σ = ``SIGMA`` px: the VQ tokenizer loses fine detail, so the
+comparison is made after removing it (a perfect edit decoded through a 22–24 dB VQ must still pass).
+``rms_R(a, b)`` is the root-mean-square difference over all channels of the pixels in region R.
+
+Edit success (target region matches the ground truth)::
+
+    dO = rms_M(P(output), P(target)),  dS = rms_M(P(source), P(target))
+    success = 10 · clip(1 − max(0, dO − TAU) / max(dS − TAU, dS / 2), 0, 1)
+
+i.e. 10 when the output is within ``TAU`` of the ground truth, 0 when it is no closer to it than the
+unedited source, linear in between. (If dS = 0, the edit is a no-op and success = 10 · clip(1 −
+max(0, dO − TAU) / TAU).)
+
+No over-editing (outside the region the output matches the source)::
+
+    for each cell c outside M (less than half of its pixels in M):
+        excess_c = max(0, rms_c(P(output), P(source)) − TAU_CELL)
+    change  = Σ_{cells c in M} rms_c(P(source), P(target))       # size of the requested edit
+    overedit = 10 · clip(1 − Σ excess_c / max(change, BETA · n_cells), 0, 1)
+
+so changing as much outside the region as the edit changes inside it scores 0; per-cell reconstruction
+noise below ``TAU_CELL`` is free. With no cells outside the mask (global edits) overedit = 10.
+
+Perceptual quality (no neural net; artefacts of the output relative to the ground truth, on luminance
+Y without blur)::
+
+    sharp  = (mean|∇Y_out| + 0.01) / (mean|∇Y_target| + 0.01)          (Sobel gradient magnitude)
+    noise  = (mean|Y_out − G1(Y_out)| + 0.005) / (mean|Y_target − G1(Y_target)| + 0.005)   (G1: σ = 1)
+    block  = B(out) − B(target),  B(x) = mean |step across 8-px cell borders| / mean |step inside cells|
+    p_blur  = clip((0.6 − sharp) / 0.3, 0, 1)
+    p_noise = clip((noise − 2.0) / 2.0, 0, 1)
+    p_block = clip((block − 0.5) / 1.0, 0, 1)
+    pq = 10 · (1 − p_blur) · (1 − p_noise) · (1 − p_block)
+
+Combined (as VIEScore): ``sc = min(success, overedit)``, ``overall = sqrt(sc · pq)``.
+
+Constants were calibrated with ``python -m training.suite sanity``: the ground truth scores 10, the
+ground truth degraded like a 22–24 dB VQ reconstruction (blur + JPEG + noise, see
+``vq_like_degrade``) scores ≥ 8, the unedited source and wrong edits score low.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter, sobel
+
+SIGMA = 1.5
+TAU = 0.06
+TAU_CELL = 0.10
+BETA = 0.02
+CELL = 8
+
+
+@dataclass
+class VerifierScore:
+    success: float
+    overedit: float
+    sc: float
+    pq: float
+    overall: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in asdict(self).items()}
+
+
+def _arr(x, size: tuple[int, int] | None = None) -> np.ndarray:
+    if isinstance(x, np.ndarray) and x.dtype != np.uint8:
+        a = x.astype(np.float32)
+        if size is not None and a.shape[1::-1] != size:
+            x = Image.fromarray(np.clip(np.round(a * 255), 0, 255).astype(np.uint8))
+        else:
+            return a
+    img = x if isinstance(x, Image.Image) else Image.fromarray(np.asarray(x))
+    img = img.convert("RGB")
+    if size is not None and img.size != size:
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _mask(m, shape: tuple[int, int]) -> np.ndarray:
+    if m is None:
+        return np.ones(shape, bool)
+    if isinstance(m, Image.Image):
+        m = np.asarray(m.convert("L")) > 127
+    m = np.asarray(m)
+    if m.dtype != bool:
+        m = m > (127 if m.dtype == np.uint8 else 0.5)
+    if m.shape != shape:
+        raise ValueError(f"mask shape {m.shape} does not match image shape {shape}")
+    return m
+
+
+def _blur(a: np.ndarray) -> np.ndarray:
+    return gaussian_filter(a, sigma=(SIGMA, SIGMA, 0), mode="reflect")
+
+
+def _rms(d: np.ndarray, region: np.ndarray) -> float:
+    if not region.any():
+        return 0.0
+    return float(np.sqrt((d[region] ** 2).mean()))
+
+
+def _cells(d2: np.ndarray, cell: int = CELL) -> np.ndarray:
+    """Per-cell mean of a (H, W) array (partial cells at the border are dropped)."""
+    H, W = d2.shape
+    gh, gw = H // cell, W // cell
+    return d2[: gh * cell, : gw * cell].reshape(gh, cell, gw, cell).mean(axis=(1, 3))
+
+
+def success_score(S: np.ndarray, Out: np.ndarray, T: np.ndarray, M: np.ndarray) -> float:
+    dO = _rms(Out - T, M)
+    dS = _rms(S - T, M)
+    if dS < 1e-6:
+        return 10.0 * float(np.clip(1 - max(0.0, dO - TAU) / TAU, 0, 1))
+    return 10.0 * float(np.clip(1 - max(0.0, dO - TAU) / max(dS - TAU, dS / 2), 0, 1))
+
+
+def overedit_score(S: np.ndarray, Out: np.ndarray, T: np.ndarray, M: np.ndarray) -> float:
+    inside = _cells(M.astype(np.float32)) >= 0.5
+    if inside.all():
+        return 10.0
+    e_out = np.sqrt(_cells(((Out - S) ** 2).mean(axis=2)))
+    e_edit = np.sqrt(_cells(((S - T) ** 2).mean(axis=2)))
+    excess = np.maximum(0.0, e_out - TAU_CELL)[~inside].sum()
+    change = e_edit[inside].sum()
+    budget = max(change, BETA * inside.size)
+    return 10.0 * float(np.clip(1 - excess / budget, 0, 1))
+
+
+def _luma(a: np.ndarray) -> np.ndarray:
+    return a @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _grad(y: np.ndarray) -> float:
+    return float(np.hypot(sobel(y, 0), sobel(y, 1)).mean())
+
+
+def _hf(y: np.ndarray) -> float:
+    return float(np.abs(y - gaussian_filter(y, 1.0)).mean())
+
+
+def _blockiness(y: np.ndarray, cell: int = CELL) -> float:
+    dx = np.abs(np.diff(y, axis=1))
+    dy = np.abs(np.diff(y, axis=0))
+    bx = np.zeros(dx.shape[1], bool)
+    bx[cell - 1:: cell] = True
+    by = np.zeros(dy.shape[0], bool)
+    by[cell - 1:: cell] = True
+    border = np.concatenate([dx[:, bx].ravel(), dy[by].ravel()])
+    inner = np.concatenate([dx[:, ~bx].ravel(), dy[~by].ravel()])
+    return float(border.mean() / max(inner.mean(), 1e-4))
+
+
+def pq_score(Out: np.ndarray, T: np.ndarray) -> float:
+    yo, yt = _luma(Out), _luma(T)
+    sharp = (_grad(yo) + 0.01) / (_grad(yt) + 0.01)
+    noise = (_hf(yo) + 0.005) / (_hf(yt) + 0.005)
+    block = _blockiness(yo) - _blockiness(yt)
+    p_blur = np.clip((0.6 - sharp) / 0.3, 0, 1)
+    p_noise = np.clip((noise - 2.0) / 2.0, 0, 1)
+    p_block = np.clip((block - 0.5) / 1.0, 0, 1)
+    return float(10.0 * (1 - p_blur) * (1 - p_noise) * (1 - p_block))
+
+
+def score(source, output, target, mask=None) -> VerifierScore:
+    """Score an edit. Images: PIL or arrays (uint8 0–255 or float 0–1), same size as ``target``
+    (the output is resized if not). ``mask``: bool/uint8 array or PIL "L", True/255 = edit region."""
+    T = _arr(target)
+    size = (T.shape[1], T.shape[0])
+    S = _arr(source, size)
+    Out = _arr(output, size)
+    M = _mask(mask, T.shape[:2])
+    Sb, Ob, Tb = _blur(S), _blur(Out), _blur(T)
+    succ = success_score(Sb, Ob, Tb, M)
+    over = overedit_score(Sb, Ob, Tb, M)
+    sc = min(succ, over)
+    pq = pq_score(Out, T)
+    return VerifierScore(succ, over, sc, pq, float(np.sqrt(sc * pq)))
+
+
+def edit_magnitude(source, target, mask=None) -> float:
+    """rms_M(P(source), P(target)): how much the edit changes its region (the generator rejects
+    samples below ``MIN_MAGNITUDE``, whose ground truth is too close to the source to judge)."""
+    T = _arr(target)
+    S = _arr(source, (T.shape[1], T.shape[0]))
+    return _rms(_blur(S) - _blur(T), _mask(mask, T.shape[:2]))
+
+
+MIN_MAGNITUDE = 0.12
+
+
+def psnr(a, b) -> float:
+    x, y = _arr(a), _arr(b, (_arr(a).shape[1], _arr(a).shape[0]))
+    mse = float(((x - y) ** 2).mean())
+    return 99.0 if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def vq_like_degrade(img: Image.Image, rng: np.random.Generator, strength: float = 1.0) -> Image.Image:
+    """Imitate a 22–24 dB VQ reconstruction: lose detail (down/up-sampling), blocky JPEG, a little noise.
+    Used to calibrate the verifier's tolerance and in tests."""
+    w, h = img.size
+    f = 1 + 1.5 * strength
+    small = img.resize((max(8, int(w / f)), max(8, int(h / f))), Image.Resampling.BILINEAR)
+    soft = small.resize((w, h), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    soft.save(buf, "JPEG", quality=int(max(10, 70 - 30 * strength)))
+    buf.seek(0)
+    a = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+    # a small colour cast and noise, as a codebook's nearest colour is never exact
+    a = a + rng.normal(0, 0.02 * strength, (1, 1, 3)).astype(np.float32)
+    a = a + rng.normal(0, 0.02 * strength, a.shape).astype(np.float32)
+    return Image.fromarray(np.clip(np.round(a * 255), 0, 255).astype(np.uint8))
