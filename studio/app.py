@@ -380,9 +380,6 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             ]
             return gr.update(choices=choices), counts_markdown(store.counts())
 
-        refresh_btn.click(list_edits, None, [edits_dd, counts_md], api_name="list_edits")
-        review_tab.select(list_edits, None, [edits_dd, counts_md], api_visibility="private")
-
         def open_edit(edit_uid: str | None, st: dict) -> dict:
             if not edit_uid:
                 return {}
@@ -396,6 +393,21 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         edits_dd.input(open_edit, [edits_dd, review_state], [review_state, *review_panel.outputs],
                        api_name="open_edit")
 
+        def open_latest(current: str | None, st: dict) -> dict:
+            """On entering the tab: refresh the list and, if nothing is open yet, open the newest edit."""
+            dd, counts = list_edits()
+            out = {counts_md: counts}
+            choices = dd["choices"]
+            if current is None and choices:
+                current = choices[0][1]
+                out.update(open_edit(current, st))
+            out[edits_dd] = gr.update(choices=choices, value=current)
+            return out
+
+        refresh_btn.click(list_edits, None, [edits_dd, counts_md], api_name="list_edits")
+        review_tab.select(open_latest, [edits_dd, review_state],
+                          [edits_dd, counts_md, review_state, *review_panel.outputs], api_visibility="private")
+
         for panel, pstate, prefix in ((edit_panel, edit_state, ""), (review_panel, review_state, "review_")):
             _wire_panel(ctx, panel, pstate, rater_box, [counts_md], rng, prefix)
         del tabs
@@ -407,7 +419,7 @@ def _results_panel(prefix: str, ctx: StudioContext) -> SimpleNamespace:
     """Gallery + compare + rate widgets (one per tab). Returns the components as a namespace."""
     p = SimpleNamespace()
     p.gallery = gr.Gallery(
-        label="Candidates — click one to compare and rate it", columns=4, height="auto", format="png",
+        label="Candidates — click one to compare and rate it", columns=4, height=None, format="png",
         object_fit="contain", allow_preview=False, elem_id=f"{prefix}-gallery", elem_classes=["cands"],
         buttons=["download"], interactive=False,
     )

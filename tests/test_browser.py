@@ -1,0 +1,77 @@
+"""A real browser (Debian's Chromium driven by Playwright) against ``launch.py --tiny-demo``: open the
+page, upload a photo, run an edit, rate by click and by keyboard, screenshot to test-artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from studio.store import Store
+from tests.studio_server import ROOT, make_photo, studio_server
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (bash .ci/browser-setup.sh)"),
+]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+
+
+def test_browser_edit_and_rate(tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    photo = make_photo(tmp_path / "astronaut.png", size=(96, 96))
+    data = tmp_path / "data"
+    with studio_server(data) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector("#instruction textarea", timeout=60_000)
+            assert "EARL Studio" in page.title()
+
+            page.set_input_files("#photo input[type=file]", str(photo))
+            page.wait_for_selector("#photo img", timeout=20_000)
+            page.fill("#instruction textarea", "make it black and white")
+            page.press("#instruction textarea", "Enter")  # Enter runs the edit
+            page.wait_for_selector("#status:has-text('Done —')", timeout=60_000)
+            thumbs = page.locator("#edit-gallery img")
+            assert thumbs.count() >= 4  # default N = 4 candidates
+            page.wait_for_selector("#edit-slider img", timeout=20_000)
+
+            # Select candidate 2 in the gallery, then rate it by click and by keyboard shortcut.
+            thumbs.nth(1).click()
+            page.wait_for_selector(".cand-info:has-text('#2 of 4')", timeout=20_000)
+            page.locator(".kb-up").first.click()
+            page.wait_for_selector(".rate-msg:has-text('Saved 👍')", timeout=20_000)
+            page.locator("body").click(position={"x": 5, "y": 5})  # focus out of any text field
+            page.keyboard.press("4")
+            page.wait_for_selector(".rate-msg:has-text('★★★★')", timeout=20_000)
+            page.keyboard.press("a")
+            page.wait_for_selector(".rate-msg:has-text('A/B: A')", timeout=20_000)
+            page.screenshot(path=str(ARTIFACTS / "studio-edit-rated.png"), full_page=True)
+
+            page.get_by_role("tab", name="Review & rate").click()
+            page.wait_for_selector("#counts:has-text('1 A/B decisions')", timeout=20_000)
+            page.screenshot(path=str(ARTIFACTS / "studio-review.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+
+    with Store(data) as store:
+        cands = store.candidates()
+        assert len(cands) == 4
+        (thumb,) = store.thumbs()
+        assert thumb.up and thumb.candidate.idx == 1 and thumb.rater == "tester"
+        assert [(s.candidate.idx, s.stars) for s in store.stars()] == [(1, 4)]
+        (pair,) = store.ratings("pair")
+        assert pair.value == "A" and len(pair.candidate_ids) == 2
+        assert thumb.candidate.tokens and len(thumb.candidate.tokens) == len(thumb.candidate.logprobs)

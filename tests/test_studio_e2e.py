@@ -1,0 +1,140 @@
+"""End-to-end through gradio_client against a running ``launch.py --tiny-demo``: upload, streamed edit
+with N=2 (intermediate previews observed), ratings, and the ratings in the store with their tokens."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from studio.store import Store
+from tests.studio_server import make_photo, studio_server
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+MODEL = "mem:tiny-demo"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studio-e2e")
+    data = root / "data"
+    with studio_server(data) as url:
+        yield url, data, root
+
+
+def _edit_args(photo: Path | None, instruction: str, n: int = 2, seed: int = 123, think: bool = False) -> list:
+    # photo, instruction, N, think, temperature, top_k, top_p, seed, randomize, model, rater
+    return [handle_file(str(photo)) if photo else None, instruction, n, think, 1.0, 2048, 1.0, seed, False, MODEL,
+            "e2e-rater"]
+
+
+def _status(output: tuple) -> str:
+    return output[0] if isinstance(output[0], str) else ""
+
+
+# /edit's API outputs (buttons and gr.State are not part of the API): status, reasoning, seed,
+# history, gallery, slider, heatmap, info, download, pair_a, pair_b, msg.
+GALLERY = 4
+
+
+def _gallery(output: tuple) -> list[dict]:
+    g = output[GALLERY]
+    if isinstance(g, dict):  # a gr.update(...) carrying a value
+        return list(g.get("value") or [])
+    return list(g or [])
+
+
+def test_streamed_edit_then_ratings_land_in_store(server) -> None:
+    url, data, root = server
+    photo = make_photo(root / "photo.png")
+    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+
+    job = client.submit(*_edit_args(photo, "make it black and white", n=2, seed=123), api_name="/edit")
+    seen: list[tuple] = []
+    while not job.done():
+        time.sleep(0.05)
+    seen = job.outputs()
+    assert job.status().success, job.exception()
+    final = seen[-1]
+    assert "Done" in _status(final), _status(final)
+    assert "first preview" in _status(final) and "total" in _status(final)
+    # Streaming: at least one update before the end showed progress with candidate images in the gallery.
+    streamed = [o for o in seen[:-1] if "Generating" in _status(o) and _gallery(o)]
+    assert streamed, f"no intermediate preview among {[_status(o) for o in seen]}"
+    partial = [o for o in streamed if "row" in (_gallery(o)[0].get("caption") or "")]
+    assert partial, "no preview of a partly generated candidate was streamed"
+    assert len(_gallery(partial[0])) == 2
+    assert Path(_gallery(partial[0])[0]["image"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [g["caption"] for g in _gallery(final)] == ["#1 · seed 123", "#2 · seed 124"]
+    assert Path(_gallery(final)[0]["image"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # lossless, not WebP
+    assert Path(final[8]["value"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the download button's file
+
+    # Ratings through the same session (gr.State keeps the shown candidates per session).
+    msg = client.predict("e2e-rater", api_name="/thumb_up")[0]
+    assert "Saved" in msg, msg
+    assert "Saved" in client.predict("e2e-rater", api_name="/star_4")[0]
+    assert "Saved" in client.predict("e2e-rater", api_name="/pair_b")[0]
+    assert "Saved" in client.predict("e2e-rater", api_name="/best_of_n")[0]
+
+    with Store(data) as store:
+        cands = store.candidates()
+        assert [c.seed for c in cands] == [123, 124]
+        assert all(c.instruction == "make it black and white" and c.bundle_id == "tiny-demo@0" for c in cands)
+        thumbs = store.thumbs()
+        assert len(thumbs) == 1 and thumbs[0].up and thumbs[0].rater == "e2e-rater"
+        c = thumbs[0].candidate
+        assert c.idx == 0 and c.tokens and len(c.tokens) == len(c.logprobs)
+        # the recorded token grid matches the output image (8 px per token in the tiny bundle)
+        assert c.grid_h * 8 == store.load_image(c.output_hash).size[1]
+        assert c.logprob_sum == pytest.approx(sum(c.logprobs))
+        assert [s.stars for s in store.stars()] == [4]
+        pair = store.ratings("pair")[0]
+        assert sorted(pair.candidate_ids) == sorted(x.id for x in cands) and pair.shown_order == pair.candidate_ids
+        prefs = store.preference_pairs()
+        assert {p.kind for p in prefs} == {"pair", "best_of_n"}
+        assert all(p.chosen.tokens and p.rejected.tokens for p in prefs)
+        assert store.integrity_check() == "ok"
+
+
+def test_bad_input_gets_a_clear_message(server) -> None:
+    url, data, root = server
+    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+    photo = make_photo(root / "photo2.png")
+    out = client.predict(*_edit_args(photo, "   "), api_name="/edit")
+    assert "Type an instruction" in _status(out)
+    out = client.predict(*_edit_args(None, "make it grey"), api_name="/edit")
+    assert "Upload a photo" in _status(out)
+    broken = root / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    with pytest.raises(AppError, match="could not be read as an image"):
+        client.predict(*_edit_args(broken, "make it grey"), api_name="/edit")
+    truncated = root / "truncated.png"
+    truncated.write_bytes(photo.read_bytes()[:200])
+    try:
+        out = client.predict(*_edit_args(truncated, "make it grey"), api_name="/edit")
+        assert "⚠️" in _status(out) and ("truncated" in _status(out) or "corrupt" in _status(out)), _status(out)
+    except AppError as e:  # rejected already while reading the upload: also a clear message
+        assert "could not be read as an image" in str(e)
+    # Nothing to rate yet in this fresh session: a message, not an exception.
+    assert "Nothing to rate" in client.predict("x", api_name="/thumb_up")[0]
+
+
+def test_continue_editing_builds_a_history_tree(server) -> None:
+    url, data, root = server
+    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+    photo = make_photo(root / "photo3.png", size=(64, 64))
+    client.predict(*_edit_args(photo, "make it warmer", n=1, seed=7), api_name="/edit")
+    cont = client.predict(api_name="/continue_from")  # photo, crumbs, status, history, panel…
+    assert "Source is now result" in cont[2]
+    # The photo box now holds the chosen result; editing it again links the new result to its parent.
+    out = client.predict(*_edit_args(Path(cont[0]), "flip it", n=1, seed=8), api_name="/edit")
+    assert "Done" in _status(out)
+    with Store(data) as store:
+        first = [c for c in store.candidates() if c.instruction == "make it warmer"][0]
+        second = [c for c in store.candidates() if c.instruction == "flip it"][0]
+        assert second.parent_id == first.id and second.source_hash == first.output_hash
+        assert [c.id for c in store.lineage(second.id)] == [first.id, second.id]
