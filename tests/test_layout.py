@@ -1,0 +1,193 @@
+"""Sequence layout and constraint: round trips, malformed sequences, grid features, masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine import tokens as T
+from engine.bundle import TINY_TEXTS
+from engine.constraint import TEXT_ROW, VISUAL_ROW, FreeFormConstraint
+from engine.layout import (
+    SpecialIds,
+    build_prompt,
+    build_target,
+    grid_positions,
+    parse_generation,
+)
+from engine.text_tokenizer import build_nano_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_nano_tokenizer(TINY_TEXTS, codebook_size=64, text_vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return np.random.RandomState(1).randint(0, 64, (3, 5))
+
+
+def test_special_ids(tok):
+    sp = SpecialIds.from_tokenizer(tok)
+    assert sp.bos == tok.convert_tokens_to_ids(T.BOS)
+    assert sp.codebook_size == 64
+    assert sp.visual_ids[7] == tok.convert_tokens_to_ids(T.visual_token_name(7))
+    assert sp.code_of[sp.visual_ids[7]] == 7 and sp.code_of[sp.bos] == -1
+    assert tok.decode(sp.header_ids(16, 16)) == "16*16"
+    assert SpecialIds.from_tokenizer(tok) is sp  # cached per tokenizer
+
+
+def test_missing_tokens_are_named():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")))
+    with pytest.raises(ValueError, match="lacks the Emu3 tokens"):
+        SpecialIds.from_tokenizer(bare)
+
+
+@pytest.mark.parametrize("reasoning", [None, "", "Flip it: rows 1-4 stay."])
+def test_round_trip(tok, grid, reasoning):
+    sp = SpecialIds.from_tokenizer(tok)
+    target = build_target(tok, grid, reasoning)
+    text, g = parse_generation(tok, target + [sp.pad, sp.pad], expect_hw=grid.shape)
+    assert text == (reasoning or "")
+    np.testing.assert_array_equal(g, grid)
+
+
+def test_prompt_layout(tok, grid):
+    sp = SpecialIds.from_tokenizer(tok)
+    p = build_prompt(tok, grid, "  Make the photo grayscale. ", think=True)
+    assert p[0] == sp.bos and p[1] == sp.img_start and p[-1] == sp.think_start
+    n_img = 1 + len(sp.header_ids(3, 5)) + 1 + 3 * 6 + 2
+    assert p[1 + n_img - 2 : 1 + n_img] == [sp.eof, sp.img_end]
+    assert tok.decode(p[1 + n_img : -1]) == "Make the photo grayscale." + T.COT_OPENER
+    no_think = build_prompt(tok, grid, "Make the photo grayscale.", think=False)
+    assert tok.decode(no_think[1 + n_img :]) == "Make the photo grayscale."
+    assert build_prompt(tok, None, "", think=False) == [sp.bos]
+
+
+def _malformed(tok, grid):
+    sp = SpecialIds.from_tokenizer(tok)
+    good = build_target(tok, grid, None)
+    hdr = len(sp.header_ids(3, 5))
+    first_row = 2 + hdr  # index of the first visual token
+    cases = {
+        "no IMG_START": good[1:],
+        "IMG_TOKEN": [x for x in good if x != sp.img_token],
+        "header": [sp.img_start, *tok.encode("3x5", add_special_tokens=False)] + good[1 + hdr :],
+        "visual tokens, header says 5": good[:first_row + 4] + good[first_row + 5 :],  # short row
+        "does not end with EOL": good[:first_row + 5] + [sp.visual_ids[0].item()] + good[first_row + 6 :],
+        "more than 3 rows": good[:-3] + good[first_row : first_row + 6] + good[-3:],
+        "EOS": good[:-1],
+        "follow EOS": good + [sp.bos],
+        "THINK_END": tok.encode("thinking but no end", add_special_tokens=False) + good,
+        "ends early": good[: first_row + 8],
+    }
+    return cases
+
+
+@pytest.mark.parametrize("case", ["no IMG_START", "IMG_TOKEN", "header", "visual tokens, header says 5",
+                                  "does not end with EOL", "more than 3 rows", "EOS", "follow EOS", "THINK_END",
+                                  "ends early"])
+def test_malformed_sequences_raise(tok, grid, case):
+    ids = _malformed(tok, grid)[case]
+    with pytest.raises(ValueError) as err:
+        parse_generation(tok, ids)
+    words = case.split(", ")[0].split()
+    assert any(w.lower() in str(err.value).lower() for w in words), str(err.value)
+
+
+def test_wrong_shape_rejected(tok, grid):
+    with pytest.raises(ValueError, match="expected 5\\*3"):
+        parse_generation(tok, build_target(tok, grid, None), expect_hw=(5, 3))
+
+
+def test_grid_positions(tok, grid):
+    sp = SpecialIds.from_tokenizer(tok)
+    p = build_prompt(tok, grid, "Flip the image horizontally.", think=False)
+    t = build_target(tok, grid[::-1], None)
+    seq = p + t
+    image, row, col = grid_positions(tok, seq)
+    ids = torch.tensor(seq)
+    vis = sp.is_visual(ids)
+    assert int((image == 1).sum()) == 3 * 6 and int((image == 2).sum()) == 3 * 6
+    assert bool((image[vis] > 0).all()) and bool((image[~vis & (ids != sp.eol)] == 0).all())
+    eol = ids == sp.eol
+    assert col[eol].tolist() == [5] * 6 and row[eol].tolist() == [0, 1, 2] * 2
+    src = (image == 1) & vis
+    assert row[src].tolist() == [r for r in range(3) for _ in range(5)]
+    assert col[src].tolist() == list(range(5)) * 3
+    # prefix-stable: features of a prefix never change when more tokens follow
+    pi, pr, pc = grid_positions(tok, seq[:40])
+    assert torch.equal(pi, image[:40]) and torch.equal(pc, col[:40])
+
+
+@pytest.mark.parametrize("think", [False, True])
+def test_constraint_replay_matches_layout(tok, grid, think):
+    sp = SpecialIds.from_tokenizer(tok)
+    reasoning = "Rows 1-4 keep." if think else None
+    prompt = build_prompt(tok, grid, "Keep the image unchanged.", think)
+    target = build_target(tok, grid, reasoning)
+    con = FreeFormConstraint(tok, 3, 5, think, max_new_tokens=len(target) + 10)
+    rows, image, row, col = con.replay(target)
+    gi, gr, gc = grid_positions(tok, prompt + target)
+    n = len(prompt)
+    assert torch.equal(image, gi[n:]) and torch.equal(row, gr[n:]) and torch.equal(col, gc[n:])
+    vis = sp.is_visual(torch.tensor(target))
+    assert bool((rows[vis] == VISUAL_ROW).all())
+    if think:
+        n_text = len(tok.encode(reasoning, add_special_tokens=False))
+        assert bool((rows[: n_text + 1] == TEXT_ROW).all())  # THINK_END is sampled as text
+    masks = con.additive_masks(target)
+    assert masks.shape == (len(target), len(tok))
+    assert bool(masks.gather(1, torch.tensor(target)[:, None]).eq(0).all())
+    # the text mask excludes visual and structural tokens
+    assert torch.isinf(con.masks[TEXT_ROW, sp.visual_ids]).all()
+    assert torch.isinf(con.masks[TEXT_ROW, [sp.img_start, sp.eos, sp.eol]]).all()
+
+
+def test_constraint_rejects_disallowed_tokens(tok, grid):
+    sp = SpecialIds.from_tokenizer(tok)
+    con = FreeFormConstraint(tok, 3, 5, think=False)
+    bad = build_target(tok, grid, None)
+    bad[10] = sp.bos
+    with pytest.raises(ValueError, match="not allowed"):
+        con.replay(bad)
+    with pytest.raises(ValueError, match="before EOS"):
+        con.replay(build_target(tok, grid, None)[:-1])
+    with pytest.raises(ValueError, match="too small"):
+        FreeFormConstraint(tok, 3, 5, think=False, max_new_tokens=5)
+
+
+def test_reasoning_budget_forces_think_end(tok, grid):
+    sp = SpecialIds.from_tokenizer(tok)
+    con = FreeFormConstraint(tok, 3, 5, think=True, max_new_tokens=None)
+    image_len = con.image_len
+    con = FreeFormConstraint(tok, 3, 5, think=True, max_new_tokens=image_len + 1 + 4)
+    assert con.max_reasoning == 4
+    s = con.start()
+    some_text = tok.encode("Make the", add_special_tokens=False)[0]
+    for _ in range(4):
+        assert con.forced(s) is None and con.mask_row(s) == TEXT_ROW
+        con.advance(s, some_text)
+    assert con.forced(s) == sp.think_end
+    con.advance(s, sp.think_end)
+    assert con.forced(s) == sp.img_start
+
+
+def test_prefix_allowed_tokens_fn(tok, grid):
+    sp = SpecialIds.from_tokenizer(tok)
+    con = FreeFormConstraint(tok, 3, 5, think=False)
+    fn = con.prefix_allowed_tokens_fn(prompt_len=2)
+    target = build_target(tok, grid, None)
+    for i in range(len(target)):
+        allowed = fn(0, torch.tensor([sp.bos, sp.bos] + target[:i]))
+        assert target[i] in allowed.tolist()
+        if con.template[i] != -1:
+            assert allowed.tolist() == [target[i]]
+        else:
+            assert len(allowed) == 64
+    assert fn(0, torch.tensor([sp.bos, sp.bos] + target)).tolist() == [sp.pad]
