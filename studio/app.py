@@ -122,7 +122,8 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
     examples = ctx.examples()
     model_choices = [(c.label, c.key) for c in registry.choices()]
 
-    with gr.Blocks(title="EARL Studio") as demo:
+    # delete_cache: streamed previews are written to Gradio's cache; drop files older than an hour.
+    with gr.Blocks(title="EARL Studio", delete_cache=(1800, 3600)) as demo:
         edit_state = gr.State(new_state())
         review_state = gr.State(new_state())
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from studio.store import Store
 from tests.studio_server import make_photo, studio_server
@@ -20,8 +22,12 @@ MODEL = "mem:tiny-demo"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from engine.bundle import make_tiny_random_bundle
+
     root = tmp_path_factory.mktemp("studio-e2e")
     data = root / "data"
+    # A "fine-tuned" bundle in <data>/bundles/ must show up in the model picker and be usable.
+    make_tiny_random_bundle(data / "bundles" / "tiny-ft", seed=1, name="tiny-ft")
     with studio_server(data) as url:
         yield url, data, root
 
@@ -138,3 +144,49 @@ def test_continue_editing_builds_a_history_tree(server) -> None:
         second = [c for c in store.candidates() if c.instruction == "flip it"][0]
         assert second.parent_id == first.id and second.source_hash == first.output_hash
         assert [c.id for c in store.lineage(second.id)] == [first.id, second.id]
+
+
+def test_model_picker_finds_fine_tuned_bundles(server) -> None:
+    url, data, root = server
+    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+    key = f"path:{(data / 'bundles' / 'tiny-ft').resolve()}"
+    api = client.view_api(print_info=False, return_format="dict")
+    model_param = [p for p in api["named_endpoints"]["/edit"]["parameters"] if p["parameter_name"] == "model_key"][0]
+    assert key in str(model_param["type"]), model_param  # offered as a dropdown choice
+    args = _edit_args(make_photo(root / "photo4.png", size=(64, 64)), "make it pink", n=1, seed=3)
+    args[9] = key
+    assert "Done" in _status(client.predict(*args, api_name="/edit"))
+    with Store(data) as store:
+        c = [c for c in store.candidates() if c.instruction == "make it pink"][0]
+        assert c.bundle_id == "tiny-ft@0" and len(c.weights_hash) == 64
+
+
+def test_only_images_and_exports_are_served(server) -> None:
+    import urllib.error
+    import urllib.request
+
+    url, data, root = server
+    for path in ["/etc/passwd", str(data / "feedback.sqlite3"), str(Path(__file__))]:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10)
+        assert e.value.code in (403, 404), path
+
+
+def test_auth_names_the_rater_and_upload_limit(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with studio_server(data, "--auth", "alice:s3cret", "--max-upload-mb", "0.05") as url:
+        with pytest.raises(Exception):  # noqa: B017 - wrong password: the client cannot even connect
+            Client(url, verbose=False, auth=("alice", "wrong"))
+        client = Client(url, verbose=False, auth=("alice", "s3cret"), download_files=str(tmp_path / "dl"))
+        out = client.predict(*_edit_args(make_photo(tmp_path / "p.png", (64, 64)), "make it grey", n=2), api_name="/edit")
+        assert "Done" in _status(out)
+        # The typed rater name is ignored when auth is on: ratings belong to the signed-in user.
+        assert "by **alice**" in client.predict("mallory", api_name="/thumb_down")[0]
+        big = tmp_path / "big.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(big)
+        assert big.stat().st_size > 0.05 * 1024 * 1024
+        with pytest.raises(Exception, match="(?i)too large|exceeds|size"):
+            client.predict(*_edit_args(big, "make it grey"), api_name="/edit")
+    with Store(data) as store:
+        (thumb,) = store.thumbs()
+        assert thumb.rater == "alice" and not thumb.up
