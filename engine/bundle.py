@@ -400,6 +400,29 @@ def _emu3_lm_config(lm_dir: Path) -> dict:
     return out
 
 
+# The pre-tokenizer regex of Emu3's original (tiktoken, Qwen) tokenizer, which EARL trained with.
+# transformers' Emu3 conversion script writes GPT-2's ByteLevel regex instead, which groups digits
+# ("32" vs "3", "2") and so encodes "H*W" headers and numbers differently.
+QWEN_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _qwen_pre_tokenizer(tokenizer_json: dict) -> bool:
+    """Swap a plain GPT-2 ByteLevel pre-tokenizer for Emu3's Qwen one, in place; True when changed."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        return False
+    tokenizer_json["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN_PRETOKENIZE_REGEX}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        ],
+    }
+    return True
+
+
 def _place(src: Path, dst: Path, link: bool) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
@@ -418,6 +441,7 @@ def assemble_emu3_bundle(
     name: str = "emu3",
     version: str = "0",
     image_area: int = 256 * 256,
+    qwen_pre_tokenizer: bool = True,
 ) -> Path:
     """Build an ``emu3`` bundle folder from local folders; returns ``out_dir``.
 
@@ -430,6 +454,9 @@ def assemble_emu3_bundle(
       Emu3 tokenizer (tokenizer.json, class GPT2Tokenizer, as in ``Emu3-*-hf`` repos) — holding
       Emu3's structural token names and ``<|visual token NNNNNN|>`` for every VQ code.
     Files are copied (``link=False``) or symlinked (``link=True``). EARL's setting: ``image_area`` 256².
+    ``qwen_pre_tokenizer``: when tokenizer.json has the GPT-2 ByteLevel regex that transformers' Emu3
+    conversion writes, the bundle's copy gets the Qwen regex of Emu3's original tokenizer instead, so
+    text (digits above all) is split the way EARL was trained (always a copy, never a link).
     """
     lm_dir, vq_dir, tokenizer_dir, out_dir = (Path(p) for p in (lm_dir, vq_dir, tokenizer_dir, out_dir))
     for label, d in (("language model", lm_dir), ("vision tokenizer", vq_dir), ("tokenizer", tokenizer_dir)):
@@ -481,15 +508,36 @@ def assemble_emu3_bundle(
         for p in sorted(vq_dir.iterdir()):
             if p.is_file():
                 _place(p, tmp / "vq" / p.name, link)
+        pre_tokenizer = "as given"
+        rewritten: dict[str, dict] = {}
+        if qwen_pre_tokenizer and (tokenizer_dir / "tokenizer.json").is_file():
+            data = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
+            if _qwen_pre_tokenizer(data):
+                rewritten["tokenizer.json"] = data
+                # transformers 5's GPT2Tokenizer class rebuilds its own GPT-2 ByteLevel pre-tokenizer
+                # and ignores tokenizer.json's; the generic backend class loads tokenizer.json as is.
+                cfg_path = tokenizer_dir / "tokenizer_config.json"
+                tok_cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+                tok_cfg["tokenizer_class"] = "TokenizersBackend"
+                tok_cfg.pop("auto_map", None)
+                rewritten["tokenizer_config.json"] = tok_cfg
+                pre_tokenizer = "qwen (rewritten from GPT-2 ByteLevel)"
+        (tmp / "tokenizer").mkdir(parents=True, exist_ok=True)
+        for name_, data in rewritten.items():
+            (tmp / "tokenizer" / name_).write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
         for p in sorted(tokenizer_dir.iterdir()):
-            if p.is_file() and p.suffix != ".py":  # never carry remote code along
-                _place(p, tmp / "tokenizer" / p.name, link)
+            # never carry remote code along; vocab.json/merges.txt would let a slow path bypass tokenizer.json
+            if not p.is_file() or p.suffix == ".py" or p.name in rewritten:
+                continue
+            if rewritten and p.name in ("vocab.json", "merges.txt"):
+                continue
+            _place(p, tmp / "tokenizer" / p.name, link)
         cfg = BundleConfig(
             family="emu3", name=name, version=version, image_area=image_area, spatial_factor=spatial_factor,
             codebook_size=codebook_size, parent=None,
             notes={"sources": {"lm": str(lm_dir.resolve()), "vq": str(vq_dir.resolve()),
                                "tokenizer": str(tokenizer_dir.resolve())},
-                   "linked": link, "think_markers": think},
+                   "linked": link, "think_markers": think, "pre_tokenizer": pre_tokenizer},
         )
         (tmp / BUNDLE_JSON).write_text(cfg.to_json())
         os.replace(tmp, out_dir)

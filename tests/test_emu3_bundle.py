@@ -37,7 +37,7 @@ def _write_emu3_tokenizer(folder, codebook: int = CODEBOOK) -> None:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(["Make it grayscale.", "Flip the photo.", "Let's think step by step."], trainer)
+    tok.train_from_iterator(["Make it grayscale.", "Flip the photo.", "Let's think step by step."] + ["32*32 32 32"] * 5, trainer)
     names = EMU3_SPECIALS + [T.visual_token_name(i) for i in range(codebook)]
     tok.add_special_tokens([AddedToken(n, special=True, normalized=False) for n in names])
     folder.mkdir(parents=True)
@@ -108,6 +108,30 @@ def test_assemble_load_and_run(emu3_parts, tmp_path):
     assert torch.allclose(logits, ref, atol=1e-5)  # stored in float32 by save_pretrained -> exact
     img = Image.new("RGB", (16, 16), (200, 30, 30))
     assert b.vq.decode(b.vq.encode([img]))[0].size == (16, 16)
+
+
+def test_tokenizer_gets_emu3_qwen_pre_tokenizer(emu3_parts, tmp_path):
+    import regex
+    from transformers import AutoTokenizer
+
+    from engine.bundle import QWEN_PRETOKENIZE_REGEX
+
+    root, _ = emu3_parts
+    before = AutoTokenizer.from_pretrained(str(root / "tok"))
+    assert len(before.tokenize("32*32")) < 5  # GPT-2 regex keeps "32" together
+    out = assemble_emu3_bundle(root / "lm", root / "vq", root / "tok", tmp_path / "b", link=True)
+    assert not (out / "tokenizer" / "tokenization_emu3.py").exists()
+    assert not (out / "tokenizer" / "tokenizer.json").is_symlink()  # rewritten copy, source untouched
+    assert json.loads((out / "bundle.json").read_text())["notes"]["pre_tokenizer"].startswith("qwen")
+    tok = load_bundle(out).tokenizer
+    assert tok.tokenize("32*32") == ["3", "2", "*", "3", "2"]
+    # The pre-tokenizer splits exactly like the tiktoken pattern of Emu3's original tokenizer.
+    text = "Make it 256x256, DON'T    blur!\n\n  It's 3-7 rows;   ünï 中文 ok  "
+    spans = [text[a:b] for _, (a, b) in tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+    assert spans == regex.findall(QWEN_PRETOKENIZE_REGEX, text)
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text
+
 
 
 def test_assemble_with_links_and_remote_code_config(emu3_parts, tmp_path):
