@@ -204,6 +204,12 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                     edits_dd = gr.Dropdown(choices=[], value=None, label="Earlier edit", scale=5, elem_id="edits")
                     refresh_btn = gr.Button("↻ Refresh", scale=1)
                 review_panel = _results_panel("review", ctx)
+                with gr.Accordion("Export", open=False):
+                    gr.Markdown("Write every candidate and rating to a Hugging Face `datasets` folder (parquet, "
+                                "images included) — load it with `datasets.load_dataset(folder, \"ratings\")`.")
+                    with gr.Row(equal_height=True):
+                        export_btn = gr.Button("Export dataset", scale=0, min_width=160)
+                        export_msg = gr.Markdown("")
             for hook in TAB_HOOKS:
                 if _module_exists(hook):
                     importlib.import_module(hook).build_finetune_tab(ctx)
@@ -406,6 +412,14 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             return out
 
         refresh_btn.click(list_edits, None, [edits_dd, counts_md], api_name="list_edits")
+
+        def export() -> str:
+            folder = ctx.data_dir / "datasets" / f"dataset-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+            store.export_dataset(folder)
+            c = store.counts()
+            return f"✓ Exported {c['candidates']} candidates and {c['ratings']} ratings to `{folder}`"
+
+        export_btn.click(export, None, export_msg, api_name="export_dataset")
         review_tab.select(open_latest, [edits_dd, review_state],
                           [edits_dd, counts_md, review_state, *review_panel.outputs], api_visibility="private")
 

@@ -190,3 +190,33 @@ def test_auth_names_the_rater_and_upload_limit(tmp_path: Path) -> None:
     with Store(data) as store:
         (thumb,) = store.thumbs()
         assert thumb.rater == "alice" and not thumb.up
+
+
+def test_cancel_keeps_the_store_clean(tmp_path: Path, tiny_bundle) -> None:
+    """The runner with the real engine: cancelling after the first preview stops generation; no
+    unfinished candidate is recorded."""
+    import threading
+
+    from engine.api import edit
+
+    from studio.runner import EditRequest, stream_edit
+
+    with Store(tmp_path) as store:
+        cancel = threading.Event()
+        src = Image.open(make_photo(tmp_path / "p.png", (64, 64))).convert("RGB")
+        req = EditRequest(source=src, instruction="make it grey", n=2, seed=5, preview_every=1)
+        snaps = []
+        for snap in stream_edit(tiny_bundle, store, req, edit_fn=edit, cancel=cancel, min_interval_s=0.0):
+            snaps.append((snap.finished, sum(snap.rows_done), snap.cancelled))
+            if snap.first_preview_s is not None:
+                cancel.set()
+        assert snaps[-1][0] and snaps[-1][2], snaps  # finished, cancelled
+        assert snaps[-1][1] < 2 * (src.size[1] // 8), "generation went on after cancel"
+        assert store.candidates() == []
+
+        # Uncancelled, the same request records both candidates with their seeds and settings.
+        final = list(stream_edit(tiny_bundle, store, req, edit_fn=edit))[-1]
+        assert not final.cancelled and all(final.candidate_ids)
+        cands = store.candidates(final.candidate_ids)
+        assert [c.seed for c in cands] == [5, 6] and cands[0].settings["preview_every"] == 1
+        assert cands[0].timings["studio_total"] >= cands[0].timings["studio_first_preview"] > 0
