@@ -1,0 +1,498 @@
+"""Our own KV-cached decoding loop for the EARL sequence (not ``generate``; ARCHITECTURE §3).
+
+- A batch of N candidates, each with its own seed: candidate i draws one uniform number per generated
+  token from ``torch.Generator().manual_seed(seeds[i])`` (drawn up front), and picks its token by
+  inverse-CDF over its own (temperature / top-k / top-p filtered) distribution. So the same seed gives
+  the same output in a batch or alone.
+- The free-form constraint (``engine.constraint``) as precomputed additive masks.
+- Optional classifier-free guidance, InstructPix2Pix style: conditional, no-instruction and
+  no-image-no-instruction branches run as one batch; ``l = l_null + s_img (l_img - l_null) +
+  s_txt (l_cond - l_img)``. Off (scales 1) means one branch and no extra compute.
+- Per-token log-probs of what was sampled, with the definition of ``engine.logprobs`` (conditional
+  branch, temperature 1, constraint mask, no top-k/top-p/CFG): training compares them directly with
+  ``sequence_logprobs``.
+- Cancellation through a ``threading.Event``; ``max_new_tokens`` bounds the reasoning.
+
+Speed: for a plain ``Emu3ForCausalLM`` (no peft wrapper) decoding runs on the model's own weights with
+a preallocated (static) KV cache, fused q/k/v and gate/up projections and precomputed rotary tables,
+which removes most of the per-step framework overhead that dominates a 10-20M-parameter model on CPU.
+Anything else (e.g. a LoRA-wrapped LM during training) runs through transformers' forward with a
+``DynamicCache`` — same results, slower. Decode steps of small models also run on one thread by
+default: ops of a few microseconds cannot amortise an OpenMP fork/join, and on a shared machine a
+descheduled worker thread stalls every op (see ``threads``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.constraint import VIS, FreeFormConstraint, State
+from engine.layout import grid_positions
+from engine.logprobs import base_lm
+
+SMALL_MODEL_PARAMS = 200_000_000  # below this, fused weight copies are cheap and one thread is best
+
+
+@dataclass
+class Sampled:
+    """One generated token of one candidate."""
+
+    candidate: int
+    token: int
+    logprob: float
+    kind: str  # "text" (reasoning), "visual", "eol", "forced" (other structural tokens)
+    row: int  # target-grid row of a visual / EOL token, -1 otherwise
+    col: int  # its column (EOL: W), -1 otherwise
+    finished: bool  # the candidate's last token (EOS)
+
+
+@dataclass
+class Generation:
+    """A candidate's whole output (``sample_all``)."""
+
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finished: bool = False
+
+
+@dataclass
+class Guidance:
+    """Classifier-free guidance: prompts of the other branches (one per candidate) and the scales."""
+
+    image_prompts: list[list[int]]  # source image, no instruction
+    null_prompts: list[list[int]] | None  # neither (not needed when image_scale == 1)
+    text_scale: float = 1.0
+    image_scale: float = 1.0
+
+
+def make_guidance(tok: Any, grid: Any, n: int, think: bool, text_scale: float = 1.0,
+                  image_scale: float = 1.0) -> Guidance | None:
+    """Guidance branches for ``n`` candidates editing ``grid``; None when both scales are 1 (off)."""
+    from engine.layout import build_prompt
+
+    if text_scale == 1.0 and image_scale == 1.0:
+        return None
+    image_only = build_prompt(tok, grid, "", think)
+    null = build_prompt(tok, None, "", think) if image_scale != 1.0 else None
+    return Guidance([image_only] * n, [null] * n if null is not None else None, text_scale, image_scale)
+
+
+# -- model runners -------------------------------------------------------------------------------
+
+
+class _FastRunner:
+    """Decoder forward on the LM's own weights with a static KV cache (plain Emu3ForCausalLM)."""
+
+    def __init__(self, lm: Any, batch: int, max_len: int):
+        cfg = lm.config
+        m = lm.model
+        self.nh = cfg.num_attention_heads
+        self.nkv = cfg.num_key_value_heads or self.nh
+        self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.nh
+        self.eps = cfg.rms_norm_eps
+        p0 = m.embed_tokens.weight
+        self.dtype, self.device = p0.dtype, p0.device
+        fuse = sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS
+        self.layers = []
+        for layer in m.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            if fuse:
+                qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+                gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+            else:
+                qkv = (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)
+                gu = (mlp.gate_proj.weight, mlp.up_proj.weight)
+            self.layers.append((layer.input_layernorm.weight, qkv, a.o_proj.weight,
+                                layer.post_attention_layernorm.weight, gu, mlp.down_proj.weight))
+        self.norm = m.norm.weight
+        self.head = lm.lm_head.weight
+        pos = torch.arange(max_len, device=self.device)[None]
+        cos, sin = m.rotary_emb(torch.zeros(1, dtype=self.dtype, device=self.device), pos)
+        self.cos, self.sin = cos[0], sin[0]  # (max_len, hd)
+        shape = (batch, self.nkv, max_len, self.hd)
+        self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in m.layers]
+        self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in m.layers]
+        self.max_len = max_len
+
+    @staticmethod
+    def supports(lm: Any) -> bool:
+        m = getattr(lm, "model", None)
+        cfg = getattr(lm, "config", None)
+        if m is None or cfg is None or not hasattr(m, "layers") or not hasattr(lm, "lm_head"):
+            return False
+        if getattr(cfg, "hidden_act", None) != "silu" or getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+            return False
+        rope = getattr(m, "rotary_emb", None)
+        if rope is None or "dynamic" in str(getattr(rope, "rope_type", "default")):
+            return False
+        for layer in m.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                if type(lin) is not nn.Linear or lin.bias is not None:
+                    return False  # LoRA / quantized layers: use transformers' forward
+        return type(lm.lm_head) is nn.Linear and lm.lm_head.bias is None
+
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # Exactly Emu3RMSNorm: statistics in float32, weight applied in the input dtype.
+        xf = x.to(torch.float32)
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return w * xf.to(x.dtype)
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, -1)
+        return x * cos + torch.cat((-x2, x1), -1) * sin
+
+    def forward(self, emb: torch.Tensor, start: int, positions: torch.Tensor,
+                attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """``emb`` (B, T, D) written at cache slots [start, start+T); returns last-position logits (B, V).
+
+        ``positions`` (B, T) rotary positions; ``attn_mask`` bool (B, 1, T, start+T) or None (causal,
+        no padding) — for T == 1 None means attend to every filled slot.
+        """
+        b, t, _ = emb.shape
+        end = start + t
+        cos = self.cos[positions].unsqueeze(1)  # (B, 1, T, hd)
+        sin = self.sin[positions].unsqueeze(1)
+        nq, nk = self.nh * self.hd, self.nkv * self.hd
+        h = emb
+        causal = attn_mask is None and t > 1
+        for i, (n1, qkv, wo, n2, gu, wd) in enumerate(self.layers):
+            x = self._rms(h, n1)
+            if isinstance(qkv, tuple):
+                q, k, v = (F.linear(x, w) for w in qkv)
+            else:
+                q, k, v = F.linear(x, qkv).split([nq, nk, nk], -1)
+            q = self._rope(q.view(b, t, self.nh, self.hd).transpose(1, 2), cos, sin)
+            k = self._rope(k.view(b, t, self.nkv, self.hd).transpose(1, 2), cos, sin)
+            self.k[i][:, :, start:end] = k
+            self.v[i][:, :, start:end] = v.view(b, t, self.nkv, self.hd).transpose(1, 2)
+            o = F.scaled_dot_product_attention(
+                q, self.k[i][:, :, :end], self.v[i][:, :, :end], attn_mask=attn_mask,
+                is_causal=causal and start == 0, enable_gqa=self.nkv != self.nh,
+            )
+            h = h + F.linear(o.transpose(1, 2).reshape(b, t, nq), wo)
+            x = self._rms(h, n2)
+            if isinstance(gu, tuple):
+                g, u = F.linear(x, gu[0]), F.linear(x, gu[1])
+            else:
+                g, u = F.linear(x, gu).chunk(2, -1)
+            h = h + F.linear(F.silu(g) * u, wd)
+        h = self._rms(h[:, -1], self.norm)
+        return F.linear(h, self.head)
+
+
+class _HFRunner:
+    """transformers' forward with a DynamicCache (any LM, e.g. a peft-wrapped one)."""
+
+    def __init__(self, lm: Any):
+        from transformers import DynamicCache
+
+        self.lm = lm
+        self.cache = DynamicCache(config=base_lm(lm).config)
+
+    def forward(self, emb: torch.Tensor, positions: torch.Tensor, attn_2d: torch.Tensor) -> torch.Tensor:
+        out = self.lm(inputs_embeds=emb, attention_mask=attn_2d, position_ids=positions, cache=self.cache,
+                      use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]
+
+
+@contextlib.contextmanager
+def _num_threads(n: int | None):
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -- token choice --------------------------------------------------------------------------------
+
+
+def choose_tokens(scores: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Pick one token per row of masked ``scores`` (N, V) with uniforms ``u`` (N,); greedy at temperature 0.
+
+    Row-independent, so a candidate's choice never depends on the other rows of the batch.
+    """
+    if temperature <= 0:
+        return scores.argmax(-1)
+    s = scores.float() / temperature
+    v = s.shape[-1]
+    if 0 < top_k < v:
+        vals, idx = s.topk(top_k, dim=-1)  # sorted, descending
+    else:
+        vals, idx = s.sort(dim=-1, descending=True)
+    probs = torch.softmax(vals, dim=-1)
+    if top_p < 1.0:
+        before = probs.cumsum(-1) - probs  # mass of strictly better tokens
+        probs = probs.masked_fill(before > top_p, 0.0)  # the best token always stays
+    cum = probs.cumsum(-1)
+    target = u.to(cum.dtype).unsqueeze(-1) * cum[:, -1:]
+    j = (cum < target).sum(-1).clamp_(max=vals.shape[-1] - 1)
+    return idx.gather(-1, j.unsqueeze(-1)).squeeze(-1)
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+
+
+def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    valid = torch.zeros((len(seqs), n), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, n - len(s) :] = torch.tensor(s, dtype=torch.long)
+        valid[i, n - len(s) :] = True
+    return ids, valid
+
+
+def sample(
+    bundle: Any,
+    prompts: Sequence[Sequence[int]],
+    h: int,
+    w: int,
+    seeds: Sequence[int],
+    think: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    guidance: Guidance | None = None,
+    max_new_tokens: int | None = None,
+    cancel: threading.Event | None = None,
+    threads: int | None = None,
+    fast: bool | None = None,
+) -> Iterator[list[Sampled]]:
+    """Decode one candidate per prompt; yields, per decoding step, the tokens produced at that step.
+
+    ``prompts`` come from ``layout.build_prompt`` (they may differ in length: they are left-padded).
+    ``seeds[i]`` drives candidate i. ``temperature`` 0 is greedy; ``top_k`` 0 and ``top_p`` 1 are off.
+    ``max_new_tokens`` bounds the whole generation (reasoning gets what the image leaves); None: the
+    image plus 512 reasoning tokens in think mode. Stops early, between steps, when ``cancel`` is set.
+    ``threads``: torch threads while decoding (None: 1 for small models, else unchanged).
+    ``fast``: force (True) or forbid (False) the static-cache path; None picks it when supported.
+    """
+    n = len(prompts)
+    if n == 0:
+        return
+    if len(seeds) != n:
+        raise ValueError(f"{n} prompts but {len(seeds)} seeds")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+    lm = bundle.lm
+    base = base_lm(lm)
+    device = next(lm.parameters()).device
+    vocab = base.config.vocab_size
+    con = FreeFormConstraint(bundle.tokenizer, h, w, think, vocab_size=vocab, max_new_tokens=max_new_tokens,
+                             device=device)
+    sp = con.sp
+    masks = con.masks
+    tok = bundle.tokenizer
+
+    # Branches of classifier-free guidance (row blocks of N): cond [, image-only [, null]].
+    branches = [list(map(list, prompts))]
+    if guidance is not None and (guidance.text_scale != 1.0 or guidance.image_scale != 1.0):
+        if len(guidance.image_prompts) != n:
+            raise ValueError("guidance needs one image-only prompt per candidate")
+        branches.append(list(map(list, guidance.image_prompts)))
+        if guidance.image_scale != 1.0:
+            if guidance.null_prompts is None or len(guidance.null_prompts) != n:
+                raise ValueError("image guidance needs one null prompt per candidate")
+            branches.append(list(map(list, guidance.null_prompts)))
+    else:
+        guidance = None
+    nb = len(branches)
+    rows_total = n * nb
+
+    # Uniforms for every token of every candidate, from the candidate's own generator.
+    u_all = torch.stack([
+        torch.rand(con.max_new_tokens, generator=torch.Generator().manual_seed(int(s))) for s in seeds
+    ]).to(device)
+
+    states = [con.start() for _ in range(n)]
+    done = [False] * n
+    step_idx = 0  # index of the next generated token (the same for every candidate)
+
+    # Forced tokens common to all candidates at the start (no-think: IMG_START "H*W" IMG_TOKEN) go
+    # into the prefill instead of one decoding step each.
+    head: list[int] = []
+    head_feats: list[tuple[int, int, int]] = []
+    first_events: list[Sampled] = []
+    while all(con.forced(s) is not None for s in states) and not con.only_forced_left(states[0]):
+        t = con.forced(states[0])
+        head.append(t)
+        head_feats.append(con.features(states[0]))
+        for i, s in enumerate(states):
+            first_events.append(_event(con, s, i, t, 0.0, False))
+            con.advance(s, t)
+        step_idx += 1
+
+    all_prompts = [p + head for br in branches for p in br]
+    ids, valid = _left_pad(all_prompts, sp.pad)
+    p_len = ids.shape[1]
+    feats = torch.zeros((3, rows_total, p_len), dtype=torch.long)
+    for r, p in enumerate(all_prompts):
+        gp = grid_positions(tok, p[: len(p) - len(head)])
+        f = torch.stack(gp) if gp[0].numel() else torch.zeros((3, 0), dtype=torch.long)
+        if head:
+            f = torch.cat([f, torch.tensor(head_feats, dtype=torch.long).T], 1)
+        feats[:, r, p_len - len(p) :] = f
+    n_pad = (~valid).sum(1)
+    positions = (torch.arange(p_len)[None] - n_pad[:, None]).clamp(min=0)
+    max_len = p_len + con.max_new_tokens
+
+    # Grid-embedding rows of every template position (index 0: none), gathered per step.
+    ge = getattr(bundle, "grid_embed", None)
+    emb_w = lm.get_input_embeddings().weight
+    if ge is not None:
+        from engine.logprobs import _check_grid_range
+
+        _check_grid_range(ge, con.feat_row, con.feat_col)
+    use_fast = _FastRunner.supports(lm) if fast is None else fast
+    if threads is None and sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS and device.type == "cpu":
+        threads = 1
+
+    with torch.inference_mode(), _num_threads(threads):
+        from engine.logprobs import embed_inputs
+
+        if ge is not None:
+            gtab = ge(con.feat_image[None].to(device), con.feat_row[None].to(device), con.feat_col[None].to(device))[0]
+            grid_table = torch.cat([torch.zeros_like(gtab[:1]), gtab]).to(emb_w.dtype)
+        else:
+            grid_table = None
+        emb = embed_inputs(bundle, ids.to(device), tuple(feats.to(device)))
+        key_valid = torch.ones((rows_total, max_len), dtype=torch.bool, device=device)
+        key_valid[:, :p_len] = valid.to(device)
+        any_pad = bool((~valid).any())
+        if use_fast:
+            runner = _FastRunner(base, rows_total, max_len)
+            mask = None
+            if any_pad:
+                qpos = torch.arange(p_len, device=device)
+                causal = qpos[None, :] <= qpos[:, None]
+                mask = (causal[None] & valid.to(device)[:, None, :]) | torch.eye(p_len, dtype=torch.bool, device=device)[None]
+                mask = mask[:, None]
+            logits = runner.forward(emb, 0, positions.to(device), mask)
+        else:
+            runner = _HFRunner(lm)
+            attn2d = valid.to(device).long()
+            logits = runner.forward(emb, positions.to(device), attn2d)
+        if first_events:
+            yield first_events
+
+        pos_now = positions[:, -1].to(device)  # rotary position of the last token fed, per row
+        cur = p_len  # next cache slot
+        cond_scale = guidance.text_scale if guidance else 1.0
+        img_scale = guidance.image_scale if guidance else 1.0
+        while True:
+            if cancel is not None and cancel.is_set():
+                return
+            active = [i for i in range(n) if not done[i]]
+            if not active:
+                return
+            forced = [sp.pad if done[i] else con.forced(s) for i, s in enumerate(states)]
+            rows_idx = [0 if done[i] else con.mask_row(s) for i, s in enumerate(states)]
+            if all(forced[i] is not None for i in active):
+                toks = [forced[i] if forced[i] is not None else sp.pad for i in range(n)]
+                lps = [0.0] * n
+            else:
+                cond = logits[:n].float()
+                m = masks[torch.tensor(rows_idx, device=device)]
+                lp = torch.log_softmax(cond + m, dim=-1)
+                if nb == 1:
+                    scores = cond + m
+                else:
+                    l_img = logits[n : 2 * n].float()
+                    if nb == 3:
+                        l_null = logits[2 * n :].float()
+                        guided = l_null + img_scale * (l_img - l_null) + cond_scale * (cond - l_img)
+                    else:
+                        guided = l_img + cond_scale * (cond - l_img)
+                    scores = guided + m
+                chosen = choose_tokens(scores, u_all[:, step_idx], temperature, top_k, top_p)
+                lp_chosen = lp.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+                chosen_l, lp_l = chosen.tolist(), lp_chosen.tolist()
+                toks, lps = [], []
+                for i in range(n):
+                    if forced[i] is not None:
+                        toks.append(forced[i])
+                        lps.append(0.0)
+                    else:
+                        toks.append(chosen_l[i])
+                        lps.append(lp_l[i])
+            events: list[Sampled] = []
+            feed_pos = [0] * n  # template position + 1 of each fed token (0: text / none)
+            for i in active:
+                s = states[i]
+                t = toks[i]
+                feed_pos[i] = s.pos + 1 if s.pos >= 0 else 0
+                fin = con.advance(s, t)
+                events.append(_event(con, s, i, t, lps[i], fin, before=feed_pos[i] - 1))
+                if not fin and con.only_forced_left(s):
+                    # EOF IMG_END EOS: no model call needed for tokens that are forced and final.
+                    while not fin:
+                        ft = con.forced(s)
+                        p_before = s.pos
+                        fin = con.advance(s, ft)
+                        events.append(_event(con, s, i, ft, 0.0, fin, before=p_before))
+                if fin:
+                    done[i] = True
+            step_idx += 1
+            yield events
+            if all(done) or (cancel is not None and cancel.is_set()):
+                return
+            if cur >= max_len:
+                return
+            # Feed this step's tokens (finished candidates get PAD; their rows are ignored).
+            feed_pos = [0 if done[i] else feed_pos[i] for i in range(n)]
+            feed = torch.tensor([sp.pad if done[i] else toks[i] for i in range(n)] * nb, device=device)
+            e = F.embedding(feed, emb_w)
+            if grid_table is not None:
+                e = e + grid_table[torch.tensor(feed_pos * nb, device=device)]
+            pos_now = pos_now + 1
+            if use_fast:
+                m2 = key_valid[:, None, None, : cur + 1] if any_pad else None
+                logits = runner.forward(e[:, None], cur, pos_now[:, None], m2)
+            else:
+                attn2d = key_valid[:, : cur + 1].long()
+                logits = runner.forward(e[:, None], pos_now[:, None], attn2d)
+            cur += 1
+
+
+def _event(con: FreeFormConstraint, s: State, cand: int, token: int, lp: float, fin: bool,
+           before: int | None = None) -> Sampled:
+    """Describe ``token`` generated at template position ``before`` (default: ``s.pos`` before advancing)."""
+    p = s.pos if before is None else before
+    if p < 0:
+        return Sampled(cand, token, lp, "text", -1, -1, fin)
+    kind = "visual" if con.template[p] == VIS else ("eol" if token == con.sp.eol else "forced")
+    if kind == "forced" and p < con.image_offset:
+        kind = "text"  # THINK_END pieces belong to the reasoning text
+    if kind in ("visual", "eol"):
+        return Sampled(cand, token, lp, kind, int(con.feat_row[p]), int(con.feat_col[p]), fin)
+    return Sampled(cand, token, lp, kind, -1, -1, fin)
+
+
+def sample_all(bundle: Any, prompts: Sequence[Sequence[int]], h: int, w: int, seeds: Sequence[int],
+               **kw: Any) -> list[Generation]:
+    """Run ``sample`` to the end; one ``Generation`` per candidate."""
+    out = [Generation() for _ in prompts]
+    for events in sample(bundle, prompts, h, w, seeds, **kw):
+        for e in events:
+            g = out[e.candidate]
+            g.tokens.append(e.token)
+            g.logprobs.append(e.logprob)
+            g.finished = g.finished or e.finished
+    return out
+
+
