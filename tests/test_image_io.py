@@ -285,3 +285,17 @@ def test_prepare_image_from_large_jpeg(tmp_path):
     assert out.size == (144, 112) and out.mode == "RGB"
     with pytest.raises(ImageInputError):
         prepare_image(b"nonsense", 128 * 128, 8)
+
+
+def test_embedded_icc_profile_path(tmp_path):
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = _photo(16, 16)
+    path = tmp_path / "icc.png"
+    src.save(path, icc_profile=srgb)
+    out = np.asarray(load_image(path)).astype(int)  # sRGB -> sRGB: the pixels barely move
+    assert np.abs(out - np.asarray(src).astype(int)).max() <= 3
+    path = tmp_path / "badicc.png"
+    src.save(path, icc_profile=b"not a profile")
+    assert np.array_equal(np.asarray(load_image(path)), np.asarray(src))  # broken profile: ignored
