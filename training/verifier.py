@@ -4,18 +4,27 @@
 
 All images are float RGB in [0, 1]; the output is resized to the target's size if it differs. The mask
 is the edit region (True = may change); ``None`` means the whole image. Cells are the 8×8-pixel token
-cells. ``P(x)`` is a Gaussian blur with σ = ``SIGMA`` px: the VQ tokenizer loses fine detail, so the
-comparison is made after removing it (a perfect edit decoded through a 22–24 dB VQ must still pass).
-``rms_R(a, b)`` is the root-mean-square difference over all channels of the pixels in region R.
+cells. ``P(x)`` maps RGB to luminance + two opponent chroma axes (Y, 1.5·(R−G), 1.5·((R+G)/2−B)) and
+blurs with a Gaussian of σ = ``SIGMA`` = 1.5 px: the VQ tokenizer loses fine detail, so the comparison is
+made after removing it (a perfect edit decoded through a 22–24 dB VQ must still pass), while colour
+mistakes count extra. ``rms_R(a, b)`` is the root-mean-square difference over the three channels of
+the pixels in region R. Constants: TAU = 0.04, ABS_SCALE = 0.12, TAU_CELL = 0.10, BETA = 0.02.
 
-Edit success (target region matches the ground truth)::
+Edit success (the edit region matches the ground truth)::
 
+    tau = TAU + DETAIL_K · rms_M(Q(target), P(target))   # Q: opponent space without blur
     dO = rms_M(P(output), P(target)),  dS = rms_M(P(source), P(target))
-    success = 10 · clip(1 − max(0, dO − TAU) / max(dS − TAU, dS / 2), 0, 1)
+    relative = clip(1 − max(0, dO − tau) / max(dS − tau, dS / 3), 0, 1)
+    absolute = clip(1 − max(0, dO − tau) / ABS_SCALE, 0, 1)
+    success  = 10 · min(relative, absolute)      # computed for each connected part of M; the minimum
 
-i.e. 10 when the output is within ``TAU`` of the ground truth, 0 when it is no closer to it than the
-unedited source, linear in between. (If dS = 0, the edit is a no-op and success = 10 · clip(1 −
-max(0, dO − TAU) / TAU).)
+The tolerance grows with the fine detail of the ground truth in the region (DETAIL_K = 0.25): a VQ
+cannot reproduce sharp object edges, and a small region with a hard-edged object would otherwise
+fail on reconstruction error alone. M is split into its connected parts (8-connected token cells;
+parts under 2 cells merged into the largest) and the worst part counts, so moving an object to the
+wrong place (old spot right, new spot wrong) cannot pass on the average. ``relative`` is 1 within ``tau`` of the ground truth and 0 when the output is no closer to it than
+the unedited source; ``absolute`` stops a result that is "most of the way" but visibly different (sepia
+for grayscale, an object half-way to its new spot) from scoring high. (If dS = 0: success = 10·absolute.)
 
 No over-editing (outside the region the output matches the source)::
 
@@ -31,10 +40,11 @@ Perceptual quality (no neural net; artefacts of the output relative to the groun
 Y without blur)::
 
     sharp  = (mean|∇Y_out| + 0.01) / (mean|∇Y_target| + 0.01)          (Sobel gradient magnitude)
-    noise  = (mean|Y_out − G1(Y_out)| + 0.005) / (mean|Y_target − G1(Y_target)| + 0.005)   (G1: σ = 1)
+    noise  = mean(max(0, |Y_out − G1(Y_out)| − |Y_target − G1(Y_target)|))    (G1: Gaussian σ = 1;
+             high-frequency energy the ground truth does not have at that pixel)
     block  = B(out) − B(target),  B(x) = mean |step across 8-px cell borders| / mean |step inside cells|
     p_blur  = clip((0.6 − sharp) / 0.3, 0, 1)
-    p_noise = clip((noise − 2.0) / 2.0, 0, 1)
+    p_noise = clip((noise − 0.012) / 0.03, 0, 1)
     p_block = clip((block − 0.5) / 1.0, 0, 1)
     pq = 10 · (1 − p_blur) · (1 − p_noise) · (1 − p_block)
 
@@ -52,10 +62,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter, sobel
+from scipy.ndimage import gaussian_filter, label, sobel
 
 SIGMA = 1.5
-TAU = 0.06
+TAU = 0.04
+ABS_SCALE = 0.12
+DETAIL_K = 0.25
 TAU_CELL = 0.10
 BETA = 0.02
 CELL = 8
@@ -100,8 +112,16 @@ def _mask(m, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
+# luminance + two opponent chroma axes; chroma counts CHROMA_WEIGHT times as much (colour mistakes such
+# as sepia-for-grayscale are visible even when small in RGB; the VQ's errors are mostly in luminance detail)
+CHROMA_WEIGHT = 1.5
+_OPP = np.array([[0.299, 0.587, 0.114], [1.0, -1.0, 0.0], [0.5, 0.5, -1.0]], np.float32)
+_OPP[1:] *= CHROMA_WEIGHT
+
+
 def _blur(a: np.ndarray) -> np.ndarray:
-    return gaussian_filter(a, sigma=(SIGMA, SIGMA, 0), mode="reflect")
+    """P(x): opponent colour space, then a Gaussian blur of σ = SIGMA px."""
+    return gaussian_filter(a @ _OPP.T, sigma=(SIGMA, SIGMA, 0), mode="reflect")
 
 
 def _rms(d: np.ndarray, region: np.ndarray) -> float:
@@ -117,12 +137,38 @@ def _cells(d2: np.ndarray, cell: int = CELL) -> np.ndarray:
     return d2[: gh * cell, : gw * cell].reshape(gh, cell, gw, cell).mean(axis=(1, 3))
 
 
-def success_score(S: np.ndarray, Out: np.ndarray, T: np.ndarray, M: np.ndarray) -> float:
+def success_score(S: np.ndarray, Out: np.ndarray, T: np.ndarray, M: np.ndarray, detail: float = 0.0) -> float:
+    """Blurred inputs; ``detail`` = rms_M of the target's fine detail (what the blur removed)."""
+    tau = TAU + DETAIL_K * detail
     dO = _rms(Out - T, M)
     dS = _rms(S - T, M)
+    absolute = float(np.clip(1 - max(0.0, dO - tau) / ABS_SCALE, 0, 1))
     if dS < 1e-6:
-        return 10.0 * float(np.clip(1 - max(0.0, dO - TAU) / TAU, 0, 1))
-    return 10.0 * float(np.clip(1 - max(0.0, dO - TAU) / max(dS - TAU, dS / 2), 0, 1))
+        return 10.0 * absolute
+    relative = float(np.clip(1 - max(0.0, dO - tau) / max(dS - tau, dS / 3), 0, 1))
+    return 10.0 * min(relative, absolute)
+
+
+def regions(M: np.ndarray, cell: int = CELL) -> list[np.ndarray]:
+    """The edit region split into its connected parts (8-connected in token cells), e.g. the old and
+    the new place of a moved object. Parts under 2 cells are merged into the largest part."""
+    H, W = M.shape
+    gh, gw = -(-H // cell), -(-W // cell)
+    pad = np.zeros((gh * cell, gw * cell), bool)
+    pad[:H, :W] = M
+    cells = pad.reshape(gh, cell, gw, cell).any(axis=(1, 3))
+    lab, n = label(cells, structure=np.ones((3, 3)))
+    if n <= 1:
+        return [M]
+    sizes = np.bincount(lab.ravel())[1:]
+    big = [i + 1 for i in range(n) if sizes[i] >= 2] or [int(np.argmax(sizes)) + 1]
+    lab[(lab > 0) & ~np.isin(lab, big)] = big[int(np.argmax(sizes[np.array(big) - 1]))]
+    parts = []
+    for i in big:
+        pm = np.repeat(np.repeat(lab == i, cell, 0), cell, 1)[:H, :W] & M
+        if pm.any():
+            parts.append(pm)
+    return parts
 
 
 def overedit_score(S: np.ndarray, Out: np.ndarray, T: np.ndarray, M: np.ndarray) -> float:
@@ -145,8 +191,8 @@ def _grad(y: np.ndarray) -> float:
     return float(np.hypot(sobel(y, 0), sobel(y, 1)).mean())
 
 
-def _hf(y: np.ndarray) -> float:
-    return float(np.abs(y - gaussian_filter(y, 1.0)).mean())
+def _hf_map(y: np.ndarray) -> np.ndarray:
+    return np.abs(y - gaussian_filter(y, 1.0))
 
 
 def _blockiness(y: np.ndarray, cell: int = CELL) -> float:
@@ -164,10 +210,10 @@ def _blockiness(y: np.ndarray, cell: int = CELL) -> float:
 def pq_score(Out: np.ndarray, T: np.ndarray) -> float:
     yo, yt = _luma(Out), _luma(T)
     sharp = (_grad(yo) + 0.01) / (_grad(yt) + 0.01)
-    noise = (_hf(yo) + 0.005) / (_hf(yt) + 0.005)
+    noise = float(np.maximum(0.0, _hf_map(yo) - _hf_map(yt)).mean())
     block = _blockiness(yo) - _blockiness(yt)
     p_blur = np.clip((0.6 - sharp) / 0.3, 0, 1)
-    p_noise = np.clip((noise - 2.0) / 2.0, 0, 1)
+    p_noise = np.clip((noise - 0.012) / 0.03, 0, 1)
     p_block = np.clip((block - 0.5) / 1.0, 0, 1)
     return float(10.0 * (1 - p_blur) * (1 - p_noise) * (1 - p_block))
 
@@ -181,7 +227,8 @@ def score(source, output, target, mask=None) -> VerifierScore:
     Out = _arr(output, size)
     M = _mask(mask, T.shape[:2])
     Sb, Ob, Tb = _blur(S), _blur(Out), _blur(T)
-    succ = success_score(Sb, Ob, Tb, M)
+    fine = T @ _OPP.T - Tb
+    succ = min(success_score(Sb, Ob, Tb, part, _rms(fine, part)) for part in regions(M))
     over = overedit_score(Sb, Ob, Tb, M)
     sc = min(succ, over)
     pq = pq_score(Out, T)
@@ -196,7 +243,7 @@ def edit_magnitude(source, target, mask=None) -> float:
     return _rms(_blur(S) - _blur(T), _mask(mask, T.shape[:2]))
 
 
-MIN_MAGNITUDE = 0.12
+MIN_MAGNITUDE = 0.10
 
 
 def psnr(a, b) -> float:

@@ -46,6 +46,11 @@ def cell_mask(changed: np.ndarray, cell: int = CELL) -> np.ndarray:
     return np.repeat(np.repeat(cells, cell, 0), cell, 1)[:H, :W]
 
 
+def changed_pixels(a: Image.Image, b: Image.Image) -> np.ndarray:
+    """Exact region of an edit: pixels whose stored 8-bit value differs."""
+    return (np.asarray(a.convert("RGB")) != np.asarray(b.convert("RGB"))).any(axis=2)
+
+
 def mask_box(mask: np.ndarray, cell: int = CELL) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
@@ -129,8 +134,8 @@ GLOBAL_KINDS = [
     GlobalKind("less_contrast", lambda a: ops.contrast(a, 0.5), "pull all tones towards the mean", "colours, layout and content", "more_contrast"),
     GlobalKind("more_saturation", lambda a: ops.saturation(a, 2.0), "make every colour more vivid", "brightness, layout and content", "less_saturation"),
     GlobalKind("less_saturation", lambda a: ops.saturation(a, 0.35), "make every colour paler", "brightness, layout and content", "more_saturation"),
-    GlobalKind("warmer", lambda a: ops.temperature(a, 0.12), "shift all colours towards orange", "layout, content and contrast", "cooler"),
-    GlobalKind("cooler", lambda a: ops.temperature(a, -0.12), "shift all colours towards blue", "layout, content and contrast", "warmer"),
+    GlobalKind("warmer", lambda a: ops.temperature(a, 0.15), "shift all colours towards orange", "layout, content and contrast", "cooler"),
+    GlobalKind("cooler", lambda a: ops.temperature(a, -0.15), "shift all colours towards blue", "layout, content and contrast", "warmer"),
 ]
 _GLOBAL_FN = {k.name: k.fn for k in GLOBAL_KINDS}
 
@@ -357,8 +362,9 @@ class AddObject(ObjectKind):
 
     def render(self, photo, params):
         a = ops.to_array(photo)
-        t, alpha, _ = _draw(a, params["add"])
-        return EditResult(self.name, photo, ops.to_image(t), cell_mask(alpha > 0.02), params)
+        t, _, _ = _draw(a, params["add"])
+        tgt = ops.to_image(t)
+        return EditResult(self.name, photo, tgt, cell_mask(changed_pixels(photo, tgt)), params)
 
     def fields(self, params):
         p = params["add"]
@@ -397,6 +403,8 @@ class SceneEdit(ObjectKind):
         n = self.name
         spec = random_shape(rng) if n == "recolour" else random_object(rng)
         size = "medium" if n == "resize" else list(O.SIZES)[int(rng.integers(len(O.SIZES)))]
+        if n == "move":  # a large object has no free spot to move to in a small photo
+            size = "small" if rng.random() < 0.5 else "medium"
         pos = list(O.POSITIONS)[int(rng.integers(len(O.POSITIONS)))]
         if n == "resize":
             pos = ["center", "left", "right", "top", "bottom"][int(rng.integers(5))]
@@ -406,7 +414,15 @@ class SceneEdit(ObjectKind):
             others = [c for c in O.COLOURS if c != spec["colour"]]
             params["colour"] = others[int(rng.integers(len(others)))]
         elif n == "move":
-            params["to"] = pick_free_pos(photo, spec, size, [main], rng)["pos"]
+            try:
+                params["to"] = pick_free_pos(photo, spec, size, [main], rng)["pos"]
+            except RuntimeError:  # crowded small crop: use a small object, then any other spot
+                size = "small"
+                main = params["main"] = placed(spec, size, pos, W, H, rng)
+                try:
+                    params["to"] = pick_free_pos(photo, spec, size, [main], rng)["pos"]
+                except RuntimeError:
+                    params["to"] = next(p for p in O.POSITIONS if p != pos and p != "center")
         elif n == "resize":
             params["to_size"] = "large" if rng.random() < 0.5 else "small"
         elif n == "replace":
@@ -443,9 +459,8 @@ class SceneEdit(ObjectKind):
         before = params["distractors"] + [params["main"]]
         src, _ = draw_scene(photo, before)
         tgt, _ = draw_scene(photo, self._after(params))
-        # region: cells where the two scenes differ (exact, cell-aligned)
-        changed = np.abs(src - tgt).max(axis=2) > 1.5 / 255
-        return EditResult(self.name, ops.to_image(src), ops.to_image(tgt), cell_mask(changed), params)
+        s_img, t_img = ops.to_image(src), ops.to_image(tgt)
+        return EditResult(self.name, s_img, t_img, cell_mask(changed_pixels(s_img, t_img)), params)
 
     def fields(self, params):
         m = params["main"]

@@ -1,0 +1,110 @@
+"""Edit programs, phrasings, the sample stream and the fixed sets (scikit-image photos; no corpus)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training import suite
+from training.edits import KINDS, ops
+from training.edits import language as L
+from training.edits import objects as O
+
+PHOTOS = suite.split_photos("test", root=None)
+
+
+def _sample(kind: str, j: int = 0) -> dict:
+    return suite.make_sample(kind, PHOTOS, np.random.default_rng([11, j, list(KINDS).index(kind)]), f"t-{kind}")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_is_exact_and_well_formed(kind):
+    s = _sample(kind)
+    src, tgt, m = np.asarray(s["source"]), np.asarray(s["target"]), s["mask"]
+    assert src.shape == tgt.shape and m.shape == src.shape[:2] and m.dtype == bool
+    assert src.shape[0] % 8 == 0 and src.shape[1] % 8 == 0
+    assert m.any()
+    # the mask is made of whole token cells
+    H, W = m.shape
+    cells = m.reshape(H // 8, 8, W // 8, 8)
+    assert (cells.all(axis=(1, 3)) == cells.any(axis=(1, 3))).all()
+    # outside the region nothing changes
+    assert (src[~m] == tgt[~m]).all()
+    assert (src != tgt).any()
+    # the same params render the same target again (exact ground truth)
+    again = KINDS[kind].render(s["_crop"], s["params"])
+    assert again.target.tobytes() == s["target"].tobytes()
+    assert s["instruction"] and s["instruction_heldout"] and s["instruction"] != s["instruction_heldout"]
+    assert "box [" in s["reasoning"] and len(s["reasoning"].split()) <= 45
+    assert list(s["grid"]) == [W // 8, H // 8]
+
+
+def test_heldout_phrasings_never_used_in_training():
+    for kind, t in L.T.items():
+        assert not set(t["held"]) & set(t["imp"] + t["desc"]), kind
+    for n in (2, 3):
+        assert not set(L.COMPOSE_JOIN_HELD[n]) & set(L.COMPOSE_JOIN[n])
+    # a training sample never shows a held-out phrasing
+    held = {t.split("{")[0] for t in L.T["grayscale"]["held"]}
+    for _, s in zip(range(30), suite.stream("train", seed=1, root=None, kinds=["grayscale"]), strict=False):
+        assert not any(s["instruction"].lower().startswith(h) for h in held)
+
+
+def _take(n: int, it) -> list:
+    return [s for _, s in zip(range(n), it, strict=False)]
+
+
+def test_stream_is_deterministic_and_resumable():
+    a = _take(4, suite.stream("test", seed=3, root=None))
+    b = _take(4, suite.stream("test", seed=3, root=None))
+    c = next(suite.stream("test", seed=3, root=None, start=2))
+    for x, y in zip(a, b, strict=True):
+        assert x["kind"] == y["kind"] and x["instruction"] == y["instruction"]
+        assert x["target"].tobytes() == y["target"].tobytes() and (x["mask"] == y["mask"]).all()
+    assert c["target"].tobytes() == a[2]["target"].tobytes()
+    d = _take(4, suite.stream("test", seed=4, root=None))
+    assert any(x["target"].tobytes() != y["target"].tobytes() for x, y in zip(a, d, strict=True))
+
+
+def test_stream_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="unknown edit kinds"):
+        next(suite.stream("test", root=None, kinds=["sharpen"]))
+
+
+def test_rotate90_needs_square_grid():
+    with pytest.raises(ValueError, match="grid"):
+        ops.rotate(np.zeros((16, 24, 3), np.float32), 90)
+    assert KINDS["rotate90"].square_only
+    s = _sample("rotate90")
+    assert s["source"].size[0] == s["source"].size[1]
+
+
+def test_objects_visible_at_token_scale():
+    assert O.load_stamps(), "assets/stamps must ship some stamps"
+    for size in O.SIZES:
+        assert O.object_size_px(size, 128, 128) >= 2 * 8 + 8
+    sp = O.shape_sprite("star", "red", 32)
+    assert sp.shape == (32, 32, 4) and sp[..., 3].max() == 255
+
+
+def test_fixed_sets_roundtrip(tmp_path):
+    base = suite.build_sets(tmp_path, root=None, sizes={"val": 1})
+    rows = suite.load_set(base, "val")
+    assert len(rows) == len(KINDS)
+    again = suite.build_sets(tmp_path / "b", root=None, sizes={"val": 1})
+    assert (base / "val" / "samples.jsonl").read_text() == (again / "val" / "samples.jsonl").read_text()
+    r = rows[0]
+    fresh = _sample_from_set(r)
+    assert fresh.tobytes() == r["target"].tobytes()
+
+
+def _sample_from_set(r: dict) -> Image.Image:
+    rng = np.random.default_rng([1234, suite.SPLIT_CODE["val"], list(KINDS).index(r["kind"]), 0])
+    return suite.make_sample(r["kind"], suite.split_photos("val", None), rng, "x")["target"]
+
+
+def test_preview_sheet(tmp_path):
+    p = suite.preview(tmp_path / "sheet.png", root=None)
+    with Image.open(p) as im:
+        assert im.size[1] > 100 * len(KINDS)

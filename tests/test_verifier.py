@@ -1,0 +1,82 @@
+"""Verifier: orderings for every edit kind, tolerance to VQ-like reconstruction, formulas, API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from training import suite, verifier
+from training.edits import KINDS, render_wrong
+
+PHOTOS = suite.split_photos("test", root=None)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_orderings_for_every_kind(kind):
+    for j in range(2):
+        rng = np.random.default_rng([5, j, list(KINDS).index(kind)])
+        s = suite.make_sample(kind, PHOTOS, rng, "v")
+        src, tgt, m = s["source"], s["target"], s["mask"]
+        gt = verifier.score(src, tgt, tgt, m)
+        vq = verifier.score(src, verifier.vq_like_degrade(tgt, rng), tgt, m)
+        unedited = verifier.score(src, src, tgt, m)
+        assert gt.overall > 9.9
+        assert vq.overall > 7.5, (kind, vq)
+        assert unedited.overall < 2.0, (kind, unedited)
+        for label, wp in KINDS[kind].wrongs(s["params"], rng):
+            wrong = verifier.score(src, render_wrong(kind, s["_crop"], wp).target, tgt, m)
+            assert wrong.overall < gt.overall - 3, (kind, label, wrong)
+            assert wrong.overall >= unedited.overall - 1.0 or wrong.overall < 2.0, (kind, label)
+
+
+def _toy():
+    src = np.zeros((32, 32, 3), np.float32) + 0.2
+    tgt = src.copy()
+    tgt[:16, :16] = 0.9
+    m = np.zeros((32, 32), bool)
+    m[:16, :16] = True
+    return src, tgt, m
+
+
+def test_formulas_on_a_toy_case():
+    src, tgt, m = _toy()
+    assert verifier.score(src, tgt, tgt, m).success == pytest.approx(10)
+    assert verifier.score(src, src, tgt, m).success == pytest.approx(0)
+    near, half = src.copy(), src.copy()
+    near[:16, :16] = 0.75
+    half[:16, :16] = 0.55
+    s_near = verifier.score(src, near, tgt, m).success
+    assert 5 < s_near < 10
+    assert verifier.score(src, half, tgt, m).success < s_near
+    # the same change made in the wrong place: no over-editing score left
+    wrong = src.copy()
+    wrong[16:, 16:] = 0.9
+    r = verifier.score(src, wrong, tgt, m)
+    assert r.success == pytest.approx(0) and r.overedit < 4 and r.overall == pytest.approx(0)
+    full = verifier.score(src, tgt, tgt, None)
+    assert full.overedit == 10 and full.overall == pytest.approx(10)
+
+
+def test_pq_penalises_blur_noise_blocks():
+    rng = np.random.default_rng(0)
+    img = PHOTOS[0][1].resize((128, 128))
+    a = np.asarray(img).astype(np.float32)
+    blurry = img.filter(ImageFilter.GaussianBlur(4))
+    noisy = Image.fromarray(np.clip(a + rng.normal(0, 40, a.shape), 0, 255).astype(np.uint8))
+    blocky = img.resize((16, 16), Image.Resampling.BOX).resize((128, 128), Image.Resampling.NEAREST)
+    assert verifier.score(img, img, img).pq == pytest.approx(10)
+    for bad in (blurry, noisy, blocky):
+        assert verifier.score(img, bad, img).pq < 7
+
+
+def test_api_accepts_pil_arrays_and_resizes():
+    src, tgt, m = _toy()
+    u8 = lambda x: (x * 255).astype(np.uint8)  # noqa: E731
+    r1 = verifier.score(u8(src), u8(tgt), u8(tgt), Image.fromarray(u8(m.astype(np.float32))))
+    big = Image.fromarray(u8(tgt)).resize((64, 64), Image.Resampling.NEAREST)
+    r2 = verifier.score(Image.fromarray(u8(src)), big, Image.fromarray(u8(tgt)), m)
+    assert r1.overall > 9.9 and r2.overall > 9.0
+    assert set(r1.as_dict()) == {"success", "overedit", "sc", "pq", "overall"}
+    with pytest.raises(ValueError, match="mask shape"):
+        verifier.score(src, tgt, tgt, np.ones((8, 8), bool))
