@@ -225,7 +225,9 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", dtype: tor
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
 
     try:
-        lm = Emu3ForCausalLM.from_pretrained(str(path / "lm"), dtype=dtype, attn_implementation="sdpa")
+        lm = Emu3ForCausalLM.from_pretrained(
+            str(path / "lm"), dtype=dtype, attn_implementation="sdpa", local_files_only=True
+        )
     except (OSError, ValueError, KeyError) as e:
         raise BundleError(f"cannot load the language model from {path / 'lm'}: {e}") from e
     lm.to(device).eval()
@@ -233,14 +235,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", dtype: tor
     if grid is not None:
         grid.to(device=device, dtype=dtype).eval()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+        tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
     except (OSError, ValueError) as e:
         raise BundleError(f"cannot load the tokenizer from {path / 'tokenizer'}: {e}") from e
 
     vq: ImageTokenizer
     if cfg.family == "earl-nano":
         try:
-            vq = NanoVQ.from_pretrained(str(path / "vq"))
+            vq = NanoVQ.from_pretrained(str(path / "vq"), local_files_only=True)
         except (OSError, ValueError) as e:
             raise BundleError(f"cannot load the NanoVQ image tokenizer from {path / 'vq'}: {e}") from e
         vq.to(device).eval()
@@ -279,13 +281,11 @@ def _check_consistency(bundle: Bundle) -> None:
         raise BundleError(f"bundle {bundle.path}: tokenizer has {len(tok)} tokens, the LM only {vocab}")
 
 
-def _tok_id(tok, name: str, unk: int | None) -> int | None:
-    """Id of token ``name``, None when the vocabulary lacks it (unknown names map to None or unk)."""
-    tid = tok.convert_tokens_to_ids(name)
-    # GPT2-style tokenizers (Emu3's) use <|endoftext|> as unk token: that name itself is present.
-    if tid is None or (tid == unk and name != tok.unk_token):
-        return None
-    return tid
+def _tok_id(tok, name: str, unk: int | None = None) -> int | None:
+    """Id of token ``name``, None when the vocabulary lacks it (see text_tokenizer.token_id)."""
+    from engine.text_tokenizer import token_id
+
+    return token_id(tok, name)
 
 
 # -- tiny random bundles (tests) -------------------------------------------------------------------
@@ -480,7 +480,7 @@ def assemble_emu3_bundle(
     spatial_factor = 2 ** (len(vq_cfg.get("channel_multiplier", (1, 2, 2, 4))) - 1)
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise BundleError(
             f"cannot load the tokenizer in {tokenizer_dir} without remote code ({e}). Use the HF-converted "

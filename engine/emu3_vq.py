@@ -61,7 +61,7 @@ class Emu3VisionTokenizer:
                 "The original BAAI/Emu3-VisionTokenizer (remote-code format) must first be converted to "
                 "transformers' Emu3VQVAE and saved with save_pretrained."
             )
-        vqvae = Emu3VQVAE.from_pretrained(str(path), dtype=dtype).to(device)
+        vqvae = Emu3VQVAE.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(device)
         kwargs = {}
         pp = path / PREPROCESSOR_CONFIG
         if pp.is_file():

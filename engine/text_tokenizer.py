@@ -72,17 +72,24 @@ def build_nano_tokenizer(
     )
 
 
+def token_id(tokenizer, name: str) -> int | None:
+    """Id of the single token ``name``, or None when the vocabulary has no such token.
+
+    Don't test ``convert_tokens_to_ids(name) == unk_token_id``: Emu3's tokenizers (GPT2Tokenizer) use
+    ``<|endoftext|>`` — our PAD — as unk token, so an unknown name silently maps to the PAD id. EARL's
+    think markers are such names: plain text in Emu3's vocabulary.
+    """
+    tid = tokenizer.convert_tokens_to_ids(name)
+    if tid is None or tokenizer.convert_ids_to_tokens(tid) != name:
+        return None
+    return int(tid)
+
+
 def visual_id_range(tokenizer) -> tuple[int, int]:
     """(first, stop) ids of the visual tokens when they are contiguous (nano tokenizers); else ValueError."""
     ids = []
-    i = 0
-    unk = tokenizer.unk_token_id
-    while True:
-        tid = tokenizer.convert_tokens_to_ids(visual_token_name(i))
-        if tid is None or tid == unk:
-            break
+    while (tid := token_id(tokenizer, visual_token_name(len(ids)))) is not None:
         ids.append(tid)
-        i += 1
     if not ids:
         raise ValueError("tokenizer has no visual tokens")
     if ids != list(range(ids[0], ids[0] + len(ids))):

@@ -20,6 +20,7 @@ from transformers import Emu3ForCausalLM, Emu3VQVAE
 from engine import tokens as T
 from engine.bundle import BundleError, assemble_emu3_bundle, load_bundle, tiny_lm_config
 from engine.emu3_vq import Emu3VisionTokenizer, tiny_emu3_vqvae_config
+from engine.text_tokenizer import token_id
 
 CODEBOOK = 64
 # Emu3's tokenizer: Qwen's <|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0..204|>, then the image
@@ -98,6 +99,15 @@ def test_assemble_load_and_run(emu3_parts, tmp_path):
     assert b.grid_embed is None and b.lm.config._attn_implementation == "sdpa"
     tok = b.tokenizer
     assert tok.convert_tokens_to_ids(T.BOS) == tok.bos_token_id
+    assert token_id(tok, T.THINK_START) is None and token_id(tok, T.PAD) == tok.pad_token_id
+    # The trap token_id avoids: in Emu3's own GPT2Tokenizer an unknown name maps to unk, which is
+    # <|endoftext|>, i.e. our PAD.
+    from transformers import AutoTokenizer
+
+    src_tok = AutoTokenizer.from_pretrained(str(root / "tok"))
+    assert type(src_tok).__name__ == "GPT2Tokenizer"
+    assert src_tok.convert_tokens_to_ids(T.THINK_START) == src_tok.convert_tokens_to_ids(T.PAD)
+    assert token_id(src_tok, T.THINK_START) is None
     ids = [tok.convert_tokens_to_ids(n) for n in (T.BOS, T.IMG_START)] + tok.encode("2*2", add_special_tokens=False)
     ids += [tok.convert_tokens_to_ids(T.IMG_TOKEN), tok.convert_tokens_to_ids(T.visual_token_name(5))]
     x = torch.tensor([ids])

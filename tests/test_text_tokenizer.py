@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from engine import tokens as T
-from engine.text_tokenizer import build_nano_tokenizer, visual_id_range
+from engine.text_tokenizer import build_nano_tokenizer, token_id, visual_id_range
 
 TEXTS = [
     "Make the photo grayscale.",
@@ -30,6 +30,8 @@ def test_structural_tokens_are_single_special_ids(tok):
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == tuple(
         tok.convert_tokens_to_ids(n) for n in (T.BOS, T.EOS, T.PAD))
     assert tok.encode("hi") == tok.encode("hi", add_special_tokens=False)  # no implicit BOS/EOS
+    assert token_id(tok, T.THINK_START) == tok.convert_tokens_to_ids(T.THINK_START)
+    assert token_id(tok, "<|no such token|>") is None
 
 
 def test_visual_tokens_are_a_contiguous_slice(tok):
