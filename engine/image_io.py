@@ -32,6 +32,10 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # 50 MiB: far above any phone photo, far b
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # 64 MP: a 9000×7000 photo passes, a decompression bomb doesn't
 DEFAULT_MAX_ASPECT = 4.0
 
+# Photo formats we decode. An allow-list, because Pillow would also open e.g. EPS by running Ghostscript
+# on the upload, and exotic scientific/legacy formats are attack surface with no use here.
+ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "DIB", "TIFF", "AVIF", "PPM", "TGA", "ICO", "QOI")
+
 ImageSource = str | Path | bytes | bytearray | memoryview | BinaryIO | Image.Image
 
 __all__ = [
@@ -94,13 +98,18 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
         )
 
 
+def _allowed_formats() -> list[str]:
+    Image.init()
+    return [f for f in ALLOWED_FORMATS if f in Image.OPEN]  # AVIF needs a Pillow built with libavif
+
+
 def _open(data: bytes, name: str, max_pixels: int, draft_area: int | None) -> Image.Image:
     """Decode ``data`` fully (so errors surface here, not later), first frame only."""
     try:
         with warnings.catch_warnings():
             # Pillow warns, then errors, past its own global limit; treat its warning as an error too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=_allowed_formats())
             _check_pixels(im.size, max_pixels, name)  # from the header, before decoding anything
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
@@ -117,7 +126,8 @@ def _open(data: bytes, name: str, max_pixels: int, draft_area: int | None) -> Im
         raise ImageInputError(f"{name} is too many pixels to open safely (possible decompression bomb): {e}") from e
     except UnidentifiedImageError as e:
         raise ImageInputError(
-            f"{name} is not an image in a format we can read (PNG, JPEG, WebP, GIF, BMP, TIFF, ...)"
+            f"{name} is not an image in a format we can read (PNG, JPEG, WebP, GIF, BMP, TIFF, AVIF; "
+            "HEIC photos need converting to JPEG first)"
         ) from e
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as e:
         raise ImageInputError(f"{name} is truncated or corrupt and cannot be decoded ({e})") from e

@@ -176,6 +176,16 @@ def test_random_bytes_and_text_are_not_images(tmp_path):
         load_image(path)
 
 
+def test_formats_outside_the_allow_list_are_refused():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"  # Pillow would run Ghostscript
+    with pytest.raises(ImageInputError, match="not an image"):
+        load_image(eps)
+    for fmt in ("WEBP", "BMP", "TIFF", "GIF"):
+        buf = io.BytesIO()
+        _photo(8, 8).save(buf, fmt)
+        assert load_image(buf.getvalue()).size == (8, 8)
+
+
 def test_empty_missing_folder_and_too_large(tmp_path):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
