@@ -678,3 +678,49 @@ def extract_emu3_hf_parts(
         (lm_dir / "config.json").write_text(json.dumps(text_cfg, indent=2, sort_keys=True) + "\n")
         result["lm"] = lm_dir
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.bundle`` — build emu3 bundles and inspect bundles from the shell."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m engine.bundle", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("assemble-emu3", help="build an emu3 bundle from LLM, vision tokenizer and tokenizer folders")
+    a.add_argument("--lm", required=True, help="LLM-only Emu3 checkpoint folder (e.g. an EARL release)")
+    a.add_argument("--vq", required=True, help="Emu3VQVAE save_pretrained folder")
+    a.add_argument("--tokenizer", required=True, help="HF-converted Emu3 tokenizer folder")
+    a.add_argument("--out", required=True, help="new bundle folder")
+    a.add_argument("--link", action="store_true", help="symlink the weights instead of copying them")
+    a.add_argument("--name", default="emu3")
+    a.add_argument("--image-area", type=int, default=256 * 256)
+    x = sub.add_parser("extract-emu3-hf", help="split an Emu3-*-hf checkpoint into vq/, tokenizer/ [and lm/]")
+    x.add_argument("hf_dir")
+    x.add_argument("out_dir")
+    x.add_argument("--lm", action="store_true", help="also write the language model (large)")
+    i = sub.add_parser("info", help="load a bundle and print what it holds")
+    i.add_argument("path", nargs="?", default=str(default_bundle_path()))
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "assemble-emu3":
+            out = assemble_emu3_bundle(args.lm, args.vq, args.tokenizer, args.out, link=args.link,
+                                       name=args.name, image_area=args.image_area)
+            print(f"wrote {out}")
+        elif args.cmd == "extract-emu3-hf":
+            for part, p in extract_emu3_hf_parts(args.hf_dir, args.out_dir, lm=args.lm).items():
+                print(f"{part}: {p}")
+        else:
+            b = load_bundle(args.path)
+            n = sum(p.numel() for p in b.lm.parameters())
+            print(b.config.to_json())
+            print(f"lm: {n / 1e6:.2f}M parameters, vocab {b.lm.config.vocab_size}; "
+                  f"grid embedding: {'yes' if b.grid_embed is not None else 'no'}; "
+                  f"vq: {type(b.vq).__name__}; weights sha256 {b.weights_hash()}")
+    except BundleError as e:
+        print(f"error: {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

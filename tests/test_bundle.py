@@ -192,3 +192,13 @@ def test_default_bundle_path():
 def test_conftest_fixture(tiny_bundle):
     assert tiny_bundle.path is not None and tiny_bundle.config.codebook_size == 64
     assert tiny_bundle.lm.dtype == torch.float32
+
+
+def test_cli_info(made, tmp_path, capsys):
+    from engine.bundle import main
+
+    _, path = made
+    assert main(["info", str(path)]) == 0
+    assert "earl-nano" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "none")]) == 1
+    assert "not found" in capsys.readouterr().out
