@@ -155,9 +155,12 @@ def save_bundle(bundle: Bundle, path: str | Path, dtype: torch.dtype | None = to
     """Write ``bundle`` to the folder ``path`` (LM and grid embedding in ``dtype``; None keeps theirs).
 
     Written to a temporary sibling folder first and renamed into place, so an interrupted save never
-    leaves a half-written bundle under ``path``. An existing folder at ``path`` is replaced.
+    leaves a half-written bundle under ``path``. An existing bundle (or empty folder) at ``path`` is
+    replaced; any other existing file or folder is refused rather than deleted.
     """
     path = Path(path)
+    if path.exists() and not (path.is_dir() and ((path / BUNDLE_JSON).is_file() or not any(path.iterdir()))):
+        raise BundleError(f"{path} exists and is not a bundle; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

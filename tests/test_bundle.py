@@ -122,14 +122,22 @@ def test_hash_covers_grid_embed(made, tmp_path):
     assert load_bundle(copy).weights_hash() != load_bundle(path).weights_hash()
 
 
-def test_save_replaces_existing_folder(made, tmp_path):
+def test_save_replaces_existing_bundle_only(made, tmp_path):
     b, _ = made
     out = tmp_path / "x"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
     save_bundle(b, out)
+    (out / "stale.txt").write_text("old")
+    save_bundle(b, out)  # an existing bundle is replaced as a whole
     assert not (out / "stale.txt").exists() and (out / "bundle.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    other = tmp_path / "documents"
+    other.mkdir()
+    (other / "thesis.txt").write_text("precious")
+    with pytest.raises(BundleError, match="not a bundle; refusing"):
+        save_bundle(b, other)
+    assert (other / "thesis.txt").read_text() == "precious"
+    (tmp_path / "empty").mkdir()
+    save_bundle(b, tmp_path / "empty")
 
 
 def test_no_grid_embed_bundle(tmp_path):
