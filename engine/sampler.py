@@ -362,7 +362,8 @@ def sample(
     if threads is None and sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS and device.type == "cpu":
         threads = 1
 
-    with torch.inference_mode(), _num_threads(threads):
+    def steps() -> Iterator[list[Sampled]]:
+        nonlocal step_idx
         from engine.logprobs import embed_inputs
 
         if ge is not None:
@@ -467,6 +468,17 @@ def sample(
                 attn2d = key_valid[:, : cur + 1].long()
                 logits = runner.forward(e[:, None], pos_now[:, None], attn2d)
             cur += 1
+
+    # The model runs inside inference mode (and with ``threads``) only while this generator computes:
+    # never across a ``yield``, so the caller's own code (e.g. training between steps) is unaffected.
+    it = steps()
+    while True:
+        with torch.inference_mode(), _num_threads(threads):
+            try:
+                events = next(it)
+            except StopIteration:
+                return
+        yield events
 
 
 def _event(con: FreeFormConstraint, s: State, cand: int, token: int, lp: float, fin: bool,

@@ -1,0 +1,216 @@
+"""``engine.edit``: one photo + one instruction -> a stream of events for N candidate edits.
+
+Prepares the image (``image_io.prepare_image``), encodes it with the bundle's image tokenizer, builds
+the prompt (``layout``), runs the sampler and turns its tokens into events: ``Text`` deltas of the
+reasoning, ``ImageRow`` per finished row, ``Preview`` every ``preview_every`` rows (rows not generated
+yet are filled with the source image's codes, so a preview looks like the photo being repainted top
+down), ``Done`` per candidate, ``Error`` for bad input or a failure.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from engine.events import Done, Error, Event, ImageRow, Preview, Text
+from engine.layout import build_prompt, parse_generation, special_ids
+from engine.sampler import make_guidance, sample
+
+MAX_CANDIDATES = 64
+
+
+def _check_args(instruction: Any, n: int, temperature: float, top_k: int, top_p: float, cfg_text: float,
+                cfg_image: float, preview_every: int) -> str | None:
+    """A polite message for the first bad argument, or None."""
+    if not isinstance(instruction, str) or not instruction.strip():
+        return "Please type an instruction describing the edit (for example: “make the photo grayscale”)."
+    if not 1 <= int(n) <= MAX_CANDIDATES:
+        return f"The number of candidates must be between 1 and {MAX_CANDIDATES} (got {n})."
+    if temperature < 0:
+        return f"Temperature must be 0 (greedy) or positive (got {temperature})."
+    if top_k < 0:
+        return f"top-k must be 0 (off) or positive (got {top_k})."
+    if not 0 < top_p <= 1:
+        return f"top-p must be in (0, 1] (got {top_p})."
+    if cfg_text <= 0 or cfg_image <= 0:
+        return "Guidance scales must be positive (1 = off)."
+    if preview_every < 0:
+        return f"preview_every must be 0 (no previews) or positive (got {preview_every})."
+    return None
+
+
+def edit(
+    bundle: Any,
+    image: Any,
+    instruction: str,
+    n: int = 4,
+    think: bool = False,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    top_k: int = 2048,
+    top_p: float = 1.0,
+    cfg_text: float = 1.0,
+    cfg_image: float = 1.0,
+    preview_every: int = 2,
+    max_new_tokens: int | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[Event]:
+    """Edit ``image`` (path, bytes or PIL) as ``instruction`` says; yields ``engine.events`` events.
+
+    Candidate i uses seed ``seed + i`` (``seed`` drawn at random when None). Order per candidate:
+    ``Text``* (think mode) → (``ImageRow``, sometimes ``Preview``)* → ``Done``. Errors are yielded as
+    ``Error`` events, never raised. When ``cancel`` is set the stream ends early without ``Done`` for
+    unfinished candidates. Timings in ``Done.timings`` (seconds from the call): ``prepare``,
+    ``first_token``, ``first_preview``, ``total``; plus ``tokens_per_s``.
+    """
+    t0 = time.perf_counter()
+    msg = _check_args(instruction, n, temperature, top_k, top_p, cfg_text, cfg_image, preview_every)
+    if msg:
+        yield Error(msg)
+        return
+    from engine.image_io import ImageInputError, prepare_image
+
+    try:
+        cfg = bundle.config
+        img = prepare_image(image, cfg.image_area, bundle.vq.spatial_factor)
+        grid = np.asarray(bundle.vq.encode([img])[0], dtype=np.int64)
+    except ImageInputError as e:
+        yield Error(str(e))
+        return
+    except Exception as e:  # noqa: BLE001 - the stream reports, the caller decides
+        yield Error(f"Could not prepare the image: {e}")
+        return
+    t_prepare = time.perf_counter() - t0
+    n = int(n)
+    if seed is None:
+        seed = secrets.randbelow(2**31 - MAX_CANDIDATES)
+    seeds = [int(seed) + i for i in range(n)]
+    try:
+        yield from _run(bundle, grid, instruction.strip(), n, think, seeds, temperature, top_k, top_p, cfg_text,
+                        cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare)
+    except Exception as e:  # noqa: BLE001
+        yield Error(f"Generation failed: {type(e).__name__}: {e}")
+
+
+def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, seeds: list[int],
+         temperature: float, top_k: int, top_p: float, cfg_text: float, cfg_image: float, preview_every: int,
+         max_new_tokens: int | None, cancel: threading.Event | None, t0: float, t_prepare: float
+         ) -> Iterator[Event]:
+    tok = bundle.tokenizer
+    sp = special_ids(tok)
+    h, w = grid.shape
+    prompt = build_prompt(tok, grid, instruction, think)
+    guidance = make_guidance(tok, grid, n, think, cfg_text, cfg_image)
+    steps = sample(bundle, [prompt] * n, h, w, seeds, think=think, temperature=temperature, top_k=top_k,
+                   top_p=top_p, guidance=guidance, max_new_tokens=max_new_tokens, cancel=cancel)
+
+    k_end = len(sp.think_end_ids)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    logprobs: list[list[float]] = [[] for _ in range(n)]
+    text_ids: list[list[int]] = [[] for _ in range(n)]
+    shown: list[str] = [""] * n
+    text_open = [think] * n
+    out = np.repeat(grid[None], n, axis=0)  # rows not generated yet: the source's codes
+    row_codes: list[list[int]] = [[] for _ in range(n)]
+    first_token: float | None = None
+    first_preview: list[float | None] = [None] * n
+    try:
+        for events in steps:
+            if first_token is None:
+                first_token = time.perf_counter() - t0
+            previews: list[tuple[int, int]] = []
+            finished: list[int] = []
+            for ev in events:
+                c = ev.candidate
+                tokens[c].append(ev.token)
+                logprobs[c].append(ev.logprob)
+                if ev.kind == "text":
+                    text_ids[c].append(ev.token)
+                    # Hold back the last len(THINK_END) tokens: they may be the marker itself.
+                    delta = _text_delta(tok, text_ids[c][: len(text_ids[c]) - k_end], shown[c])
+                    if delta:
+                        shown[c] += delta
+                        yield Text(c, delta)
+                    continue
+                if text_open[c]:
+                    text_open[c] = False  # reasoning finished: flush what was held back
+                    final = tok.decode(text_ids[c][: len(text_ids[c]) - k_end])
+                    if final.startswith(shown[c]) and len(final) > len(shown[c]):
+                        yield Text(c, final[len(shown[c]) :])
+                        shown[c] = final
+                if ev.kind == "visual":
+                    row_codes[c].append(int(sp.code_of[ev.token]))
+                elif ev.kind == "eol":
+                    codes = row_codes[c]
+                    row_codes[c] = []
+                    out[c, ev.row] = codes
+                    yield ImageRow(c, ev.row, codes)
+                    done_rows = ev.row + 1
+                    if preview_every and done_rows % preview_every == 0 and done_rows < h:
+                        previews.append((c, done_rows))
+                if ev.finished:
+                    finished.append(c)
+            if previews:
+                images = bundle.vq.decode([out[c].copy() for c, _ in previews])
+                now = time.perf_counter() - t0
+                for (c, rows), im in zip(previews, images, strict=True):
+                    if first_preview[c] is None:
+                        first_preview[c] = now
+                    yield Preview(c, im, rows)
+            if finished:
+                yield from _finish(bundle, finished, tokens, logprobs, seeds, h, w, t0, t_prepare, first_token,
+                                   first_preview)
+    finally:
+        steps.close()
+
+
+def _text_delta(tok: Any, ids: list[int], shown: str) -> str:
+    if not ids:
+        return ""
+    text = tok.decode(ids)
+    if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
+        return ""
+    return text[len(shown) :] if text.startswith(shown) else ""
+
+
+def _finish(bundle: Any, finished: list[int], tokens: list[list[int]], logprobs: list[list[float]],
+            seeds: list[int], h: int, w: int, t0: float, t_prepare: float, first_token: float | None,
+            first_preview: list[float | None]) -> Iterator[Event]:
+    parsed = []
+    for c in finished:
+        try:
+            reasoning, g = parse_generation(bundle.tokenizer, tokens[c], expect_hw=(h, w))
+            parsed.append((c, reasoning, g))
+        except ValueError as e:  # cannot happen under the constraint; reported, not raised
+            yield Error(f"candidate {c + 1} produced a malformed sequence: {e}", c)
+    if not parsed:
+        return
+    images: list[Image.Image] = bundle.vq.decode([g for _, _, g in parsed])
+    now = time.perf_counter() - t0
+    for (c, reasoning, g), im in zip(parsed, images, strict=True):
+        gen_time = max(now - t_prepare, 1e-9)
+        timings = {
+            "prepare": t_prepare,
+            "first_token": first_token or now,
+            "first_preview": first_preview[c] if first_preview[c] is not None else now,
+            "total": now,
+            "tokens_per_s": len(tokens[c]) / gen_time,
+        }
+        yield Done(c, im, g, list(tokens[c]), list(logprobs[c]), reasoning, seeds[c], timings)
+
+
+def edit_blocking(bundle: Any, image: Any, instruction: str, **kw: Any) -> list[Done]:
+    """``edit`` run to the end: the ``Done`` events ordered by candidate. ValueError on any ``Error``."""
+    done: list[Done] = []
+    for ev in edit(bundle, image, instruction, **kw):
+        if isinstance(ev, Error):
+            raise ValueError(ev.message)
+        if isinstance(ev, Done):
+            done.append(ev)
+    return sorted(done, key=lambda d: d.candidate)
