@@ -9,6 +9,8 @@ Sources (all redistributable, all reachable without a browser):
 * Debian wallpaper packages (``DEBIAN_PACKAGES``), fetched with ``apt-get download`` and unpacked with
   ``dpkg -x`` into ``<out>/../cache/debs`` (or ``--cache``). Nothing is installed. ``--debs DIR`` uses
   ``.deb`` files already on disk instead of downloading.
+* ``tuxpaint-stamps-default`` is fetched the same way (not as photos: its cut-outs are the natural
+  objects of the object edits, see ``training/edits/objects.py``); ``--no-stamps`` skips it.
 * scikit-image's sample photographs bundled inside the wheel (``SKIMAGE_PHOTOS``; never a pooch
   download). They always go to val/test, so a clean CI checkout still has held-out photos.
 
@@ -89,6 +91,7 @@ PACKAGE_LICENSE_FALLBACK: dict[str, str] = {
     "plasma-workspace-wallpapers": "LGPL-3/CC-BY-SA (see usr/share/doc/plasma-workspace-wallpapers/copyright)",
 }
 
+STAMPS_PACKAGE = "tuxpaint-stamps-default"
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".svg"}
 MIN_SHORT = 300          # smaller originals are previews/thumbnails
 SHORT_SIDE = 256         # stored size: a 128²-area crop then looks like a whole photo
@@ -328,11 +331,14 @@ def _largest_per_kde_folder(cands: list[Candidate]) -> tuple[list[Candidate], li
 
 def build(out: Path, cache: Path | None = None, seed: int = 0, packages: Sequence[str] = DEBIAN_PACKAGES,
           debs_dir: Path | None = None, use_skimage: bool = True,
-          extra_candidates: Sequence[Candidate] = ()) -> list[dict]:
+          extra_candidates: Sequence[Candidate] = (), with_stamps: bool = False) -> list[dict]:
     """Build the corpus under ``out``; returns the manifest rows."""
     out = Path(out)
     cache = Path(cache) if cache else out.parent / "cache"
     roots = fetch_packages(cache, packages, debs_dir) if packages else {}
+    if with_stamps:
+        # not photos: the cut-outs that object edits paste (see training/edits/objects.py)
+        fetch_packages(cache, (STAMPS_PACKAGE,), debs_dir)
     cands = debian_candidates(roots) + list(extra_candidates)
     if use_skimage:
         cands += skimage_candidates()
@@ -509,12 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--packages", nargs="*", default=list(DEBIAN_PACKAGES))
     b.add_argument("--no-skimage", action="store_true")
+    b.add_argument("--no-stamps", action="store_true", help=f"don't fetch {STAMPS_PACKAGE} (object cut-outs)")
     s = sub.add_parser("stats", help="print split sizes of a built corpus")
     s.add_argument("--root", default="data/corpus")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         rows = build(Path(a.out), Path(a.cache) if a.cache else None, a.seed, a.packages,
-                     Path(a.debs) if a.debs else None, not a.no_skimage)
+                     Path(a.debs) if a.debs else None, not a.no_skimage, with_stamps=not a.no_stamps)
         _print_stats(rows)
         print(f"wrote {Path(a.out) / 'manifest.jsonl'}; per-file verdicts in {Path(a.out) / 'decisions.jsonl'}")
     else:

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 from . import verifier
 from .corpus import SKIMAGE_PHOTOS, load_manifest, random_crop, skimage_candidates
 from .edits import KINDS, grid_of, render_wrong
+from .edits.kinds import cell_mask, changed_pixels
 
 SUITE_VERSION = "1"
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
@@ -56,8 +57,16 @@ def split_photos(split: str, root: str | Path | None = "data/corpus") -> list[tu
 
 
 def _acceptable(kind: str, photo: Image.Image, res) -> bool:
-    if verifier.edit_magnitude(res.source, res.target, res.mask) < verifier.MIN_MAGNITUDE:
-        return False
+    # every connected part of the edit (e.g. old and new place of a moved object) must be visible
+    for part in verifier.regions(res.mask):
+        if verifier.edit_magnitude(res.source, res.target, part) < verifier.MIN_MAGNITUDE:
+            return False
+    # objects must stand out from the photo behind them wherever they are (low-contrast cut-outs
+    # would make right and wrong placements look alike)
+    for bare, scene in res.extra.get("visibility", []):
+        m = cell_mask(changed_pixels(bare, scene))
+        if m.any() and verifier.edit_magnitude(bare, scene, m) < verifier.MIN_MAGNITUDE:
+            return False
     if kind == "compose":
         # every step must matter: without the last one the result must be clearly unfinished,
         # and the first step alone must change the photo visibly

@@ -8,7 +8,7 @@ cells. ``P(x)`` maps RGB to luminance + two opponent chroma axes (Y, 1.5·(R−G
 blurs with a Gaussian of σ = ``SIGMA`` = 1.5 px: the VQ tokenizer loses fine detail, so the comparison is
 made after removing it (a perfect edit decoded through a 22–24 dB VQ must still pass), while colour
 mistakes count extra. ``rms_R(a, b)`` is the root-mean-square difference over the three channels of
-the pixels in region R. Constants: TAU = 0.04, ABS_SCALE = 0.12, TAU_CELL = 0.10, BETA = 0.02.
+the pixels in region R. Constants: TAU = 0.04, ABS_SCALE = 0.12, COVER_FRAC = 0.3, TAU_CELL = 0.10, BETA = 0.02.
 
 Edit success (the edit region matches the ground truth)::
 
@@ -16,7 +16,8 @@ Edit success (the edit region matches the ground truth)::
     dO = rms_M(P(output), P(target)),  dS = rms_M(P(source), P(target))
     relative = clip(1 − max(0, dO − tau) / max(dS − tau, dS / 3), 0, 1)
     absolute = clip(1 − max(0, dO − tau) / ABS_SCALE, 0, 1)
-    success  = 10 · min(relative, absolute)      # computed for each connected part of M; the minimum
+    coverage = clip(1 − frac{cells c ⊂ M : rms_c(P(output), P(target)) > tau + ABS_SCALE} / COVER_FRAC, 0, 1)
+    success  = 10 · min(relative, absolute, coverage)      # computed for each connected part of M; the minimum
 
 The tolerance grows with the fine detail of the ground truth in the region (DETAIL_K = 0.25): a VQ
 cannot reproduce sharp object edges, and a small region with a hard-edged object would otherwise
@@ -68,6 +69,7 @@ SIGMA = 1.5
 TAU = 0.04
 ABS_SCALE = 0.12
 DETAIL_K = 0.25
+COVER_FRAC = 0.3
 TAU_CELL = 0.10
 BETA = 0.02
 CELL = 8
@@ -143,6 +145,12 @@ def success_score(S: np.ndarray, Out: np.ndarray, T: np.ndarray, M: np.ndarray, 
     dO = _rms(Out - T, M)
     dS = _rms(S - T, M)
     absolute = float(np.clip(1 - max(0.0, dO - tau) / ABS_SCALE, 0, 1))
+    # coverage: share of the region's token cells that are far off (so a half-done edit cannot
+    # pass on the average)
+    inside = _cells(M.astype(np.float32)) >= 0.5
+    if inside.any():
+        e = np.sqrt(_cells(((Out - T) ** 2).mean(axis=2)))[inside]
+        absolute = min(absolute, float(np.clip(1 - (e > tau + ABS_SCALE).mean() / COVER_FRAC, 0, 1)))
     if dS < 1e-6:
         return 10.0 * absolute
     relative = float(np.clip(1 - max(0.0, dO - tau) / max(dS - tau, dS / 3), 0, 1))

@@ -364,7 +364,8 @@ class AddObject(ObjectKind):
         a = ops.to_array(photo)
         t, _, _ = _draw(a, params["add"])
         tgt = ops.to_image(t)
-        return EditResult(self.name, photo, tgt, cell_mask(changed_pixels(photo, tgt)), params)
+        return EditResult(self.name, photo, tgt, cell_mask(changed_pixels(photo, tgt)), params,
+                          {"visibility": [(photo, tgt)]})
 
     def fields(self, params):
         p = params["add"]
@@ -460,7 +461,10 @@ class SceneEdit(ObjectKind):
         src, _ = draw_scene(photo, before)
         tgt, _ = draw_scene(photo, self._after(params))
         s_img, t_img = ops.to_image(src), ops.to_image(tgt)
-        return EditResult(self.name, s_img, t_img, cell_mask(changed_pixels(s_img, t_img)), params)
+        # the main object against the bare background, before and after: each must stand out
+        bare = ops.to_image(draw_scene(photo, params["distractors"])[0])
+        return EditResult(self.name, s_img, t_img, cell_mask(changed_pixels(s_img, t_img)), params,
+                          {"visibility": [(bare, s_img), (bare, t_img)]})
 
     def fields(self, params):
         m = params["main"]
@@ -491,7 +495,8 @@ class SceneEdit(ObjectKind):
             # the position farthest from the right one (and from where the object started)
             tx, ty = O.POSITIONS[params["to"]]
             fx, fy = O.POSITIONS[params["main"]["pos"]]
-            cands = [p for p in O.POSITIONS if p not in (params["main"]["pos"], params["to"])]
+            busy = {params["main"]["pos"], params["to"]} | {d["pos"] for d in params["distractors"]}
+            cands = [p for p in O.POSITIONS if p not in busy]
             other = max(cands, key=lambda p: min(np.hypot(O.POSITIONS[p][0] - tx, O.POSITIONS[p][1] - ty),
                                                  1.5 * np.hypot(O.POSITIONS[p][0] - fx, O.POSITIONS[p][1] - fy)))
             return [("wrong position", {**params, "to": other})]

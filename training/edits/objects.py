@@ -122,9 +122,12 @@ def _load_rgba(path: str) -> Image.Image:
 
 
 def _name_from_description(desc: str) -> str:
-    d = re.sub(r"[.!]+$", "", desc.strip())
+    d = re.sub(r"\s*\(.*?\)", "", desc.strip())
+    d = re.sub(r"[\"'“”‘’]", "", d)
+    d = re.sub(r"[.!]+$", "", d)
     d = re.sub(r"^(an?|the)\s+", "", d, flags=re.I)
-    return d.lower()
+    d = re.sub(r"^very\s+", "", d, flags=re.I)
+    return d.lower().strip()
 
 
 @functools.lru_cache(maxsize=4)
@@ -148,7 +151,7 @@ NATURAL_CATEGORIES = ("animals", "food", "plants", "vehicles", "household", "hob
 
 def _scan_tuxpaint(folder: str) -> list[Stamp]:
     """Photographic cut-outs: PNG with alpha, ≥ 400 distinct colours on the object, ≥ 25 % opaque,
-    a short English description (≤ 5 words) — cartoons and symbols fail one of these."""
+    a short English description (≤ 5 words, "A …"/"An …") — cartoons and symbols fail one of these."""
     res = []
     root = Path(folder)
     for p in sorted(root.rglob("*.png")):
@@ -159,7 +162,8 @@ def _scan_tuxpaint(folder: str) -> list[Stamp]:
         if not txt.exists():
             continue
         desc = txt.read_text(errors="replace").splitlines()[0].strip()
-        if len(desc.split()) > 5 or not desc:
+        # one countable object ("A duck.", "An apricot."): skips slogans, plurals and bare names
+        if len(desc.split()) > 5 or not re.match(r"^(A|An)\s", desc):
             continue
         a = np.asarray(Image.open(p).convert("RGBA"))
         op = a[..., 3] > 128
