@@ -426,6 +426,64 @@ def _qwen_pre_tokenizer(tokenizer_json: dict) -> bool:
     return True
 
 
+# BAAI/Emu3-VisionTokenizer's remote-code config names -> transformers' Emu3VQVAEConfig names. Its weight
+# names are already Emu3VQVAE's (transformers' conversion only prefixes them with "model.vqmodel.").
+_REMOTE_VQ_KEYS = {"codebook_size": "codebook_size", "embed_dim": "embed_dim", "z_channels": "latent_channels",
+                   "double_z": "double_latent", "in_channels": "in_channels", "out_channels": "out_channels",
+                   "temporal_downsample_factor": "temporal_downsample_factor", "ch": "base_channels",
+                   "ch_mult": "channel_multiplier", "num_res_blocks": "num_res_blocks",
+                   "attn_resolutions": "attn_resolutions"}
+
+
+def _emu3_vq_config(vq_dir: Path) -> tuple[dict, bool]:
+    """(transformers Emu3VQVAE config dict, converted?) for ``vq_dir``; weights checked against it.
+
+    transformers' own format (``model_type: emu3_vqgan``) is taken as is. BAAI's remote-code
+    VisionTokenizer config is translated (``ch`` -> ``base_channels`` ...) and then every weight name and
+    shape is checked against the Emu3VQVAE that config describes, so a wrong translation is an error
+    here, never silently random weights.
+    """
+    from transformers import Emu3VQVAE, Emu3VQVAEConfig
+
+    cfg_file = vq_dir / "config.json"
+    if not cfg_file.is_file():
+        raise BundleError(f"{vq_dir} holds no vision tokenizer: config.json is missing")
+    raw = json.loads(cfg_file.read_text())
+    if raw.get("model_type") == Emu3VQVAEConfig.model_type:
+        return raw, False
+    if not any(k in raw for k in ("ch", "ch_mult", "z_channels")):
+        raise BundleError(
+            f"{vq_dir} is not an Emu3 vision tokenizer (transformers Emu3VQVAE, model_type 'emu3_vqgan', or "
+            f"BAAI/Emu3-VisionTokenizer's format); its config says model_type {raw.get('model_type')!r}"
+        )
+    kwargs = {new: raw[old] for old, new in _REMOTE_VQ_KEYS.items() if old in raw}
+    if "base_channels" in kwargs and "channel_multiplier" in kwargs:  # attention width = last stage width
+        kwargs["hidden_size"] = kwargs["base_channels"] * kwargs["channel_multiplier"][-1]
+    config = Emu3VQVAEConfig(**kwargs)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Emu3VQVAE(config).state_dict().items()}
+    found: dict[str, tuple] = {}
+    for f in sorted(vq_dir.glob("*.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                found[k] = tuple(st.get_slice(k).get_shape())
+    if not found:
+        raise BundleError(f"{vq_dir}: only *.safetensors weights can be converted; none found")
+    if found != expected:
+        missing = sorted(set(expected) - set(found))[:3]
+        extra = sorted(set(found) - set(expected))[:3]
+        shapes = [k for k in set(found) & set(expected) if found[k] != expected[k]][:3]
+        raise BundleError(
+            f"{vq_dir}: the weights do not match an Emu3VQVAE built from its config "
+            f"(missing {missing}, unexpected {extra}, other shapes {shapes})"
+        )
+    out = config.to_dict()
+    out["architectures"] = ["Emu3VQVAE"]
+    return out, True
+
+
 def _place(src: Path, dst: Path, link: bool) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
@@ -451,8 +509,8 @@ def assemble_emu3_bundle(
     - ``lm_dir``: LLM-only Emu3 weights that load with ``Emu3ForCausalLM`` (EARL's released
       checkpoints, ``mair-lab/earl-*``, are of this kind), in transformers' format or BAAI's original
       remote-code format (the config is rewritten; weights are taken unchanged).
-    - ``vq_dir``: transformers' ``Emu3VQVAE.save_pretrained`` folder (see engine.emu3_vq for the
-      BAAI/Emu3-VisionTokenizer remote-code format, which must be converted first).
+    - ``vq_dir``: transformers' ``Emu3VQVAE.save_pretrained`` folder, or BAAI/Emu3-VisionTokenizer's
+      remote-code folder (config translated, weight names/shapes checked strictly, no code run).
     - ``tokenizer_dir``: a tokenizer ``AutoTokenizer`` loads without remote code — the HF-converted
       Emu3 tokenizer (tokenizer.json, class GPT2Tokenizer, as in ``Emu3-*-hf`` repos) — holding
       Emu3's structural token names and ``<|visual token NNNNNN|>`` for every VQ code.
@@ -471,14 +529,7 @@ def assemble_emu3_bundle(
     if not weights:
         raise BundleError(f"{lm_dir} holds no weight files (*.safetensors)")
 
-    vq_cfg_file = vq_dir / "config.json"
-    vq_cfg = json.loads(vq_cfg_file.read_text()) if vq_cfg_file.is_file() else {}
-    if vq_cfg.get("model_type") != "emu3_vqgan":
-        raise BundleError(
-            f"{vq_dir} is not a transformers Emu3VQVAE folder (config.json with model_type 'emu3_vqgan'). "
-            "The original BAAI/Emu3-VisionTokenizer remote-code format is not supported: convert it to "
-            "transformers' Emu3VQVAE and save_pretrained it first."
-        )
+    vq_cfg, vq_converted = _emu3_vq_config(vq_dir)
     codebook_size = int(vq_cfg.get("codebook_size", 32768))
     spatial_factor = 2 ** (len(vq_cfg.get("channel_multiplier", (1, 2, 2, 4))) - 1)
 
@@ -509,8 +560,10 @@ def assemble_emu3_bundle(
                 _place(p, tmp / "lm" / p.name, link)
         (tmp / "lm" / "config.json").write_text(json.dumps(lm_cfg, indent=2, sort_keys=True) + "\n")
         for p in sorted(vq_dir.iterdir()):
-            if p.is_file():
+            if p.is_file() and p.suffix != ".py" and not (vq_converted and p.name == "config.json"):
                 _place(p, tmp / "vq" / p.name, link)
+        if vq_converted:
+            (tmp / "vq" / "config.json").write_text(json.dumps(vq_cfg, indent=2, sort_keys=True) + "\n")
         pre_tokenizer = "as given"
         rewritten: dict[str, dict] = {}
         if qwen_pre_tokenizer and (tokenizer_dir / "tokenizer.json").is_file():
@@ -540,7 +593,8 @@ def assemble_emu3_bundle(
             codebook_size=codebook_size, parent=None,
             notes={"sources": {"lm": str(lm_dir.resolve()), "vq": str(vq_dir.resolve()),
                                "tokenizer": str(tokenizer_dir.resolve())},
-                   "linked": link, "think_markers": think, "pre_tokenizer": pre_tokenizer},
+                   "linked": link, "think_markers": think, "pre_tokenizer": pre_tokenizer,
+                   "vq_config": "converted from BAAI remote-code format" if vq_converted else "as given"},
         )
         (tmp / BUNDLE_JSON).write_text(cfg.to_json())
         os.replace(tmp, out_dir)

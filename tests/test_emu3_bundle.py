@@ -168,7 +168,7 @@ def test_assemble_errors_are_clear(emu3_parts, tmp_path):
     root, _ = emu3_parts
     with pytest.raises(BundleError, match="folder not found"):
         assemble_emu3_bundle(tmp_path / "none", root / "vq", root / "tok", tmp_path / "b")
-    with pytest.raises(BundleError, match="not a transformers Emu3VQVAE"):
+    with pytest.raises(BundleError, match="not an Emu3 vision tokenizer"):
         assemble_emu3_bundle(root / "lm", root / "lm", root / "tok", tmp_path / "b")
     with pytest.raises(BundleError, match="holds a .* model, not an Emu3"):
         assemble_emu3_bundle(root / "vq", root / "vq", root / "tok", tmp_path / "b")
@@ -227,3 +227,35 @@ def test_emu3_bundle_save_load_round_trip(emu3_parts, tmp_path):
     assert again.tokenizer.tokenize("32*32") == ["3", "2", "*", "3", "2"]
     codes = [np.arange(6).reshape(2, 3) % CODEBOOK]
     assert np.array_equal(np.asarray(again.vq.decode(codes)[0]), np.asarray(b.vq.decode(codes)[0]))
+
+
+def _remote_vq_folder(src, dst, **overrides):
+    """The tiny Emu3VQVAE rewritten in BAAI/Emu3-VisionTokenizer's remote-code config format."""
+    cfg = json.loads((src / "config.json").read_text())
+    remote = {"model_type": "Emu3VisionVQ", "auto_map": {"AutoModel": "modeling_emu3visionvq.Emu3VisionVQModel"},
+              "codebook_size": cfg["codebook_size"], "embed_dim": cfg["embed_dim"],
+              "z_channels": cfg["latent_channels"], "double_z": False, "in_channels": 3, "out_channels": 3,
+              "temporal_downsample_factor": 4, "ch": cfg["base_channels"], "ch_mult": cfg["channel_multiplier"],
+              "num_res_blocks": cfg["num_res_blocks"], "attn_resolutions": cfg["attn_resolutions"], "dropout": 0.0}
+    remote.update(overrides)
+    dst.mkdir()
+    (dst / "config.json").write_text(json.dumps(remote))
+    (dst / "modeling_emu3visionvq.py").write_text("raise RuntimeError('remote code must never run')\n")
+    os.symlink((src / "model.safetensors").resolve(), dst / "model.safetensors")
+    return dst
+
+
+def test_remote_code_vision_tokenizer_is_converted(emu3_parts, tmp_path):
+    root, _ = emu3_parts
+    remote = _remote_vq_folder(root / "vq", tmp_path / "remote_vq")
+    out = assemble_emu3_bundle(root / "lm", remote, root / "tok", tmp_path / "b")
+    assert json.loads((out / "bundle.json").read_text())["notes"]["vq_config"].startswith("converted")
+    assert not (out / "vq" / "modeling_emu3visionvq.py").exists()
+    b = load_bundle(out)
+    ref = Emu3VisionTokenizer.from_pretrained(root / "vq")
+    codes = [np.arange(6).reshape(2, 3)]
+    assert np.array_equal(np.asarray(b.vq.decode(codes)[0]), np.asarray(ref.decode(codes)[0]))
+    # A config that does not describe the weights is refused, not loaded with random layers.
+    wrong = _remote_vq_folder(root / "vq", tmp_path / "wrong_vq", num_res_blocks=2)
+    with pytest.raises(BundleError, match="do not match an Emu3VQVAE"):
+        assemble_emu3_bundle(root / "lm", wrong, root / "tok", tmp_path / "c")
