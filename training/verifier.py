@@ -251,7 +251,7 @@ def edit_magnitude(source, target, mask=None) -> float:
     return _rms(_blur(S) - _blur(T), _mask(mask, T.shape[:2]))
 
 
-MIN_MAGNITUDE = 0.10
+MIN_MAGNITUDE = 0.14
 
 
 def psnr(a, b) -> float:

@@ -134,15 +134,18 @@ def _name_from_description(desc: str) -> str:
 def load_stamps(extra_dir: str | None = None) -> tuple[Stamp, ...]:
     """Shipped stamps plus, when available, photographic ones from the unpacked Debian package."""
     out: dict[str, Stamp] = {}
+    shipped_from: set[str] = set()
     mf = ASSET_STAMPS / "stamps.jsonl"
     if mf.exists():
         for line in mf.read_text().splitlines():
             r = json.loads(line)
             out[r["name"]] = Stamp(r["name"], r["description"], str(ASSET_STAMPS / r["file"]))
+            shipped_from.add(r["orig_path"].split("stamps/", 1)[-1])
     folder = extra_dir or os.environ.get("EARL_TUXPAINT_STAMPS") or (str(CACHE_STAMPS) if CACHE_STAMPS.is_dir() else None)
     if folder and Path(folder).is_dir():
         for st in _scan_tuxpaint(folder):
-            out.setdefault(st.name, st)
+            if str(Path(st.path).relative_to(folder)) not in shipped_from:  # same picture, other name
+                out.setdefault(st.name, st)
     return tuple(sorted(out.values(), key=lambda s: s.name))
 
 
