@@ -403,7 +403,8 @@ def _emu3_lm_config(lm_dir: Path) -> dict:
     return out
 
 
-# The pre-tokenizer regex of Emu3's original (tiktoken, Qwen) tokenizer, which EARL trained with.
+# The pre-tokenizer regex of Emu3's original tokenizer (baaivision/Emu3 emu3/mllm/tokenization_emu3.py:
+# tiktoken with Qwen's PAT_STR, text NFC-normalised first), which EARL trained with.
 # transformers' Emu3 conversion script writes GPT-2's ByteLevel regex instead, which groups digits
 # ("32" vs "3", "2") and so encodes "H*W" headers and numbers differently.
 QWEN_PRETOKENIZE_REGEX = (
@@ -412,10 +413,15 @@ QWEN_PRETOKENIZE_REGEX = (
 
 
 def _qwen_pre_tokenizer(tokenizer_json: dict) -> bool:
-    """Swap a plain GPT-2 ByteLevel pre-tokenizer for Emu3's Qwen one, in place; True when changed."""
+    """Swap a plain GPT-2 ByteLevel pre-tokenizer for Emu3's Qwen one, in place; True when changed.
+
+    Also adds the NFC normalisation that Emu3Tokenizer.tokenize applies before tiktoken.
+    """
     pre = tokenizer_json.get("pre_tokenizer") or {}
     if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
         return False
+    if tokenizer_json.get("normalizer") is None:
+        tokenizer_json["normalizer"] = {"type": "NFC"}
     tokenizer_json["pre_tokenizer"] = {
         "type": "Sequence",
         "pretokenizers": [

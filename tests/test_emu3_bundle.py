@@ -137,6 +137,7 @@ def test_tokenizer_gets_emu3_qwen_pre_tokenizer(emu3_parts, tmp_path):
     assert tok.tokenize("32*32") == ["3", "2", "*", "3", "2"]
     # The pre-tokenizer splits exactly like the tiktoken pattern of Emu3's original tokenizer.
     text = "Make it 256x256, DON'T    blur!\n\n  It's 3-7 rows;   ünï 中文 ok  "
+    assert tok.decode(tok.encode("cafe\u0301", add_special_tokens=False)) == "caf\u00e9"  # NFC, as Emu3
     spans = [text[a:b] for _, (a, b) in tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
     assert spans == regex.findall(QWEN_PRETOKENIZE_REGEX, text)
     ids = tok.encode(text, add_special_tokens=False)
@@ -151,8 +152,11 @@ def test_assemble_with_links_and_remote_code_config(emu3_parts, tmp_path):
     remote.mkdir()
     cfg = json.loads((root / "lm" / "config.json").read_text())
     rope = cfg.pop("rope_parameters")
+    # Keys exactly as baaivision/Emu3's Emu3Config writes them (emu3/mllm/configuration_emu3.py).
     cfg.update(model_type="Emu3", rope_theta=rope["rope_theta"], rope_scaling=None,
-               auto_map={"AutoModelForCausalLM": "modeling_emu3.Emu3ForCausalLM"})
+               auto_map={"AutoModelForCausalLM": "modeling_emu3.Emu3ForCausalLM"},
+               img_token_id=3, boi_token_id=4, eoi_token_id=5, eol_token_id=6, eof_token_id=7,
+               image_area=720 * 720, pretraining_tp=1, architectures=["Emu3ForCausalLM"])
     (remote / "config.json").write_text(json.dumps(cfg))
     os.symlink((root / "lm" / "model.safetensors").resolve(), remote / "model.safetensors")
     out = assemble_emu3_bundle(remote, root / "vq", root / "tok", tmp_path / "b", link=True)
