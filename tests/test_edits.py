@@ -33,7 +33,7 @@ def test_every_kind_is_exact_and_well_formed(kind):
     assert (src[~m] == tgt[~m]).all()
     assert (src != tgt).any()
     # the same params render the same target again (exact ground truth)
-    again = KINDS[kind].render(s["_crop"], s["params"])
+    again = KINDS[kind].render(s["crop"], s["params"])
     assert again.target.tobytes() == s["target"].tobytes()
     assert s["instruction"] and s["instruction_heldout"] and s["instruction"] != s["instruction_heldout"]
     assert "box [" in s["reasoning"] and len(s["reasoning"].split()) <= 45

@@ -25,7 +25,7 @@ def test_orderings_for_every_kind(kind):
         assert vq.overall > 7.5, (kind, vq)
         assert unedited.overall < 2.0, (kind, unedited)
         for label, wp in KINDS[kind].wrongs(s["params"], rng):
-            wrong = verifier.score(src, render_wrong(kind, s["_crop"], wp).target, tgt, m)
+            wrong = verifier.score(src, render_wrong(kind, s["crop"], wp).target, tgt, m)
             assert wrong.overall < gt.overall - 3, (kind, label, wrong)
             assert wrong.overall >= unedited.overall - 1.0 or wrong.overall < 2.0, (kind, label)
 

@@ -9,7 +9,9 @@ a built corpus the bundled scikit-image photos are used (astronaut/coffee = test
 all four for train — enough for CI, not for training).
 
 Each sample is a dict: ``id, kind, category, source (PIL), target (PIL), mask (bool HxW), instruction,
-instruction_heldout, reasoning, params, photo_id, grid (cols, rows), suite_version``. Sample ``i`` of
+instruction_heldout, reasoning, params, photo_id, grid (cols, rows), suite_version, crop`` (``crop``: the
+photo crop the edit program ran on — object kinds draw their source scene onto it; with ``params`` it
+re-renders the sample and its wrong variants, see ``edits.render_wrong``). Sample ``i`` of
 ``stream(split, seed)`` depends only on (seed, split, i), so streams can be resumed at any index.
 Samples whose edit barely changes the crop (``verifier.MIN_MAGNITUDE``) are redrawn, so every ground
 truth is clearly different from its source.
@@ -96,7 +98,7 @@ def make_sample(kind: str, photos: Sequence[tuple[str, Image.Image]], rng: np.ra
         "mask": res.mask, "instruction": k.instruction(res.params, rng),
         "instruction_heldout": k.instruction(res.params, rng, heldout=True),
         "reasoning": k.reasoning(res), "params": res.params, "photo_id": pid,
-        "grid": list(grid_of(res.source)), "suite_version": SUITE_VERSION, "_crop": crop,
+        "grid": list(grid_of(res.source)), "suite_version": SUITE_VERSION, "crop": crop,
     }
 
 
@@ -139,7 +141,7 @@ def build_sets(out: str | Path, root: str | Path | None = "data/corpus", seed: i
                     s[part].save(d / files[part])
                 files["mask"] = f"images/{s['id']}_mask.png"
                 Image.fromarray(s["mask"].astype(np.uint8) * 255).save(d / files["mask"])
-                rec = {k: v for k, v in s.items() if k not in ("source", "target", "mask", "_crop")}
+                rec = {k: v for k, v in s.items() if k not in ("source", "target", "mask", "crop")}
                 rec["files"] = files
                 lines.append(json.dumps(rec))
         (d / "samples.jsonl").write_text("\n".join(lines) + "\n")
@@ -208,7 +210,7 @@ def sanity(root: str | Path | None = "data/corpus", split: str = "test", n: int 
             s = make_sample(kind, photos, rng, "sanity")
             outs = [("gt", s["target"]), ("gt_vq", verifier.vq_like_degrade(s["target"], rng)), ("source", s["source"])]
             for label, wp in KINDS[kind].wrongs(s["params"], rng):
-                outs.append(("wrong", render_wrong(kind, s["_crop"], wp).target))
+                outs.append(("wrong", render_wrong(kind, s["crop"], wp).target))
                 labels.add(label)
             for name, out in outs:
                 acc.setdefault(name, []).append(verifier.score(s["source"], out, s["target"], s["mask"]).overall)
