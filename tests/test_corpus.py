@@ -125,3 +125,11 @@ def test_random_crop_reproducible_and_sized():
     for w, h in sizes:
         assert w % 8 == 0 and h % 8 == 0
         assert abs(w * h - 128 * 128) / (128 * 128) < 0.15
+
+
+def test_report_lists_kept_and_rejected(tiny):
+    base, _ = tiny
+    text = corpus.report(base / "c")
+    for r in corpus.load_manifest(base / "c"):
+        assert r["id"] in text
+    assert "photos/gradient.png" in text and "not a photo" in text
