@@ -12,6 +12,8 @@ CSS = """
 .cands img, #edit-slider img, #review-slider img, #edit-heatmap img, #review-heatmap img,
 #edit-pair-a img, #edit-pair-b img, #review-pair-a img, #review-pair-b img { image-rendering: pixelated; }
 .cands .caption-label { font-size: .8em; }
+/* Gallery reserves 450px by default; candidates are one or two rows of thumbnails. */
+.cands .fixed-height { min-height: 0 !important; max-height: 460px; }
 /* Scale small model outputs up to the frame (pixelated above), instead of a stamp in the middle. */
 #edit-heatmap img, #review-heatmap img, #edit-pair-a img, #edit-pair-b img, #review-pair-a img,
 #review-pair-b img { width: 100%; height: 100%; object-fit: contain; }
