@@ -108,3 +108,13 @@ def test_preview_sheet(tmp_path):
     p = suite.preview(tmp_path / "sheet.png", root=None)
     with Image.open(p) as im:
         assert im.size[1] > 100 * len(KINDS)
+
+
+def test_rephrase_gives_other_training_phrasings():
+    s = _sample("add_shape")
+    rng = np.random.default_rng(0)
+    texts = {suite.rephrase(s, rng) for _ in range(20)}
+    assert len(texts) >= 3 and all("small" in t or "medium" in t or "large" in t for t in texts)
+    held = {suite.rephrase(s, rng, heldout=True) for _ in range(20)}
+    assert not texts & held
+    assert next(suite.stream("test", seed=0, corpus="/nonexistent"))["kind"] in KINDS

@@ -103,8 +103,12 @@ def make_sample(kind: str, photos: Sequence[tuple[str, Image.Image]], rng: np.ra
 
 
 def stream(split: str, seed: int = 0, root: str | Path | None = "data/corpus",
-           kinds: Sequence[str] | None = None, start: int = 0, area: int = AREA) -> Iterator[dict]:
-    """Unlimited samples; kinds drawn uniformly. Deterministic in (split, seed, index)."""
+           kinds: Sequence[str] | None = None, start: int = 0, area: int = AREA,
+           corpus: str | Path | None = None) -> Iterator[dict]:
+    """Unlimited samples; kinds drawn uniformly. Deterministic in (split, seed, index).
+    ``corpus`` is an alias of ``root`` (the corpus folder; ``root=None``: scikit-image photos)."""
+    if corpus is not None:
+        root = corpus
     kinds = list(kinds or KINDS)
     bad = [k for k in kinds if k not in KINDS]
     if bad:
@@ -116,6 +120,11 @@ def stream(split: str, seed: int = 0, root: str | Path | None = "data/corpus",
         kind = kinds[int(rng.integers(len(kinds)))]
         yield make_sample(kind, photos, rng, f"{split}-s{seed}-{i:07d}", area)
         i += 1
+
+
+def rephrase(sample: dict, rng: np.random.Generator, heldout: bool = False) -> str:
+    """Another instruction for the same sample (training phrasings, or held-out ones)."""
+    return KINDS[sample["kind"]].instruction(sample["params"], rng, heldout)
 
 
 # ----------------------------------------------------------------------------- fixed sets
