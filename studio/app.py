@@ -421,7 +421,8 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
 
         export_btn.click(export, None, export_msg, api_name="export_dataset")
         review_tab.select(open_latest, [edits_dd, review_state],
-                          [edits_dd, counts_md, review_state, *review_panel.outputs], api_visibility="private")
+                          [edits_dd, counts_md, review_state, *review_panel.outputs], api_visibility="private",
+                          show_progress="minimal")
 
         for panel, pstate, prefix in ((edit_panel, edit_state, ""), (review_panel, review_state, "review_")):
             _wire_panel(ctx, panel, pstate, rater_box, [counts_md], rng, prefix)

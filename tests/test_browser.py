@@ -61,6 +61,10 @@ def test_browser_edit_and_rate(tmp_path: Path) -> None:
 
             page.get_by_role("tab", name="Review & rate").click()
             page.wait_for_selector("#counts:has-text('1 A/B decisions')", timeout=20_000)
+            # Entering the tab opens the newest edit with its four candidates, ready to rate.
+            page.wait_for_selector("#review-slider img", timeout=30_000)
+            assert page.locator("#review-gallery img").count() >= 4
+            page.wait_for_function("!document.querySelector('#review-gallery .progress-text')", timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "studio-review.png"), full_page=True)
             assert not errors, errors
         finally:
