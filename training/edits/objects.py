@@ -144,6 +144,8 @@ def load_stamps(extra_dir: str | None = None) -> tuple[Stamp, ...]:
     folder = extra_dir or os.environ.get("EARL_TUXPAINT_STAMPS") or (str(CACHE_STAMPS) if CACHE_STAMPS.is_dir() else None)
     if folder and Path(folder).is_dir():
         for st in _scan_tuxpaint(folder):
+            if st.name.split()[0] in SIZES:  # "a small small pitcher"
+                continue
             if str(Path(st.path).relative_to(folder)) not in shipped_from:  # same picture, other name
                 out.setdefault(st.name, st)
     return tuple(sorted(out.values(), key=lambda s: s.name))
