@@ -517,8 +517,9 @@ def assemble_emu3_bundle(
       remote-code format (the config is rewritten; weights are taken unchanged).
     - ``vq_dir``: transformers' ``Emu3VQVAE.save_pretrained`` folder, or BAAI/Emu3-VisionTokenizer's
       remote-code folder (config translated, weight names/shapes checked strictly, no code run).
-    - ``tokenizer_dir``: a tokenizer ``AutoTokenizer`` loads without remote code — the HF-converted
-      Emu3 tokenizer (tokenizer.json, class GPT2Tokenizer, as in ``Emu3-*-hf`` repos) — holding
+    - ``tokenizer_dir``: the HF-converted Emu3 tokenizer (tokenizer.json, class GPT2Tokenizer, as in
+      ``Emu3-*-hf`` repos), or BAAI's original one (``emu3.tiktoken`` + ``emu3_vision_tokens.txt``, as in
+      BAAI/Emu3-Gen, which EARL used; converted with ids kept, its remote code never run) — holding
       Emu3's structural token names and ``<|visual token NNNNNN|>`` for every VQ code.
     Files are copied (``link=False``) or symlinked (``link=True``). EARL's setting: ``image_area`` 256².
     ``qwen_pre_tokenizer``: when tokenizer.json has the GPT-2 ByteLevel regex that transformers' Emu3
@@ -539,12 +540,26 @@ def assemble_emu3_bundle(
     codebook_size = int(vq_cfg.get("codebook_size", 32768))
     spatial_factor = 2 ** (len(vq_cfg.get("channel_multiplier", (1, 2, 2, 4))) - 1)
 
+    from engine.text_tokenizer import EMU3_TIKTOKEN_FILE, EMU3_VISION_TOKENS_FILE, convert_emu3_tiktoken
+
+    converted_tok: tempfile.TemporaryDirectory | None = None
+    if (tokenizer_dir / EMU3_TIKTOKEN_FILE).is_file() and not (tokenizer_dir / "tokenizer.json").is_file():
+        # BAAI's original tokenizer (tiktoken + remote code): converted, ids kept, no code run.
+        if not (tokenizer_dir / EMU3_VISION_TOKENS_FILE).is_file():
+            raise BundleError(f"{tokenizer_dir} has {EMU3_TIKTOKEN_FILE} but no {EMU3_VISION_TOKENS_FILE}")
+        converted_tok = tempfile.TemporaryDirectory(prefix="emu3-tokenizer-")
+        try:
+            convert_emu3_tiktoken(tokenizer_dir, converted_tok.name)
+        except ValueError as e:
+            converted_tok.cleanup()
+            raise BundleError(f"cannot convert the Emu3 tokenizer in {tokenizer_dir}: {e}") from e
+    tok_src = Path(converted_tok.name) if converted_tok else tokenizer_dir
     try:
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(tok_src), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise BundleError(
-            f"cannot load the tokenizer in {tokenizer_dir} without remote code ({e}). Use the HF-converted "
-            "Emu3 tokenizer (tokenizer.json), not BAAI's emu3.tiktoken + tokenization_emu3.py."
+            f"cannot load the tokenizer in {tokenizer_dir} without remote code ({e}). Use an Emu3 tokenizer "
+            "folder with tokenizer.json (Emu3-*-hf) or with emu3.tiktoken + emu3_vision_tokens.txt."
         ) from e
     unk = tok.unk_token_id
     required = [T.BOS, T.EOS, T.IMG_START, T.IMG_END, T.IMG_TOKEN, T.EOL, T.EOF, T.PAD,
@@ -570,9 +585,12 @@ def assemble_emu3_bundle(
                 _place(p, tmp / "vq" / p.name, link)
         if vq_converted:
             (tmp / "vq" / "config.json").write_text(json.dumps(vq_cfg, indent=2, sort_keys=True) + "\n")
-        pre_tokenizer = "as given"
+        pre_tokenizer = "converted from emu3.tiktoken (qwen)" if converted_tok else "as given"
         rewritten: dict[str, dict] = {}
-        if qwen_pre_tokenizer and (tokenizer_dir / "tokenizer.json").is_file():
+        if converted_tok:
+            for n in ("tokenizer.json", "tokenizer_config.json"):
+                rewritten[n] = json.loads((tok_src / n).read_text(encoding="utf-8"))
+        elif qwen_pre_tokenizer and (tokenizer_dir / "tokenizer.json").is_file():
             data = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
             if _qwen_pre_tokenizer(data):
                 rewritten["tokenizer.json"] = data
@@ -591,8 +609,10 @@ def assemble_emu3_bundle(
             # never carry remote code along; vocab.json/merges.txt would let a slow path bypass tokenizer.json
             if not p.is_file() or p.suffix == ".py" or p.name in rewritten:
                 continue
-            if rewritten and p.name in ("vocab.json", "merges.txt"):
+            if rewritten and p.name in ("vocab.json", "merges.txt", EMU3_TIKTOKEN_FILE, EMU3_VISION_TOKENS_FILE):
                 continue
+            if converted_tok and p.name in ("special_tokens_map.json", "added_tokens.json"):
+                continue  # the remote-code class's files; the converted config says it all
             _place(p, tmp / "tokenizer" / p.name, link)
         cfg = BundleConfig(
             family="emu3", name=name, version=version, image_area=image_area, spatial_factor=spatial_factor,
@@ -607,6 +627,9 @@ def assemble_emu3_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if converted_tok is not None:
+            converted_tok.cleanup()
     return out_dir
 
 # Files of an HF Emu3 checkpoint that belong to its tokenizer.

@@ -95,3 +95,95 @@ def visual_id_range(tokenizer) -> tuple[int, int]:
     if ids != list(range(ids[0], ids[0] + len(ids))):
         raise ValueError("visual token ids are not contiguous")
     return ids[0], ids[0] + len(ids)
+
+
+# -- Emu3's original tokenizer files -> a transformers tokenizer (no remote code, no tiktoken) ---------
+
+EMU3_TIKTOKEN_FILE = "emu3.tiktoken"
+EMU3_VISION_TOKENS_FILE = "emu3_vision_tokens.txt"
+EMU3_SPECIAL_START_ID = 151643  # fixed in baaivision/Emu3 emu3/mllm/tokenization_emu3.py
+# Qwen's pre-tokenizer regex, which Emu3Tokenizer hands to tiktoken (after NFC normalisation).
+QWEN_PAT_STR = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    """The pieces tiktoken's BPE holds for ``token`` just before merging it (merges ranked < max_rank)."""
+    parts = [bytes([b]) for b in token]
+    while True:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < max_rank and (best is None or r < best[0]):
+                best = (r, i)
+        if best is None:
+            return parts
+        i = best[1]
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+
+
+def convert_emu3_tiktoken(src_dir, out_dir, special_start_id: int | None = None) -> None:
+    """Write a transformers tokenizer (tokenizer.json + config) equivalent to BAAI's Emu3Tokenizer.
+
+    ``src_dir`` holds ``emu3.tiktoken`` (base64 token, rank per line) and ``emu3_vision_tokens.txt``,
+    as in BAAI/Emu3-Gen, -Chat, -Stage1. Ids are kept: BPE ranks are the ids of text tokens; specials
+    start right after them — 151643 for Emu3's file, the constant Emu3Tokenizer uses (its own check
+    ``len(ranks) + len(specials) == n_vocab`` makes the two equal) — in Emu3Tokenizer's order (``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``,
+    ``<|extra_0..204|>``, then the vision-token file's lines). Pre-tokenizer: Qwen's regex after NFC,
+    as Emu3Tokenizer does; merges are recovered from the ranks the way tiktoken applies them.
+    """
+    import base64
+    import json
+    from pathlib import Path
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    src, out = Path(src_dir), Path(out_dir)
+    ranks: dict[bytes, int] = {}
+    for line in (src / EMU3_TIKTOKEN_FILE).read_bytes().splitlines():
+        if line.strip():
+            tok_b64, rank = line.split()
+            ranks[base64.b64decode(tok_b64)] = int(rank)
+    vision = [t.strip() for t in (src / EMU3_VISION_TOKENS_FILE).read_text(encoding="utf-8").splitlines() if t.strip()]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(205)] + vision
+    if special_start_id is None:
+        special_start_id = len(ranks)
+    if sorted(ranks.values()) != list(range(special_start_id)):
+        # Emu3's file has ranks 0..151642 exactly; with gaps the ids could not be kept.
+        raise ValueError(f"{src / EMU3_TIKTOKEN_FILE}: ranks are not exactly 0..{special_start_id - 1}")
+
+    byte_map = bytes_to_unicode()
+
+    def as_text(b: bytes) -> str:
+        return "".join(byte_map[x] for x in b)
+
+    vocab = {as_text(t): r for t, r in ranks.items()}
+    merges = []
+    for t, r in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(t) > 1:
+            parts = _bpe_parts(ranks, t, r)
+            if len(parts) != 2:
+                raise ValueError(f"token {t!r} (rank {r}) is not reachable by one merge")
+            merges.append([as_text(parts[0]), as_text(parts[1])])
+    added = [{"id": special_start_id + i, "content": s, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": True} for i, s in enumerate(specials)]
+    tokenizer_json = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN_PAT_STR}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        # ignore_merges: like tiktoken, a piece that is itself a token is taken whole.
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": vocab, "merges": merges},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "TokenizersBackend", "backend": "tokenizers", "bos_token": BOS, "eos_token": EOS,
+        "pad_token": PAD, "clean_up_tokenization_spaces": False, "model_max_length": 1 << 20,
+    }, indent=2))

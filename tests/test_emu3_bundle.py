@@ -263,3 +263,39 @@ def test_remote_code_vision_tokenizer_is_converted(emu3_parts, tmp_path):
     wrong = _remote_vq_folder(root / "vq", tmp_path / "wrong_vq", num_res_blocks=2)
     with pytest.raises(BundleError, match="do not match an Emu3VQVAE"):
         assemble_emu3_bundle(root / "lm", wrong, root / "tok", tmp_path / "c")
+
+
+
+def test_baai_tiktoken_tokenizer_folder_is_converted(emu3_parts, tmp_path):
+    """EARL's tokenizer_path is BAAI/Emu3-Gen: emu3.tiktoken + emu3_vision_tokens.txt + remote code."""
+    from transformers import AutoTokenizer
+
+    from engine.text_tokenizer import convert_emu3_tiktoken
+    from tests.test_text_tokenizer import _tiny_emu3_tiktoken
+
+    root, _ = emu3_parts
+    src = tmp_path / "baai_tok"
+    ranks, _ = _tiny_emu3_tiktoken(src, codebook=CODEBOOK)
+    (src / "tokenization_emu3.py").write_text("raise RuntimeError('remote code must never run')\n")
+    (src / "tokenizer_config.json").write_text(json.dumps({
+        "auto_map": {"AutoTokenizer": ["tokenization_emu3.Emu3Tokenizer", None]}, "tokenizer_class": "Emu3Tokenizer"}))
+    convert_emu3_tiktoken(src, tmp_path / "probe")
+    probe = AutoTokenizer.from_pretrained(str(tmp_path / "probe"))
+    assert len(probe) == len(ranks) + 208 + 3 + CODEBOOK
+    lm_dir = tmp_path / "lm"
+    torch.manual_seed(0)
+    Emu3ForCausalLM(tiny_lm_config(probe, hidden=32, layers=1, heads=2, kv_heads=1)).save_pretrained(str(lm_dir))
+
+    out = assemble_emu3_bundle(lm_dir, root / "vq", src, tmp_path / "b", link=True)
+    notes = json.loads((out / "bundle.json").read_text())["notes"]
+    assert notes["pre_tokenizer"].startswith("converted from emu3.tiktoken")
+    assert sorted(p.name for p in (out / "tokenizer").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    b = load_bundle(out)
+    text = T.BOS + T.IMG_START + "2*3" + T.IMG_TOKEN + T.visual_token_name(9) + " Make the sky purple."
+    assert b.tokenizer.encode(text, add_special_tokens=False) == probe.encode(text, add_special_tokens=False)
+    assert b.tokenizer.bos_token_id == len(ranks) + 206
+    with torch.no_grad():
+        assert torch.isfinite(b.lm(torch.tensor([b.tokenizer.encode(text, add_special_tokens=False)])).logits).all()
+    (src / "emu3_vision_tokens.txt").unlink()
+    with pytest.raises(BundleError, match="no emu3_vision_tokens.txt"):
+        assemble_emu3_bundle(lm_dir, root / "vq", src, tmp_path / "c")

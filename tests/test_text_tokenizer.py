@@ -96,3 +96,78 @@ def test_deterministic():
     a = build_nano_tokenizer(TEXTS, 16, 300)
     b = build_nano_tokenizer(TEXTS, 16, 300)
     assert a.get_vocab() == b.get_vocab()
+
+
+# -- Emu3's original tiktoken tokenizer -> transformers, checked against tiktoken itself ---------------
+
+EMU3_TEXTS = [
+    "Make the sky purple and add a small red boat on the left.",
+    "Let's think step by step. The boat sits at rows 12-15, cols 3-9; keep everything else.",
+    "DON'T change the 256x256 photo!\n\nIt's fine.   Trailing   spaces   ",
+    "Ünïcödé café naïve — 中文 日本語 😀 tabs\tand\r\nnewlines",
+]
+
+
+def _tiny_emu3_tiktoken(folder, codebook: int = 16):
+    """emu3.tiktoken + emu3_vision_tokens.txt for a small BPE, in BAAI's file formats."""
+    import base64
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.train_from_iterator(EMU3_TEXTS * 3, trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    merges = json.loads(hf.to_str())["model"]["merges"]
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}
+
+    def raw(s: str) -> bytes:
+        return bytes(to_byte[c] for c in s)
+
+    ranks = {bytes([b]): b for b in range(256)}
+    for a, b in merges:  # rank = merge order, so tiktoken's rank-greedy BPE makes the same tokens
+        ranks.setdefault(raw(a) + raw(b), len(ranks))
+    folder.mkdir()
+    (folder / "emu3.tiktoken").write_bytes(
+        b"".join(base64.b64encode(t) + b" " + str(r).encode() + b"\n" for t, r in ranks.items()))
+    vision = [T.IMG_TOKEN, T.IMG_START, T.IMG_END] + [T.visual_token_name(i) for i in range(codebook)]
+    (folder / "emu3_vision_tokens.txt").write_text("\n".join(vision) + "\n")
+    return ranks, vision
+
+
+def test_emu3_tiktoken_conversion_matches_tiktoken(tmp_path):
+    import unicodedata
+
+    tiktoken = pytest.importorskip("tiktoken")
+    from engine.text_tokenizer import QWEN_PAT_STR, convert_emu3_tiktoken
+
+    ranks, vision = _tiny_emu3_tiktoken(tmp_path / "src")
+    start = len(ranks)  # Emu3: 151643 = len(its ranks); a small vocab keeps the same layout, shifted
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(205)] + vision
+    special_ids = {s: start + i for i, s in enumerate(specials)}
+    # Exactly how baaivision/Emu3's Emu3Tokenizer builds its encoder.
+    ref = tiktoken.Encoding("Emu3", pat_str=QWEN_PAT_STR, mergeable_ranks=ranks, special_tokens=special_ids)
+
+    convert_emu3_tiktoken(tmp_path / "src", tmp_path / "out")  # specials start after the ranks
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    # Emu3's layout (offsets from 151643): BOS +206 (151849), EOS +207, image token +208, image start
+    # +209, EOL = <|extra_200|> +203 (151846, Emu3Config.eol_token_id), first visual token +211.
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (start + 206, start + 207, start)
+    assert [tok.convert_tokens_to_ids(n) for n in (T.IMG_TOKEN, T.IMG_START, T.EOL)] == [
+        start + 208, start + 209, start + 203]
+    assert token_id(tok, T.visual_token_name(0)) == start + 211 and token_id(tok, T.THINK_START) is None
+    assert len(tok) == start + len(specials)
+    with pytest.raises(ValueError, match="ranks are not exactly"):
+        convert_emu3_tiktoken(tmp_path / "src", tmp_path / "bad", special_start_id=151643)  # ids would shift
+    texts = EMU3_TEXTS + [
+        T.BOS + T.IMG_START + "32*32" + T.IMG_TOKEN + T.visual_token_name(3) + T.EOL + T.EOF + T.IMG_END,
+        T.COT_OPENER + T.THINK_START + " the boat is small " + T.THINK_END,
+        "cafe\u0301 decomposed accents", "x" * 50, "1234567890 9876", "",
+    ]
+    for text in texts:
+        expected = ref.encode(unicodedata.normalize("NFC", text), allowed_special="all")
+        assert tok.encode(text, add_special_tokens=False) == expected, text
+        assert tok.decode(expected) == unicodedata.normalize("NFC", text)
