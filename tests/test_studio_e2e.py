@@ -106,6 +106,29 @@ def test_streamed_edit_then_ratings_land_in_store(server) -> None:
         assert store.integrity_check() == "ok"
 
 
+def test_reasoning_streams_and_cancel_stops_the_edit(server) -> None:
+    url, data, root = server
+    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+    photo = make_photo(root / "photo5.png", size=(64, 64))
+    # A random model "thinks" for hundreds of tokens: long enough to see text arrive and to cancel.
+    job = client.submit(*_edit_args(photo, "make it sepia", n=2, seed=11, think=True), api_name="/edit")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        outs = job.outputs()
+        if any("Generating" in _status(o) and isinstance(o[1], str) and o[1].strip() for o in outs):
+            break
+        time.sleep(0.05)
+    streamed_text = [o[1] for o in job.outputs() if isinstance(o[1], str) and o[1].strip()]
+    assert streamed_text and streamed_text[0].startswith("[1]"), "no reasoning text was streamed"
+    assert "Cancelling" in client.predict(api_name="/cancel")
+    while not job.done():
+        time.sleep(0.05)
+    final = job.outputs()[-1]
+    assert "Cancelled" in _status(final), _status(final)
+    with Store(data) as store:
+        assert not [c for c in store.candidates() if c.instruction == "make it sepia"]
+
+
 def test_bad_input_gets_a_clear_message(server) -> None:
     url, data, root = server
     client = Client(url, verbose=False, download_files=str(root / "downloads"))
@@ -198,7 +221,6 @@ def test_cancel_keeps_the_store_clean(tmp_path: Path, tiny_bundle) -> None:
     import threading
 
     from engine.api import edit
-
     from studio.runner import EditRequest, stream_edit
 
     with Store(tmp_path) as store:
