@@ -252,7 +252,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", dtype: tor
     else:
         from engine.emu3_vq import Emu3VisionTokenizer
 
-        vq = Emu3VisionTokenizer.from_pretrained(path / "vq", device=device)
+        try:
+            vq = Emu3VisionTokenizer.from_pretrained(path / "vq", device=device)
+        except (OSError, ValueError) as e:
+            raise BundleError(f"cannot load the Emu3 vision tokenizer from {path / 'vq'}: {e}") from e
 
     bundle = Bundle(config=cfg, lm=lm, tokenizer=tokenizer, vq=vq, grid_embed=grid, path=path)
     _check_consistency(bundle)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -96,6 +97,11 @@ def test_assemble_load_and_run(emu3_parts, tmp_path):
 
     b = load_bundle(out)
     assert isinstance(b.lm, Emu3ForCausalLM) and isinstance(b.vq, Emu3VisionTokenizer)
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "vq" / "config.json").unlink()
+    with pytest.raises(BundleError, match="Emu3 vision tokenizer"):
+        load_bundle(broken)
     assert b.grid_embed is None and b.lm.config._attn_implementation == "sdpa"
     tok = b.tokenizer
     assert tok.convert_tokens_to_ids(T.BOS) == tok.bos_token_id
