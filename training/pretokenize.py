@@ -1,0 +1,98 @@
+"""Pre-tokenise the editing suite with a trained image tokenizer, so SFT spends its time in the LM.
+
+    python -m training.pretokenize --vq runs/vq/final --out data/sft_cache --samples 8000
+
+Writes shards ``shard_00000.pt`` … of records {src, tgt: uint16 (H, W) code grids, instructions:
+[several phrasings], reasoning, keep_reasoning, kind}. Shard i is generated from seed (seed, i), so the
+cache is reproducible and an interrupted run resumes by skipping the shards already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.vq import NanoVQ
+
+# Identity edits: copying the aligned source position underlies every edit.
+KEEP_PHRASINGS = [
+    "Keep the photo as it is.",
+    "Leave the image unchanged.",
+    "Don't change anything.",
+    "Return the same picture.",
+    "No edit: keep everything as it is.",
+]
+
+
+def keep_reasoning(h: int, w: int) -> str:
+    return f"Nothing to change. Keep all of the {h}x{w} grid exactly as in the source."
+
+
+def load_cache(folder: str | Path) -> list[dict]:
+    recs: list[dict] = []
+    for f in sorted(Path(folder).glob("shard_*.pt")):
+        recs.extend(torch.load(f, weights_only=False))
+    return recs
+
+
+def shard_records(vq: NanoVQ, samples: list[dict], n_phrasings: int, rng: np.random.Generator) -> list[dict]:
+    from training.suite import rephrase
+
+    grids = vq.encode([s["source"] for s in samples] + [s["target"] for s in samples])
+    n = len(samples)
+    out = []
+    for i, s in enumerate(samples):
+        src, tgt = grids[i], grids[n + i]
+        phr = [s["instruction"]] + [rephrase(s, rng) for _ in range(n_phrasings - 1)]
+        out.append({
+            "src": src.astype(np.uint16), "tgt": tgt.astype(np.uint16),
+            "instructions": sorted(set(phr), key=phr.index), "reasoning": s["reasoning"],
+            "keep_reasoning": keep_reasoning(*src.shape), "kind": s["kind"],
+        })
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vq", default="runs/vq/final")
+    ap.add_argument("--out", default="data/sft_cache")
+    ap.add_argument("--corpus", default="data/corpus")
+    ap.add_argument("--samples", type=int, default=8000)
+    ap.add_argument("--shard-size", type=int, default=500)
+    ap.add_argument("--phrasings", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from training.suite import stream
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    vq = NanoVQ.from_pretrained(args.vq).eval()
+    n_shards = -(-args.samples // args.shard_size)
+    bar = tqdm(total=n_shards * args.shard_size, desc="pretokenize", dynamic_ncols=True)
+    for k in range(n_shards):
+        path = out / f"shard_{k:05d}.pt"
+        if path.exists():
+            bar.update(args.shard_size)
+            continue
+        gen = stream("train", seed=args.seed * 100_003 + k, corpus=args.corpus)
+        rng = np.random.default_rng([args.seed, k])
+        recs: list[dict] = []
+        while len(recs) < args.shard_size:
+            batch = [next(gen) for _ in range(min(32, args.shard_size - len(recs)))]
+            recs.extend(shard_records(vq, batch, args.phrasings, rng))
+            bar.update(len(batch))
+        tmp = path.with_suffix(".tmp")
+        torch.save(recs, tmp)
+        tmp.replace(path)
+    bar.close()
+    print(f"pretokenize shards={n_shards} samples={n_shards * args.shard_size} out={out}")
+
+
+if __name__ == "__main__":
+    main()

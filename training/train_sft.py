@@ -1,0 +1,320 @@
+"""Supervised fine-tuning of EARL-nano on the pre-tokenised editing suite. Readable top to bottom.
+
+    python -m training.pretokenize --vq runs/vq/final --out data/sft_cache      # codes, once
+    python -m training.train_sft --cache data/sft_cache --out runs/sft           # resumes if runs/sft exists
+    python -m training.train_sft --cache data/sft_cache --out runs/sft --export assets/earl-nano
+    accelerate launch -m training.train_sft ...                                  # several processes / GPUs
+
+The loss is EARL's: on the target part only (reasoning + target image + EOS), computed by the engine's
+one log-prob implementation (``engine.logprobs.sequence_logprobs``), i.e. under the same constraint
+masks the sampler uses, so training and sampling see the same distributions (text and vision get
+separate softmaxes). Forced tokens (header, EOL, EOF…) have log-prob 0 and cost nothing.
+
+Both of EARL's modes are trained in one model: plain edit ("E") and think-then-edit ("CE"), picked per
+batch with probability ``think_prob``. A small share of "keep it unchanged" samples teaches copying the
+aligned source position, which every edit builds on.
+
+Speed settings measured in ARCHITECTURE §8: attention_dropout 0, SDPA attention, bf16 autocast on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from transformers import Emu3ForCausalLM
+
+from engine.bundle import Bundle, BundleConfig, save_bundle, tiny_lm_config
+from engine.constraint import FreeFormConstraint
+from engine.grid_embed import GridEmbedding
+from engine.layout import build_prompt, build_target, special_ids
+from engine.logprobs import sequence_logprobs
+from engine.text_tokenizer import build_nano_tokenizer
+from engine.vq import NanoVQ
+from training.pretokenize import KEEP_PHRASINGS, load_cache
+
+
+@dataclass
+class SFTConfig:
+    cache: str = "data/sft_cache"
+    vq: str = "runs/vq/final"
+    out: str = "runs/sft"
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 4
+    intermediate: int = 688
+    text_vocab_size: int = 1024
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.01
+    steps: int = 20000
+    think_prob: float = 0.5
+    keep_prob: float = 0.08
+    digit_init: bool = True  # visual-token embeddings start as sums of per-FSQ-digit embeddings
+    grid_embed: bool = True
+    # bf16 autocast pays off only with native bf16 matmuls (AVX-512 BF16/AMX, or a GPU): on an AVX2-only
+    # CPU (measured here: AMD EPYC) it made a step ~20x slower than fp32. None = decide from the hardware.
+    bf16: bool | None = None
+    threads: int = 2
+    seed: int = 0
+    ckpt_every: int = 100
+    log_every: int = 10
+    image_area: int = 128 * 128
+
+
+# -- model ----------------------------------------------------------------------------------------
+
+
+def digit_sum_init(weight: torch.Tensor, visual_ids: torch.Tensor, levels: list[int], std: float = 0.02) -> None:
+    """Make each FSQ code's row the sum of one embedding per (dimension, level) digit.
+
+    Codes that differ in one digit then start out related, instead of as unrelated random vectors.
+    """
+    hidden = weight.shape[1]
+    codes = torch.arange(len(visual_ids))
+    rows = torch.zeros(len(visual_ids), hidden)
+    radix = 1
+    for lv in levels:
+        digit = (codes // radix) % lv
+        table = torch.randn(lv, hidden) * std / math.sqrt(len(levels))
+        rows += table[digit]
+        radix *= lv
+    with torch.no_grad():
+        weight[visual_ids] = rows.to(weight.dtype)
+
+
+def new_bundle(cfg: SFTConfig, texts: list[str]) -> Bundle:
+    vq = NanoVQ.from_pretrained(cfg.vq).eval()
+    tok = build_nano_tokenizer(texts, vq.codebook_size, cfg.text_vocab_size)
+    lm_cfg = tiny_lm_config(tok, cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.intermediate)
+    lm = Emu3ForCausalLM(lm_cfg)
+    if cfg.digit_init:
+        vis = special_ids(tok).visual_ids
+        digit_sum_init(lm.get_input_embeddings().weight, vis, list(vq.config.fsq_levels))
+        digit_sum_init(lm.lm_head.weight, vis, list(vq.config.fsq_levels))
+    ge = GridEmbedding(cfg.hidden) if cfg.grid_embed else None
+    bcfg = BundleConfig(
+        family="earl-nano", name="earl-nano", version="sft", image_area=cfg.image_area,
+        spatial_factor=vq.spatial_factor, codebook_size=vq.codebook_size,
+        notes={"trained_by": "training/train_sft.py"},
+    )
+    return Bundle(config=bcfg, lm=lm, tokenizer=tok, vq=vq, grid_embed=ge, path=None)
+
+
+def native_bf16() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX", "AVX512_AMX")
+
+
+def lr_at(step: int, cfg: SFTConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+class Batcher:
+    """Batches of one (H, W, think) shape, since one constraint (mask table) serves a whole batch."""
+
+    def __init__(self, records: list[dict], cfg: SFTConfig, seed: int):
+        self.cfg = cfg
+        self.rng = random.Random(seed)
+        self.by_shape: dict[tuple[int, int], list[dict]] = {}
+        for r in records:
+            self.by_shape.setdefault(tuple(r["src"].shape), []).append(r)
+        shapes = sorted(self.by_shape)
+        self.shapes = shapes
+        self.weights = [len(self.by_shape[s]) for s in shapes]
+
+    def next(self) -> tuple[tuple[int, int], bool, list[tuple[np.ndarray, np.ndarray, str, str | None]]]:
+        shape = self.rng.choices(self.shapes, self.weights)[0]
+        think = self.rng.random() < self.cfg.think_prob
+        items = []
+        for r in self.rng.choices(self.by_shape[shape], k=self.cfg.batch_size):
+            if self.rng.random() < self.cfg.keep_prob:
+                items.append((r["src"], r["src"], self.rng.choice(KEEP_PHRASINGS), r["keep_reasoning"]))
+            else:
+                items.append((r["src"], r["tgt"], self.rng.choice(r["instructions"]), r["reasoning"]))
+        return shape, think, items
+
+    def state(self) -> object:
+        return self.rng.getstate()
+
+    def set_state(self, s: object) -> None:
+        self.rng.setstate(s)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, think: bool, items: list) -> tuple[torch.Tensor, dict]:
+    tok = bundle.tokenizer
+    prompts = [build_prompt(tok, s.astype(np.int64), ins, think) for s, _, ins, _ in items]
+    gens = [build_target(tok, t.astype(np.int64), rsn if think else None) for _, t, _, rsn in items]
+    h, w = items[0][0].shape
+    logp = sequence_logprobs(bundle, prompts, gens, h, w, think, constraint=constraint)
+    sp = special_ids(tok)
+    gen_t = torch.zeros_like(logp, dtype=torch.long)
+    for i, g in enumerate(gens):
+        gen_t[i, : len(g)] = torch.tensor(g)
+    is_vis = sp.code_of.to(gen_t.device)[gen_t] >= 0
+    valid = torch.zeros_like(is_vis)
+    for i, g in enumerate(gens):
+        valid[i, : len(g)] = True
+    n_vis = (is_vis & valid).sum().clamp(min=1)
+    text = valid & ~is_vis
+    # Forced tokens have log-prob 0, so summing over all valid tokens counts only the model's choices.
+    loss = -(logp * valid).sum() / valid.sum()
+    with torch.no_grad():
+        stats = {
+            "nll_visual": float(-(logp * (is_vis & valid)).sum() / n_vis),
+            "nll_text": float(-(logp * text).sum() / text.sum().clamp(min=1)),
+        }
+    return loss, stats
+
+
+def train(cfg: SFTConfig, export: str | None = None) -> None:
+    torch.set_num_threads(cfg.threads)
+    bf16 = cfg.bf16 if cfg.bf16 is not None else native_bf16()
+    accel = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_cache(cfg.cache)
+    if not records:
+        raise SystemExit(f"no pre-tokenised samples in {cfg.cache}; run python -m training.pretokenize first")
+
+    ckpt = out / "checkpoint"
+    if (ckpt / "bundle" / "bundle.json").exists():
+        from engine.bundle import load_bundle
+
+        bundle = load_bundle(ckpt / "bundle", dtype=torch.float32)
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+    else:
+        texts = [t for r in records[:2000] for t in (*r["instructions"], r["reasoning"], r["keep_reasoning"])]
+        texts += KEEP_PHRASINGS
+        torch.manual_seed(cfg.seed)
+        bundle = new_bundle(cfg, texts)
+        state = None
+    params = list(bundle.lm.parameters()) + (list(bundle.grid_embed.parameters()) if bundle.grid_embed else [])
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+    batcher = Batcher(records, cfg, cfg.seed + accel.process_index)
+    step = 0
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        batcher.set_state(state["batcher"])
+        torch.set_rng_state(state["torch_rng"])
+        accel.print(f"resumed from step {step}")
+    if export:
+        save_bundle(bundle, export)
+        accel.print(f"exported step {step} to {export}")
+        return
+
+    bundle.lm.train()
+    if bundle.grid_embed is not None:
+        bundle.grid_embed.train()
+    bundle.lm, opt = accel.prepare(bundle.lm, opt)
+    if bundle.grid_embed is not None:
+        bundle.grid_embed = accel.prepare(bundle.grid_embed)
+    n_params = sum(p.numel() for p in params)
+    accel.print(f"EARL-nano LM {n_params / 1e6:.2f}M params, {len(records)} samples, {len(batcher.shapes)} grid shapes")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    writer = SummaryWriter(str(out / "tb")) if accel.is_main_process else None
+    constraints: dict[tuple[int, int, bool], FreeFormConstraint] = {}
+
+    def save_checkpoint() -> None:
+        if not accel.is_main_process:
+            return
+        tmp = out / "checkpoint.tmp"
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        lm = accel.unwrap_model(bundle.lm)
+        ge = accel.unwrap_model(bundle.grid_embed) if bundle.grid_embed is not None else None
+        snapshot = Bundle(bundle.config, lm, bundle.tokenizer, bundle.vq, ge, None)
+        save_bundle(snapshot, tmp / "bundle", dtype=torch.float32)  # fp32: resume must be exact
+        torch.save(
+            {"opt": opt.state_dict(), "step": step, "batcher": batcher.state(), "torch_rng": torch.get_rng_state()},
+            tmp / "state.pt",
+        )
+        old = out / "checkpoint.old"
+        if ckpt.exists():
+            ckpt.rename(old)
+        tmp.rename(ckpt)  # a kill at any point leaves a complete checkpoint (or .old) behind
+        if old.exists():
+            import shutil
+
+            shutil.rmtree(old)
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="sft", dynamic_ncols=True, disable=not accel.is_main_process)
+    t0, ema = time.time(), None
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        shape, think, items = batcher.next()
+        key = (*shape, think)
+        if key not in constraints:
+            constraints[key] = FreeFormConstraint(
+                bundle.tokenizer, shape[0], shape[1], think,
+                vocab_size=accel.unwrap_model(bundle.lm).config.vocab_size,
+            )
+        with accel.autocast():
+            loss, stats = sft_loss(bundle, constraints[key], think, items)
+        opt.zero_grad(set_to_none=True)
+        accel.backward(loss)
+        accel.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.3f}", vis=f"{stats['nll_visual']:.2f}")
+        if writer and step % cfg.log_every == 0:
+            writer.add_scalar("train/loss", loss.item(), step)
+            for k, v in stats.items():
+                writer.add_scalar(f"train/{k}", v, step)
+            writer.add_scalar("train/lr", lr_at(step, cfg), step)
+            writer.add_scalar("train/sec_per_step", (time.time() - t0) / max(1, step), step)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save_checkpoint()
+    bar.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, value in asdict(SFTConfig()).items():
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool) or value is None:
+            ap.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
+        else:
+            ap.add_argument(flag, type=type(value), default=value)
+    ap.add_argument("--export", default=None, help="write the latest checkpoint as a bf16 bundle here and exit")
+    args = vars(ap.parse_args())
+    export = args.pop("export")
+    train(SFTConfig(**args), export=export)
+
+
+if __name__ == "__main__":
+    main()
