@@ -186,9 +186,9 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                                 load_btn = gr.Button("Use it", scale=1)
                             model_info = gr.Markdown(_model_md(ctx, ctx.default_model))
                         with gr.Accordion("History", open=True, elem_id="history-box"):
-                            history = gr.Dropdown(
-                                choices=[], value=None, label="Edit tree — pick a node to go back to it",
-                                elem_id="history", allow_custom_value=False,
+                            history = gr.Radio(
+                                choices=[], value=None, label="Edit tree — click a node to go back to it",
+                                elem_id="history", elem_classes=["history-tree"],
                             )
                     with gr.Column(scale=7, min_width=420, elem_id="results"):
                         status = gr.Markdown(

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from studio.store import Candidate, Store
 
+EM = "\u2003"  # em space
+
 
 def _short(text: str, n: int = 38) -> str:
     text = " ".join(text.split())
@@ -24,6 +26,7 @@ def tree_choices(store: Store, edit_uids: Sequence[str]) -> list[tuple[str, str]
     if not cands:
         return []
     by_id = {c.id: c for c in cands}
+    n_of = {c.edit_uid: sum(x.edit_uid == c.edit_uid for x in cands) for c in cands}
     children: dict[str, list[Candidate]] = defaultdict(list)
     roots: list[str] = []
     for c in sorted(cands, key=lambda c: c.id):
@@ -43,7 +46,8 @@ def tree_choices(store: Store, edit_uids: Sequence[str]) -> list[tuple[str, str]
 
     def walk(key: str, depth: int) -> None:
         for c in children.get(key, []):
-            label = f"{'   ' * depth}└ #{c.id} “{_short(c.instruction)}” · candidate {c.idx + 1} · seed {c.seed}"
+            # em spaces: HTML keeps them, so the indentation shows the tree
+            label = f"{EM * (depth - 1)}└ #{c.id} “{_short(c.instruction)}” · {c.idx + 1} of {n_of[c.edit_uid]}"
             out.append((label, f"cand:{c.id}"))
             walk(f"cand:{c.id}", depth + 1)
 

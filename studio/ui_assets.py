@@ -7,6 +7,8 @@ CSS = """
 #brand .tagline { color: var(--body-text-color-subdued); font-size: .9rem; margin-left: .4rem; }
 .muted { color: var(--body-text-color-subdued); font-size: .9em; }
 #status { min-height: 2.2em; padding: 6px 10px; border-radius: 8px; background: var(--background-fill-secondary); }
+.history-tree .wrap { flex-direction: column; align-items: stretch; gap: 2px; }
+.history-tree label { font-size: .88em; padding: 3px 8px !important; }
 #crumbs { font-size: .9em; color: var(--body-text-color-subdued); }
 /* Edits are small images: show their exact pixels, scaled up, instead of a blurry upscale. */
 .cands img, #edit-slider img, #review-slider img, #edit-heatmap img, #review-heatmap img,

@@ -167,6 +167,10 @@ def test_continue_editing_builds_a_history_tree(server) -> None:
         second = [c for c in store.candidates() if c.instruction == "flip it"][0]
         assert second.parent_id == first.id and second.source_hash == first.output_hash
         assert [c.id for c in store.lineage(second.id)] == [first.id, second.id]
+    # Going back to the first result through the history tree makes it the source again.
+    back = client.predict(f"cand:{first.id}", api_name="/history_go")  # photo, crumbs, status, panel…
+    assert f"result #{first.id}" in back[2] and "make it warmer" in back[1]
+    assert Image.open(back[0]).tobytes() == Image.open(cont[0]).tobytes()
 
 
 def test_model_picker_finds_fine_tuned_bundles(server) -> None:
