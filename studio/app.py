@@ -7,6 +7,7 @@ exposing ``build_finetune_tab(ctx)``, found at build time if it exists (see ``TA
 
 from __future__ import annotations
 
+import html
 import importlib
 import importlib.util
 import os
@@ -510,6 +511,7 @@ def _selected_updates(ctx: StudioContext, p: SimpleNamespace, st: dict, cands: l
         f"**#{c.idx + 1}** of {len(ids)} · seed `{c.seed}` · log-prob {c.logprob_sum:.1f} over {len(c.tokens)} tokens"
         f"{timing} · mean change {mean_diff * 100:.1f}%"
         + (f"<br><span class='muted'>rated: {mine}</span>" if mine else "")
+        + (f"<br><span class='muted'>💭 {html.escape(_clip(c.reasoning, 300))}</span>" if c.reasoning.strip() else "")
     )
     export = ctx.exports_dir / f"earl-edit-{c.id}-seed{c.seed}.png"
     if not export.exists():
@@ -527,6 +529,11 @@ def _pair_updates(ctx: StudioContext, p: SimpleNamespace, st: dict) -> dict:
         p.pair_a: gr.update(value=ctx.store.load_image(a.output_hash), label=f"A (#{a.idx + 1})"),
         p.pair_b: gr.update(value=ctx.store.load_image(b.output_hash), label=f"B (#{b.idx + 1})"),
     }
+
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _rating_label(kind: str, value: str, cid: int) -> str:
