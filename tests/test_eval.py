@@ -1,0 +1,112 @@
+"""training.eval on the tiny random bundle: scores, references, reproducibility, CLI last line."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from training import eval as ev
+
+KINDS = ("grayscale", "invert", "hflip", "add_shape")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One sample per kind of the fixed test set, missing on disk: load_samples builds it into a cache."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("eval")
+    cache = tmp / "cache"
+    out = ev.load_samples(tmp / "no-such-sets", "test", n_per_kind=1, corpus=None, cache=cache)
+    return cache, out
+
+
+@pytest.fixture(scope="module")
+def samples(built):
+    return [s for s in built[1] if s["kind"] in KINDS]
+
+
+def test_load_samples_builds_missing_set_once(built):
+    cache, out = built
+    from training.edits import KINDS as ALL
+
+    assert [s["kind"] for s in out] == list(ALL)  # one per kind, in the suite's order
+    assert (cache / "v1" / "test" / "samples.jsonl").exists()
+    again = ev.load_samples(cache, "test", corpus=None)  # now an existing set folder
+    assert [s["id"] for s in again] == [s["id"] for s in out]
+    assert np.array_equal(np.asarray(again[0]["target"]), np.asarray(out[0]["target"]))
+    with pytest.raises(ValueError, match="split"):
+        ev.load_samples(cache, "train")
+
+
+def test_evaluate_scores_and_references(tiny_bundle, samples):
+    res = ev.evaluate(tiny_bundle, samples, progress=False, keep_images=True)
+    assert res.n == len(samples)
+    assert set(res.kinds()) == set(KINDS)
+    assert set(res.categories()) == {"global", "geometry", "object"}
+    for s in res.samples:
+        assert 0.0 <= s.model <= 10.0 and len(s.candidates) == 1 and not s.errors
+        assert s.gt == pytest.approx(10.0, abs=0.05)  # the ground truth is the verifier's own ceiling
+        assert s.floor <= 3.0  # returning the source unchanged must not pass
+        assert 0.0 <= s.vq <= 10.0
+        assert s.outputs is not None and s.outputs[0].size[0] > 0
+    assert res.mean("gt") == pytest.approx(10.0, abs=0.05)
+    # a random tiny model edits nothing right: far below the ground truth
+    assert res.overall < 5.0
+    assert res.ceiling == pytest.approx(np.mean([s.vq for s in res.samples]))
+    line = res.summary_line()
+    m = re.fullmatch(r"eval overall=([\d.]+) floor=([\d.]+) ceiling=([\d.]+) n=(\d+)", line)
+    assert m and int(m.group(4)) == len(samples)
+    js = res.to_json()
+    assert js["n"] == len(samples) and set(js["by_kind"]) == set(KINDS)
+    assert js["by_category"]["global"]["gt"] == pytest.approx(10.0, abs=0.05)
+    json.dumps(js)  # serialisable (images are left out)
+
+
+def test_same_seed_same_scores_and_batching_does_not_matter(tiny_bundle, samples):
+    sub = samples[:3]
+    a = ev.evaluate(tiny_bundle, sub, progress=False, baselines=False, batch_size=3, seed=5)
+    b = ev.evaluate(tiny_bundle, sub, progress=False, baselines=False, batch_size=1, seed=5)
+    c = ev.evaluate(tiny_bundle, sub, progress=False, baselines=False, batch_size=3, seed=6)
+    assert [s.model for s in a.samples] == pytest.approx([s.model for s in b.samples], abs=1e-6)
+    assert [s.seeds for s in a.samples] == [s.seeds for s in b.samples]
+    assert [s.seeds for s in a.samples] != [s.seeds for s in c.samples]
+    assert np.isnan(a.floor)  # baselines off
+
+
+def test_think_mode_candidates_and_bad_input(tiny_bundle, samples):
+    sub = samples[:1]
+    res = ev.evaluate(tiny_bundle, sub, think=True, candidates=2, progress=False, max_new_tokens=160)
+    s = res.samples[0]
+    assert len(s.candidates) == 2 and s.seeds[1] == s.seeds[0] + 1
+    assert len(s.reasoning) == 2
+    assert s.model == pytest.approx(np.mean([c["overall"] for c in s.candidates]))
+    with pytest.raises(ValueError, match="lacks"):
+        ev.evaluate(tiny_bundle, [{"id": "x", "kind": "k"}], progress=False)
+    with pytest.raises(ValueError, match="temperature"):
+        ev.evaluate(tiny_bundle, sub, temperature=-1, progress=False)
+
+
+def test_cli_last_line_json_and_sheet(tiny_bundle, built, tmp_path, capsys):
+    cache, _ = built
+    sets = cache  # the set built by load_samples above, read as an existing set folder
+    out, sheet = tmp_path / "r.json", tmp_path / "sheet.png"
+    rc = ev.main(["--bundle", str(tiny_bundle.path), "--sets", str(sets), "--n-per-kind", "1", "--threads", "1",
+                  "--greedy", "--out", str(out), "--sheet", str(sheet)])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    m = re.fullmatch(r"eval overall=([\d.]+) floor=([\d.]+) ceiling=([\d.]+) n=(\d+)", lines[-1])
+    assert m, lines[-1]
+    n = int(m.group(4))
+    assert n == len(built[1])
+    js = json.loads(out.read_text())
+    assert js["n"] == n and len(js["samples"]) == n and js["settings"]["temperature"] == 0.0
+    assert abs(js["overall"]["model"] - float(m.group(1))) < 1e-3
+    assert any(line.startswith("overall") for line in lines)
+    from PIL import Image
+
+    with Image.open(sheet) as im:
+        assert im.width > 300 and im.height > 100
