@@ -79,22 +79,23 @@ def run_hf(bundle: Bundle, prompt: list[int], batch: int, threads: int | None,
 
 def best(fn, reps: int, *args) -> float:
     rates = []
+    eos = args[0].tokenizer.convert_tokens_to_ids("<|extra_204|>")
     for _ in range(reps):
         rate, gens = fn(*args)
         for g in gens:  # every complete output must be a full 16x16 grid
-            if len(g) == 280:
+            if g and g[-1] == eos:
                 parse_generation(args[0].tokenizer, g, expect_hw=(H, W))
         rates.append(rate)
     return max(rates)
 
 
 def main() -> None:
+    global MAX_TIME
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--max-time", type=float, default=MAX_TIME, help="seconds per generate run at most")
     args = ap.parse_args()
-    global MAX_TIME
     MAX_TIME = args.max_time
     if args.threads:
         torch.set_num_threads(args.threads)
