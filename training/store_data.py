@@ -1,0 +1,116 @@
+"""Turn the feedback store's rated candidates into token sequences for training (DPO, KTO, reward model).
+
+A candidate row holds the exact generated token ids; the prompt is rebuilt from the stored source image
+(the image the model saw, re-encoded by the bundle's VQ — deterministic) and the instruction, with
+``engine.layout.build_prompt`` in the candidate's think mode. Candidates whose tokens do not replay
+under the bundle's constraint (another tokenizer, a truncated generation) are skipped and counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.constraint import FreeFormConstraint
+from engine.layout import build_prompt
+
+
+@dataclass
+class Example:
+    """One candidate as the model sees it."""
+
+    candidate_id: int
+    prompt_ids: list[int]
+    gen_ids: list[int]
+    h: int
+    w: int
+    think: bool
+    source_hash: str
+    instruction: str
+
+    @property
+    def shape_key(self) -> tuple[int, int, bool]:
+        return (self.h, self.w, self.think)
+
+
+class StoreExamples:
+    """Builds (and caches) ``Example``s for one bundle from one store; ``skipped`` counts reasons."""
+
+    def __init__(self, bundle: Any, store: Any) -> None:
+        self.bundle, self.store = bundle, store
+        self._grids: dict[str, np.ndarray] = {}
+        self._examples: dict[int, Example | None] = {}
+        self._constraints: dict[tuple[int, int, bool, int], FreeFormConstraint] = {}
+        self.skipped: Counter[str] = Counter()
+
+    def source_grid(self, source_hash: str) -> np.ndarray:
+        if source_hash not in self._grids:
+            img = self.store.load_image(source_hash)
+            self._grids[source_hash] = self.bundle.vq.encode([img])[0].astype(np.int64)
+        return self._grids[source_hash]
+
+    def example(self, cand: Any) -> Example | None:
+        """The candidate as an ``Example``, or None (reason counted in ``skipped``)."""
+        if cand.id in self._examples:
+            return self._examples[cand.id]
+        ex = self._build(cand)
+        self._examples[cand.id] = ex
+        return ex
+
+    def _build(self, cand: Any) -> Example | None:
+        tok = self.bundle.tokenizer
+        vocab = self.bundle.lm.config.vocab_size if hasattr(self.bundle.lm, "config") else len(tok)
+        if not cand.tokens or max(cand.tokens) >= vocab:
+            self.skipped["tokens outside this bundle's vocabulary"] += 1
+            return None
+        try:
+            grid = self.source_grid(cand.source_hash)
+        except (OSError, ValueError):
+            self.skipped["source image unreadable or wrong size"] += 1
+            return None
+        h, w = grid.shape
+        if (cand.grid_h, cand.grid_w) not in ((h, w), (0, 0)):
+            self.skipped["source grid differs from the candidate's"] += 1
+            return None
+        think = bool(cand.think)
+        n = len(cand.tokens)
+        key = (h, w, think, n)
+        if key not in self._constraints:
+            # think mode: the sampler's budget must at least cover this generation
+            self._constraints[key] = FreeFormConstraint(tok, h, w, think, vocab_size=vocab,
+                                                        max_new_tokens=n if think else None)
+        try:
+            self._constraints[key].replay(list(cand.tokens))
+        except ValueError:
+            self.skipped["tokens break the constraint (other tokenizer or unfinished)"] += 1
+            return None
+        prompt = build_prompt(tok, grid, cand.instruction, think)
+        return Example(cand.id, prompt, list(cand.tokens), h, w, think, cand.source_hash, cand.instruction)
+
+
+def star_pairs(stars: list[Any]) -> list[tuple[Any, Any, str]]:
+    """Pairs (better, worse, rater) from star ratings: within one rater's ratings of the same source
+    image and instruction, a higher star count beats a lower one (equal stars: no pair)."""
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for s in stars:
+        groups.setdefault((s.rater, s.candidate.source_hash, s.candidate.instruction), []).append(s)
+    out = []
+    for (rater, _, _), items in groups.items():
+        for i, a in enumerate(items):
+            for b in items[i + 1:]:
+                if a.stars > b.stars:
+                    out.append((a.candidate, b.candidate, rater))
+                elif b.stars > a.stars:
+                    out.append((b.candidate, a.candidate, rater))
+    return out
+
+
+def rated_pairs(store: Any, use_stars: bool = True) -> list[tuple[Any, Any, str]]:
+    """Every (chosen, rejected, source) candidate pair: A/B and best-of-N pairs, plus star pairs."""
+    pairs = [(p.chosen, p.rejected, p.kind) for p in store.preference_pairs()]
+    if use_stars:
+        pairs += [(a, b, "stars") for a, b, _ in star_pairs(store.stars())]
+    return pairs
