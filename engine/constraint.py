@@ -118,6 +118,7 @@ class FreeFormConstraint:
         masks[VISUAL_ROW, sp.visual_ids] = 0.0
         for t, r in row_of_forced.items():
             masks[r, t] = 0.0
+        self._masks_cpu = masks
         self.masks = masks.to(device) if device is not None else masks
         self.forced_of_row = torch.full((masks.shape[0],), -1, dtype=torch.long)
         for t, r in row_of_forced.items():
@@ -161,7 +162,9 @@ class FreeFormConstraint:
             if tuple(s.tail) == end:
                 s.pos = self.image_offset
             elif s.n_text >= self.max_reasoning:
-                s.pos = 0  # reasoning budget spent: force THINK_END
+                # Reasoning budget spent: force THINK_END, continuing a marker already begun.
+                k = next((k for k in range(len(end) - 1, 0, -1) if tuple(s.tail[-k:]) == end[:k]), 0)
+                s.pos = k
             return False
         s.pos += 1
         return s.pos >= len(self.template)
@@ -187,7 +190,7 @@ class FreeFormConstraint:
             raise ValueError(f"generation of {len(ids)} tokens ends before EOS")
         mask_rows = torch.tensor(rows, dtype=torch.long)
         tok = torch.tensor(ids, dtype=torch.long)
-        ok = self.masks.cpu()[mask_rows, tok.clamp(0, self.vocab_size - 1)].isfinite() & (tok < self.vocab_size)
+        ok = self._masks_cpu[mask_rows, tok.clamp(0, self.vocab_size - 1)].isfinite() & (tok < self.vocab_size)
         if not bool(ok.all()):
             i = int((~ok).nonzero()[0, 0])
             raise ValueError(f"token {ids[i]} at position {i} is not allowed by the constraint")

@@ -191,3 +191,57 @@ def test_prefix_allowed_tokens_fn(tok, grid):
         else:
             assert len(allowed) == 64
     assert fn(0, torch.tensor([sp.bos, sp.bos] + target)).tolist() == [sp.pad]
+
+
+def emu3_like_tokenizer():
+    """Like Emu3's: the think markers are plain text (several BPE tokens each), not special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = [t for t in T.STRUCTURAL if t not in (T.THINK_START, T.THINK_END)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=[AddedToken(t, special=True, normalized=False) for t in specials],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    bpe.train_from_iterator(TINY_TEXTS, trainer=trainer)
+    bpe.add_special_tokens([AddedToken(T.visual_token_name(i), special=True, normalized=False) for i in range(64)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=T.BOS, eos_token=T.EOS, pad_token=T.PAD)
+
+
+def test_multi_token_think_markers(grid):
+    tok = emu3_like_tokenizer()
+    sp = SpecialIds.from_tokenizer(tok)
+    assert len(sp.think_end_ids) > 1 and len(sp.think_start_ids) > 1
+    with pytest.raises(ValueError, match="several tokens"):
+        _ = sp.think_end
+    reasoning = "Rows 1-4 keep."
+    target = build_target(tok, grid, reasoning)
+    text, g = parse_generation(tok, target)
+    assert text == reasoning
+    np.testing.assert_array_equal(g, grid)
+    con = FreeFormConstraint(tok, 3, 5, think=True, max_new_tokens=len(target) + 20)
+    rows = con.replay(target)[0]
+    n = len(tok.encode(reasoning, add_special_tokens=False)) + len(sp.think_end_ids)
+    assert bool((rows[:n] == TEXT_ROW).all())  # the marker's pieces are ordinary text tokens
+    # budget: THINK_END's pieces are forced one by one
+    con = FreeFormConstraint(tok, 3, 5, think=True, max_new_tokens=con.image_len + len(sp.think_end_ids) + 2)
+    s = con.start()
+    for _ in range(2):
+        con.advance(s, tok.encode("Make", add_special_tokens=False)[0])
+    for t in sp.think_end_ids:
+        assert con.forced(s) == t
+        con.advance(s, t)
+    assert con.forced(s) == sp.img_start
+    # a marker begun when the budget runs out is continued, not restarted
+    end = list(sp.think_end_ids)
+    con = FreeFormConstraint(tok, 3, 5, think=True, max_new_tokens=con.image_len + len(end) + 3)
+    s = con.start()
+    for t in [tok.encode("Make", add_special_tokens=False)[0]] + end[:2]:
+        con.advance(s, t)
+    assert [con.forced(s)] == end[2:3]
+    seq = [tok.encode("Make", add_special_tokens=False)[0]] + end + build_target(tok, grid, None)
+    assert con.replay(seq)[0].shape == (len(seq),)
+    assert parse_generation(tok, seq)[0] == "Make"

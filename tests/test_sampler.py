@@ -170,3 +170,24 @@ def test_bad_arguments(gridded, grid):
         sample_all(gridded, [prompt], H, W, [0], top_p=0)
     with pytest.raises(ValueError, match="too small"):
         sample_all(gridded, [prompt], H, W, [0], max_new_tokens=10)
+
+
+def test_multi_token_think_markers_match_generate(grid):
+    """Emu3's tokenizer writes the think markers as plain text: the sampler still matches generate."""
+    from transformers import Emu3ForCausalLM
+
+    from engine.bundle import Bundle, BundleConfig, tiny_lm_config
+    from tests.test_layout import emu3_like_tokenizer
+
+    tok = emu3_like_tokenizer()
+    torch.manual_seed(0)
+    lm = Emu3ForCausalLM(tiny_lm_config(tok)).eval()
+    b = Bundle(config=BundleConfig(codebook_size=64), lm=lm, tokenizer=tok, vq=None)
+    prompt = build_prompt(tok, grid, INSTR, True)
+    ours = sample_all(b, [prompt], H, W, [0], think=True, temperature=0, max_new_tokens=50)[0]
+    assert ours.tokens == _generate(b, prompt, True, 50)
+    parse_generation(tok, ours.tokens, expect_hw=(H, W))
+    sampled = sample_all(b, [prompt], H, W, [1], think=True, top_k=30, max_new_tokens=50)[0]
+    parse_generation(tok, sampled.tokens, expect_hw=(H, W))
+    ref = sequence_logprobs(b, prompt, sampled.tokens, H, W, True, max_new_tokens=50)
+    assert torch.allclose(torch.tensor(sampled.logprobs), ref, atol=1e-4)
