@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from studio.history import breadcrumbs, tree_choices
-from studio.imaging import diff_heatmap
+from studio.imaging import PngFiles, diff_heatmap
 from studio.models import ModelRegistry
 from studio.ratings import counts_markdown, pick_pair
 from studio.runner import EditFn, EditRequest, Snapshot, stream_edit
@@ -50,6 +50,13 @@ class StudioContext:
     max_upload_bytes: int = 20 * 1024 * 1024
     no_model_message: str = ""  # shown when default_model is None
     _cancels: dict[str, threading.Event] = field(default_factory=dict)
+    _previews: PngFiles | None = None
+
+    @property
+    def previews(self) -> PngFiles:
+        if self._previews is None:
+            self._previews = PngFiles(self.store.data_dir / "previews")
+        return self._previews
 
     @property
     def data_dir(self) -> Path:
@@ -112,8 +119,8 @@ def _caption(c: Candidate) -> str:
     return f"#{c.idx + 1} · seed {c.seed}"
 
 
-def _placeholder(size: tuple[int, int]) -> Image.Image:
-    return Image.new("RGB", size, (226, 228, 234))
+def _placeholder(ctx: StudioContext, size: tuple[int, int]) -> str:
+    return ctx.previews.path(Image.new("RGB", size, (226, 228, 234)))
 
 
 # --------------------------------------------------------------------------------------------- app
@@ -254,12 +261,13 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             )
             cancel = threading.Event()
             ctx._cancels[sid] = cancel
+            ctx.previews.prune()
             edit_fn = ctx.edit_fn or _engine_edit()
             yield {
                 status: f"⏳ Starting {n} candidate{'s' * (n > 1)} · seed {seed_}…",
                 seed: seed_, run_btn: gr.update(interactive=False), cancel_btn: gr.update(interactive=True),
                 reasoning: gr.update(value="", visible=bool(think_)),
-                edit_panel.gallery: [(_placeholder(source.size), f"#{i + 1} · seed {seed_ + i}") for i in range(n)],
+                edit_panel.gallery: [(_placeholder(ctx, source.size), f"#{i + 1} · seed {seed_ + i}") for i in range(n)],
             }
             snap: Snapshot | None = None
             try:
@@ -270,7 +278,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                             status: _progress_md(snap),
                             reasoning: _reasoning_text(snap) if think_ else gr.skip(),
                             edit_panel.gallery: [
-                                (im if im is not None else _placeholder(source.size),
+                                (ctx.previews.path(im) if im is not None else _placeholder(ctx, source.size),
                                  f"#{i + 1} · seed {snap.seeds[i]}"
                                  + ("" if snap.done[i] else f" · row {snap.rows_done[i]}/{snap.total_rows}"))
                                 for i, im in enumerate(snap.images)
@@ -503,6 +511,7 @@ def _selected_updates(ctx: StudioContext, p: SimpleNamespace, st: dict, cands: l
     c = cands[i] if cands is not None else store.candidate(ids[i])
     before, after = store.load_image(c.source_hash), store.load_image(c.output_hash)
     heat, mean_diff = diff_heatmap(before, after)
+    heat_path = ctx.previews.path(heat)
     t = c.timings
     timing = f" · {t['total']:.2f} s" if "total" in t else ""
     prior = store.ratings(candidate_id=c.id)
@@ -516,7 +525,8 @@ def _selected_updates(ctx: StudioContext, p: SimpleNamespace, st: dict, cands: l
     export = ctx.exports_dir / f"earl-edit-{c.id}-seed{c.seed}.png"
     if not export.exists():
         shutil.copyfile(store.image_path(c.output_hash), export)
-    return {p.slider: (before, after), p.heatmap: heat, p.info: info,
+    slider = (str(store.image_path(c.source_hash)), str(store.image_path(c.output_hash)))
+    return {p.slider: slider, p.heatmap: heat_path, p.info: info,
             p.download: gr.update(value=str(export), interactive=True)}
 
 
@@ -526,8 +536,8 @@ def _pair_updates(ctx: StudioContext, p: SimpleNamespace, st: dict) -> dict:
         return {p.pair_a: None, p.pair_b: None}
     a, b = ctx.store.candidates(pair)
     return {
-        p.pair_a: gr.update(value=ctx.store.load_image(a.output_hash), label=f"A (#{a.idx + 1})"),
-        p.pair_b: gr.update(value=ctx.store.load_image(b.output_hash), label=f"B (#{b.idx + 1})"),
+        p.pair_a: gr.update(value=str(ctx.store.image_path(a.output_hash)), label=f"A (#{a.idx + 1})"),
+        p.pair_b: gr.update(value=str(ctx.store.image_path(b.output_hash)), label=f"B (#{b.idx + 1})"),
     }
 
 
@@ -694,7 +704,7 @@ def _reasoning_text(s: Snapshot) -> str:
 
 def launch_kwargs(ctx: StudioContext) -> dict[str, Any]:
     """Arguments for ``demo.launch``: look, shortcuts, and which folders may be served."""
-    allowed = [str(ctx.store.images_dir), str(ctx.exports_dir)]
+    allowed = [str(ctx.store.images_dir), str(ctx.exports_dir), str(ctx.previews.folder)]
     if ctx.examples_dir is not None and ctx.examples_dir.is_dir():
         allowed.append(str(ctx.examples_dir))
     return {

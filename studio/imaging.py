@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -38,3 +42,33 @@ def diff_heatmap(before: Image.Image, after: Image.Image, full_scale: float = 0.
     d = difference(before, after)
     idx = np.clip(np.sqrt(d / full_scale) * 255, 0, 255).astype(np.uint8)  # sqrt: small changes visible
     return Image.fromarray(_LUT[idx]), float(d.mean())
+
+
+class PngFiles:
+    """Content-addressed PNG files for images shown in the UI (previews, heatmaps).
+
+    The UI is given file paths rather than PIL images: Gradio rewrites the cache file of a PIL image
+    each time the same image is sent again, so a browser fetching it meanwhile can get an empty body;
+    files handed over by path are copied into its cache atomically, once."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        if folder.exists():  # previews of an earlier run are never needed again
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, img: Image.Image) -> str:
+        from studio.store import _atomic_write, png_bytes
+
+        data = png_bytes(img)
+        h = hashlib.sha256(data).hexdigest()
+        p = self.folder / f"{h}.png"
+        if not p.exists():
+            _atomic_write(p, data)
+        return str(p)
+
+    def prune(self, max_files: int = 5000) -> None:
+        """Drop the oldest files beyond ``max_files`` (a long session streams many previews)."""
+        files = sorted(self.folder.glob("*.png"), key=lambda f: f.stat().st_mtime)
+        for f in files[: max(0, len(files) - max_files)]:
+            f.unlink(missing_ok=True)
