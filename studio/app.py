@@ -184,10 +184,13 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                                 randomize = gr.Checkbox(value=True, label="New random seed each run",
                                                         elem_id="randomize")
                         with gr.Accordion("Model", open=False, elem_id="model"):
-                            model_dd = gr.Dropdown(
-                                choices=model_choices, value=ctx.default_model, label="Bundle",
-                                elem_id="model-picker", allow_custom_value=False,
-                            )
+                            with gr.Row(equal_height=True):
+                                model_dd = gr.Dropdown(
+                                    choices=model_choices, value=ctx.default_model, label="Bundle",
+                                    elem_id="model-picker", allow_custom_value=False, scale=5,
+                                )
+                                rescan_btn = gr.Button("↻", scale=0, min_width=44, elem_id="rescan",
+                                                       size="sm")
                             with gr.Row(equal_height=True):
                                 path_box = gr.Textbox(label="…or a bundle folder on this machine",
                                                       placeholder="/path/to/bundle (holds bundle.json)", scale=3)
@@ -341,6 +344,12 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             return gr.update(choices=[(c.label, c.key) for c in registry.choices()], value=key), registry.describe(bundle)
 
         load_btn.click(use_path, path_box, [model_dd, model_info], api_visibility="private")
+
+        def rescan(current: str | None) -> dict:
+            """Pick up bundles added to <data>/bundles/ since start (e.g. by a fine-tuning job)."""
+            return gr.update(choices=[(c.label, c.key) for c in registry.choices()], value=current)
+
+        rescan_btn.click(rescan, model_dd, model_dd, api_name="rescan_models")
 
         # -- history / continue
         def go_to(node: str | None, st: dict) -> dict:
