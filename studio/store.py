@@ -528,12 +528,12 @@ class Store:
     # -- ratings
     def add_rating(
         self,
-        *,
         rater: str,
         kind: str,
         value: str | int,
         candidate_ids: Sequence[int],
         shown_order: Sequence[int] | None = None,
+        *,
         created_at: float | None = None,
         uid: str | None = None,
     ) -> int:

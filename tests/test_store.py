@@ -76,7 +76,7 @@ def test_ratings_validation_and_training_reads(tmp_path: Path) -> None:
         a, b = _add_edit(store, 0)
         other = _add_edit(store, 1, instruction="flip it")[0]
         store.add_rating(rater="ann", kind="thumb", value="up", candidate_ids=[a])
-        store.add_rating(rater="ann", kind="thumb", value="down", candidate_ids=[b])
+        store.add_rating("ann", "thumb", "down", [b])  # positional, as in docs/INTERFACES.md
         store.add_rating(rater="ann", kind="thumb", value="up", candidate_ids=[b])  # changed her mind
         store.add_rating(rater="ann", kind="star", value=4, candidate_ids=[a])
         store.add_rating(rater="bob", kind="pair", value="B", candidate_ids=[a, b], shown_order=[b, a])
