@@ -708,15 +708,25 @@ class Store:
                 "ratings": one("SELECT COUNT(*) FROM ratings"),
                 "raters": one("SELECT COUNT(DISTINCT rater) FROM ratings"),
             }
-        thumbs = self.thumbs()
-        c["thumbs_up"] = sum(t.up for t in thumbs)
-        c["thumbs_down"] = sum(not t.up for t in thumbs)
+        thumbs = self._latest("thumb")
+        c["thumbs_up"] = sum(t.value == "up" for t in thumbs)
+        c["thumbs_down"] = sum(t.value == "down" for t in thumbs)
         c["stars"] = len(self._latest("star"))
         pair_rs = self._latest("pair")
         c["pairs_decided"] = sum(r.value in ("A", "B") for r in pair_rs)
         c["pairs_undecided"] = len(pair_rs) - c["pairs_decided"]
-        c["best_of_n"] = len(self._latest("best_of_n"))
-        c["preference_pairs"] = len(self.preference_pairs())
+        bon_rs = self._latest("best_of_n")
+        c["best_of_n"] = len(bon_rs)
+        # Same rule as preference_pairs(), on two light columns instead of whole rows with tokens
+        # (this runs after every click in the UI).
+        with self._lock:
+            key = {r[0]: (r[1], r[2]) for r in self._con.execute("SELECT id, source_hash, instruction FROM candidates")}
+        n = 0
+        for r in pair_rs:
+            n += r.value in ("A", "B") and key[r.candidate_ids[0]] == key[r.candidate_ids[1]]
+        for r in bon_rs:
+            n += sum(key[o] == key[int(r.value)] for o in r.candidate_ids if o != int(r.value))
+        c["preference_pairs"] = n
         return c
 
     # -- history tree
