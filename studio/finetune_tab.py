@@ -1,0 +1,307 @@
+"""The studio's "Fine-tune" tab: train a new bundle from the collected ratings (DPO / KTO) or with a reward
+(GRPO), watch it, cancel it, use the result — then compare old and new blind.
+
+Found by ``studio.app`` through ``TAB_HOOKS`` (``build_finetune_tab(ctx)``). Training runs as a separate
+process (``training.jobs``); this module only starts it and reads its progress file. The handlers are
+plain functions of the context (``start_job``, ``poll``, ``ab_next``, ``ab_rate``, ``ab_win_rates``) so
+they are testable without a browser.
+
+Blind A/B: a held-out suite photo + instruction is edited by both bundles (same seed, one candidate
+each), shown left/right in random order without names; the rating is stored as an A/B pair with
+``settings["ab_test"] = True`` and the shown order, and the win rate per bundle is computed from the store.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio.ratings import counts_markdown
+from training.jobs import JobManager
+
+METHODS = {
+    "DPO — from A/B pairs, best-of-N and stars": "dpo",
+    "KTO — from thumbs up / down": "kto",
+    "GRPO — online RL with a reward": "grpo",
+}
+REWARDS = {"Programmatic verifier (suite photos)": "verifier", "MLLM judge (OpenAI-compatible endpoint)": "judge",
+           "Reward model learned from ratings": "reward_model"}
+_managers: dict[str, JobManager] = {}
+_heldout: list[dict] = []
+
+
+def manager(ctx: Any) -> JobManager:
+    key = str(ctx.data_dir)
+    if key not in _managers:
+        _managers[key] = JobManager(ctx.data_dir)
+    return _managers[key]
+
+
+def _bundle_folder(ctx: Any, key: str | None) -> str:
+    if not key:
+        raise ValueError("Pick the bundle to start from.")
+    if not key.startswith("path:"):
+        raise ValueError("This model lives only in memory (demo); fine-tuning needs a bundle folder.")
+    return key[5:]
+
+
+def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epochs: float, steps: float,
+              reward_label: str, judge_url: str, lora: bool) -> tuple[str, str]:
+    """Start a job; returns (status markdown, job id). Raises ValueError with a readable message."""
+    method = METHODS.get(method_label)
+    if method is None:
+        raise ValueError("Pick a method.")
+    bundle = _bundle_folder(ctx, base_key)
+    opts: dict[str, Any] = {"lora": bool(lora)}
+    if method == "grpo":
+        reward = REWARDS.get(reward_label, "verifier")
+        opts.update(steps=int(steps), reward=reward)
+        if reward == "judge":
+            if not (judge_url or "").strip():
+                raise ValueError("The judge reward needs the endpoint URL (e.g. http://localhost:8000/v1).")
+            opts["judge_url"] = judge_url.strip()
+        if reward == "reward_model":
+            rms = sorted((Path(ctx.data_dir) / "reward_models").glob("*/reward_model.json"))
+            if not rms:
+                raise ValueError("No reward model yet: train one from your ratings first "
+                                 "(python -m training.reward_model).")
+            opts["reward_model"] = str(rms[-1].parent)
+    else:
+        data = ctx.store.counts()
+        if method == "dpo" and data.get("preference_pairs", 0) == 0 and data.get("stars", 0) < 2:
+            raise ValueError("No preference pairs yet: rate some A/B pairs or best-of-N first.")
+        if method == "kto" and (data.get("thumbs_up", 0) == 0 or data.get("thumbs_down", 0) == 0):
+            raise ValueError("KTO needs thumbs of both kinds (some 👍 and some 👎).")
+        opts["epochs"] = int(epochs)
+    clean = "".join(c for c in (name or "").strip() if c.isalnum() or c in "-_.") or None
+    job = manager(ctx).start(method, bundle, name=clean, **opts)
+    return f"Started **{method.upper()}** job `{job.id}` → bundle **{job.name}**", job.id
+
+
+def poll(ctx: Any, job_id: str | None) -> tuple[str, pd.DataFrame, str]:
+    """(status markdown, curve data, log tail) of a job."""
+    empty = pd.DataFrame({"step": [], "value": [], "metric": []})
+    if not job_id:
+        return "No job running. Pick a method and press **Start**.", empty, ""
+    job = manager(ctx).get(job_id)
+    st = job.status()
+    rows = [{"step": h["step"], "value": h[m], "metric": m} for h in st.get("history", [])
+            for m in ("loss", "reward") if h.get(m) is not None]
+    df = pd.DataFrame(rows) if rows else empty
+    step, steps = st.get("step") or 0, st.get("steps") or "?"
+    eta = st.get("eta_s")
+    parts = [f"**{st['method'].upper()}** `{job.id}` — **{st['state']}** · step {step}/{steps}"]
+    if st.get("loss") is not None:
+        parts.append(f"loss {st['loss']:.4f}")
+    if st.get("reward") is not None:
+        parts.append(f"reward {st['reward']:.3f}")
+    if eta and st["state"] == "running":
+        parts.append(f"about {int(eta // 60)} min {int(eta % 60)} s left")
+    md = " · ".join(parts)
+    if st["state"] == "done":
+        md += f"\n\n✅ New bundle: `{st.get('bundle')}` — press **Use the new model** to register it."
+    elif st["state"] in ("failed",) and st.get("message"):
+        md += f"\n\n❌ {st['message'][:2000]}"
+    return md, df, job.log_tail(12)
+
+
+def cancel(ctx: Any, job_id: str | None) -> str:
+    if not job_id:
+        return "No job to cancel."
+    return "Cancelled." if manager(ctx).get(job_id).cancel() else "The job had already ended."
+
+
+def register(ctx: Any, job_id: str | None) -> tuple[str, str]:
+    """Register a finished job's bundle; returns (message, registry key)."""
+    if not job_id:
+        raise ValueError("No finished job yet.")
+    key = manager(ctx).register(manager(ctx).get(job_id), ctx.registry)
+    return f"Registered: `{key[5:]}` — it is now in the model picker (Edit tab ▸ Model ▸ ↻).", key
+
+
+# -- blind A/B -------------------------------------------------------------------------------------
+
+
+def heldout_samples(n_per_kind: int = 1) -> list[dict]:
+    """Held-out suite photos + instructions (the fixed test split), loaded once."""
+    if not _heldout:
+        from training.eval import load_samples
+
+        _heldout.extend(load_samples(split="test", n_per_kind=n_per_kind))
+    return _heldout
+
+
+def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None = None) -> dict:
+    """Edit one random held-out sample with both bundles; returns the round (images in random order)."""
+    if not old_key or not new_key or old_key == new_key:
+        raise ValueError("Pick two different bundles to compare.")
+    from engine.api import edit_blocking
+    from engine.image_io import fit_to_area
+    from studio.store import NewCandidate
+
+    rng = random.Random(seed)
+    s = rng.choice(heldout_samples())
+    sd = rng.randrange(2**30)
+    settings = {"think": False, "temperature": 1.0, "top_k": 2048, "top_p": 1.0, "ab_test": True}
+    ids = {}
+    images = {}
+    for key in (old_key, new_key):
+        b = ctx.registry.get(key)
+        src = fit_to_area(s["source"], b.config.image_area, b.vq.spatial_factor)
+        (d,) = edit_blocking(b, src, s["instruction"], n=1, seed=sd, top_k=2048, preview_every=0)
+        (cid,) = ctx.store.add_candidates(
+            source=src, instruction=s["instruction"], bundle_id=f"{b.config.name}@{b.config.version}",
+            weights_hash=b.weights_hash(), settings=settings,
+            candidates=[NewCandidate(d.image, d.tokens, d.logprobs, d.seed, 0, d.reasoning, tuple(d.grid.shape),
+                                     d.timings)])
+        ids[key], images[key] = cid, d.image
+    order = [old_key, new_key]
+    rng.shuffle(order)
+    return {"sample": s["id"], "instruction": s["instruction"], "source": s["source"],
+            "left": ids[order[0]], "right": ids[order[1]], "left_image": images[order[0]],
+            "right_image": images[order[1]], "t": time.time()}
+
+
+def ab_rate(ctx: Any, rnd: dict | None, choice: str, rater: str) -> str:
+    """Store the rating of the current round: choice 'left' | 'right' | 'tie'."""
+    if not rnd:
+        raise ValueError("Press **Next pair** first.")
+    value = {"left": "A", "right": "B", "tie": "tie"}[choice]
+    ids = [rnd["left"], rnd["right"]]
+    ctx.store.add_rating(rater, "pair", value, ids, shown_order=ids)
+    return ab_win_rates(ctx)
+
+
+def ab_win_rates(ctx: Any) -> str:
+    """Markdown table: per bundle, blind A/B rounds, wins, ties, win rate (ties count half)."""
+    stats: dict[str, list[float]] = {}
+    pairs = ctx.store.ratings("pair")
+    ab = [r for r in pairs if r.value in ("A", "B", "tie")]
+    needed = {i for r in ab for i in r.candidate_ids}
+    cands = {c.id: c for c in ctx.store.candidates(needed)} if needed else {}
+    for r in ab:
+        a, b = (cands.get(i) for i in r.candidate_ids)
+        if a is None or b is None or not (a.settings.get("ab_test") and b.settings.get("ab_test")):
+            continue
+        if a.bundle_id == b.bundle_id:
+            continue
+        for c, win in ((a, r.value == "A"), (b, r.value == "B")):
+            s = stats.setdefault(c.bundle_id, [0, 0, 0])
+            s[0] += 1
+            s[1] += win
+            s[2] += r.value == "tie"
+    if not stats:
+        return "No blind A/B ratings yet."
+    lines = ["| bundle | rounds | wins | ties | win rate |", "|---|---:|---:|---:|---:|"]
+    for bid, (n, w, t) in sorted(stats.items(), key=lambda kv: -(kv[1][1] + kv[1][2] / 2) / kv[1][0]):
+        lines.append(f"| {bid} | {n} | {w} | {t} | {(w + t / 2) / n:.0%} |")
+    return "\n".join(lines)
+
+
+# -- UI ------------------------------------------------------------------------------------------------
+
+
+def build_finetune_tab(ctx: Any) -> None:
+    """Called by ``studio.app`` inside its ``gr.Tabs()``."""
+    choices = [(c.label, c.key) for c in ctx.registry.choices()]
+    with gr.Tab("Fine-tune", id="finetune"):
+        data_md = gr.Markdown(counts_markdown(ctx.store.counts()), elem_id="ft-counts")
+        job_id = gr.State(None)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=320):
+                method = gr.Radio(list(METHODS), value=next(iter(METHODS)), label="Method", elem_id="ft-method")
+                base = gr.Dropdown(choices=choices, value=ctx.default_model, label="Start from", elem_id="ft-base")
+                name = gr.Textbox(label="Name of the new bundle", placeholder="(automatic)", elem_id="ft-name")
+                with gr.Row():
+                    epochs = gr.Number(value=3, precision=0, minimum=1, label="Epochs (DPO / KTO)")
+                    steps = gr.Number(value=200, precision=0, minimum=1, label="Steps (GRPO)")
+                reward = gr.Dropdown(list(REWARDS), value=next(iter(REWARDS)), label="Reward (GRPO)")
+                judge_url = gr.Textbox(label="Judge endpoint (GRPO with the MLLM judge)",
+                                       placeholder="http://localhost:8000/v1")
+                lora = gr.Checkbox(value=False, label="LoRA (train small adapters, merged at the end)")
+                with gr.Row():
+                    start_btn = gr.Button("Start ▶", variant="primary", elem_id="ft-start")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
+                    use_btn = gr.Button("Use the new model", elem_id="ft-register")
+            with gr.Column(scale=6, min_width=420):
+                status = gr.Markdown("No job running. Pick a method and press **Start**.", elem_id="ft-status")
+                curve = gr.LinePlot(pd.DataFrame({"step": [], "value": [], "metric": []}), x="step", y="value",
+                                    color="metric", title="Loss and reward", height=260, elem_id="ft-curve")
+                log = gr.Textbox(label="Log (last lines)", lines=6, max_lines=12, interactive=False)
+        timer = gr.Timer(2.0, active=False)
+
+        def on_start(m, b, n, e, s, r, j, lo):
+            try:
+                msg, jid = start_job(ctx, m, b, n, e or 3, s or 200, r, j, lo)
+            except ValueError as err:
+                gr.Warning(str(err))
+                return gr.update(), gr.update(), gr.Timer(active=False)
+            return msg, jid, gr.Timer(active=True)
+
+        def on_tick(jid):
+            md, df, tail = poll(ctx, jid)
+            done = "**done**" in md or "**failed**" in md or "**cancelled**" in md
+            return md, df, tail, gr.Timer(active=not done)
+
+        def on_register(jid):
+            try:
+                msg, _ = register(ctx, jid)
+            except ValueError as err:
+                gr.Warning(str(err))
+                return gr.update(), gr.update(), gr.update()
+            new = [(c.label, c.key) for c in ctx.registry.choices()]
+            return msg, gr.Dropdown(choices=new), gr.Dropdown(choices=new)
+
+        start_btn.click(on_start, [method, base, name, epochs, steps, reward, judge_url, lora], [status, job_id, timer])
+        timer.tick(on_tick, [job_id], [status, curve, log, timer])
+        cancel_btn.click(lambda j: cancel(ctx, j), [job_id], [status])
+
+        gr.Markdown("### Blind A/B — old vs new on held-out photos")
+        rnd = gr.State(None)
+        with gr.Row():
+            old_dd = gr.Dropdown(choices=choices, value=ctx.default_model, label="Bundle 1", elem_id="ab-old")
+            new_dd = gr.Dropdown(choices=choices, value=None, label="Bundle 2", elem_id="ab-new")
+            next_btn = gr.Button("Next pair", elem_id="ab-next")
+        ab_instr = gr.Markdown("", elem_id="ab-instruction")
+        with gr.Row():
+            ab_src = gr.Image(label="Original", format="png", type="pil", interactive=False, height=200)
+            ab_left = gr.Image(label="Left", format="png", type="pil", interactive=False, height=200)
+            ab_right = gr.Image(label="Right", format="png", type="pil", interactive=False, height=200)
+        with gr.Row():
+            left_btn = gr.Button("◀ Left is better", elem_id="ab-left")
+            tie_btn = gr.Button("Tie", elem_id="ab-tie")
+            right_btn = gr.Button("Right is better ▶", elem_id="ab-right")
+        rates = gr.Markdown(ab_win_rates(ctx), elem_id="ab-winrates")
+        rater_box = gr.Textbox(label="Your name (rater)", value="", elem_id="ab-rater")
+
+        def on_next(o, n):
+            try:
+                r = ab_next(ctx, o, n)
+            except ValueError as err:
+                gr.Warning(str(err))
+                return None, gr.update(), None, None, None
+            return r, f"**Instruction:** {r['instruction']}", r["source"], r["left_image"], r["right_image"]
+
+        def on_rate(r, choice, typed, request: gr.Request):
+            try:
+                return ab_rate(ctx, r, choice, ctx.rater(request, typed)), None
+            except ValueError as err:
+                gr.Warning(str(err))
+                return gr.update(), r
+
+        next_btn.click(on_next, [old_dd, new_dd], [rnd, ab_instr, ab_src, ab_left, ab_right])
+        def rate_as(choice: str):
+            def fn(r: dict | None, typed: str, request: gr.Request):
+                return on_rate(r, choice, typed, request)
+
+            return fn
+
+        for btn, choice in ((left_btn, "left"), (tie_btn, "tie"), (right_btn, "right")):
+            btn.click(rate_as(choice), [rnd, rater_box], [rates, rnd])
+        use_btn.click(on_register, [job_id], [status, old_dd, new_dd]).then(
+            lambda: counts_markdown(ctx.store.counts()), None, [data_md])
