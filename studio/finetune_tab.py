@@ -28,6 +28,7 @@ METHODS = {
     "DPO — from A/B pairs, best-of-N and stars": "dpo",
     "KTO — from thumbs up / down": "kto",
     "GRPO — online RL with a reward": "grpo",
+    "Reward model — learn a scorer from your ratings (a GRPO reward)": "reward_model",
 }
 REWARDS = {"Programmatic verifier (suite photos)": "verifier", "MLLM judge (OpenAI-compatible endpoint)": "judge",
            "Reward model learned from ratings": "reward_model"}
@@ -71,6 +72,9 @@ def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epoc
                 raise ValueError("No reward model yet: train one from your ratings first "
                                  "(python -m training.reward_model).")
             opts["reward_model"] = str(rms[-1].parent)
+    elif method == "reward_model":
+        if ctx.store.counts().get("preference_pairs", 0) < 2:
+            raise ValueError("A reward model needs at least a few preference pairs (A/B or best-of-N).")
     else:
         data = ctx.store.counts()
         if method == "dpo" and data.get("preference_pairs", 0) == 0 and data.get("stars", 0) < 2:
@@ -103,7 +107,9 @@ def poll(ctx: Any, job_id: str | None) -> tuple[str, pd.DataFrame, str]:
     if eta and st["state"] == "running":
         parts.append(f"about {int(eta // 60)} min {int(eta % 60)} s left")
     md = " · ".join(parts)
-    if st["state"] == "done":
+    if st["state"] == "done" and st.get("reward_model"):
+        md += f"\n\n✅ Reward model: `{st['reward_model']}` — GRPO with the reward-model reward now uses it."
+    elif st["state"] == "done":
         md += f"\n\n✅ New bundle: `{st.get('bundle')}` — press **Use the new model** to register it."
     elif st["state"] in ("failed",) and st.get("message"):
         md += f"\n\n❌ {st['message'][:2000]}"

@@ -60,7 +60,7 @@ def build_command(method: str, job_dir: Path, data_dir: Path, bundle: str, name:
         raise ValueError(f"unknown {method} options {bad}; known: {sorted(fields)}")
     if method == "reward_model":
         cmd = ["-m", "training.reward_model", "--data", str(data_dir), "--bundle", bundle,
-               "--out", str(data_dir / "reward_models" / name)]
+               "--out", str(data_dir / "reward_models" / name), "--progress", str(job_dir / "progress.json")]
         for k, v in options.items():
             if k == "no_stars":
                 if v:

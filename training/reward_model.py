@@ -159,15 +159,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--no-stars", action="store_true", help="ignore star ratings")
+    ap.add_argument("--progress", default=None, help="JSON progress file (training.jobs)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     from engine.bundle import load_bundle
     from studio.store import Store
+    from training.progress import Progress
 
-    bundle = load_bundle(a.bundle)
-    bundle.lm.requires_grad_(False)
-    rm = train_reward_model(bundle, Store(a.data), a.out, epochs=a.epochs, use_stars=not a.no_stars,
-                            bundle_path=str(Path(a.bundle).resolve()))
+    progress = Progress(a.progress, "reward_model", 1)
+    try:
+        bundle = load_bundle(a.bundle)
+        bundle.lm.requires_grad_(False)
+        rm = train_reward_model(bundle, Store(a.data), a.out, epochs=a.epochs, use_stars=not a.no_stars,
+                                bundle_path=str(Path(a.bundle).resolve()))
+    except BaseException as e:
+        progress.finish("failed", f"{type(e).__name__}: {e}")
+        raise
+    progress.step(1, loss=rm.meta["train_loss"], reward=rm.meta["val_accuracy"])
+    progress.finish("done", f"reward model written to {a.out}", reward_model=str(a.out))
     print(json.dumps(rm.meta, indent=2))
     return 0
 
