@@ -140,3 +140,60 @@ def test_reply_json_roundtrip_of_server():
     _img(255).save(buf, format="PNG")
     body["messages"][0]["content"][0]["image_url"]["url"] += base64.b64encode(buf.getvalue()).decode()
     assert json.loads(JudgeServer.brightness_reply(body))["score"] == [10.0, 10.0]
+
+
+def _tiny_llava(folder) -> None:
+    """A tiny random LLaVA (CLIP vision tower + Llama) with its processor and a chat template, saved to
+    ``folder``: a real local transformers VLM for the judge's local path (its replies are gibberish)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(["score the image edit json 0 1 2 3 4 5 6 7 8 9 10 {} [] \" : ,"],
+                           trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<image>"],
+                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  pad_token="</s>", extra_special_tokens=None)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = ("{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}"
+                "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}"
+                "{% endif %}{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    proc = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 16},
+                                                             crop_size={"height": 16, "width": 16}),
+                          tokenizer=tok, chat_template=template, patch_size=8,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    vc = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          image_size=16, patch_size=8, projection_dim=16)
+    tc = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                      vision_feature_layer=-1)
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # fixed random weights: the same gibberish every run
+        model = LlavaForConditionalGeneration(cfg)
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+
+
+def test_local_vlm_judge_unparseable_is_skipped(tmp_path):
+    _tiny_llava(tmp_path / "vlm")
+    judge = JudgeReward.from_local(tmp_path / "vlm", retries=1)
+    judge.ask.max_new_tokens = 8
+    reply = judge.ask([_img(10)], "score it")
+    assert isinstance(reply, str)
+    assert judge.score([_sample()]) == [None]  # random weights never produce a valid score: skipped
+    assert judge.stats["unparseable"] == 2 and judge.stats["retries"] == 1
+    with pytest.raises(ValueError, match="not found"):
+        JudgeReward.from_local(tmp_path / "missing")
