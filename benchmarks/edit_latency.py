@@ -69,7 +69,7 @@ def photo():
     return Image.fromarray(data.astronaut())
 
 
-def one_edit(bundle: Bundle, image, n: int, seed: int, think: bool) -> dict[str, float]:
+def one_edit(bundle: Bundle, image, n: int, seed: int, think: bool, preview_every: int = 2) -> dict[str, float]:
     """Run one edit to the end; seconds from the call to the first Preview (any candidate) and the last Done."""
     from engine.api import edit
     from engine.events import Done, Error, Preview
@@ -78,7 +78,8 @@ def one_edit(bundle: Bundle, image, n: int, seed: int, think: bool) -> dict[str,
     first_preview = cpu_preview = None
     done = 0
     tokens = 0
-    for ev in edit(bundle, image, INSTRUCTION, n=n, think=think, seed=seed, temperature=1.0, top_k=2048):
+    for ev in edit(bundle, image, INSTRUCTION, n=n, think=think, seed=seed, temperature=1.0, top_k=2048,
+                   preview_every=preview_every):
         if isinstance(ev, Error):
             raise RuntimeError(ev.message)
         if isinstance(ev, Preview) and first_preview is None:
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ns", default="1,4", help="candidate counts to time (comma-separated)")
     ap.add_argument("--think", action="store_true")
+    ap.add_argument("--preview-every", type=int, default=2, help="engine.edit's preview_every (its default: 2)")
     ap.add_argument("--profile", default=None, help="write a cProfile of one n=1 edit here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -126,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     h, w = (s // bundle.vq.spatial_factor for s in prepare_image(img, bundle.config.image_area,
                                                                    bundle.vq.spatial_factor).size[::-1])
     print(f"bundle: {what}, {n_params / 1e6:.1f}M LM parameters, vocab {bundle.lm.config.vocab_size}, "
-          f"grid {h}x{w}, torch threads {a.threads}, loaded in {t_load:.2f} s, think={a.think}")
+          f"grid {h}x{w}, torch threads {a.threads}, loaded in {t_load:.2f} s, think={a.think}, "
+          f"preview every {a.preview_every} rows")
 
     ns = [int(x) for x in a.ns.split(",")]
     rows = {}
     for n in ns:
-        one_edit(bundle, img, n, 0, a.think)  # warm-up (allocations, first-call overheads)
-        runs = [one_edit(bundle, img, n, 1 + r, a.think) for r in range(a.reps)]
+        one_edit(bundle, img, n, 0, a.think, a.preview_every)  # warm-up (allocations, first-call overheads)
+        runs = [one_edit(bundle, img, n, 1 + r, a.think, a.preview_every) for r in range(a.reps)]
         rows[n] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
     print(f"\n{'n':>3s} {'prepare':>8s} {'1st token':>9s} {'1st preview':>11s} {'done':>7s} {'tok/s':>7s}"
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
         prof = cProfile.Profile()
         prof.enable()
-        one_edit(bundle, img, 1, 99, a.think)
+        one_edit(bundle, img, 1, 99, a.think, a.preview_every)
         prof.disable()
         prof.dump_stats(a.profile)
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)

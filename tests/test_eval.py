@@ -110,3 +110,17 @@ def test_cli_last_line_json_and_sheet(tiny_bundle, built, tmp_path, capsys):
 
     with Image.open(sheet) as im:
         assert im.width > 300 and im.height > 100
+
+
+def test_references_only_with_a_bare_tokenizer(tiny_bundle, built, capsys):
+    """--vq: floor and ceilings from an image tokenizer alone (before an editing model exists)."""
+    cache, _ = built
+    rc = ev.main(["--vq", str(tiny_bundle.path / "vq"), "--image-area", "4096", "--sets", str(cache),
+                  "--n-per-kind", "1", "--threads", "1"])
+    assert rc == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    m = re.fullmatch(r"eval overall=nan floor=([\d.]+) ceiling=([\d.]+) n=(\d+)", last)
+    assert m, last
+    res = ev.evaluate(tiny_bundle, built[1][:2], generate=False, progress=False)
+    assert np.isnan(res.overall) and res.samples[0].candidates == []
+    assert res.mean("gt") == pytest.approx(10.0, abs=0.05)

@@ -236,10 +236,11 @@ def evaluate(
     top_p: float = 1.0,
     seed: int = 0,
     candidates: int = 1,
-    batch_size: int = 8,
+    batch_size: int = 16,
     heldout_phrasing: bool = False,
     max_new_tokens: int | None = None,
     baselines: bool = True,
+    generate: bool = True,
     keep_images: bool = False,
     progress: bool = True,
 ) -> EvalResult:
@@ -250,15 +251,11 @@ def evaluate(
     ``sample_seed(seed, id) + j``); a sample's model score is their mean, and a candidate that fails to
     produce a well-formed image scores 0 (its error is kept). ``batch_size``: prompts decoded together
     (samples of one grid shape; candidates count). ``heldout_phrasing`` uses ``instruction_heldout``.
-    ``baselines`` False skips the floor / tokenizer / ground-truth scores (they are then NaN).
-    ``keep_images`` keeps the decoded outputs on ``SampleScore.outputs`` (for contact sheets).
+    ``baselines`` False skips the floor / tokenizer / ground-truth scores (they are then NaN);
+    ``generate`` False skips the model (its scores are NaN; only ``bundle.vq`` and ``bundle.config`` are
+    used). ``keep_images`` keeps the decoded outputs on ``SampleScore.outputs`` (for contact sheets).
     The LM is switched to eval mode for the run and restored afterwards (safe to call mid-training).
     """
-    from tqdm import tqdm
-
-    from engine.layout import build_prompt, parse_generation
-    from engine.sampler import sample_all
-
     if candidates < 1 or batch_size < 1:
         raise ValueError("candidates and batch_size must be at least 1")
     if temperature < 0:
@@ -268,33 +265,83 @@ def evaluate(
         missing = [k for k in ("id", "kind", "source", "target", "mask", key) if k not in s]
         if missing:
             raise ValueError(f"sample {s.get('id', '?')} lacks {missing}")
-    tok = bundle.tokenizer
     t0 = time.perf_counter()
-
-    # Source grids (what the model sees), grouped by shape so each group decodes as one batch.
-    fitted = [_fit(bundle, s["source"]) for s in samples]
-    grids = [np.asarray(g, dtype=np.int64) for g in bundle.vq.encode(fitted)]
-    jobs: list[tuple[int, int]] = [(i, j) for i in range(len(samples)) for j in range(candidates)]
-    by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for i, j in jobs:
-        by_shape.setdefault(tuple(grids[i].shape), []).append((i, j))
-
+    seeds = [[sample_seed(seed, s["id"]) + j for j in range(candidates)] for s in samples]
+    n = len(samples)
     outs: list[list[Image.Image | None]] = [[None] * candidates for _ in samples]
     reasons: list[list[str]] = [[""] * candidates for _ in samples]
     errors: list[list[str]] = [[] for _ in samples]
     n_tokens = 0
+    if generate and n:
+        n_tokens = _generate(bundle, samples, key, think, seeds, outs, reasons, errors, temperature=temperature,
+                             top_k=top_k, top_p=top_p, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             progress=progress)
+    t_gen = time.perf_counter() - t0
+
+    # References: the ground truth through the tokenizer (one batched encode / decode).
+    vq_imgs: list[Image.Image | None] = [None] * n
+    if baselines and n:
+        tg = bundle.vq.encode([_fit(bundle, s["target"]) for s in samples])
+        vq_imgs = list(bundle.vq.decode([np.asarray(g, dtype=np.int64) for g in tg]))
+
+    nan = float("nan")
+    failed = verifier.VerifierScore(0.0, 0.0, 0.0, 0.0, 0.0).as_dict()
+    results: list[SampleScore] = []
+    for i, s in enumerate(samples):
+        cand = [_score(s, im).as_dict() if im is not None else failed for im in outs[i]] if generate else []
+        results.append(SampleScore(
+            id=s["id"], kind=s["kind"], category=s.get("category", ""), instruction=s[key], seeds=seeds[i],
+            model=float(np.mean([c["overall"] for c in cand])) if generate else nan,
+            floor=_score(s, s["source"]).overall if baselines else nan,
+            vq=_score(s, vq_imgs[i]).overall if baselines else nan,
+            gt=_score(s, s["target"]).overall if baselines else nan,
+            candidates=cand, reasoning=reasons[i] if think and generate else [], errors=errors[i],
+            outputs=[o if o is not None else Image.new("RGB", s["target"].size, "black") for o in outs[i]]
+            if keep_images and generate else None,
+        ))
+    cfg = bundle.config
+    settings = {
+        "bundle": f"{cfg.name}@{cfg.version}", "bundle_path": str(bundle.path) if bundle.path else None,
+        "weights_hash": bundle.weights_hash() if generate else None, "think": think, "temperature": temperature,
+        "top_k": top_k, "top_p": top_p, "seed": seed, "candidates": candidates, "heldout_phrasing": heldout_phrasing,
+        "max_new_tokens": max_new_tokens, "generate": generate,
+        "set_path": samples[0].get("set_path") if samples else None,
+        "generation_s": round(t_gen, 2), "total_s": round(time.perf_counter() - t0, 2),
+        "tokens_per_s": round(n_tokens / max(t_gen, 1e-9), 1),
+    }
+    return EvalResult(results, settings)
+
+
+def _generate(bundle: Any, samples: Sequence[dict], key: str, think: bool, seeds: list[list[int]],
+              outs: list[list[Image.Image | None]], reasons: list[list[str]], errors: list[list[str]], *,
+              temperature: float, top_k: int, top_p: float, batch_size: int, max_new_tokens: int | None,
+              progress: bool) -> int:
+    """Decode every (sample, candidate) into ``outs`` / ``reasons`` / ``errors``; returns the tokens generated."""
+    from tqdm import tqdm
+
+    from engine.layout import build_prompt, parse_generation
+    from engine.sampler import sample_all
+
+    tok = bundle.tokenizer
+    # Source grids (what the model sees), grouped by shape: one constraint serves a whole batch.
+    grids = [np.asarray(g, dtype=np.int64) for g in bundle.vq.encode([_fit(bundle, s["source"]) for s in samples])]
+    by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i in range(len(samples)):
+        for j in range(len(seeds[i])):
+            by_shape.setdefault(tuple(grids[i].shape), []).append((i, j))
+    n_tokens = 0
     lm = bundle.lm
     was_training = lm.training
     lm.eval()
-    bar = tqdm(total=len(jobs), desc="eval", unit="edit", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    total = sum(len(g) for g in by_shape.values())
+    bar = tqdm(total=total, desc="eval", unit="edit", disable=not progress, dynamic_ncols=True, file=sys.stderr)
     try:
         for (h, w), group in by_shape.items():
             for b in range(0, len(group), batch_size):
                 chunk = group[b : b + batch_size]
                 prompts = [build_prompt(tok, grids[i], samples[i][key], think) for i, _ in chunk]
-                seeds = [sample_seed(seed, samples[i]["id"]) + j for i, j in chunk]
-                gens = sample_all(bundle, prompts, h, w, seeds, think=think, temperature=temperature, top_k=top_k,
-                                  top_p=top_p, max_new_tokens=max_new_tokens)
+                gens = sample_all(bundle, prompts, h, w, [seeds[i][j] for i, j in chunk], think=think,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
                 parsed = []
                 for (i, j), g in zip(chunk, gens, strict=True):
                     n_tokens += len(g.tokens)
@@ -311,44 +358,7 @@ def evaluate(
     finally:
         bar.close()
         lm.train(was_training)
-    t_gen = time.perf_counter() - t0
-
-    # References: the ground truth through the tokenizer (one batched encode / decode).
-    vq_imgs: list[Image.Image | None] = [None] * len(samples)
-    if baselines:
-        tg = bundle.vq.encode([_fit(bundle, s["target"]) for s in samples])
-        vq_imgs = list(bundle.vq.decode([np.asarray(g, dtype=np.int64) for g in tg]))
-
-    results: list[SampleScore] = []
-    nan = float("nan")
-    for i, s in enumerate(samples):
-        cand = []
-        for j in range(candidates):
-            im = outs[i][j]
-            cand.append(_score(s, im).as_dict() if im is not None else
-                        verifier.VerifierScore(0.0, 0.0, 0.0, 0.0, 0.0).as_dict())
-        res = SampleScore(
-            id=s["id"], kind=s["kind"], category=s.get("category", ""), instruction=s[key],
-            seeds=[sample_seed(seed, s["id"]) + j for j in range(candidates)],
-            model=float(np.mean([c["overall"] for c in cand])),
-            floor=_score(s, s["source"]).overall if baselines else nan,
-            vq=_score(s, vq_imgs[i]).overall if baselines else nan,
-            gt=_score(s, s["target"]).overall if baselines else nan,
-            candidates=cand, reasoning=reasons[i] if think else [], errors=errors[i],
-            outputs=[o if o is not None else Image.new("RGB", s["target"].size, "black") for o in outs[i]]
-            if keep_images else None,
-        )
-        results.append(res)
-    cfg = bundle.config
-    settings = {
-        "bundle": f"{cfg.name}@{cfg.version}", "bundle_path": str(bundle.path) if bundle.path else None,
-        "weights_hash": bundle.weights_hash(), "think": think, "temperature": temperature, "top_k": top_k,
-        "top_p": top_p, "seed": seed, "candidates": candidates, "heldout_phrasing": heldout_phrasing,
-        "max_new_tokens": max_new_tokens, "set_path": samples[0].get("set_path") if samples else None,
-        "generation_s": round(t_gen, 2), "total_s": round(time.perf_counter() - t0, 2),
-        "tokens_per_s": round(n_tokens / max(t_gen, 1e-9), 1),
-    }
-    return EvalResult(results, settings)
+    return n_tokens
 
 
 # ----------------------------------------------------------------------------------------- sheet
@@ -394,6 +404,19 @@ def contact_sheet(result: EvalResult, samples: Sequence[dict], path: str | Path,
 # ----------------------------------------------------------------------------------------- CLI
 
 
+def _vq_only(vq_dir: str | Path, image_area: int) -> Any:
+    """A bundle holding only an image tokenizer (``evaluate(..., generate=False)`` needs nothing else)."""
+    from engine.bundle import Bundle, BundleConfig
+    from engine.vq import NanoVQ
+
+    if not (Path(vq_dir) / "config.json").exists():
+        raise SystemExit(f"no image tokenizer at {vq_dir} (expected a NanoVQ save_pretrained folder)")
+    vq = NanoVQ.from_pretrained(str(vq_dir), local_files_only=True).eval()
+    cfg = BundleConfig(family="earl-nano", name=f"vq:{Path(vq_dir).name}", version="-", image_area=image_area,
+                       spatial_factor=vq.spatial_factor, codebook_size=vq.codebook_size)
+    return Bundle(config=cfg, lm=None, tokenizer=None, vq=vq, grid_embed=None, path=None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -409,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--top-k", type=int, default=EARL_TOP_K)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--candidates", type=int, default=1, help="edits per sample (score = their mean)")
-    ap.add_argument("--batch", type=int, default=8, help="prompts decoded together")
+    ap.add_argument("--batch", type=int, default=16, help="prompts decoded together")
     ap.add_argument("--heldout-phrasing", action="store_true", help="use the held-out instruction phrasings")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the tokenizer / prefill")
@@ -417,25 +440,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write per-sample scores and means as JSON")
     ap.add_argument("--sheet", default=None, help="write a contact sheet PNG (source / output / target)")
     ap.add_argument("--sheet-per-kind", type=int, default=2)
+    ap.add_argument("--references-only", action="store_true",
+                    help="skip the model: only the floor and the two ceilings (model column = nan)")
+    ap.add_argument("--vq", default=None, help="an image tokenizer folder (NanoVQ save_pretrained) instead of a "
+                    "bundle, for the references before an editing model exists (implies --references-only)")
+    ap.add_argument("--image-area", type=int, default=128 * 128, help="with --vq: the working area in pixels")
     a = ap.parse_args(argv)
+    generate = not (a.references_only or a.vq)
+    if a.sheet and not generate:
+        ap.error("--sheet needs the model's outputs (drop --references-only / --vq)")
 
     import torch
 
     from engine.bundle import default_bundle_path, load_bundle
 
     torch.set_num_threads(max(1, a.threads))
-    path = Path(a.bundle) if a.bundle else default_bundle_path()
-    if not (path / "bundle.json").exists():
-        ap.error(f"no bundle at {path} (pass --bundle PATH)")
-    bundle = load_bundle(path, device=a.device)
+    if a.vq:
+        bundle, path = _vq_only(a.vq, a.image_area), Path(a.vq)
+    else:
+        path = Path(a.bundle) if a.bundle else default_bundle_path()
+        if not (path / "bundle.json").exists():
+            ap.error(f"no bundle at {path} (pass --bundle PATH)")
+        bundle = load_bundle(path, device=a.device)
     samples = load_samples(a.sets, a.split, a.n_per_kind, a.corpus)
     temperature = 0.0 if a.greedy else a.temperature
     mode = "greedy" if temperature == 0 else f"T={temperature:g} top-k={a.top_k} top-p={a.top_p:g}"
-    print(f"bundle {bundle.config.name}@{bundle.config.version} ({path}), {len(samples)} {a.split} samples "
+    print(f"{'bundle' if generate else 'references only,'} {bundle.config.name}@{bundle.config.version} ({path}), "
+          f"{len(samples)} {a.split} samples "
           f"from {samples[0]['set_path'] if samples else '-'}, think={a.think}, {mode}, seed={a.seed}")
     res = evaluate(bundle, samples, a.think, temperature=temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
                    candidates=a.candidates, batch_size=a.batch, heldout_phrasing=a.heldout_phrasing,
-                   max_new_tokens=a.max_new_tokens, keep_images=bool(a.sheet))
+                   max_new_tokens=a.max_new_tokens, generate=generate, keep_images=bool(a.sheet))
     print()
     print(res.table())
     st = res.settings
