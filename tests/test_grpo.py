@@ -177,7 +177,7 @@ def tiny_path(tmp_path_factory):
 
 @pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_path):
-    steps = 4
+    steps = 6
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, *_cmd(killed, tiny_path, steps)], cwd=REPO, env=env,

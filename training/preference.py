@@ -332,13 +332,10 @@ def _train(cfg: PrefConfig, accel: Any, progress: Progress) -> Path | None:
 
 def load_base_config(path: str) -> Any:
     """The parent bundle's config and weights hash, for the card (without keeping its LM in memory)."""
-    from types import SimpleNamespace
+    from engine.bundle import Bundle, read_bundle_config
 
-    from engine.bundle import _hash_files, _weight_files, read_bundle_config
-
-    cfg = read_bundle_config(path)
-    h = _hash_files(_weight_files(Path(path) / "lm"))
-    return SimpleNamespace(config=cfg, weights_hash=lambda: h)
+    # a Bundle with a path hashes its weight files; the LM itself is not needed for that
+    return Bundle(config=read_bundle_config(path), lm=None, tokenizer=None, vq=None, path=Path(path))
 
 
 def _dpo_batch(policy: Policy, seq: SeqLogp, batch: list, ref_lp: dict, cfg: PrefConfig) -> tuple[torch.Tensor, dict]:
