@@ -124,3 +124,14 @@ def test_references_only_with_a_bare_tokenizer(tiny_bundle, built, capsys):
     res = ev.evaluate(tiny_bundle, built[1][:2], generate=False, progress=False)
     assert np.isnan(res.overall) and res.samples[0].candidates == []
     assert res.mean("gt") == pytest.approx(10.0, abs=0.05)
+
+
+def test_training_mode_is_restored(tiny_bundle, samples):
+    lm = tiny_bundle.lm
+    lm.train()
+    try:
+        res = ev.evaluate(tiny_bundle, samples[:1], progress=False, baselines=False, temperature=0)
+        assert lm.training  # evaluate switched to eval mode only while it ran
+        assert res.settings["temperature"] == 0 and not res.samples[0].errors
+    finally:
+        lm.eval()

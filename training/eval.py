@@ -302,7 +302,8 @@ def evaluate(
     cfg = bundle.config
     settings = {
         "bundle": f"{cfg.name}@{cfg.version}", "bundle_path": str(bundle.path) if bundle.path else None,
-        "weights_hash": bundle.weights_hash() if generate else None, "think": think, "temperature": temperature,
+        # only for a bundle loaded from disk: an in-memory one may be mid-training (the hash is cached)
+        "weights_hash": bundle.weights_hash() if generate and bundle.path is not None else None, "think": think, "temperature": temperature,
         "top_k": top_k, "top_p": top_p, "seed": seed, "candidates": candidates, "heldout_phrasing": heldout_phrasing,
         "max_new_tokens": max_new_tokens, "generate": generate,
         "set_path": samples[0].get("set_path") if samples else None,
