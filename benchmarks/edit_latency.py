@@ -14,8 +14,9 @@ One photo (scikit-image's astronaut), prepared to a 16×16 grid, instruction "ma
 ``--threads`` threads (the sampler itself decodes small models on one). Times are seconds from the
 call (image preparation and encoding included), medians of ``--reps`` runs after one warm-up run. The
 ``cpu`` columns are the process's CPU seconds over the same spans: on a machine shared with other work
-(e.g. a training job) wall times measure the contention, while CPU seconds with ``--threads 1`` estimate
-what an idle core would take.
+(e.g. a training job) wall times measure the contention, while CPU seconds estimate what an idle core
+would take (the sampler and, for small image tokenizers, ``engine.edit``'s encode / decode run on one
+thread; ``--threads`` then matters only for bigger models).
 Targets: first preview < 0.5 s, finished < 2 s (n = 1). ``--profile`` writes a cProfile of one n=1 edit.
 Last line (n = 1): ``edit_latency first_preview_s=… total_s=… n=1``.
 """
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:3d} {r['prepare']:8.3f} {r['first_token']:9.3f} {r['first_preview']:11.3f} {r['total']:7.3f} "
               f"{r['tok_s']:7.0f} {r['cpu_preview']:11.3f} {r['cpu_total']:8.3f}")
     print(f"(seconds from the call, median of {a.reps}; cpu = process CPU seconds, all threads: on a busy machine "
-          f"with --threads 1 it estimates the wall time of an idle core; targets for n=1: first preview < {TARGET_PREVIEW_S} s, "
+          f"it estimates the wall time on an idle core; targets for n=1: first preview < {TARGET_PREVIEW_S} s, "
           f"done < {TARGET_TOTAL_S} s)")
 
     if a.profile:

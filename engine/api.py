@@ -16,13 +16,31 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from engine.events import Done, Error, Event, ImageRow, Preview, Text
 from engine.layout import build_prompt, parse_generation, special_ids
-from engine.sampler import make_guidance, sample
+from engine.sampler import _num_threads, make_guidance, sample
 
 MAX_CANDIDATES = 64
+SMALL_VQ_PARAMS = 50_000_000  # image tokenizers below this run on one thread on CPU (see _vq_threads)
+
+
+def _vq_threads(bundle: Any) -> int | None:
+    """Torch threads for the image tokenizer's encode / decode: 1 for a small one on CPU, else unchanged.
+
+    The same reasoning as the sampler's one-thread decoding: on a 2-core machine shared with other work
+    (measured here beside a training job, benchmarks/edit_latency.py) a ~4M-parameter NanoVQ decode took
+    3-4x longer on two threads than on one, and previews decode up to H/preview_every times per edit.
+    """
+    vq = bundle.vq
+    if not isinstance(vq, torch.nn.Module):
+        return None
+    p = next(vq.parameters(), None)
+    if p is None or p.device.type != "cpu":
+        return None
+    return 1 if sum(q.numel() for q in vq.parameters()) < SMALL_VQ_PARAMS else None
 
 
 def _check_args(instruction: Any, n: int, temperature: float, top_k: int, top_p: float, cfg_text: float,
@@ -79,7 +97,8 @@ def edit(
     try:
         cfg = bundle.config
         img = prepare_image(image, cfg.image_area, bundle.vq.spatial_factor)
-        grid = np.asarray(bundle.vq.encode([img])[0], dtype=np.int64)
+        with _num_threads(_vq_threads(bundle)):
+            grid = np.asarray(bundle.vq.encode([img])[0], dtype=np.int64)
     except ImageInputError as e:
         yield Error(str(e))
         return
@@ -157,7 +176,8 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
                 if ev.finished:
                     finished.append(c)
             if previews:
-                images = bundle.vq.decode([out[c].copy() for c, _ in previews])
+                with _num_threads(_vq_threads(bundle)):
+                    images = bundle.vq.decode([out[c].copy() for c, _ in previews])
                 now = time.perf_counter() - t0
                 for (c, rows), im in zip(previews, images, strict=True):
                     if first_preview[c] is None:
@@ -191,7 +211,8 @@ def _finish(bundle: Any, finished: list[int], tokens: list[list[int]], logprobs:
             yield Error(f"candidate {c + 1} produced a malformed sequence: {e}", c)
     if not parsed:
         return
-    images: list[Image.Image] = bundle.vq.decode([g for _, _, g in parsed])
+    with _num_threads(_vq_threads(bundle)):
+        images: list[Image.Image] = bundle.vq.decode([g for _, _, g in parsed])
     now = time.perf_counter() - t0
     for (c, reasoning, g), im in zip(parsed, images, strict=True):
         gen_time = max(now - t_prepare, 1e-9)
