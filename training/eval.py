@@ -478,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_err = sum(len(s.errors) for s in res.samples)
     print(f"\nmodel: {a.candidates} sample(s) per edit; floor: source unchanged; vq: ground truth through the "
           f"bundle's tokenizer (the ceiling below); gt: ground truth.\n"
-          f"generation {st['generation_s']:.1f} s ({st['tokens_per_s']:.0f} tok/s), total {st['total_s']:.1f} s"
+          + (f"generation {st['generation_s']:.1f} s ({st['tokens_per_s']:.0f} tok/s), " if generate else "")
+          + f"total {st['total_s']:.1f} s"
           + (f", {n_err} malformed/unfinished outputs scored 0" if n_err else ""))
     if a.out:
         Path(a.out).write_text(json.dumps(res.to_json(), indent=1))
