@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Tests see the same objects on every machine: the shipped stamps only, never a Debian Tux Paint package
+# that a training run may have unpacked under data/cache (a path that is not a folder disables it).
+os.environ["EARL_TUXPAINT_STAMPS"] = os.devnull
 
 
 @pytest.fixture(scope="session")
