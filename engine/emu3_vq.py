@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from transformers import Emu3VQVAE, Emu3VQVAEConfig
 
+from engine.vq import check_spatial_multiple, same_size_groups
+
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -114,12 +116,9 @@ class Emu3VisionTokenizer:
     # -- ImageTokenizer protocol -----------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, images: list[Image.Image]) -> list[np.ndarray]:
-        f = self.spatial_factor
-        for im in images:
-            if im.width % f or im.height % f:
-                raise ValueError(f"image size {im.size} is not a multiple of the spatial factor {f}")
+        check_spatial_multiple(images, self.spatial_factor)
         out: dict[int, np.ndarray] = {}
-        for group in _same_size_groups(images):
+        for group in same_size_groups(images):
             batch = [images[i] for i in group]
             x = self._normalize(batch).to(self.device, self.vqvae.dtype)
             sizes = torch.tensor([[im.height, im.width] for im in batch])
@@ -131,7 +130,7 @@ class Emu3VisionTokenizer:
     @torch.inference_mode()
     def decode(self, grids: list[np.ndarray]) -> list[Image.Image]:
         out: dict[int, Image.Image] = {}
-        for group in _same_size_groups(grids):
+        for group in same_size_groups(grids):
             codes = torch.as_tensor(np.stack([np.asarray(grids[i]) for i in group]), dtype=torch.long)
             if codes.ndim != 3:
                 raise ValueError(f"code grids must be 2-D (H, W), got shape {tuple(codes.shape[1:])}")
@@ -141,14 +140,6 @@ class Emu3VisionTokenizer:
             for i, im in zip(group, self._unnormalize(pixels), strict=True):
                 out[i] = im
         return [out[i] for i in range(len(grids))]
-
-
-def _same_size_groups(items: list) -> list[list[int]]:
-    groups: dict[tuple, list[int]] = {}
-    for i, it in enumerate(items):
-        key = it.size if isinstance(it, Image.Image) else tuple(np.shape(it))
-        groups.setdefault(key, []).append(i)
-    return list(groups.values())
 
 
 def tiny_emu3_vqvae_config(codebook_size: int = 64) -> Emu3VQVAEConfig:

@@ -157,12 +157,9 @@ class NanoVQ(ModelMixin, ConfigMixin):
     # -- ImageTokenizer protocol -----------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, images: list[Image.Image]) -> list[np.ndarray]:
-        f = self.spatial_factor
-        for im in images:
-            if im.width % f or im.height % f:
-                raise ValueError(f"image size {im.size} is not a multiple of the spatial factor {f}")
+        check_spatial_multiple(images, self.spatial_factor)
         out: list[np.ndarray] = []
-        for group in _same_size_groups(images):
+        for group in same_size_groups(images):
             x = pil_to_tensor([images[i] for i in group]).to(self.device, self.dtype)
             codes = self.codes_from_latents(self.encode_latents(x)).cpu().numpy()
             out.extend(zip(group, codes, strict=True))
@@ -171,7 +168,7 @@ class NanoVQ(ModelMixin, ConfigMixin):
     @torch.inference_mode()
     def decode(self, grids: list[np.ndarray]) -> list[Image.Image]:
         out = []
-        for group in _same_size_groups(grids):
+        for group in same_size_groups(grids):
             codes = torch.as_tensor(np.stack([grids[i] for i in group]), dtype=torch.long, device=self.device)
             out.extend(zip(group, tensor_to_pil(self.decode_latents(self.latents_from_codes(codes))), strict=True))
         return [im for _, im in sorted(out, key=lambda t: t[0])]
@@ -180,7 +177,13 @@ class NanoVQ(ModelMixin, ConfigMixin):
         self.save_pretrained(str(path))
 
 
-def _same_size_groups(items: list) -> list[list[int]]:
+def check_spatial_multiple(images: list[Image.Image], factor: int) -> None:
+    for im in images:
+        if im.width % factor or im.height % factor:
+            raise ValueError(f"image size {im.size} is not a multiple of the spatial factor {factor}")
+
+
+def same_size_groups(items: list) -> list[list[int]]:
     """Indices grouped by image size / grid shape so each group can run as one batch."""
     groups: dict[tuple, list[int]] = {}
     for i, it in enumerate(items):
