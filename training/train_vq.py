@@ -48,6 +48,10 @@ class VQTrainConfig:
     block_out_channels: tuple[int, ...] = (64, 128, 128)
     layers_per_block: int = 1
     fsq_levels: tuple[int, ...] = (7, 5, 5, 5, 5)
+    # Start from a trained tokenizer folder; with decoder_only the encoder (and so every code an editing
+    # model was trained on) stays frozen while the decoder keeps improving the pictures.
+    init: str = ""
+    decoder_only: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -149,12 +153,19 @@ def train(cfg: VQTrainConfig) -> dict:
         raise SystemExit(f"no train photos in {corpus}/manifest.jsonl; build it: python -m training.corpus build")
     pool = CropPool(train_photos, cfg.short_sides, cfg.crop, cfg.seed)
 
-    model = NanoVQ(
-        block_out_channels=cfg.block_out_channels,
-        layers_per_block=cfg.layers_per_block,
-        fsq_levels=cfg.fsq_levels,
-    )
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    if cfg.init:
+        model = NanoVQ.from_pretrained(cfg.init)
+    else:
+        model = NanoVQ(
+            block_out_channels=cfg.block_out_channels,
+            layers_per_block=cfg.layers_per_block,
+            fsq_levels=cfg.fsq_levels,
+        )
+    trainable = model.parameters()
+    if cfg.decoder_only:
+        model.encoder.requires_grad_(False)
+        trainable = model.decoder.parameters()
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     step = 0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():  # resume exactly: weights, optimizer moments, step and the crop sampler's RNG
@@ -229,7 +240,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = VQTrainConfig()
     for name, value in asdict(defaults).items():
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        if isinstance(value, bool):
+            ap.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=value)
+        elif isinstance(value, (int, float, str)):
             ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     ap.add_argument("--fsq-levels", type=str, default=",".join(map(str, defaults.fsq_levels)))
     args = vars(ap.parse_args())
