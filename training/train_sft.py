@@ -3,6 +3,7 @@
     python -m training.pretokenize --vq runs/vq/final --out data/sft_cache      # codes, once
     python -m training.train_sft --cache data/sft_cache --out runs/sft           # resumes if runs/sft exists
     python -m training.train_sft --cache data/sft_cache --out runs/sft --export assets/earl-nano
+    python -m training.train_sft --init assets/earl-nano --out runs/sft2 --steps 3000     # continue a shipped model
     accelerate launch -m training.train_sft ...                                  # several processes / GPUs
 
 The loss is EARL's: on the target part only (reasoning + target image + EOS), computed by the engine's
@@ -34,7 +35,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import Emu3ForCausalLM
 
-from engine.bundle import Bundle, BundleConfig, save_bundle, tiny_lm_config
+from engine.bundle import Bundle, BundleConfig, load_bundle, save_bundle, tiny_lm_config
 from engine.constraint import FreeFormConstraint
 from engine.grid_embed import GridEmbedding
 from engine.layout import build_prompt, build_target, special_ids
@@ -49,6 +50,7 @@ class SFTConfig:
     cache: str = "data/sft_cache"
     vq: str = "runs/vq/final"
     out: str = "runs/sft"
+    init: str = ""  # start from this bundle's weights, tokenizer and image tokenizer (when out has no checkpoint)
     hidden: int = 256
     layers: int = 4
     heads: int = 4
@@ -202,10 +204,11 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
 
     ckpt = out / "checkpoint"
     if (ckpt / "bundle" / "bundle.json").exists():
-        from engine.bundle import load_bundle
-
         bundle = load_bundle(ckpt / "bundle", dtype=torch.float32)
         state = torch.load(ckpt / "state.pt", weights_only=False)
+    elif cfg.init:  # continue from a shipped bf16 bundle (new optimizer state: a warm restart)
+        bundle = load_bundle(cfg.init, dtype=torch.float32)
+        state = None
     else:
         texts = [t for r in records[:2000] for t in (*r["instructions"], r["reasoning"], r["keep_reasoning"])]
         texts += KEEP_PHRASINGS
