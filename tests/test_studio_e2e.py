@@ -28,13 +28,18 @@ def server(tmp_path_factory):
     data = root / "data"
     # A "fine-tuned" bundle in <data>/bundles/ must show up in the model picker and be usable.
     make_tiny_random_bundle(data / "bundles" / "tiny-ft", seed=1, name="tiny-ft")
+    # A slower bundle (32x32 grid, 4 layers) for the cancel test: an edit on it must outlast the cancel
+    # request's round trip on a fast idle machine too, not only on a loaded one.
+    make_tiny_random_bundle(data / "bundles" / "tiny-slow", seed=2, name="tiny-slow", image_area=256 * 256,
+                            hidden=128, layers=4)
     with studio_server(data) as url:
         yield url, data, root
 
 
-def _edit_args(photo: Path | None, instruction: str, n: int = 2, seed: int = 123, think: bool = False) -> list:
+def _edit_args(photo: Path | None, instruction: str, n: int = 2, seed: int = 123, think: bool = False,
+               model: str = MODEL) -> list:
     # photo, instruction, N, think, temperature, top_k, top_p, seed, randomize, model, rater
-    return [handle_file(str(photo)) if photo else None, instruction, n, think, 1.0, 2048, 1.0, seed, False, MODEL,
+    return [handle_file(str(photo)) if photo else None, instruction, n, think, 1.0, 2048, 1.0, seed, False, model,
             "e2e-rater"]
 
 
@@ -110,9 +115,10 @@ def test_reasoning_streams_and_cancel_stops_the_edit(server) -> None:
     url, data, root = server
     client = Client(url, verbose=False, download_files=str(root / "downloads"))
     photo = make_photo(root / "photo5.png", size=(64, 64))
-    # The random model "thinks" until the token cap (~590 tokens) for seeds 13, 19 and 20 (same seed ⇒
-    # same output), so this batch of 8 runs long enough to see text arrive and to cancel it.
-    job = client.submit(*_edit_args(photo, "make it sepia", n=8, seed=13, think=True), api_name="/edit")
+    # 8 candidates of a 32x32 grid (~1,000 image tokens each, after the reasoning) on the slow bundle run
+    # long enough to see reasoning text arrive and to cancel the edit before it finishes.
+    slow = f"path:{(data / 'bundles' / 'tiny-slow').resolve()}"
+    job = client.submit(*_edit_args(photo, "make it sepia", n=8, seed=13, think=True, model=slow), api_name="/edit")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         outs = job.outputs()
