@@ -25,6 +25,7 @@ from skimage.metrics import structural_similarity
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from engine.image_io import fit_to_area
 from engine.vq import NanoVQ, pil_to_tensor, tensor_to_pil
 
 
@@ -52,6 +53,7 @@ class VQTrainConfig:
     # model was trained on) stays frozen while the decoder keeps improving the pictures.
     init: str = ""
     decoder_only: bool = False
+    eval_only: str = ""  # comma-separated corpus splits: just print PSNR/SSIM/codes of ``init`` on them
     extra: dict = field(default_factory=dict)
 
 
@@ -63,14 +65,6 @@ def read_split(corpus: Path, split: str) -> list[Image.Image]:
 def resize_short(img: Image.Image, short: int) -> Image.Image:
     s = short / min(img.size)
     return img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.LANCZOS)
-
-
-def fit_area(img: Image.Image, area: int, factor: int = 8) -> Image.Image:
-    """Aspect-preserving resize to about ``area`` pixels with sides snapped to ``factor``."""
-    s = math.sqrt(area / (img.width * img.height))
-    w = max(factor, round(img.width * s / factor) * factor)
-    h = max(factor, round(img.height * s / factor) * factor)
-    return img.resize((w, h), Image.LANCZOS)
 
 
 class CropPool:
@@ -115,7 +109,7 @@ def evaluate(model: NanoVQ, photos: list[Image.Image], area: int) -> dict:
     model.eval()
     psnrs, ssims, codes = [], [], []
     for p in photos:
-        img = fit_area(p, area, model.spatial_factor)
+        img = fit_to_area(p, area, model.spatial_factor)  # exactly what the engine feeds the tokenizer
         grid = model.encode([img])[0]
         rec = model.decode([grid])[0]
         a, b = np.asarray(img), np.asarray(rec)
@@ -148,6 +142,11 @@ def train(cfg: VQTrainConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = Path(cfg.corpus)
+    if cfg.eval_only:
+        photos = [p for split in cfg.eval_only.split(",") for p in read_split(corpus, split)]
+        metrics = evaluate(NanoVQ.from_pretrained(cfg.init).eval(), photos, cfg.eval_area)
+        print("vq " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        return metrics
     train_photos, test_photos = read_split(corpus, "train"), read_split(corpus, "test")
     if not train_photos:
         raise SystemExit(f"no train photos in {corpus}/manifest.jsonl; build it: python -m training.corpus build")
@@ -221,7 +220,7 @@ def train(cfg: VQTrainConfig) -> dict:
             metrics = evaluate(model, test_photos, cfg.eval_area)
             for k, v in metrics.items():
                 writer.add_scalar(f"test/{k}", v, step)
-            sample = fit_area(test_photos[0], cfg.eval_area)
+            sample = fit_to_area(test_photos[0], cfg.eval_area, model.spatial_factor)
             rec = tensor_to_pil(model(pil_to_tensor([sample])))[0]
             both = np.concatenate([np.asarray(sample), np.asarray(rec)], axis=1)
             writer.add_image("test/reconstruction", both, step, dataformats="HWC")
