@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,12 +175,11 @@ def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, think: bool, items:
     logp = sequence_logprobs(bundle, prompts, gens, h, w, think, constraint=constraint)
     sp = special_ids(tok)
     gen_t = torch.zeros_like(logp, dtype=torch.long)
+    valid = torch.zeros_like(logp, dtype=torch.bool)
     for i, g in enumerate(gens):
         gen_t[i, : len(g)] = torch.tensor(g)
-    is_vis = sp.code_of.to(gen_t.device)[gen_t] >= 0
-    valid = torch.zeros_like(is_vis)
-    for i, g in enumerate(gens):
         valid[i, : len(g)] = True
+    is_vis = sp.code_of.to(gen_t.device)[gen_t] >= 0
     n_vis = (is_vis & valid).sum().clamp(min=1)
     text = valid & ~is_vis
     # Forced tokens have log-prob 0, so summing over all valid tokens counts only the model's choices.
@@ -252,8 +252,6 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
             return
         tmp = out / "checkpoint.tmp"
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         lm = accel.unwrap_model(bundle.lm)
         ge = accel.unwrap_model(bundle.grid_embed) if bundle.grid_embed is not None else None
@@ -268,8 +266,6 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
             ckpt.rename(old)
         tmp.rename(ckpt)  # a kill at any point leaves a complete checkpoint (or .old) behind
         if old.exists():
-            import shutil
-
             shutil.rmtree(old)
 
     bar = tqdm(total=cfg.steps, initial=step, desc="sft", dynamic_ncols=True, disable=not accel.is_main_process)
