@@ -135,3 +135,17 @@ def test_training_mode_is_restored(tiny_bundle, samples):
         assert res.settings["temperature"] == 0 and not res.samples[0].errors
     finally:
         lm.eval()
+
+
+def test_compare_table_deltas_and_mismatch():
+    before = {"n": 2, "overall": {"model": 2.0}, "by_kind": {"hflip": {"model": 1.0}, "grayscale": {"model": 3.0}},
+              "by_category": {"geometry": {"model": 1.0}, "global": {"model": 3.0}}}
+    after = {"n": 2, "overall": {"model": 3.5}, "by_kind": {"hflip": {"model": 1.5}, "grayscale": {"model": 5.5}},
+             "by_category": {"geometry": {"model": 1.5}, "global": {"model": 5.5}}}
+    table = ev.compare_table(before, after)
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:] if not line.startswith("-")}
+    assert rows["grayscale"] == ["3.00", "5.50", "+2.50"]
+    assert rows["hflip"] == ["1.00", "1.50", "+0.50"]
+    assert rows["overall"] == ["2.00", "3.50", "+1.50"]
+    with pytest.raises(ValueError, match="different samples"):
+        ev.compare_table(before, {**after, "n": 3})

@@ -418,6 +418,23 @@ def _vq_only(vq_dir: str | Path, image_area: int) -> Any:
     return Bundle(config=cfg, lm=None, tokenizer=None, vq=vq, grid_embed=None, path=None)
 
 
+def compare_table(before: dict, after: dict) -> str:
+    """Model score per kind, category and overall of two ``to_json`` results side by side, with the delta."""
+    if before.get("n") != after.get("n"):
+        raise ValueError(f"the two results cover different samples (n={before.get('n')} vs {after.get('n')})")
+    lines = [f"{'kind':18s} {'before':>7s} {'after':>7s} {'delta':>7s}"]
+
+    def row(label: str, b: dict, a: dict) -> str:
+        return f"{label:18s} {b['model']:7.2f} {a['model']:7.2f} {a['model'] - b['model']:+7.2f}"
+
+    for group in ("by_kind", "by_category"):
+        lines.append("-" * len(lines[0]))
+        lines += [row(k, before[group][k], v) for k, v in after[group].items() if k in before[group]]
+    lines.append("-" * len(lines[0]))
+    lines.append(row("overall", before["overall"], after["overall"]))
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -439,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the tokenizer / prefill")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="write per-sample scores and means as JSON")
+    ap.add_argument("--compare", default=None, help="an earlier --out JSON (e.g. the parent model's): print a "
+                    "before / after / delta table per kind")
     ap.add_argument("--sheet", default=None, help="write a contact sheet PNG (source / output / target)")
     ap.add_argument("--sheet-per-kind", type=int, default=2)
     ap.add_argument("--references-only", action="store_true",
@@ -486,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {a.out}")
     if a.sheet:
         print(f"wrote {contact_sheet(res, samples, a.sheet, a.sheet_per_kind)}")
+    if a.compare:
+        print("\n" + compare_table(json.loads(Path(a.compare).read_text()), res.to_json()))
     print(res.summary_line())
     return 0
 

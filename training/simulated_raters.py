@@ -31,8 +31,12 @@ class RatedEdit:
 
 
 def generate(store: Any, bundle: Any, samples: Sequence[dict], n: int = 4, think: bool = False, seed: int = 0,
-             temperature: float = 1.0, top_k: int = 0) -> list[RatedEdit]:
+             temperature: float = 1.0, top_k: int = 0, progress: bool = True) -> list[RatedEdit]:
     """Edit each suite sample into ``n`` candidates with ``bundle``, store them, score them (verifier)."""
+    import sys
+
+    from tqdm import tqdm
+
     from engine.api import edit_blocking
     from studio.store import NewCandidate
     from training import verifier
@@ -41,7 +45,8 @@ def generate(store: Any, bundle: Any, samples: Sequence[dict], n: int = 4, think
     bid, wh = f"{bundle.config.name}@{bundle.config.version}", bundle.weights_hash()
     settings = {"think": think, "temperature": temperature, "top_k": top_k, "top_p": 1.0, "source": "simulated"}
     out = []
-    for k, s in enumerate(samples):
+    for k, s in enumerate(tqdm(samples, desc="generate", unit="prompt", disable=not progress, file=sys.stderr,
+                               dynamic_ncols=True)):
         src = fit_to_area(s["source"], area, sf)  # the image the model sees, as the studio stores it
         done = edit_blocking(bundle, src, s["instruction"], n=n, think=think, seed=seed + 1000 * k,
                              temperature=temperature, top_k=top_k, preview_every=0)

@@ -1,0 +1,202 @@
+"""Does a geometry-aware position feature make flips learnable faster? A controlled A/B from scratch.
+
+    python -m training.grid_experiment --arm learned  --out runs/gridexp/learned  --steps 400
+    python -m training.grid_experiment --arm centred  --out runs/gridexp/centred  --steps 400
+    python -m training.grid_experiment --report runs/gridexp          # table of both arms
+
+Geometry edits are the part EARL-nano has not learnt (ARCHITECTURE §8: "colour mappings are learned
+first, geometry later"). A flip asks the target token at (r, c) to copy the source token at
+(r, W-1-c). With learned row/column tables that is a match between unrelated random vectors the model
+must discover column by column. The ``centred`` arm adds fixed sin/cos features of the *centred*
+coordinates x = c - (W-1)/2, y = r - (H-1)/2 through a learned projection: mirroring is then x -> -x,
+which flips the sign of the sin features only, a fixed linear map an attention head can learn once for
+every column (rotations swap the row and column features, also linear).
+
+Both arms start from the same seed, see the same batches (train split of the SFT cache, restricted to
+``--kinds`` plus 8 % "keep unchanged"), and are scored every ``--eval-every`` steps on held-out val-split
+samples: teacher-forced NLL and accuracy of the target image tokens per kind, under the sampler's
+constraint (the engine's ``sequence_logprobs``).
+
+The centred features need each image grid complete inside one call (H and W are read off the grid:
+the EOL's column is W); training calls always are. Moving this into ``engine.grid_embed`` for sampling
+means passing H, W through the position features; that is the next step if the experiment pays off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.constraint import FreeFormConstraint
+from engine.grid_embed import GridEmbedding
+from engine.layout import build_prompt, build_target, grid_positions, special_ids
+from engine.logprobs import embed_inputs, sequence_logprobs
+from engine.vq import NanoVQ
+from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache, raw_records
+from training.train_sft import Batcher, SFTConfig, lr_at, new_bundle, sft_loss
+
+DEFAULT_KINDS = "hflip,vflip,rotate180,grayscale,invert"
+
+
+class CentredGridEmbedding(GridEmbedding):
+    """GridEmbedding + a learned projection of fixed sin/cos features of centred grid coordinates."""
+
+    def __init__(self, hidden_size: int, n_freq: int = 8, **kw: int):
+        super().__init__(hidden_size, **kw)
+        # periods from 3 to 48 cells: the finest resolves neighbours, the coarsest spans a 20-cell grid
+        periods = 3.0 * (16.0 ** (torch.arange(n_freq) / max(1, n_freq - 1)))
+        self.register_buffer("omega", 2 * math.pi / periods, persistent=False)
+        self.proj = nn.Linear(4 * n_freq, hidden_size, bias=False)
+        nn.init.normal_(self.proj.weight, std=0.02)
+
+    def forward(self, image: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        base = super().forward(image, row, col)
+        on = image > 0
+        n_img = self.config["n_images"]
+        # per (sequence, image): W is the EOL's column, H the last row + 1
+        w = torch.zeros(image.shape[0], n_img, dtype=col.dtype, device=col.device)
+        h = torch.zeros_like(w)
+        w = w.scatter_reduce(1, image, col * on, "amax")
+        h = h.scatter_reduce(1, image, row * on, "amax") + 1
+        x = col.float() - (w.gather(1, image).float() - 1) / 2
+        y = row.float() - (h.gather(1, image).float() - 1) / 2
+        ax, ay = x.unsqueeze(-1) * self.omega, y.unsqueeze(-1) * self.omega
+        feats = torch.cat([ax.sin(), ax.cos(), ay.sin(), ay.cos()], -1)
+        return base + self.proj(feats) * on.unsqueeze(-1)
+
+
+def heldout_records(vq: NanoVQ, kinds: list[str], n_per_kind: int, corpus: str | None) -> list[dict]:
+    from training.suite import stream
+
+    recs = []
+    for kind in kinds:
+        gen = stream("val", seed=7, corpus=corpus, kinds=[kind])
+        raw = raw_records([next(gen) for _ in range(n_per_kind)], 1, np.random.default_rng(0))
+        recs += encode_records(vq, raw)
+    return recs
+
+
+@torch.no_grad()
+def evaluate(bundle, recs: list[dict], constraints: dict) -> dict[str, dict[str, float]]:
+    """Per kind: mean NLL of the target image tokens and the share of them that are the model's argmax."""
+
+    tok = bundle.tokenizer
+    sp = special_ids(tok)
+    bundle.lm.eval()
+    bundle.grid_embed.eval()
+    acc: dict[str, list[float]] = {}
+    nll: dict[str, list[float]] = {}
+    for r in recs:
+        h, w = r["src"].shape
+        key = (h, w, False)
+        if key not in constraints:
+            constraints[key] = FreeFormConstraint(tok, h, w, False, vocab_size=bundle.lm.config.vocab_size)
+        con = constraints[key]
+        p = build_prompt(tok, r["src"].astype(np.int64), r["instructions"][0], False)
+        g = build_target(tok, r["tgt"].astype(np.int64), None)
+        logp = sequence_logprobs(bundle, [p], [g], h, w, False, constraint=con)[0]
+        gt = torch.tensor(g)
+        vis = sp.code_of[gt] >= 0
+        nll.setdefault(r["kind"], []).append(float(-logp[vis].mean()))
+        # argmax over the visual vocabulary at each target image position (teacher forcing)
+        ids = torch.tensor(p + g)[None]
+        pi, pr, pc = grid_positions(tok, p)
+        _, gi, gr, gc = con.replay(g)
+        pos = (torch.cat([pi, gi])[None], torch.cat([pr, gr])[None], torch.cat([pc, gc])[None])
+        logits = bundle.lm(inputs_embeds=embed_inputs(bundle, ids, pos)).logits[0, len(p) - 1 : -1]
+        pred = sp.visual_ids[logits[:, sp.visual_ids].argmax(-1)]
+        acc.setdefault(r["kind"], []).append(float((pred[vis] == gt[vis]).float().mean()))
+    bundle.lm.train()
+    bundle.grid_embed.train()
+    return {k: {"nll": float(np.mean(nll[k])), "acc": float(np.mean(acc[k]))} for k in nll}
+
+
+def run(a: argparse.Namespace) -> None:
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    kinds = a.kinds.split(",")
+    records = [r for r in load_cache(a.cache) if r["kind"] in kinds]
+    cfg = replace(SFTConfig(), vq=a.vq, steps=a.steps, think_prob=0.0, warmup=a.warmup, lr=a.lr, seed=a.seed)
+    texts = [t for r in records for t in (*r["instructions"], r["reasoning"], r["keep_reasoning"])] + KEEP_PHRASINGS
+    torch.manual_seed(cfg.seed)
+    bundle = new_bundle(cfg, texts)
+    if a.arm == "centred":
+        ge = CentredGridEmbedding(cfg.hidden)
+        ge.load_state_dict(bundle.grid_embed.state_dict(), strict=False)  # same base tables as "learned"
+        bundle.grid_embed = ge
+    held = heldout_records(bundle.vq, kinds, a.heldout, a.corpus)
+    params = list(bundle.lm.parameters()) + list(bundle.grid_embed.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    batcher = Batcher(records, cfg, cfg.seed)
+    constraints: dict = {}
+    log = []
+    t0 = time.time()
+    bundle.lm.train()
+    for step in range(1, cfg.steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step - 1, cfg)
+        shape, think, items = batcher.next()
+        key = (*shape, think)
+        if key not in constraints:
+            constraints[key] = FreeFormConstraint(bundle.tokenizer, shape[0], shape[1], think,
+                                                  vocab_size=bundle.lm.config.vocab_size)
+        loss, stats = sft_loss(bundle, constraints[key], think, items)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % a.eval_every == 0 or step == cfg.steps:
+            ev = evaluate(bundle, held, constraints)
+            rec = {"step": step, "train_loss": loss.item(), "wall_s": round(time.time() - t0, 1), "heldout": ev}
+            log.append(rec)
+            (out / "log.json").write_text(json.dumps({"arm": a.arm, "kinds": kinds, "log": log}, indent=1))
+            print(f"step {step} loss {loss.item():.3f} " + " ".join(
+                f"{k}:{v['acc'] * 100:.1f}%/{v['nll']:.2f}" for k, v in ev.items()), flush=True)
+
+
+def report(folder: Path) -> None:
+    arms = {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/log.json"))}
+    for name, d in arms.items():
+        print(f"== {name}: held-out teacher-forced accuracy of target image tokens (NLL)")
+        kinds = d["kinds"]
+        print("step  " + "  ".join(f"{k:>16}" for k in kinds))
+        for rec in d["log"]:
+            ev = rec["heldout"]
+            print(f"{rec['step']:>4}  " + "  ".join(
+                f"{ev[k]['acc'] * 100:8.1f}% ({ev[k]['nll']:.2f})" for k in kinds))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arm", choices=("learned", "centred"), default="centred")
+    ap.add_argument("--out", default="runs/gridexp/centred")
+    ap.add_argument("--cache", default="data/sft_cache")
+    ap.add_argument("--vq", default="assets/earl-nano/vq")
+    ap.add_argument("--corpus", default="data/corpus")
+    ap.add_argument("--kinds", default=DEFAULT_KINDS)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--heldout", type=int, default=12, help="val-split samples per kind")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report", default=None, help="print the table of the arms under this folder and exit")
+    a = ap.parse_args()
+    if a.report:
+        report(Path(a.report))
+    else:
+        run(a)
+
+
+if __name__ == "__main__":
+    main()
