@@ -328,6 +328,7 @@ def make_tiny_random_bundle(
     fsq_levels: tuple[int, ...] = (4, 4, 4),
     vq_channels: tuple[int, ...] = (16, 32, 32),
     grid_embed: bool = True,
+    centred_freqs: int = 0,
     image_area: int = 64 * 64,
     texts: list[str] | None = None,
     text_vocab_size: int = 400,
@@ -347,7 +348,7 @@ def make_tiny_random_bundle(
         tokenizer = build_nano_tokenizer(texts or TINY_TEXTS, vq.codebook_size, text_vocab_size)
         lm = Emu3ForCausalLM(tiny_lm_config(tokenizer, hidden, layers, heads, kv_heads))
         lm.eval()
-        ge = GridEmbedding(hidden).eval() if grid_embed else None
+        ge = GridEmbedding(hidden, centred_freqs=centred_freqs).eval() if grid_embed else None
     # Round the random weights to bf16-representable values: a bf16 save -> load round trip is then
     # exact, and the in-memory bundle computes the same logits as the one loaded from disk.
     for module in (lm, ge):

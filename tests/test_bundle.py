@@ -210,3 +210,24 @@ def test_cli_info(made, tmp_path, capsys):
     assert "earl-nano" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "none")]) == 1
     assert "not found" in capsys.readouterr().out
+
+
+def test_centred_grid_features_mirror_and_round_trip(tmp_path):
+    """Mirroring a column flips the sign of the sin features and keeps the cos ones; the option survives
+    save/load, and bundles saved without it load without it."""
+    ge = GridEmbedding(8, centred_freqs=3)
+    h, w = 3, 5
+    image = torch.tensor([[0] + [2] * (h * (w + 1))])
+    row = torch.tensor([[0] + [r for r in range(h) for _ in range(w + 1)]])
+    col = torch.tensor([[0] + [c for _ in range(h) for c in range(w + 1)]])
+    f = ge.centred_features(image, row, col, image > 0)[0, 1:].reshape(h, w + 1, 12)[:, :w]
+    sin_x, cos_x = f[..., :3], f[..., 3:6]
+    assert torch.allclose(sin_x, -sin_x.flip(1), atol=1e-6) and torch.allclose(cos_x, cos_x.flip(1), atol=1e-6)
+    sin_y = f[..., 6:9]
+    assert torch.allclose(sin_y, -sin_y.flip(0), atol=1e-6)
+    ge.save(tmp_path / "c")
+    back = GridEmbedding.load(tmp_path / "c")
+    assert back.config["centred_freqs"] == 3
+    assert torch.equal(back(image, row, col), ge(image, row, col))
+    GridEmbedding(8).save(tmp_path / "plain")
+    assert GridEmbedding.load(tmp_path / "plain").centred is None

@@ -36,6 +36,15 @@ def gridded():
 
 
 @pytest.fixture(scope="module")
+def centred():
+    """A grid embedding with centred sin/cos features, which read H and W off each whole grid."""
+    b = make_tiny_random_bundle(seed=5, grid_embed=True, centred_freqs=4)
+    with torch.no_grad():
+        b.grid_embed.centred.weight.normal_(0, 1.0)
+    return b
+
+
+@pytest.fixture(scope="module")
 def grid():
     return np.random.RandomState(0).randint(0, 64, (H, W))
 
@@ -95,6 +104,25 @@ def test_logprobs_match_full_forward_with_grid_embedding(gridded, grid, fast):
     other = sample_all(gridded, prompts, H, W, [5, 6], think=True, temperature=1.0, top_k=50, top_p=0.9,
                        max_new_tokens=60, fast=not fast)
     assert [g.tokens for g in other] == [g.tokens for g in gens]
+
+
+@pytest.mark.parametrize("think", [False, True])
+def test_logprobs_match_with_centred_grid_features(centred, grid, think):
+    """The sampler embeds the prompt and the generation template separately, sequence_logprobs embeds
+    whole sequences: both must see the same centred coordinates."""
+    tok = centred.tokenizer
+    prompts = [build_prompt(tok, grid, INSTR, think), build_prompt(tok, grid, "Flip the image horizontally.", think)]
+    mnt = 60 if think else None
+    gens = sample_all(centred, prompts, H, W, [7, 8], think=think, temperature=1.0, max_new_tokens=mnt)
+    ref = sequence_logprobs(centred, prompts, [g.tokens for g in gens], H, W, think, max_new_tokens=mnt)
+    for i, g in enumerate(gens):
+        got = torch.tensor(g.logprobs)
+        assert torch.allclose(got, ref[i, : len(g.tokens)], atol=1e-4), (got - ref[i, : len(g.tokens)]).abs().max()
+    no_centre = copy.copy(centred)
+    no_centre.grid_embed = copy.deepcopy(centred.grid_embed)
+    no_centre.grid_embed.centred = None
+    other = sequence_logprobs(no_centre, prompts, [g.tokens for g in gens], H, W, think, max_new_tokens=mnt)
+    assert not torch.allclose(other, ref, atol=1e-3)  # the features do reach the model
 
 
 def test_sequence_logprobs_is_differentiable(gridded, grid):

@@ -7,33 +7,27 @@
 Geometry edits are the part EARL-nano has not learnt (ARCHITECTURE §8: "colour mappings are learned
 first, geometry later"). A flip asks the target token at (r, c) to copy the source token at
 (r, W-1-c). With learned row/column tables that is a match between unrelated random vectors the model
-must discover column by column. The ``centred`` arm adds fixed sin/cos features of the *centred*
-coordinates x = c - (W-1)/2, y = r - (H-1)/2 through a learned projection: mirroring is then x -> -x,
-which flips the sign of the sin features only, a fixed linear map an attention head can learn once for
-every column (rotations swap the row and column features, also linear).
+must discover column by column. The ``centred`` arm adds ``engine.grid_embed``'s fixed sin/cos features
+of the *centred* coordinates x = c - (W-1)/2, y = r - (H-1)/2 through a learned projection: mirroring is
+then x -> -x, which flips the sign of the sin features only, a fixed linear map an attention head can
+learn once for every column (rotations swap the row and column features, also linear).
 
 Both arms start from the same seed, see the same batches (train split of the SFT cache, restricted to
 ``--kinds`` plus 8 % "keep unchanged"), and are scored every ``--eval-every`` steps on held-out val-split
 samples: teacher-forced NLL and accuracy of the target image tokens per kind, under the sampler's
 constraint (the engine's ``sequence_logprobs``).
-
-The centred features need each image grid complete inside one call (H and W are read off the grid:
-the EOL's column is W); training calls always are. Moving this into ``engine.grid_embed`` for sampling
-means passing H, W through the position features; that is the next step if the experiment pays off.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from engine.constraint import FreeFormConstraint
 from engine.grid_embed import GridEmbedding
@@ -44,33 +38,6 @@ from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache, raw
 from training.train_sft import Batcher, SFTConfig, lr_at, new_bundle, sft_loss
 
 DEFAULT_KINDS = "hflip,vflip,rotate180,grayscale,invert"
-
-
-class CentredGridEmbedding(GridEmbedding):
-    """GridEmbedding + a learned projection of fixed sin/cos features of centred grid coordinates."""
-
-    def __init__(self, hidden_size: int, n_freq: int = 8, **kw: int):
-        super().__init__(hidden_size, **kw)
-        # periods from 3 to 48 cells: the finest resolves neighbours, the coarsest spans a 20-cell grid
-        periods = 3.0 * (16.0 ** (torch.arange(n_freq) / max(1, n_freq - 1)))
-        self.register_buffer("omega", 2 * math.pi / periods, persistent=False)
-        self.proj = nn.Linear(4 * n_freq, hidden_size, bias=False)
-        nn.init.normal_(self.proj.weight, std=0.02)
-
-    def forward(self, image: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        base = super().forward(image, row, col)
-        on = image > 0
-        n_img = self.config["n_images"]
-        # per (sequence, image): W is the EOL's column, H the last row + 1
-        w = torch.zeros(image.shape[0], n_img, dtype=col.dtype, device=col.device)
-        h = torch.zeros_like(w)
-        w = w.scatter_reduce(1, image, col * on, "amax")
-        h = h.scatter_reduce(1, image, row * on, "amax") + 1
-        x = col.float() - (w.gather(1, image).float() - 1) / 2
-        y = row.float() - (h.gather(1, image).float() - 1) / 2
-        ax, ay = x.unsqueeze(-1) * self.omega, y.unsqueeze(-1) * self.omega
-        feats = torch.cat([ax.sin(), ax.cos(), ay.sin(), ay.cos()], -1)
-        return base + self.proj(feats) * on.unsqueeze(-1)
 
 
 def heldout_records(vq: NanoVQ, kinds: list[str], n_per_kind: int, corpus: str | None) -> list[dict]:
@@ -130,7 +97,7 @@ def run(a: argparse.Namespace) -> None:
     torch.manual_seed(cfg.seed)
     bundle = new_bundle(cfg, texts)
     if a.arm == "centred":
-        ge = CentredGridEmbedding(cfg.hidden)
+        ge = GridEmbedding(cfg.hidden, centred_freqs=a.centred_freqs)
         ge.load_state_dict(bundle.grid_embed.state_dict(), strict=False)  # same base tables as "learned"
         bundle.grid_embed = ge
     held = heldout_records(bundle.vq, kinds, a.heldout, a.corpus)
@@ -183,6 +150,7 @@ def main() -> None:
     ap.add_argument("--vq", default="assets/earl-nano/vq")
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--kinds", default=DEFAULT_KINDS)
+    ap.add_argument("--centred-freqs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=50)

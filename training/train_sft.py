@@ -68,6 +68,7 @@ class SFTConfig:
     keep_prob: float = 0.08
     digit_init: bool = True  # visual-token embeddings start as sums of per-FSQ-digit embeddings
     grid_embed: bool = True
+    centred_freqs: int = 0  # >0: centred sin/cos grid features (engine.grid_embed), for geometry edits
     # bf16 autocast pays off only with native bf16 matmuls (AVX-512 BF16/AMX, or a GPU): on an AVX2-only
     # CPU (measured here: AMD EPYC) it made a step ~20x slower than fp32. None = decide from the hardware.
     bf16: bool | None = None
@@ -108,7 +109,7 @@ def new_bundle(cfg: SFTConfig, texts: list[str]) -> Bundle:
         vis = special_ids(tok).visual_ids
         digit_sum_init(lm.get_input_embeddings().weight, vis, list(vq.config.fsq_levels))
         digit_sum_init(lm.lm_head.weight, vis, list(vq.config.fsq_levels))
-    ge = GridEmbedding(cfg.hidden) if cfg.grid_embed else None
+    ge = GridEmbedding(cfg.hidden, centred_freqs=cfg.centred_freqs) if cfg.grid_embed else None
     bcfg = BundleConfig(
         family="earl-nano", name="earl-nano", version="sft", image_area=cfg.image_area,
         spatial_factor=vq.spatial_factor, codebook_size=vq.codebook_size,

@@ -196,3 +196,31 @@ def card_markdown(name: str, version: str, method: str, parent: str, card: dict)
             lines += [f"- {k}: {v}" for k, v in card[section].items()]
             lines.append("")
     return "\n".join(lines)
+
+
+def export_checkpoint(run: str | Path, to: str | Path) -> Path:
+    """Write a run's latest checkpoint (GRPO/DPO/KTO ``--out`` folder) as a bundle, e.g. to evaluate or try a
+    run midway. The base bundle and LoRA settings are read from the run's ``config.json``."""
+    run = Path(run)
+    cfg = json.loads((run / "config.json").read_text())
+    parent = load_base(cfg["bundle"])
+    policy = Policy(load_base(cfg["bundle"]), cfg.get("lora", False), cfg.get("lora_r", 16), cfg.get("lora_alpha", 32))
+    opt = make_optimizer(policy, 0.0)
+    state = load_checkpoint(run, policy, opt)
+    if state is None:
+        raise SystemExit(f"no checkpoint in {run}")
+    method = cfg.get("method", "grpo")  # PrefConfig names its method; GRPOConfig has none
+    name = f"{parent.config.name}-{method}-step{state['step']}"
+    return write_bundle(policy, Path(to), name, method, parent,
+                        {"data": {"run": str(run)}, "metrics": {"step": state["step"]}})
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m training.tuning",
+                                 description="export a fine-tuning run's latest checkpoint as a bundle")
+    ap.add_argument("run", help="the run's --out folder (holds config.json and checkpoint/)")
+    ap.add_argument("to", help="bundle folder to write")
+    a = ap.parse_args()
+    print(f"wrote {export_checkpoint(a.run, a.to)}")
