@@ -224,6 +224,12 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_path):
     assert out.config.parent == "tiny-random@0" and out.config.notes["method"] == "grpo"
     assert "GRPO" in (ref / "bundle" / "README.md").read_text()
     assert any((ref / "tb").iterdir())
+    # the last checkpoint exported as a bundle is the run's final model
+    from training.tuning import export_checkpoint
+
+    mid = load_bundle(export_checkpoint(ref, tmp_path / "exported"))
+    assert mid.config.name == f"tiny-random-grpo-step{steps}"
+    assert mid.weights_hash() == out.weights_hash()
 
 
 @pytest.mark.slow
