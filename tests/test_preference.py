@@ -238,3 +238,23 @@ def test_reward_model_learns_pairs(rated, tmp_path):
     scores = reward.score(samples)
     assert all(isinstance(s, float) for s in scores[:2]) and scores[2] is None
     assert scores[0] == pytest.approx(rm.score_tokens(samples[0].prompt_ids, samples[0].gen_ids), abs=1e-5)
+
+
+def test_dpo_sft_weight_adds_chosen_nll(rated):
+    """RPO: the batch loss is DPO's plus sft_weight x the chosen candidates' per-token NLL."""
+    from training.preference import _dpo_batch
+    from training.tuning import Policy
+
+    pairs, _ = load_dpo_data(rated.store, rated.bundle, use_stars=True)
+    batch = pairs[:4]
+    policy = Policy(rated.bundle, lora=False)
+    seq = SeqLogp()
+    with torch.no_grad():
+        exs = [a for a, _ in batch] + [b for _, b in batch]
+        lp = seq.examples(rated.bundle, exs)
+        ref_lp = {e.candidate_id: float(v) - 0.3 * i for i, (e, v) in enumerate(zip(exs, lp, strict=True))}
+        plain, _ = _dpo_batch(policy, seq, batch, ref_lp, PrefConfig(beta=0.1))
+        rpo, stats = _dpo_batch(policy, seq, batch, ref_lp, PrefConfig(beta=0.1, sft_weight=2.0))
+    nll = torch.stack([-lp[i] / len(batch[i][0].gen_ids) for i in range(len(batch))])
+    assert float(rpo - plain) == pytest.approx(2.0 * float(nll.sum()), rel=1e-5)
+    assert stats["chosen_nll"] == pytest.approx(float(nll.mean()), rel=1e-5) and float(nll.mean()) > 0

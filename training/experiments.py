@@ -54,7 +54,7 @@ def dpo_simulated(a: argparse.Namespace) -> dict:
           f"{counts['pair']} A/B ratings; store counts: {store.counts()}")
     t2 = time.time()
     cfg = PrefConfig(method="dpo", bundle=a.bundle, data=str(data), out=str(out / "dpo"), epochs=a.epochs,
-                     batch_size=a.batch_size, lr=a.lr, beta=a.beta, lora=a.lora, eval_n=a.eval_n,
+                     batch_size=a.batch_size, lr=a.lr, beta=a.beta, sft_weight=a.sft_weight, lora=a.lora, eval_n=a.eval_n,
                      eval_split=a.eval_split, corpus=a.corpus, think_eval=a.think, seed=a.seed,
                      name=a.name or "", bundle_out=str(out / "bundle"))
     path = train(cfg)
@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--batch-size", type=int, default=8)
     d.add_argument("--lr", type=float, default=None)
     d.add_argument("--beta", type=float, default=0.1)
+    d.add_argument("--sft-weight", type=float, default=0.0, help="+ this x NLL of the chosen candidate (RPO)")
     d.add_argument("--lora", action="store_true")
     d.add_argument("--eval-n", type=int, default=4, help="held-out samples per kind (0: skip before/after)")
     d.add_argument("--eval-split", default="val")

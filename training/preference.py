@@ -62,6 +62,9 @@ class PrefConfig:
     name: str = ""  # new bundle's name (default <parent>-dpo / -kto)
     bundle_out: str | None = None
     beta: float = 0.1
+    # DPO only: + sft_weight x per-token NLL of the chosen candidate (RPO, Pang et al. 2024). Plain DPO can
+    # lower the likelihood of chosen and rejected alike, which spreads probability over worse images.
+    sft_weight: float = 0.0
     epochs: int = 3
     batch_size: int = 8
     lr: float | None = None  # default 5e-6 full fine-tuning, 5e-5 LoRA
@@ -344,8 +347,13 @@ def _dpo_batch(policy: Policy, seq: SeqLogp, batch: list, ref_lp: dict, cfg: Pre
     n = len(batch)
     ref = torch.tensor([ref_lp[e.candidate_id] for e in exs], dtype=lp.dtype, device=lp.device)
     losses, rc, rr = dpo_loss(lp[:n], lp[n:], ref[:n], ref[n:], cfg.beta)
-    return losses.sum(), {"reward_accuracy": float((rc > rr).float().mean()),
-                          "reward_margin": float((rc - rr).mean())}
+    stats = {"reward_accuracy": float((rc > rr).float().mean()), "reward_margin": float((rc - rr).mean())}
+    if cfg.sft_weight:
+        n_tok = torch.tensor([len(e.gen_ids) for e in exs[:n]], dtype=lp.dtype, device=lp.device)
+        nll = -lp[:n] / n_tok
+        losses = losses + cfg.sft_weight * nll
+        stats["chosen_nll"] = float(nll.detach().mean())
+    return losses.sum(), stats
 
 
 def _kto_batch(policy: Policy, seq: SeqLogp, batch: list, ref_lp: dict, cfg: PrefConfig) -> tuple[torch.Tensor, dict]:
