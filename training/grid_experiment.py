@@ -130,12 +130,25 @@ def run(a: argparse.Namespace) -> None:
                 f"{k}:{v['acc'] * 100:.1f}%/{v['nll']:.2f}" for k, v in ev.items()), flush=True)
 
 
-def report(folder: Path) -> None:
+def copy_baseline(recs: list[dict]) -> dict[str, float]:
+    """Per kind: the share of target tokens equal to the source token at the same position (what copying
+    the source scores), on records of equal source and target shape."""
+    out: dict[str, list[float]] = {}
+    for r in recs:
+        if r["src"].shape == r["tgt"].shape:
+            out.setdefault(r["kind"], []).append(float((r["src"] == r["tgt"]).mean()))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def report(folder: Path, a: argparse.Namespace) -> None:
     arms = {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/log.json"))}
     for name, d in arms.items():
         print(f"== {name}: held-out teacher-forced accuracy of target image tokens (NLL)")
         kinds = d["kinds"]
         print("step  " + "  ".join(f"{k:>16}" for k in kinds))
+        if name == next(iter(arms)):
+            copy = copy_baseline(heldout_records(NanoVQ.from_pretrained(a.vq).eval(), kinds, a.heldout, a.corpus))
+            print("copy  " + "  ".join(f"{copy[k] * 100:8.1f}%        " for k in kinds))
         for rec in d["log"]:
             ev = rec["heldout"]
             print(f"{rec['step']:>4}  " + "  ".join(
@@ -161,7 +174,7 @@ def main() -> None:
     ap.add_argument("--report", default=None, help="print the table of the arms under this folder and exit")
     a = ap.parse_args()
     if a.report:
-        report(Path(a.report))
+        report(Path(a.report), a)
     else:
         run(a)
 
