@@ -51,7 +51,10 @@ def rated(tmp_path_factory):
 def test_simulated_ratings_in_store(rated):
     c = rated.store.counts()
     assert c["candidates"] == 9 and c["raters"] == 2
-    assert rated.counts == {"pair": 18, "thumb": 18, "star": 18}
+    counts = dict(rated.counts)
+    gap, agree = counts.pop("pair_with_gap"), counts.pop("pair_agreeing")
+    assert counts == {"pair": 18, "thumb": 18, "star": 18}
+    assert 0 <= agree <= gap <= 18
     assert c["thumbs_up"] + c["thumbs_down"] == 18
     # a noiseless rater always prefers the higher verifier score
     exact = SimulatedRater("exact", noise=0.0, seed=0)
@@ -62,6 +65,7 @@ def test_simulated_ratings_in_store(rated):
             a, b = r.candidate_ids
             sa, sb = (e.scores[e.ids.index(x)] for x in (a, b))
             assert (sa > sb) == (r.value == "A")
+    assert exact.pairs_agreeing == exact.pairs_with_gap  # noiseless: every pair with a gap is called right
 
 
 def test_store_examples_rebuild_exact_prompt(rated):

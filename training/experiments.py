@@ -50,8 +50,10 @@ def dpo_simulated(a: argparse.Namespace) -> dict:
     raters = [SimulatedRater(f"sim-{i}", noise=a.noise, seed=a.seed + i) for i in range(a.raters)]
     counts = rate(store, edits, raters, kinds=("pair",), max_pairs=a.pairs_per_edit)
     times["rate_s"] = time.time() - t1
+    agree = counts["pair_agreeing"] / max(1, counts["pair_with_gap"])
     print(f"generated {sum(len(e.ids) for e in edits)} candidates for {len(edits)} prompts; "
-          f"{counts['pair']} A/B ratings; store counts: {store.counts()}")
+          f"{counts['pair']} A/B ratings, {agree:.0%} of the {counts['pair_with_gap']} with a score gap pick the "
+          f"better candidate; store counts: {store.counts()}")
     t2 = time.time()
     cfg = PrefConfig(method="dpo", bundle=a.bundle, data=str(data), out=str(out / "dpo"), epochs=a.epochs,
                      batch_size=a.batch_size, lr=a.lr, beta=a.beta, sft_weight=a.sft_weight, lora=a.lora, eval_n=a.eval_n,
@@ -61,7 +63,7 @@ def dpo_simulated(a: argparse.Namespace) -> dict:
     times["dpo_and_eval_s"] = time.time() - t2
     times["total_s"] = time.time() - t0
     metrics = json.loads((out / "dpo" / "metrics.json").read_text())
-    result = {"bundle": str(path), "counts": store.counts(), "times": {k: round(v, 1) for k, v in times.items()},
+    result = {"bundle": str(path), "counts": store.counts(), "rater_agreement": round(agree, 4), "times": {k: round(v, 1) for k, v in times.items()},
               "metrics": metrics}
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))

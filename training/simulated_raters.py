@@ -69,6 +69,9 @@ class SimulatedRater:
     tie_margin: float = 0.0
     seed: int = 0
     rng: random.Random = field(init=False, repr=False)
+    # A/B ratings of pairs whose noiseless scores differ, and how many of those picked the better one
+    pairs_with_gap: int = field(default=0, init=False)
+    pairs_agreeing: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -86,6 +89,9 @@ class SimulatedRater:
                 i, j = j, i
             a, b = self._noisy(edit.scores[i]), self._noisy(edit.scores[j])
             value = "tie" if abs(a - b) <= self.tie_margin else ("A" if a > b else "B")
+            if edit.scores[i] != edit.scores[j]:
+                self.pairs_with_gap += 1
+                self.pairs_agreeing += value == ("A" if edit.scores[i] > edit.scores[j] else "B")
             ids = [edit.ids[i], edit.ids[j]]
             out.append(store.add_rating(self.name, "pair", value, ids, shown_order=ids))
         return out
@@ -117,4 +123,7 @@ def rate(store: Any, edits: Sequence[RatedEdit], raters: Sequence[SimulatedRater
                 counts["thumb"] += len(r.rate_thumbs(store, e))
             if "star" in kinds:
                 counts["star"] += len(r.rate_stars(store, e))
+    if "pair" in kinds:
+        counts["pair_with_gap"] = sum(r.pairs_with_gap for r in raters)
+        counts["pair_agreeing"] = sum(r.pairs_agreeing for r in raters)
     return counts
