@@ -13,6 +13,7 @@ each), shown left/right in random order without names; the rating is stored as a
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -51,6 +52,20 @@ def _bundle_folder(ctx: Any, key: str | None) -> str:
     return key[5:]
 
 
+def measured_settings(method: str, bundle: str, lora: bool) -> dict[str, Any]:
+    """Settings measured to help on EARL-nano (docs/rl.md, "Measured on EARL-nano"), on top of the trainers'
+    defaults: those are sized for large models, where smaller learning rates are right."""
+    family = json.loads((Path(bundle) / "bundle.json").read_text()).get("family")
+    out: dict[str, Any] = {}
+    if method == "dpo":
+        out["sft_weight"] = 1.0  # RPO: no harm on noisy ratings, a gain on clean ones
+        if family == "earl-nano" and not lora:
+            out["lr"] = 2e-5
+    if method == "grpo" and family == "earl-nano" and not lora:
+        out["lr"] = 5e-5
+    return out
+
+
 def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epochs: float, steps: float,
               reward_label: str, judge_url: str, lora: bool) -> tuple[str, str]:
     """Start a job; returns (status markdown, job id). Raises ValueError with a readable message."""
@@ -82,6 +97,7 @@ def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epoc
         if method == "kto" and (data.get("thumbs_up", 0) == 0 or data.get("thumbs_down", 0) == 0):
             raise ValueError("KTO needs thumbs of both kinds (some 👍 and some 👎).")
         opts["epochs"] = int(epochs)
+    opts.update(measured_settings(method, bundle, bool(lora)))
     clean = "".join(c for c in (name or "").strip() if c.isalnum() or c in "-_.") or None
     job = manager(ctx).start(method, bundle, name=clean, **opts)
     return f"Started **{method.upper()}** job `{job.id}` → bundle **{job.name}**", job.id

@@ -109,6 +109,15 @@ def test_finetune_tab_builds_and_ab_win_rate(env, monkeypatch):
                      "MLLM judge (OpenAI-compatible endpoint)", "", False)
     md, df, _ = ft.poll(ctx, None)
     assert "No job" in md and df.empty
+    # EARL-nano-family bundles get the learning rates measured on EARL-nano; DPO always gets the RPO term
+    tiny = str(env.root / "tiny")
+    assert ft.measured_settings("dpo", tiny, lora=False) == {"sft_weight": 1.0, "lr": 2e-5}
+    assert ft.measured_settings("dpo", tiny, lora=True) == {"sft_weight": 1.0}
+    assert ft.measured_settings("grpo", tiny, lora=False) == {"lr": 5e-5}
+    assert ft.measured_settings("kto", tiny, lora=False) == {}
+    from training.jobs import build_command
+
+    build_command("dpo", env.root / "j", env.store.data_dir, tiny, "n", ft.measured_settings("dpo", tiny, False))
 
     # blind A/B on held-out samples (the suite stream stands in for the fixed test split here)
     monkeypatch.setattr(ft, "_heldout", [dict(s, id=f"h{i}") for i, s in enumerate(env.samples)])
