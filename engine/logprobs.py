@@ -67,12 +67,15 @@ def sequence_logprobs(
     think: bool,
     constraint: FreeFormConstraint | None = None,
     max_new_tokens: int | None = None,
-) -> torch.Tensor:
+    return_argmax: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Differentiable log-probs of ``gen_ids`` given ``prompt_ids`` (see the module docstring).
 
     One sequence (lists of ints) -> tensor (T,). A batch (lists of lists) -> tensor (B, T_max), zero
     past each sequence's end. Sequences are right-padded and run in one forward pass with an attention
     mask. Gradients flow into the LM (and grid embedding) unless called under no_grad.
+    ``return_argmax``: also the most likely allowed token at each position given the tokens before it
+    (teacher forcing; what greedy decoding would pick there), shaped like the log-probs.
     """
     prompts, batched = _as_batch(prompt_ids)
     gens, batched_g = _as_batch(gen_ids)
@@ -128,4 +131,8 @@ def sequence_logprobs(
     logp = F.log_softmax(logits.float() + masks[rows.to(device)], dim=-1)
     out = torch.gather(logp, 2, gen_t.to(device).unsqueeze(-1)).squeeze(-1)
     out = torch.where(valid.to(device), out, torch.zeros_like(out))
-    return out if (batched or batched_g) else out[0]
+    single = not (batched or batched_g)
+    if return_argmax:
+        best = torch.where(valid.to(device), logp.argmax(-1), torch.full_like(gen_t, pad, device=device))
+        return (out[0], best[0]) if single else (out, best)
+    return out[0] if single else out

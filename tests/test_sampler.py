@@ -125,6 +125,22 @@ def test_logprobs_match_with_centred_grid_features(centred, grid, think):
     assert not torch.allclose(other, ref, atol=1e-3)  # the features do reach the model
 
 
+@pytest.mark.parametrize("think", [False, True])
+def test_teacher_forced_argmax_is_what_greedy_picks(gridded, grid, think):
+    tok = gridded.tokenizer
+    prompts = [build_prompt(tok, grid, INSTR, think), build_prompt(tok, grid, "Flip the image horizontally.", think)]
+    mnt = 60 if think else None
+    gens = sample_all(gridded, prompts, H, W, [0, 1], think=think, temperature=0, max_new_tokens=mnt)
+    lp, best = sequence_logprobs(gridded, prompts, [g.tokens for g in gens], H, W, think, max_new_tokens=mnt,
+                                 return_argmax=True)
+    assert best.shape == lp.shape
+    for i, g in enumerate(gens):
+        assert best[i, : len(g.tokens)].tolist() == g.tokens
+    single = sequence_logprobs(gridded, prompts[0], gens[0].tokens, H, W, think, max_new_tokens=mnt,
+                               return_argmax=True)[1]
+    assert single.tolist() == gens[0].tokens
+
+
 def test_sequence_logprobs_is_differentiable(gridded, grid):
     tok = gridded.tokenizer
     prompt = build_prompt(tok, grid, INSTR, False)

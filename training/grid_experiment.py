@@ -28,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 
-from engine.constraint import FreeFormConstraint
 from engine.grid_embed import GridEmbedding
-from engine.layout import build_prompt, build_target, grid_positions, special_ids
-from engine.logprobs import embed_inputs, sequence_logprobs
+from engine.layout import build_prompt, build_target, special_ids
+from engine.logprobs import sequence_logprobs
 from engine.vq import NanoVQ
 from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache, raw_records
-from training.train_sft import Batcher, SFTConfig, lr_at, new_bundle, sft_loss
+from training.train_sft import Batcher, SFTConfig, constraint_for, new_bundle, sft_step
 
 DEFAULT_KINDS = "hflip,vflip,rotate180,grayscale,invert"
 
@@ -54,7 +54,6 @@ def heldout_records(vq: NanoVQ, kinds: list[str], n_per_kind: int, corpus: str |
 @torch.no_grad()
 def evaluate(bundle, recs: list[dict], constraints: dict) -> dict[str, dict[str, float]]:
     """Per kind: mean NLL of the target image tokens and the share of them that are the model's argmax."""
-
     tok = bundle.tokenizer
     sp = special_ids(tok)
     bundle.lm.eval()
@@ -63,23 +62,13 @@ def evaluate(bundle, recs: list[dict], constraints: dict) -> dict[str, dict[str,
     nll: dict[str, list[float]] = {}
     for r in recs:
         h, w = r["src"].shape
-        key = (h, w, False)
-        if key not in constraints:
-            constraints[key] = FreeFormConstraint(tok, h, w, False, vocab_size=bundle.lm.config.vocab_size)
-        con = constraints[key]
+        con = constraint_for(constraints, tok, h, w, False, bundle.lm.config.vocab_size)
         p = build_prompt(tok, r["src"].astype(np.int64), r["instructions"][0], False)
         g = build_target(tok, r["tgt"].astype(np.int64), None)
-        logp = sequence_logprobs(bundle, [p], [g], h, w, False, constraint=con)[0]
+        logp, pred = sequence_logprobs(bundle, p, g, h, w, False, constraint=con, return_argmax=True)
         gt = torch.tensor(g)
         vis = sp.code_of[gt] >= 0
         nll.setdefault(r["kind"], []).append(float(-logp[vis].mean()))
-        # argmax over the visual vocabulary at each target image position (teacher forcing)
-        ids = torch.tensor(p + g)[None]
-        pi, pr, pc = grid_positions(tok, p)
-        _, gi, gr, gc = con.replay(g)
-        pos = (torch.cat([pi, gi])[None], torch.cat([pr, gr])[None], torch.cat([pc, gc])[None])
-        logits = bundle.lm(inputs_embeds=embed_inputs(bundle, ids, pos)).logits[0, len(p) - 1 : -1]
-        pred = sp.visual_ids[logits[:, sp.visual_ids].argmax(-1)]
         acc.setdefault(r["kind"], []).append(float((pred[vis] == gt[vis]).float().mean()))
     bundle.lm.train()
     bundle.grid_embed.train()
@@ -104,23 +93,13 @@ def run(a: argparse.Namespace) -> None:
     params = list(bundle.lm.parameters()) + list(bundle.grid_embed.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     batcher = Batcher(records, cfg, cfg.seed)
+    accel = Accelerator(cpu=True)  # fp32, one process: the same step as train_sft's on this machine
     constraints: dict = {}
     log = []
     t0 = time.time()
     bundle.lm.train()
     for step in range(1, cfg.steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step - 1, cfg)
-        shape, think, items = batcher.next()
-        key = (*shape, think)
-        if key not in constraints:
-            constraints[key] = FreeFormConstraint(bundle.tokenizer, shape[0], shape[1], think,
-                                                  vocab_size=bundle.lm.config.vocab_size)
-        loss, stats = sft_loss(bundle, constraints[key], think, items)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss, _ = sft_step(accel, bundle, opt, params, batcher, constraints, cfg, step - 1)
         if step % a.eval_every == 0 or step == cfg.steps:
             ev = evaluate(bundle, held, constraints)
             rec = {"step": step, "train_loss": loss.item(), "wall_s": round(time.time() - t0, 1), "heldout": ev}

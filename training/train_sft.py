@@ -193,6 +193,30 @@ def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, think: bool, items:
     return loss, stats
 
 
+def constraint_for(constraints: dict, tok: object, h: int, w: int, think: bool, vocab_size: int) -> FreeFormConstraint:
+    """The (cached) constraint of one grid shape and mode: its mask table serves a whole batch."""
+    key = (h, w, think)
+    if key not in constraints:
+        constraints[key] = FreeFormConstraint(tok, h, w, think, vocab_size=vocab_size)
+    return constraints[key]
+
+
+def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, params: list[torch.Tensor],
+             batcher: Batcher, constraints: dict, cfg: SFTConfig, step: int) -> tuple[torch.Tensor, dict]:
+    """One optimizer step on the next batch, at the schedule's learning rate for ``step`` (0-based)."""
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, cfg)
+    shape, think, items = batcher.next()
+    con = constraint_for(constraints, bundle.tokenizer, *shape, think, accel.unwrap_model(bundle.lm).config.vocab_size)
+    with accel.autocast():
+        loss, stats = sft_loss(bundle, con, think, items)
+    opt.zero_grad(set_to_none=True)
+    accel.backward(loss)
+    accel.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss, stats
+
+
 def train(cfg: SFTConfig, export: str | None = None) -> None:
     torch.set_num_threads(cfg.threads)
     bf16 = cfg.bf16 if cfg.bf16 is not None else native_bf16()
@@ -272,21 +296,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     bar = tqdm(total=cfg.steps, initial=step, desc="sft", dynamic_ncols=True, disable=not accel.is_main_process)
     t0, ema = time.time(), None
     while step < cfg.steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        shape, think, items = batcher.next()
-        key = (*shape, think)
-        if key not in constraints:
-            constraints[key] = FreeFormConstraint(
-                bundle.tokenizer, shape[0], shape[1], think,
-                vocab_size=accel.unwrap_model(bundle.lm).config.vocab_size,
-            )
-        with accel.autocast():
-            loss, stats = sft_loss(bundle, constraints[key], think, items)
-        opt.zero_grad(set_to_none=True)
-        accel.backward(loss)
-        accel.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss, stats = sft_step(accel, bundle, opt, params, batcher, constraints, cfg, step)
         step += 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.update(1)
