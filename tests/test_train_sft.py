@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from engine import edit_blocking
 from engine.bundle import load_bundle
 from engine.vq import NanoVQ
-from training.train_sft import SFTConfig, digit_sum_init, train
+from training.train_sft import Batcher, SFTConfig, digit_sum_init, train
 
 
 def _tiny_setup(tmp_path):
@@ -69,3 +70,30 @@ def test_digit_sum_init_relates_neighbouring_codes():
     far = torch.nn.functional.cosine_similarity(e[:80], e[80:160]).mean()
     assert near > 0.4 and near > far + 0.3
     assert torch.equal(weight[:20], torch.zeros(20, 32))  # text rows untouched
+
+
+def _records(kinds: dict[str, int]) -> list[dict]:
+    src = np.zeros((4, 4), np.uint16)
+    return [{"src": src, "tgt": src, "kind": k, "instructions": [k], "reasoning": "", "keep_reasoning": ""}
+            for k, n in kinds.items() for _ in range(n)]
+
+
+def test_focus_kinds_oversample_a_category():
+    recs = _records({"hflip": 50, "vflip": 50, "grayscale": 100, "sepia": 100})
+    cfg = SFTConfig(batch_size=8, keep_prob=0.0, focus_kinds="geometry", focus_weight=4.0)
+    b = Batcher(recs, cfg, seed=0)
+    drawn = [ins for _ in range(300) for _, _, ins, _ in b.next()[2]]
+    share = sum(k in ("hflip", "vflip") for k in drawn) / len(drawn)
+    # 100 geometry samples at weight 4 against 200 others at weight 1: 400 / 600 of the draws
+    assert abs(share - 2 / 3) < 0.05
+    plain = Batcher(recs, SFTConfig(batch_size=8, keep_prob=0.0), seed=0)
+    drawn = [ins for _ in range(300) for _, _, ins, _ in plain.next()[2]]
+    assert abs(sum(k in ("hflip", "vflip") for k in drawn) / len(drawn) - 1 / 3) < 0.05
+
+
+def test_focus_kinds_rejects_unknown_and_absent_kinds():
+    recs = _records({"grayscale": 4})
+    with pytest.raises(SystemExit, match="unknown kind or category 'flipz'"):
+        Batcher(recs, SFTConfig(focus_kinds="flipz"), seed=0)
+    with pytest.raises(SystemExit, match="no cached samples"):
+        Batcher(recs, SFTConfig(focus_kinds="hflip"), seed=0)

@@ -66,6 +66,11 @@ class SFTConfig:
     steps: int = 20000
     think_prob: float = 0.5
     keep_prob: float = 0.08
+    # Oversample some edit kinds (comma list, or the categories "geometry"/"object"/"global"): each of
+    # their samples is drawn focus_weight times as often. Geometry and object edits are learnt last
+    # (ARCHITECTURE §8), so a continued run spends its steps there.
+    focus_kinds: str = ""
+    focus_weight: float = 1.0
     digit_init: bool = True  # visual-token embeddings start as sums of per-FSQ-digit embeddings
     grid_embed: bool = True
     centred_freqs: int = 0  # >0: centred sin/cos grid features (engine.grid_embed), for geometry edits
@@ -134,6 +139,22 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
 # -- data -----------------------------------------------------------------------------------------
 
 
+def focus_set(spec: str) -> set[str]:
+    """Kinds named by ``--focus-kinds``: edit kinds and/or the suite's categories."""
+    from training.edits import KINDS
+
+    categories = {v.category for v in KINDS.values()}
+    out: set[str] = set()
+    for name in filter(None, (x.strip() for x in spec.split(","))):
+        if name in categories:
+            out |= {k for k, v in KINDS.items() if v.category == name}
+        elif name in KINDS:
+            out.add(name)
+        else:
+            raise SystemExit(f"--focus-kinds: unknown kind or category {name!r}; categories: {sorted(categories)}")
+    return out
+
+
 class Batcher:
     """Batches of one (H, W, think) shape, since one constraint (mask table) serves a whole batch."""
 
@@ -145,13 +166,21 @@ class Batcher:
             self.by_shape.setdefault(tuple(r["src"].shape), []).append(r)
         shapes = sorted(self.by_shape)
         self.shapes = shapes
-        self.weights = [len(self.by_shape[s]) for s in shapes]
+        focus = focus_set(cfg.focus_kinds)
+        if focus and not focus & {r["kind"] for r in records}:
+            raise SystemExit(f"--focus-kinds: no cached samples of {sorted(focus)}")
+        # per-record draw weights (None = uniform, the original sampling, kept bit-exact for old runs)
+        self.item_w: dict[tuple[int, int], list[float] | None] = {}
+        for s in shapes:
+            rs = self.by_shape[s]
+            self.item_w[s] = [cfg.focus_weight if r["kind"] in focus else 1.0 for r in rs] if focus else None
+        self.weights = [sum(self.item_w[s]) if self.item_w[s] else len(self.by_shape[s]) for s in shapes]
 
     def next(self) -> tuple[tuple[int, int], bool, list[tuple[np.ndarray, np.ndarray, str, str | None]]]:
         shape = self.rng.choices(self.shapes, self.weights)[0]
         think = self.rng.random() < self.cfg.think_prob
         items = []
-        for r in self.rng.choices(self.by_shape[shape], k=self.cfg.batch_size):
+        for r in self.rng.choices(self.by_shape[shape], weights=self.item_w[shape], k=self.cfg.batch_size):
             if self.rng.random() < self.cfg.keep_prob:
                 items.append((r["src"], r["src"], self.rng.choice(KEEP_PHRASINGS), r["keep_reasoning"]))
             else:
