@@ -63,6 +63,10 @@ class BundleConfig:
     codebook_size: int = 4096
     parent: str | None = None  # name/version (or weights hash) this bundle was fine-tuned from
     notes: dict[str, Any] = field(default_factory=dict)
+    # Sampling settings measured best for this bundle (temperature / top_k / top_p); the studio starts
+    # from them. The engine API's own defaults stay EARL's (SAMPLING_DEFAULTS), so evaluations and
+    # RL candidates are comparable across bundles.
+    sampling: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -83,7 +87,28 @@ class BundleConfig:
             cfg.notes = {**cfg.notes, **extra}
         if cfg.family not in FAMILIES:
             raise BundleError(f"{where}: unknown family {cfg.family!r}; expected one of {', '.join(FAMILIES)}")
+        _check_sampling(cfg.sampling, where)
         return cfg
+
+
+SAMPLING_DEFAULTS: dict[str, float] = {"temperature": 1.0, "top_k": 2048, "top_p": 1.0}  # EARL's
+
+
+def _check_sampling(s: Any, where: str) -> None:
+    if not isinstance(s, dict):
+        raise BundleError(f"{where}: 'sampling' must be an object like {{\"temperature\": 0.7}}")
+    for k, v in s.items():
+        if k not in SAMPLING_DEFAULTS:
+            raise BundleError(f"{where}: unknown sampling setting {k!r}; expected {', '.join(SAMPLING_DEFAULTS)}")
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+            v >= 0 if k == "temperature" else v >= 1 if k == "top_k" else 0 < v <= 1)
+        if not ok:
+            raise BundleError(f"{where}: sampling {k} = {v!r} is out of range")
+
+
+def sampling_defaults(config: BundleConfig) -> dict[str, float]:
+    """EARL's sampling settings, overridden by the ones measured for this bundle."""
+    return {**SAMPLING_DEFAULTS, **config.sampling}
 
 
 @dataclass

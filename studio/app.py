@@ -169,15 +169,17 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                             run_btn = gr.Button("Edit ▶", variant="primary", elem_id="run", scale=3)
                             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel", scale=1,
                                                    interactive=False)
+                        start = _sampling_for(ctx, ctx.default_model)
                         with gr.Accordion("Sampling", open=True, elem_id="sampling"):
                             with gr.Row():
                                 n_slider = gr.Slider(1, MAX_N, value=4, step=1, label="Candidates (N)", elem_id="n")
                                 think = gr.Checkbox(label="Think first", value=False, elem_id="think",
                                                     info="write reasoning before the image")
                             with gr.Row():
-                                temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
-                                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p")
-                            top_k = gr.Slider(1, 4096, value=2048, step=1, label="Top-k")
+                                temperature = gr.Slider(0.05, 2.0, value=start["temperature"], step=0.05, label="Temperature",
+                                                        elem_id="temperature")
+                                top_p = gr.Slider(0.05, 1.0, value=start["top_p"], step=0.01, label="Top-p")
+                            top_k = gr.Slider(1, 4096, value=start["top_k"], step=1, label="Top-k")
                             with gr.Row(equal_height=True):
                                 seed = gr.Number(value=0, precision=0, label="Seed (candidate i uses seed + i)",
                                                  elem_id="seed", minimum=0, maximum=2**31 - 1)
@@ -329,10 +331,12 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         cancel_btn.click(cancel_run, None, status, queue=False, api_name="cancel")
 
         # -- model picker
-        def pick_model(key: str | None) -> str:
-            return _model_md(ctx, key)
+        def pick_model(key: str | None) -> tuple:
+            # each bundle starts from the sampling settings measured for it (bundle.json "sampling")
+            s = _sampling_for(ctx, key)
+            return _model_md(ctx, key), s["temperature"], s["top_k"], s["top_p"]
 
-        model_dd.change(pick_model, model_dd, model_info, api_visibility="private")
+        model_dd.change(pick_model, model_dd, [model_info, temperature, top_k, top_p], api_visibility="private")
 
         def use_path(path: str) -> tuple:
             try:
@@ -680,6 +684,17 @@ def _model_md(ctx: StudioContext, key: str | None) -> str:
         return ctx.registry.describe(ctx.registry.get(key))
     except ValueError as e:
         return f"⚠️ {e}"
+
+
+def _sampling_for(ctx: StudioContext, key: str | None) -> dict[str, float]:
+    from engine.bundle import SAMPLING_DEFAULTS, sampling_defaults
+
+    if key:
+        try:
+            return sampling_defaults(ctx.registry.get(key).config)
+        except ValueError:
+            pass  # the model info box shows the error
+    return dict(SAMPLING_DEFAULTS)
 
 
 def _idle_status(ctx: StudioContext) -> str:

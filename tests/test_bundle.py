@@ -231,3 +231,28 @@ def test_centred_grid_features_mirror_and_round_trip(tmp_path):
     assert torch.equal(back(image, row, col), ge(image, row, col))
     GridEmbedding(8).save(tmp_path / "plain")
     assert GridEmbedding.load(tmp_path / "plain").centred is None
+
+
+def test_sampling_settings_validated_and_used_by_the_studio(tmp_path):
+    from types import SimpleNamespace
+
+    from engine.bundle import SAMPLING_DEFAULTS, make_tiny_random_bundle, sampling_defaults
+    from studio.app import _sampling_for
+    from studio.models import ModelRegistry
+
+    assert sampling_defaults(BundleConfig()) == SAMPLING_DEFAULTS  # EARL's when a bundle says nothing
+    for bad, msg in (({"temp": 0.7}, "unknown sampling setting 'temp'"), ({"top_p": 1.5}, "out of range"),
+                     ({"temperature": "hot"}, "out of range"), ([0.7], "must be an object")):
+        with pytest.raises(BundleError, match=msg):
+            BundleConfig.from_json(json.dumps({"sampling": bad}))
+
+    folder = tmp_path / "data" / "bundles" / "tuned"
+    b = make_tiny_random_bundle(folder, seed=0, name="tuned")
+    b.config.sampling = {"temperature": 0.7}
+    save_bundle(b, folder)
+    assert load_bundle(folder).config.sampling == {"temperature": 0.7}
+    ctx = SimpleNamespace(registry=ModelRegistry(tmp_path / "data"))
+    key = f"path:{folder.resolve()}"
+    assert _sampling_for(ctx, key) == {**SAMPLING_DEFAULTS, "temperature": 0.7}
+    assert _sampling_for(ctx, None) == SAMPLING_DEFAULTS
+    assert _sampling_for(ctx, f"path:{tmp_path / 'missing'}") == SAMPLING_DEFAULTS  # error shown elsewhere

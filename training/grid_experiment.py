@@ -3,6 +3,7 @@
     python -m training.grid_experiment --arm learned  --out runs/gridexp/learned  --steps 400
     python -m training.grid_experiment --arm centred  --out runs/gridexp/centred  --steps 400
     python -m training.grid_experiment --report runs/gridexp          # table of both arms
+    python -m training.grid_experiment --score assets/earl-nano runs/x --kinds hflip,grayscale   # any bundles
 
 Geometry edits are the part EARL-nano has not learnt (ARCHITECTURE §8: "colour mappings are learned
 first, geometry later"). A flip asks the target token at (r, c) to copy the source token at
@@ -134,6 +135,30 @@ def report(folder: Path, a: argparse.Namespace) -> None:
                 f"{ev[k]['acc'] * 100:8.1f}% ({ev[k]['nll']:.2f})" for k in kinds))
 
 
+def score_bundles(paths: list[str], a: argparse.Namespace) -> None:
+    """The same held-out teacher-forced table for finished bundles (e.g. before / after a run)."""
+    from engine.bundle import load_bundle
+
+    torch.set_num_threads(a.threads)
+    kinds = a.kinds.split(",")
+    held = None
+    print("held-out teacher-forced accuracy of target image tokens (NLL), "
+          f"{a.heldout} val-split samples per kind")
+    print(f"{'bundle':<28}" + "  ".join(f"{k:>16}" for k in kinds))
+    for path in paths:
+        bundle = load_bundle(path, dtype=torch.float32)
+        if bundle.grid_embed is None:
+            raise SystemExit(f"{path}: no grid embedding (an EARL-nano bundle is expected)")
+        if held is None:
+            held = heldout_records(bundle.vq, kinds, a.heldout, a.corpus)
+            copy = copy_baseline(held)
+            print(f"{'copy the source':<28}" + "  ".join(f"{copy.get(k, float('nan')) * 100:8.1f}%        "
+                                                      for k in kinds))
+        ev = evaluate(bundle, held, {})
+        print(f"{Path(path).name[-28:]:<28}" + "  ".join(f"{ev[k]['acc'] * 100:8.1f}% ({ev[k]['nll']:.2f})"
+                                                       for k in kinds), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arm", choices=("learned", "centred"), default="centred")
@@ -151,8 +176,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report", default=None, help="print the table of the arms under this folder and exit")
+    ap.add_argument("--score", nargs="+", default=None, metavar="BUNDLE",
+                    help="print the held-out table for these bundles and exit")
     a = ap.parse_args()
-    if a.report:
+    if a.score:
+        score_bundles(a.score, a)
+    elif a.report:
         report(Path(a.report), a)
     else:
         run(a)
