@@ -4,6 +4,7 @@
     python -m training.grid_experiment --arm centred  --out runs/gridexp/centred  --steps 400
     python -m training.grid_experiment --report runs/gridexp          # table of both arms
     python -m training.grid_experiment --score assets/earl-nano runs/x --kinds hflip,grayscale   # any bundles
+    python -m training.grid_experiment --transformed-copy            # how much of a flip is copying?
 
 Geometry edits are the part EARL-nano has not learnt (ARCHITECTURE §8: "colour mappings are learned
 first, geometry later"). A flip asks the target token at (r, c) to copy the source token at
@@ -135,6 +136,43 @@ def report(folder: Path, a: argparse.Namespace) -> None:
                 f"{ev[k]['acc'] * 100:8.1f}% ({ev[k]['nll']:.2f})" for k in kinds))
 
 
+TRANSFORMS = {
+    "hflip": [lambda g: g[:, ::-1]],
+    "vflip": [lambda g: g[::-1]],
+    "rotate180": [lambda g: g[::-1, ::-1]],
+    "rotate90": [lambda g: np.rot90(g, 1), lambda g: np.rot90(g, -1)],  # either direction
+}
+
+
+def transformed_copy(records: list[dict]) -> dict[str, tuple[float, float, int]]:
+    """Per geometry kind: the share of target tokens equal to the source token at the transformed
+    position, and the share a code-to-code table learnt on the first 3/4 of the records (the most
+    frequent target code per source code) gets right on the last 1/4; plus the number of records."""
+    out = {}
+    for kind, fns in TRANSFORMS.items():
+        pairs = []
+        for r in (r for r in records if r["kind"] == kind):
+            src, tgt = r["src"].astype(np.int64), r["tgt"].astype(np.int64)
+            moved = [f(src) for f in fns if f(src).shape == tgt.shape]
+            if moved:
+                best = max(moved, key=lambda m: (m == tgt).mean())
+                pairs.append((best.ravel(), tgt.ravel()))
+        if not pairs:
+            continue
+        fit, test = pairs[: len(pairs) * 3 // 4], pairs[len(pairs) * 3 // 4:]
+        table: dict[int, dict[int, int]] = {}
+        for a, b in fit:
+            for i, j in zip(a.tolist(), b.tolist(), strict=True):
+                table.setdefault(i, {}).setdefault(j, 0)
+                table[i][j] += 1
+        best_of = {i: max(c, key=c.get) for i, c in table.items()}
+        copy = float(np.mean([(a == b).mean() for a, b in test]))
+        lookup = float(np.mean([np.mean([best_of.get(i, -1) == j for i, j in zip(a.tolist(), b.tolist(), strict=True)])
+                                for a, b in test]))
+        out[kind] = (copy, lookup, len(pairs))
+    return out
+
+
 def score_bundles(paths: list[str], a: argparse.Namespace) -> None:
     """The same held-out teacher-forced table for finished bundles (e.g. before / after a run)."""
     from engine.bundle import load_bundle
@@ -178,8 +216,14 @@ def main() -> None:
     ap.add_argument("--report", default=None, help="print the table of the arms under this folder and exit")
     ap.add_argument("--score", nargs="+", default=None, metavar="BUNDLE",
                     help="print the held-out table for these bundles and exit")
+    ap.add_argument("--transformed-copy", action="store_true",
+                    help="print how much of each geometry edit is a copy from the transformed position and exit")
     a = ap.parse_args()
-    if a.score:
+    if a.transformed_copy:
+        print(f"{'kind':<10} {'records':>7} {'copy from transformed position':>31} {'learnt code table':>18}")
+        for kind, (copy, lookup, n) in transformed_copy(load_cache(a.cache)).items():
+            print(f"{kind:<10} {n:>7} {copy * 100:>30.1f}% {lookup * 100:>17.1f}%")
+    elif a.score:
         score_bundles(a.score, a)
     elif a.report:
         report(Path(a.report), a)
