@@ -21,7 +21,7 @@ from PIL import Image
 
 from engine.events import Done, Error, Event, ImageRow, Preview, Text
 from engine.layout import build_prompt, parse_generation, special_ids
-from engine.sampler import _num_threads, make_guidance, sample
+from engine.sampler import SAMPLING_DEFAULTS, _num_threads, make_guidance, sample
 
 MAX_CANDIDATES = 64
 SMALL_VQ_PARAMS = 50_000_000  # image tokenizers below this run on one thread on CPU (see _vq_threads)
@@ -70,9 +70,9 @@ def edit(
     n: int = 4,
     think: bool = False,
     seed: int | None = None,
-    temperature: float = 1.0,
-    top_k: int = 2048,
-    top_p: float = 1.0,
+    temperature: float = SAMPLING_DEFAULTS["temperature"],
+    top_k: int = int(SAMPLING_DEFAULTS["top_k"]),
+    top_p: float = SAMPLING_DEFAULTS["top_p"],
     cfg_text: float = 1.0,
     cfg_image: float = 1.0,
     preview_every: int = 2,

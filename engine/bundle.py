@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, Emu3ForCausalLM, Emu3TextConfig
 
 from engine import tokens as T
 from engine.grid_embed import GridEmbedding
+from engine.sampler import SAMPLING_DEFAULTS
 from engine.vq import ImageTokenizer, NanoVQ
 
 BUNDLE_JSON = "bundle.json"
@@ -89,9 +90,6 @@ class BundleConfig:
             raise BundleError(f"{where}: unknown family {cfg.family!r}; expected one of {', '.join(FAMILIES)}")
         _check_sampling(cfg.sampling, where)
         return cfg
-
-
-SAMPLING_DEFAULTS: dict[str, float] = {"temperature": 1.0, "top_k": 2048, "top_p": 1.0}  # EARL's
 
 
 def _check_sampling(s: Any, where: str) -> None:

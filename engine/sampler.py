@@ -38,6 +38,9 @@ from engine.constraint import VIS, FreeFormConstraint, State
 from engine.layout import grid_positions
 from engine.logprobs import base_lm
 
+# EARL's sampling (temperature 1, top-k 2048, no top-p): the defaults of every entry point. A bundle may
+# record other measured settings for UIs (``engine.bundle.sampling_defaults``).
+SAMPLING_DEFAULTS: dict[str, float] = {"temperature": 1.0, "top_k": 2048, "top_p": 1.0}
 SMALL_MODEL_PARAMS = 200_000_000  # below this, fused weight copies are cheap and one thread is best
 
 

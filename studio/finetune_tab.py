@@ -164,18 +164,21 @@ def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None
         raise ValueError("Pick two different bundles to compare.")
     from engine.api import edit_blocking
     from engine.image_io import fit_to_area
+    from engine.sampler import SAMPLING_DEFAULTS
     from studio.store import NewCandidate
 
     rng = random.Random(seed)
     s = rng.choice(heldout_samples())
     sd = rng.randrange(2**30)
-    settings = {"think": False, "temperature": 1.0, "top_k": 2048, "top_p": 1.0, "ab_test": True}
+    # EARL's sampling for both sides, whatever either bundle records for the studio's sliders
+    settings = {"think": False, **SAMPLING_DEFAULTS, "ab_test": True}
     ids = {}
     images = {}
     for key in (old_key, new_key):
         b = ctx.registry.get(key)
         src = fit_to_area(s["source"], b.config.image_area, b.vq.spatial_factor)
-        (d,) = edit_blocking(b, src, s["instruction"], n=1, seed=sd, top_k=2048, preview_every=0)
+        (d,) = edit_blocking(b, src, s["instruction"], n=1, seed=sd, temperature=settings["temperature"],
+                             top_k=int(settings["top_k"]), top_p=settings["top_p"], preview_every=0)
         (cid,) = ctx.store.add_candidates(
             source=src, instruction=s["instruction"], bundle_id=f"{b.config.name}@{b.config.version}",
             weights_hash=b.weights_hash(), settings=settings,

@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from engine.events import Done, Error, Preview, Text
+from engine.sampler import SAMPLING_DEFAULTS
 from studio.models import bundle_id
 from studio.store import NewCandidate, Store
 
@@ -28,9 +29,9 @@ class EditRequest:
     n: int = 4
     think: bool = False
     seed: int = 0  # candidate i uses seed + i
-    temperature: float = 1.0
-    top_k: int = 2048
-    top_p: float = 1.0
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    top_k: int = int(SAMPLING_DEFAULTS["top_k"])
+    top_p: float = SAMPLING_DEFAULTS["top_p"]
     cfg_text: float = 1.0
     cfg_image: float = 1.0
     preview_every: int = 2
