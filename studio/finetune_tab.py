@@ -13,7 +13,6 @@ each), shown left/right in random order without names; the rating is stored as a
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -55,7 +54,9 @@ def _bundle_folder(ctx: Any, key: str | None) -> str:
 def measured_settings(method: str, bundle: str, lora: bool) -> dict[str, Any]:
     """Settings measured to help on EARL-nano (docs/rl.md, "Measured on EARL-nano"), on top of the trainers'
     defaults: those are sized for large models, where smaller learning rates are right."""
-    family = json.loads((Path(bundle) / "bundle.json").read_text()).get("family")
+    from engine.bundle import read_bundle_config
+
+    family = read_bundle_config(bundle).family
     out: dict[str, Any] = {}
     if method == "dpo":
         out["sft_weight"] = 1.0  # RPO: no harm on noisy ratings, a gain on clean ones
