@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -121,6 +122,14 @@ def copy_baseline(recs: list[dict]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
+def _cells(ev: dict[str, dict[str, float]], kinds: list[str]) -> str:
+    return "  ".join(f"{ev[k]['acc'] * 100:8.1f}% ({ev[k]['nll']:.2f})" for k in kinds)
+
+
+def _copy_cells(copy: dict[str, float], kinds: list[str]) -> str:
+    return "  ".join(f"{copy.get(k, float('nan')) * 100:8.1f}%        " for k in kinds)
+
+
 def report(folder: Path, a: argparse.Namespace) -> None:
     arms = {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/log.json"))}
     for name, d in arms.items():
@@ -129,11 +138,9 @@ def report(folder: Path, a: argparse.Namespace) -> None:
         print("step  " + "  ".join(f"{k:>16}" for k in kinds))
         if name == next(iter(arms)):
             copy = copy_baseline(heldout_records(NanoVQ.from_pretrained(a.vq).eval(), kinds, a.heldout, a.corpus))
-            print("copy  " + "  ".join(f"{copy[k] * 100:8.1f}%        " for k in kinds))
+            print("copy  " + _copy_cells(copy, kinds))
         for rec in d["log"]:
-            ev = rec["heldout"]
-            print(f"{rec['step']:>4}  " + "  ".join(
-                f"{ev[k]['acc'] * 100:8.1f}% ({ev[k]['nll']:.2f})" for k in kinds))
+            print(f"{rec['step']:>4}  " + _cells(rec["heldout"], kinds))
 
 
 TRANSFORMS = {
@@ -153,19 +160,18 @@ def transformed_copy(records: list[dict]) -> dict[str, tuple[float, float, int]]
         pairs = []
         for r in (r for r in records if r["kind"] == kind):
             src, tgt = r["src"].astype(np.int64), r["tgt"].astype(np.int64)
-            moved = [f(src) for f in fns if f(src).shape == tgt.shape]
+            moved = [m for m in (f(src) for f in fns) if m.shape == tgt.shape]
             if moved:
                 best = max(moved, key=lambda m: (m == tgt).mean())
                 pairs.append((best.ravel(), tgt.ravel()))
         if not pairs:
             continue
         fit, test = pairs[: len(pairs) * 3 // 4], pairs[len(pairs) * 3 // 4:]
-        table: dict[int, dict[int, int]] = {}
+        table: dict[int, Counter] = defaultdict(Counter)
         for a, b in fit:
             for i, j in zip(a.tolist(), b.tolist(), strict=True):
-                table.setdefault(i, {}).setdefault(j, 0)
                 table[i][j] += 1
-        best_of = {i: max(c, key=c.get) for i, c in table.items()}
+        best_of = {i: c.most_common(1)[0][0] for i, c in table.items()}
         copy = float(np.mean([(a == b).mean() for a, b in test]))
         lookup = float(np.mean([np.mean([best_of.get(i, -1) == j for i, j in zip(a.tolist(), b.tolist(), strict=True)])
                                 for a, b in test]))
@@ -190,11 +196,8 @@ def score_bundles(paths: list[str], a: argparse.Namespace) -> None:
         if held is None:
             held = heldout_records(bundle.vq, kinds, a.heldout, a.corpus)
             copy = copy_baseline(held)
-            print(f"{'copy the source':<28}" + "  ".join(f"{copy.get(k, float('nan')) * 100:8.1f}%        "
-                                                      for k in kinds))
-        ev = evaluate(bundle, held, {})
-        print(f"{Path(path).name[-28:]:<28}" + "  ".join(f"{ev[k]['acc'] * 100:8.1f}% ({ev[k]['nll']:.2f})"
-                                                       for k in kinds), flush=True)
+            print(f"{'copy the source':<28}" + _copy_cells(copy, kinds))
+        print(f"{Path(path).name[-28:]:<28}" + _cells(evaluate(bundle, held, {}), kinds), flush=True)
 
 
 def main() -> None:
