@@ -178,24 +178,27 @@ class FreeFormConstraint:
         """
         ids = gen_ids.tolist() if isinstance(gen_ids, torch.Tensor) else [int(x) for x in gen_ids]
         s = self.start()
-        rows, feats = [], []
-        done = False
-        for i, t in enumerate(ids):
-            if done:
-                raise ValueError(f"tokens after EOS at position {i}")
-            rows.append(self.mask_row(s))
-            feats.append(self.features(s))
-            done = self.advance(s, t)
-        if not done:
+        # Only the reasoning needs the state machine; from THINK_END on, token i sits at template position
+        # pos0 + i, so the rest is a slice of the template's tables (training replays ~10^5 tokens a step).
+        i = 0
+        while i < len(ids) and s.pos < 0:
+            self.advance(s, ids[i])
+            i += 1
+        n_text, pos0, rest = i, s.pos, len(ids) - i
+        end = len(self.template)
+        if pos0 < 0 or pos0 + rest < end:
             raise ValueError(f"generation of {len(ids)} tokens ends before EOS")
-        mask_rows = torch.tensor(rows, dtype=torch.long)
+        if pos0 + rest > end:
+            raise ValueError(f"tokens after EOS at position {n_text + end - pos0}")
+        text = torch.zeros(n_text, dtype=torch.long)
+        mask_rows = torch.cat([text + TEXT_ROW, self.row_of_pos[pos0:]])
         tok = torch.tensor(ids, dtype=torch.long)
         ok = self._masks_cpu[mask_rows, tok.clamp(0, self.vocab_size - 1)].isfinite() & (tok < self.vocab_size)
         if not bool(ok.all()):
             i = int((~ok).nonzero()[0, 0])
             raise ValueError(f"token {ids[i]} at position {i} is not allowed by the constraint")
-        f = torch.tensor(feats, dtype=torch.long).reshape(-1, 3)
-        return mask_rows, f[:, 0], f[:, 1], f[:, 2]
+        return (mask_rows, torch.cat([text, self.feat_image[pos0:]]), torch.cat([text, self.feat_row[pos0:]]),
+                torch.cat([text, self.feat_col[pos0:]]))
 
     def additive_masks(self, gen_ids: list[int] | torch.Tensor) -> torch.Tensor:
         """(T, vocab) additive mask for every position of a finished generation (small vocabularies)."""

@@ -178,6 +178,41 @@ def test_reasoning_budget_forces_think_end(tok, grid):
     assert con.forced(s) == sp.img_start
 
 
+def _replay_token_by_token(con: FreeFormConstraint, ids: list[int]):
+    """The sampler's state machine, one token at a time: what ``replay`` must equal."""
+    s, rows, feats, done = con.start(), [], [], False
+    for t in ids:
+        assert not done
+        rows.append(con.mask_row(s))
+        feats.append(con.features(s))
+        done = con.advance(s, t)
+    assert done
+    f = torch.tensor(feats).reshape(-1, 3)
+    return torch.tensor(rows), f[:, 0], f[:, 1], f[:, 2]
+
+
+@pytest.mark.parametrize("think,reasoning,budget", [
+    (False, None, None), (True, "Rows 1-4 keep.", None), (True, "", None),
+    (True, "Make the whole picture much brighter please", 4),  # budget spent: THINK_END forced mid-text
+])
+def test_replay_equals_the_state_machine(tok, grid, think, reasoning, budget):
+    target = build_target(tok, grid, reasoning)
+    if budget is not None:  # what a sampler would have produced: 4 free tokens, then forced THINK_END
+        text = tok.encode(reasoning, add_special_tokens=False)[:budget]
+        target = text + build_target(tok, grid, "")  # empty reasoning: THINK_END + the image
+        image_len = FreeFormConstraint(tok, 3, 5, think=True).image_len
+        con = FreeFormConstraint(tok, 3, 5, think, max_new_tokens=image_len + 1 + budget)
+    else:
+        con = FreeFormConstraint(tok, 3, 5, think, max_new_tokens=len(target) + 10)
+    fast, slow = con.replay(target), _replay_token_by_token(con, target)
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=f"after EOS at position {len(target)}"):
+        con.replay(target + [target[-1]])
+    with pytest.raises(ValueError, match="before EOS"):
+        con.replay(target[:-3])
+
+
 def test_prefix_allowed_tokens_fn(tok, grid):
     sp = SpecialIds.from_tokenizer(tok)
     con = FreeFormConstraint(tok, 3, 5, think=False)

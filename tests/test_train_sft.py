@@ -97,3 +97,68 @@ def test_focus_kinds_rejects_unknown_and_absent_kinds():
         Batcher(recs, SFTConfig(focus_kinds="flipz"), seed=0)
     with pytest.raises(SystemExit, match="no cached samples"):
         Batcher(recs, SFTConfig(focus_kinds="hflip"), seed=0)
+
+
+def test_growing_pool_draws_like_a_pool_built_at_once():
+    recs = _records({"hflip": 50, "grayscale": 150})
+    cfg = SFTConfig(batch_size=8, keep_prob=0.0, focus_kinds="geometry", focus_weight=3.0)
+    whole = Batcher(recs, cfg, seed=0)
+    grown = Batcher(recs[:20], cfg, seed=0)
+    grown.add(recs[20:120])
+    grown.add(recs[120:])
+    assert len(grown) == len(whole) == 200
+    # same records in the same order and weights: the same draws, bit for bit
+    assert [b for _ in range(50) for b in grown.next()[2]] == [b for _ in range(50) for b in whole.next()[2]]
+    empty = Batcher([], cfg, seed=1)  # live-only runs start empty and grow
+    empty.add(recs)
+    drawn = [ins for _ in range(300) for _, _, ins, _ in empty.next()[2]]
+    assert abs(sum(k == "hflip" for k in drawn) / len(drawn) - 150 / 300) < 0.05  # 50*3 of 50*3 + 150
+
+
+def test_live_samples_render_in_worker_processes():
+    from training.live_data import LiveSamples
+
+    live = LiveSamples(1, seed=0, corpus="", scales=(0.3, 1.0))  # no corpus: scikit-image photos
+    try:
+        raw = live.drain(wait_for=40, timeout=120)
+    finally:
+        live.close()
+    assert len(raw) >= 40
+    r = raw[0]
+    assert r["source"].dtype == np.uint8 and r["source"].ndim == 3 and r["instructions"]
+    assert len({x["kind"] for x in raw}) > 5
+    with pytest.raises(ValueError, match="at least one worker"):
+        LiveSamples(0, seed=0)
+
+
+def test_encode_records_matches_the_tokenizers_pil_path():
+    from PIL import Image
+
+    from training.pretokenize import encode_records
+
+    vq = NanoVQ(block_out_channels=(16, 32, 32), fsq_levels=(4, 4, 4), norm_num_groups=8).eval()
+    rng = np.random.default_rng(0)
+    raw = [{"source": rng.integers(0, 255, (h, w, 3), dtype=np.uint8),
+            "target": rng.integers(0, 255, (w, h, 3), dtype=np.uint8),  # rotated: another shape
+            "instructions": ["x"], "reasoning": "r", "kind": "rotate90"}
+           for h, w in [(32, 48), (48, 32), (32, 48), (32, 32)]]
+    recs = encode_records(vq, raw, batch=2)
+    for r, rec in zip(raw, recs, strict=True):
+        src, tgt = vq.encode([Image.fromarray(r["source"]), Image.fromarray(r["target"])])
+        assert np.array_equal(rec["src"], src) and np.array_equal(rec["tgt"], tgt)
+
+
+def test_trains_on_live_samples_only(tmp_path, capsys):
+    cfg = _tiny_setup(tmp_path)
+    bundle_dir = tmp_path / "init"
+    cfg.steps = 2
+    train(cfg, export=None)
+    train(cfg, export=str(bundle_dir))
+    live_cfg = SFTConfig(init=str(bundle_dir), cache="", out=str(tmp_path / "live"), live_workers=1,
+                         corpus="", batch_size=2, steps=3, warmup=1, threads=1, ckpt_every=3, max_minutes=5)
+    train(live_cfg)
+    out = capsys.readouterr().out
+    assert "(+ live, 1 workers)" in out
+    assert torch.load(tmp_path / "live" / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
+    with pytest.raises(SystemExit, match="--live-workers"):
+        train(SFTConfig(cache=str(tmp_path / "nothing"), out=str(tmp_path / "x")))

@@ -54,20 +54,33 @@ def raw_records(samples: list[dict], n_phrasings: int, rng: np.random.Generator)
     return out
 
 
-def encode_records(vq: NanoVQ, raw: list[dict], batch: int = 64) -> list[dict]:
-    from PIL import Image
+@torch.inference_mode()
+def encode_arrays(vq: NanoVQ, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Same-shaped (H, W, 3) uint8 images -> code grids; what ``vq.encode`` gives for them as PIL images,
+    without the PIL round trip (pixels go to the tokenizer's device as uint8, a quarter of the bytes)."""
+    x = torch.from_numpy(np.stack(arrays)).to(vq.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return list(vq.codes_from_latents(vq.encode_latents(x.to(vq.dtype))).cpu().numpy())
 
-    out = []
-    for i in range(0, len(raw), batch):
-        part = raw[i : i + batch]
-        grids = vq.encode([Image.fromarray(r["source"]) for r in part] + [Image.fromarray(r["target"]) for r in part])
-        for j, r in enumerate(part):
-            src, tgt = grids[j], grids[len(part) + j]
-            out.append({
-                "src": src.astype(np.uint16), "tgt": tgt.astype(np.uint16), "instructions": r["instructions"],
-                "reasoning": r["reasoning"], "keep_reasoning": keep_reasoning(*src.shape), "kind": r["kind"],
-            })
-    return out
+
+def encode_records(vq: NanoVQ, raw: list[dict], batch: int = 64) -> list[dict]:
+    """Raw records -> cache records (code grids), in the same order."""
+    from engine.vq import same_size_groups
+
+    out: dict[int, dict] = {}
+    for group in same_size_groups([r["source"] for r in raw]):
+        for i in range(0, len(group), batch):
+            idx = group[i : i + batch]
+            srcs = encode_arrays(vq, [raw[k]["source"] for k in idx])
+            tgts: dict[int, np.ndarray] = {}
+            for tg in same_size_groups([raw[k]["target"] for k in idx]):  # a rotation changes the shape
+                tgts.update(zip(tg, encode_arrays(vq, [raw[idx[j]]["target"] for j in tg]), strict=True))
+            for j, k in enumerate(idx):
+                r, src = raw[k], srcs[j]
+                out[k] = {
+                    "src": src.astype(np.uint16), "tgt": tgts[j].astype(np.uint16), "instructions": r["instructions"],
+                    "reasoning": r["reasoning"], "keep_reasoning": keep_reasoning(*src.shape), "kind": r["kind"],
+                }
+    return [out[k] for k in range(len(raw))]
 
 
 def _save_atomic(obj: object, path: Path) -> None:

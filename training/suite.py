@@ -83,13 +83,14 @@ def _acceptable(kind: str, photo: Image.Image, res) -> bool:
 
 
 def make_sample(kind: str, photos: Sequence[tuple[str, Image.Image]], rng: np.random.Generator,
-                sid: str, area: int = AREA) -> dict:
-    """One sample of ``kind`` drawn with ``rng`` (redrawn until the edit is clearly visible)."""
+                sid: str, area: int = AREA, scales: Sequence[float] | None = None) -> dict:
+    """One sample of ``kind`` drawn with ``rng`` (redrawn until the edit is clearly visible).
+    ``scales``: crop sizes relative to the photo (default: ``corpus.random_crop``'s, as in the fixed sets)."""
     k = KINDS[kind]
     for _ in range(40):
         pid, photo = photos[int(rng.integers(len(photos)))]
         aspects = (1.0,) if k.square_only else (1.0, 1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3)
-        crop = random_crop(photo, rng, out_area=area, aspects=aspects)
+        crop = random_crop(photo, rng, out_area=area, aspects=aspects, **({"scales": scales} if scales else {}))
         res = k.apply(crop, rng)
         if _acceptable(kind, crop, res):
             break
@@ -104,9 +105,10 @@ def make_sample(kind: str, photos: Sequence[tuple[str, Image.Image]], rng: np.ra
 
 def stream(split: str, seed: int = 0, root: str | Path | None = "data/corpus",
            kinds: Sequence[str] | None = None, start: int = 0, area: int = AREA,
-           corpus: str | Path | None = None) -> Iterator[dict]:
+           corpus: str | Path | None = None, scales: Sequence[float] | None = None) -> Iterator[dict]:
     """Unlimited samples; kinds drawn uniformly. Deterministic in (split, seed, index).
-    ``corpus`` is an alias of ``root`` (the corpus folder; ``root=None``: scikit-image photos)."""
+    ``corpus`` is an alias of ``root`` (the corpus folder; ``root=None``: scikit-image photos).
+    ``scales``: crop sizes (see ``make_sample``); smaller ones show the model more varied content."""
     if corpus is not None:
         root = corpus
     kinds = list(kinds or KINDS)
@@ -118,7 +120,7 @@ def stream(split: str, seed: int = 0, root: str | Path | None = "data/corpus",
     while True:
         rng = np.random.default_rng([seed, SPLIT_CODE[split], i])
         kind = kinds[int(rng.integers(len(kinds)))]
-        yield make_sample(kind, photos, rng, f"{split}-s{seed}-{i:07d}", area)
+        yield make_sample(kind, photos, rng, f"{split}-s{seed}-{i:07d}", area, scales)
         i += 1
 
 

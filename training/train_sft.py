@@ -27,6 +27,7 @@ import random
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from engine.layout import build_prompt, build_target, special_ids
 from engine.logprobs import sequence_logprobs
 from engine.text_tokenizer import build_nano_tokenizer
 from engine.vq import NanoVQ
-from training.pretokenize import KEEP_PHRASINGS, load_cache
+from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
 
 
 @dataclass
@@ -71,6 +72,15 @@ class SFTConfig:
     # (ARCHITECTURE §8), so a continued run spends its steps there.
     focus_kinds: str = ""
     focus_weight: float = 1.0
+    # Render fresh samples in this many background processes during training (training.live_data) and
+    # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
+    live_workers: int = 0
+    live_scales: str = "0.25,0.35,0.45,0.6,0.8,1.0"  # crop sizes of live samples (more varied than the cache's)
+    live_every: int = 10  # steps between hand-overs from the workers
+    corpus: str = "data/corpus"
+    # >0: fit the schedule into this many minutes of wall time (from start-up): the step count is set
+    # from the measured step rate, so the learning rate still decays to its end. For lent GPU time.
+    max_minutes: float = 0.0
     digit_init: bool = True  # visual-token embeddings start as sums of per-FSQ-digit embeddings
     grid_embed: bool = True
     centred_freqs: int = 0  # >0: centred sin/cos grid features (engine.grid_embed), for geometry edits
@@ -167,20 +177,44 @@ class Batcher:
         shapes = sorted(self.by_shape)
         self.shapes = shapes
         focus = focus_set(cfg.focus_kinds)
-        if focus and not focus & {r["kind"] for r in records}:
+        if focus and records and not focus & {r["kind"] for r in records}:
             raise SystemExit(f"--focus-kinds: no cached samples of {sorted(focus)}")
         # per-record draw weights (None = uniform, the original sampling, kept bit-exact for old runs)
+        # (cumulative, as random.choices would compute them, so draws match the original sampling bit for bit)
+        self.focus = focus
         self.item_w: dict[tuple[int, int], list[float] | None] = {}
         for s in shapes:
             rs = self.by_shape[s]
-            self.item_w[s] = [cfg.focus_weight if r["kind"] in focus else 1.0 for r in rs] if focus else None
-        self.weights = [sum(self.item_w[s]) if self.item_w[s] else len(self.by_shape[s]) for s in shapes]
+            self.item_w[s] = list(accumulate(self._w(r) for r in rs)) if focus else None
+        self._reweigh()
+
+    def _w(self, r: dict) -> float:
+        return self.cfg.focus_weight if r["kind"] in self.focus else 1.0
+
+    def _reweigh(self) -> None:
+        self.shapes = sorted(self.by_shape)
+        self.weights = [self.item_w[s][-1] if self.item_w[s] else len(self.by_shape[s]) for s in self.shapes]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_shape.values())
+
+    def add(self, records: list[dict]) -> None:
+        """Grow the pool (live samples); later batches draw from old and new records alike."""
+        for r in records:
+            s = tuple(r["src"].shape)
+            self.by_shape.setdefault(s, []).append(r)
+            if self.focus:
+                cw = self.item_w.setdefault(s, [])
+                cw.append((cw[-1] if cw else 0.0) + self._w(r))
+            else:
+                self.item_w.setdefault(s, None)
+        self._reweigh()
 
     def next(self) -> tuple[tuple[int, int], bool, list[tuple[np.ndarray, np.ndarray, str, str | None]]]:
         shape = self.rng.choices(self.shapes, self.weights)[0]
         think = self.rng.random() < self.cfg.think_prob
         items = []
-        for r in self.rng.choices(self.by_shape[shape], weights=self.item_w[shape], k=self.cfg.batch_size):
+        for r in self.rng.choices(self.by_shape[shape], cum_weights=self.item_w[shape], k=self.cfg.batch_size):
             if self.rng.random() < self.cfg.keep_prob:
                 items.append((r["src"], r["src"], self.rng.choice(KEEP_PHRASINGS), r["keep_reasoning"]))
             else:
@@ -247,14 +281,16 @@ def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, par
 
 
 def train(cfg: SFTConfig, export: str | None = None) -> None:
+    t_start = time.time()
     torch.set_num_threads(cfg.threads)
     bf16 = cfg.bf16 if cfg.bf16 is not None else native_bf16()
     accel = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = load_cache(cfg.cache)
-    if not records:
-        raise SystemExit(f"no pre-tokenised samples in {cfg.cache}; run python -m training.pretokenize first")
+    records = load_cache(cfg.cache) if cfg.cache and Path(cfg.cache).is_dir() else []
+    if not records and not cfg.live_workers and not export:
+        raise SystemExit(f"no pre-tokenised samples in {cfg.cache!r}; run python -m training.pretokenize "
+                         "first, or render samples during training with --live-workers N")
 
     ckpt = out / "checkpoint"
     if (ckpt / "bundle" / "bundle.json").exists():
@@ -264,6 +300,8 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         bundle = load_bundle(cfg.init, dtype=torch.float32)
         state = None
     else:
+        if not records:
+            raise SystemExit("a new model builds its text tokenizer from the cache: pass --cache, or --init a bundle")
         texts = [t for r in records[:2000] for t in (*r["instructions"], r["reasoning"], r["keep_reasoning"])]
         texts += KEEP_PHRASINGS
         torch.manual_seed(cfg.seed)
@@ -295,8 +333,20 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     bundle.lm, opt = accel.prepare(bundle.lm, opt)
     if bundle.grid_embed is not None:
         bundle.grid_embed = accel.prepare(bundle.grid_embed)
+    live = None
+    if cfg.live_workers:
+        from training.live_data import LiveSamples
+
+        # TF32 would move some codes across FSQ rounding boundaries: train on the codes a CPU encodes
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        bundle.vq.to(accel.device).eval()
+        scales = [float(x) for x in cfg.live_scales.split(",")]
+        live = LiveSamples(cfg.live_workers, cfg.seed + 1000 * step, cfg.corpus, scales)
+        batcher.add(encode_records(bundle.vq, live.drain(wait_for=8 * cfg.batch_size), batch=512))
     n_params = sum(p.numel() for p in params)
-    accel.print(f"EARL-nano LM {n_params / 1e6:.2f}M params, {len(records)} samples, {len(batcher.shapes)} grid shapes")
+    accel.print(f"EARL-nano LM {n_params / 1e6:.2f}M params, {len(batcher)} samples"
+                f"{f' (+ live, {cfg.live_workers} workers)' if live else ''}, {len(batcher.shapes)} grid shapes")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     writer = SummaryWriter(str(out / "tb")) if accel.is_main_process else None
     constraints: dict[tuple[int, int, bool], FreeFormConstraint] = {}
@@ -323,10 +373,22 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
             shutil.rmtree(old)
 
     bar = tqdm(total=cfg.steps, initial=step, desc="sft", dynamic_ncols=True, disable=not accel.is_main_process)
-    t0, ema = time.time(), None
+    t0, ema, step0 = time.time(), None, step
+    deadline = t_start + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
     while step < cfg.steps:
+        if live is not None and step % cfg.live_every == 0:
+            batcher.add(encode_records(bundle.vq, live.drain(), batch=512))
         loss, stats = sft_step(accel, bundle, opt, params, batcher, constraints, cfg, step)
         step += 1
+        if deadline is not None and step - step0 in (50, 300, 1000):
+            # fit the rest of the schedule into the time left (a checkpoint save is kept in reserve)
+            rate = (time.time() - t0) / (step - step0)
+            cfg.steps = step + max(1, int((deadline - time.time() - 15) / rate))
+            bar.total = cfg.steps
+            accel.print(f"\ntime budget: {rate * 1000:.0f} ms/step -> {cfg.steps} steps in all")
+        if deadline is not None and time.time() > deadline and step < cfg.steps:
+            accel.print(f"\ntime budget spent at step {step}")
+            cfg.steps = step
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}", vis=f"{stats['nll_visual']:.2f}")
@@ -335,10 +397,16 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
             for k, v in stats.items():
                 writer.add_scalar(f"train/{k}", v, step)
             writer.add_scalar("train/lr", lr_at(step, cfg), step)
-            writer.add_scalar("train/sec_per_step", (time.time() - t0) / max(1, step), step)
+            writer.add_scalar("train/sec_per_step", (time.time() - t0) / max(1, step - step0), step)
+        if step % (cfg.log_every * 10) == 0:
+            el = time.time() - t0
+            accel.print(f"\nstep {step}/{cfg.steps} loss {ema:.3f} nll_visual {stats['nll_visual']:.3f} "
+                        f"{el / (step - step0) * 1000:.0f} ms/step pool {len(batcher)}")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save_checkpoint()
     bar.close()
+    if live is not None:
+        live.close()
 
 
 def main() -> None:

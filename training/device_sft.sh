@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Continue EARL-nano's SFT on a lent GPU machine for a fixed number of minutes, with fresh samples
+# rendered on all its cores (train_sft --live-workers). Run from the repository root:
+#
+#     OUT=runs/device MINUTES=8 bash training/device_sft.sh
+#
+# Writes to $OUT: sft.log (the run's log), lm.tgz (the exported bf16 LM + bundle.json; the bundle's
+# tokenizer and image tokenizer are unchanged) and the TensorBoard events. Python packages missing on
+# the machine travel as wheels in .whl/ (see /work/.library/device/README.md); SKIP_WHEELS=1 skips them.
+set -u -o pipefail
+OUT=${OUT:-runs/device}
+MINUTES=${MINUTES:-8}
+BATCH=${BATCH:-256}
+LR=${LR:-6e-4}
+INIT=${INIT:-assets/earl-nano}
+RUN=${RUN:-/tmp/device-sft}
+WORKERS=${WORKERS:-$(( $(nproc) - 2 ))}
+mkdir -p "$OUT"
+
+if [ -d .whl ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+python3 -c "import torch, transformers, diffusers, peft, accelerate
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '',
+      'transformers', transformers.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__)
+import training.train_sft" || exit 3
+echo "cores $(nproc), live workers $WORKERS, batch $BATCH, lr $LR, $MINUTES min"
+
+export PYTHONUNBUFFERED=1
+# tqdm's carriage-return updates go to the log file; the console gets the periodic step lines
+python3 -m training.train_sft --init "$INIT" --out "$RUN" --cache "" --live-workers "$WORKERS" \
+  --batch-size "$BATCH" --lr "$LR" --warmup 100 --max-minutes "$MINUTES" --focus-kinds geometry,object \
+  --focus-weight 3 --threads 2 --ckpt-every 1000 --log-every 20 2>&1 | tee "$OUT/sft.log" | tr '\r' '\n' \
+  | grep --line-buffered -v '^sft:\|^Writing model shards\|^$'
+python3 -m training.train_sft --out "$RUN" --cache "" --export "$RUN/bundle" || exit 4
+tar czf "$OUT/lm.tgz" -C "$RUN/bundle" bundle.json lm
+cp "$RUN"/tb/events.* "$OUT"/ 2>/dev/null
+ls -la "$OUT"
