@@ -162,3 +162,12 @@ def test_trains_on_live_samples_only(tmp_path, capsys):
     assert torch.load(tmp_path / "live" / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
     with pytest.raises(SystemExit, match="--live-workers"):
         train(SFTConfig(cache=str(tmp_path / "nothing"), out=str(tmp_path / "x")))
+
+
+def test_time_budget_ends_the_schedule_early_with_a_checkpoint(tmp_path, capsys):
+    cfg = _tiny_setup(tmp_path)
+    cfg.steps, cfg.max_minutes, cfg.ckpt_every = 100_000, 0.05, 100_000  # 3 s for a 100k-step plan
+    train(cfg)
+    assert "time budget spent at step" in capsys.readouterr().out
+    step = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["step"]
+    assert 0 < step < 100_000

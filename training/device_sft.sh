@@ -14,6 +14,7 @@ BATCH=${BATCH:-256}
 LR=${LR:-6e-4}
 INIT=${INIT:-assets/earl-nano}
 RUN=${RUN:-/tmp/device-sft}
+SEED=${SEED:-0}
 WORKERS=${WORKERS:-$(( $(nproc) - 2 ))}
 mkdir -p "$OUT"
 
@@ -31,7 +32,7 @@ export PYTHONUNBUFFERED=1
 # tqdm's carriage-return updates go to the log file; the console gets the periodic step lines
 python3 -m training.train_sft --init "$INIT" --out "$RUN" --cache "" --live-workers "$WORKERS" \
   --batch-size "$BATCH" --lr "$LR" --warmup 100 --max-minutes "$MINUTES" --focus-kinds geometry,object \
-  --focus-weight 3 --threads 2 --ckpt-every 1000 --log-every 20 2>&1 | tee "$OUT/sft.log" | tr '\r' '\n' \
+  --focus-weight 3 --threads 2 --ckpt-every 1000 --log-every 20 --seed "$SEED" 2>&1 | tee "$OUT/sft.log" | tr '\r' '\n' \
   | grep --line-buffered -v '^sft:\|^Writing model shards\|^$'
 python3 -m training.train_sft --out "$RUN" --cache "" --export "$RUN/bundle" || exit 4
 tar czf "$OUT/lm.tgz" -C "$RUN/bundle" bundle.json lm

@@ -374,18 +374,23 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
 
     bar = tqdm(total=cfg.steps, initial=step, desc="sft", dynamic_ncols=True, disable=not accel.is_main_process)
     t0, ema, step0 = time.time(), None, step
+    t_window = t0
     deadline = t_start + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
     while step < cfg.steps:
         if live is not None and step % cfg.live_every == 0:
             batcher.add(encode_records(bundle.vq, live.drain(), batch=512))
         loss, stats = sft_step(accel, bundle, opt, params, batcher, constraints, cfg, step)
         step += 1
-        if deadline is not None and step - step0 in (50, 300, 1000):
-            # fit the rest of the schedule into the time left (a checkpoint save is kept in reserve)
-            rate = (time.time() - t0) / (step - step0)
-            cfg.steps = step + max(1, int((deadline - time.time() - 15) / rate))
+        if deadline is not None and (step - step0) % 50 == 0:
+            # fit the rest of the schedule into the time left (a checkpoint save is kept in reserve), at
+            # the rate of the last 50 steps: the first ones are slower (start-up, warm-up of the kernels)
+            now = time.time()
+            rate = (now - t_window) / 50
+            t_window = now
+            cfg.steps = step + max(1, int((deadline - now - 15) / rate))
             bar.total = cfg.steps
-            accel.print(f"\ntime budget: {rate * 1000:.0f} ms/step -> {cfg.steps} steps in all")
+            if (step - step0) % 500 == 50:
+                accel.print(f"\ntime budget: {rate * 1000:.0f} ms/step -> {cfg.steps} steps in all")
         if deadline is not None and time.time() > deadline and step < cfg.steps:
             accel.print(f"\ntime budget spent at step {step}")
             cfg.steps = step
