@@ -168,6 +168,7 @@ def test_time_budget_ends_the_schedule_early_with_a_checkpoint(tmp_path, capsys)
     cfg = _tiny_setup(tmp_path)
     cfg.steps, cfg.max_minutes, cfg.ckpt_every = 100_000, 0.05, 100_000  # 3 s for a 100k-step plan
     train(cfg)
-    assert "time budget spent at step" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "time budget" in out  # re-fitted to the time left, or stopped at the deadline
     step = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["step"]
-    assert 0 < step < 100_000
+    assert 0 < step < 1000
