@@ -43,11 +43,14 @@ class LiveSamples:
 
     def __init__(self, workers: int, seed: int, corpus: str = "data/corpus",
                  scales: Sequence[float] = (0.25, 0.35, 0.45, 0.6, 0.8, 1.0), phrasings: int = 4,
-                 max_chunks: int = 256):
+                 max_ready: int = 8192):
         if workers < 1:
             raise ValueError("live samples need at least one worker process")
         ctx = mp.get_context("spawn")
-        self.queue: mp.Queue = ctx.Queue(maxsize=max_chunks)
+        # At most ~2 * max_ready samples wait (queue + received); then the workers block, so on a small
+        # machine they render only about as fast as training takes samples instead of taking its cores.
+        self.max_ready = max_ready
+        self.queue: mp.Queue = ctx.Queue(maxsize=max(2, max_ready // CHUNK))
         # seeds far from the pre-tokenised cache's (seed * 100_003 + shard) so the streams never repeat it
         self.procs = [
             ctx.Process(target=_worker, args=(10_000_019 * (seed + 1) + i, corpus, tuple(scales), phrasings,
@@ -76,6 +79,11 @@ class LiveSamples:
         # Read the pipe continuously: a worker's chunk only moves while someone reads, so reading just at
         # hand-over time left the workers blocked most of the time (measured: ~58 samples/s from 14 workers).
         while not self._stop.is_set():
+            with self._lock:
+                full = len(self._ready) >= self.max_ready
+            if full:
+                time.sleep(0.05)
+                continue
             try:
                 chunk = self.queue.get(timeout=0.5)
             except queue.Empty:

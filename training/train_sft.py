@@ -342,7 +342,8 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = False
         bundle.vq.to(accel.device).eval()
         scales = [float(x) for x in cfg.live_scales.split(",")]
-        live = LiveSamples(cfg.live_workers, cfg.seed + 1000 * step, cfg.corpus, scales)
+        live = LiveSamples(cfg.live_workers, cfg.seed + 1000 * step, cfg.corpus, scales,
+                           max_ready=max(8 * cfg.batch_size, 2 * cfg.batch_size * cfg.live_every))
         batcher.add(encode_records(bundle.vq, live.drain(wait_for=8 * cfg.batch_size), batch=512))
     n_params = sum(p.numel() for p in params)
     accel.print(f"EARL-nano LM {n_params / 1e6:.2f}M params, {len(batcher)} samples"
