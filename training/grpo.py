@@ -45,6 +45,7 @@ from training.tuning import (
     Policy,
     average_gradients,
     global_sum,
+    leave_process_group,
     load_base,
     load_checkpoint,
     make_optimizer,
@@ -369,6 +370,7 @@ def _train(cfg: GRPOConfig, accel: Any, out: Path, progress: Progress) -> Path |
             accel.wait_for_everyone()
     if writer:
         writer.close()
+    leave_process_group(accel)
     if not main_proc:
         return None
     name = cfg.name or f"{parent.config.name}-grpo"

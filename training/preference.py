@@ -43,6 +43,7 @@ from training.tuning import (
     Policy,
     average_gradients,
     global_sum,
+    leave_process_group,
     load_base,
     load_checkpoint,
     make_optimizer,
@@ -299,6 +300,7 @@ def _train(cfg: PrefConfig, accel: Any, progress: Progress) -> Path | None:
             accel.wait_for_everyone()
     if writer:
         writer.close()
+    leave_process_group(accel)
     if not main_proc:
         return None
     parent_cfg = load_base_config(cfg.bundle)

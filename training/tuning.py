@@ -113,6 +113,15 @@ def global_sum(accel: Any, value: float) -> float:
     return float(accel.reduce(t, reduction="sum")[0])
 
 
+def leave_process_group(accel: Any) -> None:
+    """Every process leaves the process group together once the loop is done. A rank that exited while the
+    group was still up sometimes aborted in gloo's teardown ("terminate called without an active
+    exception", seen once in CI); afterwards the main process writes the bundle alone."""
+    accel.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def save_checkpoint(out: Path, policy: Policy, opt: torch.optim.Optimizer, step: int, extra: dict) -> None:
     ckpt, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
     if tmp.exists():
