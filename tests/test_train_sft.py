@@ -172,3 +172,42 @@ def test_time_budget_ends_the_schedule_early_with_a_checkpoint(tmp_path, capsys)
     assert "time budget" in out  # re-fitted to the time left, or stopped at the deadline
     step = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["step"]
     assert 0 < step < 1000
+
+
+def test_live_workers_stop_when_the_trainer_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "trainer.py"
+    script.write_text(
+        "import os, signal\n"
+        "from training.live_data import LiveSamples\n"
+        "if __name__ == '__main__':\n"
+        "    live = LiveSamples(1, seed=0, corpus='', max_ready=64)\n"
+        "    live.drain(wait_for=32, timeout=120)\n"
+        "    print(live.procs[0].pid, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)  # no clean-up: as if the run were killed\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=repo, timeout=180)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    worker = int(res.stdout.split()[0])
+
+    def running(pid: int) -> bool:  # an exited process may linger as a zombie until init reaps it
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if not running(worker):
+            return  # the orphaned worker noticed and exited
+        time.sleep(0.5)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the live-sample worker outlived its killed trainer by 30 s")

@@ -25,7 +25,7 @@ CHUNK = 32  # samples per hand-over: fewer, larger pickles keep the queue cheap
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _worker(seed: int, corpus: str, scales: tuple[float, ...], phrasings: int, out: mp.Queue) -> None:
+def _worker(seed: int, corpus: str, scales: tuple[float, ...], phrasings: int, out: mp.Queue, parent: int) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -35,7 +35,16 @@ def _worker(seed: int, corpus: str, scales: tuple[float, ...], phrasings: int, o
     gen = stream("train", seed=seed, corpus=corpus, scales=scales)
     rng = np.random.default_rng([seed, 7])
     while True:
-        out.put(raw_records([next(gen) for _ in range(CHUNK)], phrasings, rng))
+        chunk = raw_records([next(gen) for _ in range(CHUNK)], phrasings, rng)
+        while True:
+            try:
+                out.put(chunk, timeout=5)
+                break
+            except queue.Full:
+                # a killed trainer cannot terminate us: stop once it is gone (we were re-parented)
+                if os.getppid() != parent:
+                    out.cancel_join_thread()  # nobody will read what is still buffered
+                    return
 
 
 class LiveSamples:
@@ -54,7 +63,7 @@ class LiveSamples:
         # seeds far from the pre-tokenised cache's (seed * 100_003 + shard) so the streams never repeat it
         self.procs = [
             ctx.Process(target=_worker, args=(10_000_019 * (seed + 1) + i, corpus, tuple(scales), phrasings,
-                                              self.queue), daemon=True)
+                                              self.queue, os.getpid()), daemon=True)
             for i in range(workers)
         ]
         # one thread per worker (numpy/BLAS would otherwise start one per core in each of them)

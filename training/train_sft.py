@@ -175,12 +175,11 @@ class Batcher:
         for r in records:
             self.by_shape.setdefault(tuple(r["src"].shape), []).append(r)
         shapes = sorted(self.by_shape)
-        self.shapes = shapes
         focus = focus_set(cfg.focus_kinds)
         if focus and records and not focus & {r["kind"] for r in records}:
             raise SystemExit(f"--focus-kinds: no cached samples of {sorted(focus)}")
-        # per-record draw weights (None = uniform, the original sampling, kept bit-exact for old runs)
-        # (cumulative, as random.choices would compute them, so draws match the original sampling bit for bit)
+        # per-record cumulative draw weights, as random.choices computes them (None = uniform, the original
+        # sampling); either way the draws match those of earlier runs bit for bit
         self.focus = focus
         self.item_w: dict[tuple[int, int], list[float] | None] = {}
         for s in shapes:
@@ -342,7 +341,9 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = False
         bundle.vq.to(accel.device).eval()
         scales = [float(x) for x in cfg.live_scales.split(",")]
-        live = LiveSamples(cfg.live_workers, cfg.seed + 1000 * step, cfg.corpus, scales,
+        # a stream per process and per (re)start, so neither ranks nor resumed runs repeat samples
+        live_seed = (cfg.seed * 1000 + accel.process_index) * 1_000_003 + step
+        live = LiveSamples(cfg.live_workers, live_seed, cfg.corpus, scales,
                            max_ready=max(8 * cfg.batch_size, 2 * cfg.batch_size * cfg.live_every))
         batcher.add(encode_records(bundle.vq, live.drain(wait_for=8 * cfg.batch_size), batch=512))
     n_params = sum(p.numel() for p in params)
@@ -377,42 +378,44 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     t0, ema, step0 = time.time(), None, step
     t_window = t0
     deadline = t_start + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
-    while step < cfg.steps:
-        if live is not None and step % cfg.live_every == 0:
-            batcher.add(encode_records(bundle.vq, live.drain(), batch=512))
-        loss, stats = sft_step(accel, bundle, opt, params, batcher, constraints, cfg, step)
-        step += 1
-        if deadline is not None and (step - step0) % 50 == 0:
-            # fit the rest of the schedule into the time left (a checkpoint save is kept in reserve), at
-            # the rate of the last 50 steps: the first ones are slower (start-up, warm-up of the kernels)
-            now = time.time()
-            rate = (now - t_window) / 50
-            t_window = now
-            cfg.steps = step + max(1, int((deadline - now - 15) / rate))
-            bar.total = cfg.steps
-            if (step - step0) % 500 == 50:
-                accel.print(f"\ntime budget: {rate * 1000:.0f} ms/step -> {cfg.steps} steps in all")
-        if deadline is not None and time.time() > deadline and step < cfg.steps:
-            accel.print(f"\ntime budget spent at step {step}")
-            cfg.steps = step
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}", vis=f"{stats['nll_visual']:.2f}")
-        if writer and step % cfg.log_every == 0:
-            writer.add_scalar("train/loss", loss.item(), step)
-            for k, v in stats.items():
-                writer.add_scalar(f"train/{k}", v, step)
-            writer.add_scalar("train/lr", lr_at(step, cfg), step)
-            writer.add_scalar("train/sec_per_step", (time.time() - t0) / max(1, step - step0), step)
-        if step % (cfg.log_every * 10) == 0:
-            el = time.time() - t0
-            accel.print(f"\nstep {step}/{cfg.steps} loss {ema:.3f} nll_visual {stats['nll_visual']:.3f} "
-                        f"{el / (step - step0) * 1000:.0f} ms/step pool {len(batcher)}")
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_checkpoint()
-    bar.close()
-    if live is not None:
-        live.close()
+    try:
+        while step < cfg.steps:
+            if live is not None and step % cfg.live_every == 0:
+                batcher.add(encode_records(bundle.vq, live.drain(), batch=512))
+            loss, stats = sft_step(accel, bundle, opt, params, batcher, constraints, cfg, step)
+            step += 1
+            if deadline is not None and (step - step0) % 50 == 0:
+                # fit the rest of the schedule into the time left (a checkpoint save is kept in reserve), at
+                # the rate of the last 50 steps: the first ones are slower (start-up, warm-up of the kernels)
+                now = time.time()
+                rate = (now - t_window) / 50
+                t_window = now
+                cfg.steps = step + max(1, int((deadline - now - 15) / rate))
+                bar.total = cfg.steps
+                if (step - step0) % 500 == 50:
+                    accel.print(f"\ntime budget: {rate * 1000:.0f} ms/step -> {cfg.steps} steps in all")
+            if deadline is not None and time.time() > deadline and step < cfg.steps:
+                accel.print(f"\ntime budget spent at step {step}")
+                cfg.steps = step
+            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.3f}", vis=f"{stats['nll_visual']:.2f}")
+            if writer and step % cfg.log_every == 0:
+                writer.add_scalar("train/loss", loss.item(), step)
+                for k, v in stats.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+                writer.add_scalar("train/lr", lr_at(step, cfg), step)
+                writer.add_scalar("train/sec_per_step", (time.time() - t0) / max(1, step - step0), step)
+            if step % (cfg.log_every * 10) == 0:
+                el = time.time() - t0
+                accel.print(f"\nstep {step}/{cfg.steps} loss {ema:.3f} nll_visual {stats['nll_visual']:.3f} "
+                            f"{el / (step - step0) * 1000:.0f} ms/step pool {len(batcher)}")
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                save_checkpoint()
+    finally:
+        bar.close()
+        if live is not None:
+            live.close()
 
 
 def main() -> None:
