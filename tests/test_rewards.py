@@ -59,6 +59,8 @@ def test_verifier_reward_orders_edits():
     assert r.stats == {"scored": 3, "skipped": 1}
     with pytest.raises(ValueError):
         VerifierReward("nonsense")
+    dense = VerifierReward("closeness").score([good, lazy, failed, no_truth])
+    assert dense[0] == 10.0 and dense[1] == 0.0 and dense[2] == -10.0 and dense[3] is None
 
 
 def test_judge_endpoint_scores_and_retries():

@@ -80,3 +80,16 @@ def test_api_accepts_pil_arrays_and_resizes():
     assert set(r1.as_dict()) == {"success", "overedit", "sc", "pq", "overall"}
     with pytest.raises(ValueError, match="mask shape"):
         verifier.score(src, tgt, tgt, np.ones((8, 8), bool))
+
+
+def test_closeness_ranks_outputs_that_score_zero():
+    """The shaping score separates failed flips by their coarse layout, where ``score`` gives all of them 0."""
+    rng = np.random.default_rng(3)
+    s = suite.make_sample("hflip", PHOTOS, rng, "c")
+    src, tgt = s["source"], s["target"]
+    assert verifier.closeness(src, tgt, tgt) == 10.0
+    assert verifier.closeness(src, src, tgt) == 0.0
+    coarse_flip = tgt.resize((3, 3), Image.Resampling.BOX).resize(tgt.size, Image.Resampling.BICUBIC)  # layout only
+    flat = Image.new("RGB", src.size, (128, 128, 128))
+    assert verifier.score(src, coarse_flip, tgt, s["mask"]).overall < 2  # both fail the verifier…
+    assert verifier.closeness(src, coarse_flip, tgt) > 3 > 0 > verifier.closeness(src, flat, tgt)  # …but rank

@@ -243,6 +243,29 @@ def score(source, output, target, mask=None) -> VerifierScore:
     return VerifierScore(succ, over, sc, pq, float(np.sqrt(sc * pq)))
 
 
+def closeness(source, output, target) -> float:
+    """A dense shaping score for RL, −10…10 (not part of ``score``): how much closer the output is to the
+    target than the source is, at token-cell resolution (the opponent-colour images averaged over 8×8
+    cells), ``10 · clip(1 − d(output, target) / d(source, target), −1, 1)``.
+
+    ``score`` gives 0 to every output that is no closer to the target than the source, so on an edit the
+    model cannot do yet (a flip) all of a group's candidates tie and GRPO learns nothing. This score still
+    ranks them by their coarse layout, the part of a flip the model can learn first."""
+    T = _arr(target)
+    size = (T.shape[1], T.shape[0])
+
+    def coarse(a: np.ndarray) -> np.ndarray:
+        q = a @ _OPP.T
+        return np.stack([_cells(q[..., i]) for i in range(3)], -1)
+
+    Tc = coarse(T)
+    d_out = float(np.sqrt(((coarse(_arr(output, size)) - Tc) ** 2).mean()))
+    d_src = float(np.sqrt(((coarse(_arr(source, size)) - Tc) ** 2).mean()))
+    if d_src == 0:
+        return 10.0 * float(np.clip(1 - d_out / 0.05, -1, 1))
+    return 10.0 * float(np.clip(1 - d_out / d_src, -1, 1))
+
+
 def edit_magnitude(source, target, mask=None) -> float:
     """rms_M(P(source), P(target)): how much the edit changes its region (the generator rejects
     samples below ``MIN_MAGNITUDE``, whose ground truth is too close to the source to judge)."""
