@@ -61,6 +61,7 @@ def test_verifier_reward_orders_edits():
         VerifierReward("nonsense")
     dense = VerifierReward("closeness").score([good, lazy, failed, no_truth])
     assert dense[0] == 10.0 and dense[1] == 0.0 and dense[2] == -10.0 and dense[3] is None
+    assert VerifierReward("layout").score([good, lazy, failed, no_truth])[2:] == [-10.0, None]
 
 
 def test_judge_endpoint_scores_and_retries():

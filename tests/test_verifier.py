@@ -93,3 +93,16 @@ def test_closeness_ranks_outputs_that_score_zero():
     flat = Image.new("RGB", src.size, (128, 128, 128))
     assert verifier.score(src, coarse_flip, tgt, s["mask"]).overall < 2  # both fail the verifier…
     assert verifier.closeness(src, coarse_flip, tgt) > 3 > 0 > verifier.closeness(src, flat, tgt)  # …but rank
+
+
+def test_layout_closeness_ignores_the_palette():
+    rng = np.random.default_rng(3)
+    s = suite.make_sample("hflip", PHOTOS, rng, "c")
+    src, tgt = s["source"], s["target"]
+    assert verifier.layout_closeness(src, tgt, tgt) == 10.0
+    assert verifier.layout_closeness(src, src, tgt) == 0.0
+    # the flipped layout in the wrong colours: `closeness` penalises the palette, the layout score does not
+    tinted = Image.fromarray((np.asarray(tgt, np.float32) * [0.6, 0.9, 1.0] + [60, 0, 0]).clip(0, 255).astype(np.uint8))
+    assert verifier.layout_closeness(src, tinted, tgt) > 7 > verifier.closeness(src, tinted, tgt)
+    flat = Image.new("RGB", src.size, (128, 128, 128))
+    assert verifier.layout_closeness(src, flat, tgt) < verifier.layout_closeness(src, tinted, tgt)

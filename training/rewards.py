@@ -69,13 +69,14 @@ class Reward:
 
 class VerifierReward(Reward):
     """The programmatic verifier's ``field`` (overall, sc, pq, success, overedit), 0–10, or ``closeness``
-    (``verifier.closeness``, −10…10: a dense shaping score for edits where every candidate scores 0)."""
+    (``verifier.closeness``, −10…10: a dense shaping score for edits where every candidate scores 0) or
+    ``layout`` (``verifier.layout_closeness``: the same on the coarse luminance layout alone)."""
 
     name = "verifier"
 
     def __init__(self, field: str = "overall") -> None:
         super().__init__()
-        if field not in ("overall", "sc", "pq", "success", "overedit", "closeness"):
+        if field not in ("overall", "sc", "pq", "success", "overedit", "closeness", "layout"):
             raise ValueError(f"unknown verifier field {field!r}")
         self.field = field
 
@@ -86,11 +87,13 @@ class VerifierReward(Reward):
         for s in samples:
             if s.output is None:
                 # an undecodable output is a failed edit, not a missing score: the lowest score
-                out.append(-10.0 if self.field == "closeness" else 0.0)
+                out.append(-10.0 if self.field in ("closeness", "layout") else 0.0)
             elif s.target is None:
                 out.append(None)  # no ground truth (e.g. a user's photo): the verifier cannot say
             elif self.field == "closeness":
                 out.append(verifier.closeness(s.source, s.output, s.target))
+            elif self.field == "layout":
+                out.append(verifier.layout_closeness(s.source, s.output, s.target))
             else:
                 out.append(float(getattr(verifier.score(s.source, s.output, s.target, s.mask), self.field)))
         return self._count(out)
@@ -334,7 +337,7 @@ class RewardModelReward(Reward):
 def make_reward(spec: str, bundle: Any = None, judge_url: str | None = None, judge_model: str = "judge",
                 judge_path: str | None = None, reward_model: str | None = None) -> Reward:
     """A reward from a CLI spec: ``verifier``, ``judge``, ``reward_model`` or a weighted mix such as
-    ``verifier:0.5,judge:0.5``; ``verifier.pq`` picks one verifier score (overall, sc, pq, success, overedit, closeness)."""
+    ``verifier:0.5,judge:0.5``; ``verifier.pq`` picks one verifier score (overall, sc, pq, success, overedit, closeness, layout)."""
     parts = []
     for item in spec.split(","):
         name, _, w = item.strip().partition(":")

@@ -266,6 +266,24 @@ def closeness(source, output, target) -> float:
     return 10.0 * float(np.clip(1 - d_out / d_src, -1, 1))
 
 
+def layout_closeness(source, output, target, grid: int = 4) -> float:
+    """Like ``closeness``, but on the layout alone, −10…10: luminance averaged over a ``grid``×``grid``
+    partition of the image, minus its mean (so brightness and colour do not count). ``closeness``
+    rewarded keeping the photo's palette before its layout (model card, "Continue training")."""
+    T = _arr(target)
+    size = (T.shape[1], T.shape[0])
+
+    def coarse(a: np.ndarray) -> np.ndarray:
+        y = np.asarray(Image.fromarray(np.clip(_luma(a) * 255, 0, 255).astype(np.uint8)).resize(
+            (grid, grid), Image.Resampling.BOX), np.float32) / 255.0
+        return y - y.mean()
+
+    Tc = coarse(T)
+    d_out = float(np.sqrt(((coarse(_arr(output, size)) - Tc) ** 2).mean()))
+    d_src = max(float(np.sqrt(((coarse(_arr(source, size)) - Tc) ** 2).mean())), 0.02)
+    return 10.0 * float(np.clip(1 - d_out / d_src, -1, 1))
+
+
 def edit_magnitude(source, target, mask=None) -> float:
     """rms_M(P(source), P(target)): how much the edit changes its region (the generator rejects
     samples below ``MIN_MAGNITUDE``, whose ground truth is too close to the source to judge)."""
