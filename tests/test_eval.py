@@ -84,8 +84,8 @@ def test_think_mode_candidates_and_bad_input(tiny_bundle, samples):
     assert len(s.candidates) == 2 and s.seeds[1] == s.seeds[0] + 1
     assert len(s.reasoning) == 2
     assert s.model == pytest.approx(np.mean([c["overall"] for c in s.candidates]))
-    assert all(-10.0 <= c["closeness"] <= 10.0 for c in s.candidates)
-    assert set(res.closeness_by_kind()) == set(res.kinds())
+    assert all(-10.0 <= c["closeness"] <= 10.0 and -10.0 <= c["layout"] <= 10.0 for c in s.candidates)
+    assert set(res.closeness_by_kind()) == set(res.closeness_by_kind("layout")) == set(res.kinds())
     with pytest.raises(ValueError, match="lacks"):
         ev.evaluate(tiny_bundle, [{"id": "x", "kind": "k"}], progress=False)
     with pytest.raises(ValueError, match="temperature"):

@@ -199,12 +199,12 @@ class EvalResult:
         lines.append(f"{'overall':18s} {self.n:3d} {vals}")
         return "\n".join(lines)
 
-    def closeness_by_kind(self) -> dict[str, float]:
-        """Mean ``verifier.closeness`` of the model's candidates per kind (−10…10; 0 = no closer than the
-        source): the shaping score, which still moves where the verifier gives every output 0."""
+    def closeness_by_kind(self, score: str = "closeness") -> dict[str, float]:
+        """Mean shaping score (``closeness`` or ``layout``, −10…10; 0 = no closer than the source) of the
+        model's candidates per kind: it still moves where the verifier gives every output 0."""
         out = {}
         for k in self.kinds():
-            vals = [c["closeness"] for s in self.samples if s.kind == k for c in s.candidates if "closeness" in c]
+            vals = [c[score] for s in self.samples if s.kind == k for c in s.candidates if score in c]
             if vals:
                 out[k] = float(np.mean(vals))
         return out
@@ -234,6 +234,11 @@ def _fit(bundle: Any, img: Image.Image) -> Image.Image:
 
 def _score(s: dict, output: Image.Image | np.ndarray) -> verifier.VerifierScore:
     return verifier.score(s["source"], output, s["target"], s["mask"])
+
+
+def _shaping(s: dict, output: Image.Image) -> dict[str, float]:
+    return {"closeness": round(verifier.closeness(s["source"], output, s["target"]), 3),
+            "layout": round(verifier.layout_closeness(s["source"], output, s["target"]), 3)}
 
 
 def evaluate(
@@ -298,9 +303,10 @@ def evaluate(
     failed = verifier.VerifierScore(0.0, 0.0, 0.0, 0.0, 0.0).as_dict()
     results: list[SampleScore] = []
     for i, s in enumerate(samples):
-        # each candidate also gets the RL shaping score (verifier.closeness), which ranks the failures
-        cand = [{**_score(s, im).as_dict(), "closeness": round(verifier.closeness(s["source"], im, s["target"]), 3)}
-                if im is not None else {**failed, "closeness": -10.0} for im in outs[i]] if generate else []
+        # each candidate also gets the RL shaping scores (verifier.closeness / layout_closeness), which rank
+        # the failures
+        cand = [{**_score(s, im).as_dict(), **_shaping(s, im)} if im is not None
+                else {**failed, "closeness": -10.0, "layout": -10.0} for im in outs[i]] if generate else []
         results.append(SampleScore(
             id=s["id"], kind=s["kind"], category=s.get("category", ""), instruction=s[key], seeds=seeds[i],
             model=float(np.mean([c["overall"] for c in cand])) if generate else nan,
@@ -471,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--compare", default=None, help="an earlier --out JSON (e.g. the parent model's): print a "
                     "before / after / delta table per kind")
     ap.add_argument("--closeness", action="store_true",
-                    help="also print the mean shaping score (training.verifier.closeness) per kind")
+                    help="also print the mean shaping scores (verifier.closeness, layout_closeness) per kind")
     ap.add_argument("--sheet", default=None, help="write a contact sheet PNG (source / output / target)")
     ap.add_argument("--sheet-per-kind", type=int, default=2)
     ap.add_argument("--references-only", action="store_true",
@@ -520,12 +526,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.sheet:
         print(f"wrote {contact_sheet(res, samples, a.sheet, a.sheet_per_kind)}")
     if a.closeness and generate:
-        cl = res.closeness_by_kind()
-        print("\ncloseness (RL shaping score, -10..10; 0 = no closer than the source): "
-              + " ".join(f"{k}={v:.2f}" for k, v in cl.items()))
-        geo = [c["closeness"] for s in res.samples if s.category == "geometry" for c in s.candidates]
-        if geo:
-            print(f"closeness geometry={np.mean(geo):.3f} n={len(geo)}")
+        for score in ("closeness", "layout"):
+            cl = res.closeness_by_kind(score)
+            print(f"\n{score} (RL shaping score, -10..10; 0 = no closer than the source): "
+                  + " ".join(f"{k}={v:.2f}" for k, v in cl.items()))
+            geo = [c[score] for s in res.samples if s.category == "geometry" for c in s.candidates]
+            if geo:
+                print(f"{score} geometry={np.mean(geo):.3f} n={len(geo)}")
     if a.compare:
         print("\n" + compare_table(json.loads(Path(a.compare).read_text()), res.to_json()))
     print(res.summary_line())
