@@ -82,25 +82,29 @@ def test_api_accepts_pil_arrays_and_resizes():
         verifier.score(src, tgt, tgt, np.ones((8, 8), bool))
 
 
-def test_closeness_ranks_outputs_that_score_zero():
+@pytest.fixture(scope="module")
+def flip():
+    return suite.make_sample("hflip", PHOTOS, np.random.default_rng(3), "c")
+
+
+@pytest.mark.parametrize("name", list(verifier.SHAPING))
+def test_shaping_scores_put_target_at_10_and_source_at_0(flip, name):
+    src, tgt = flip["source"], flip["target"]
+    assert verifier.SHAPING[name](src, tgt, tgt) == 10.0
+    assert verifier.SHAPING[name](src, src, tgt) == 0.0
+
+
+def test_closeness_ranks_outputs_that_score_zero(flip):
     """The shaping score separates failed flips by their coarse layout, where ``score`` gives all of them 0."""
-    rng = np.random.default_rng(3)
-    s = suite.make_sample("hflip", PHOTOS, rng, "c")
-    src, tgt = s["source"], s["target"]
-    assert verifier.closeness(src, tgt, tgt) == 10.0
-    assert verifier.closeness(src, src, tgt) == 0.0
+    s, src, tgt = flip, flip["source"], flip["target"]
     coarse_flip = tgt.resize((3, 3), Image.Resampling.BOX).resize(tgt.size, Image.Resampling.BICUBIC)  # layout only
     flat = Image.new("RGB", src.size, (128, 128, 128))
     assert verifier.score(src, coarse_flip, tgt, s["mask"]).overall < 2  # both fail the verifier…
     assert verifier.closeness(src, coarse_flip, tgt) > 3 > 0 > verifier.closeness(src, flat, tgt)  # …but rank
 
 
-def test_layout_closeness_ignores_the_palette():
-    rng = np.random.default_rng(3)
-    s = suite.make_sample("hflip", PHOTOS, rng, "c")
-    src, tgt = s["source"], s["target"]
-    assert verifier.layout_closeness(src, tgt, tgt) == 10.0
-    assert verifier.layout_closeness(src, src, tgt) == 0.0
+def test_layout_closeness_ignores_the_palette(flip):
+    src, tgt = flip["source"], flip["target"]
     # the flipped layout in the wrong colours: `closeness` penalises the palette, the layout score does not
     tinted = Image.fromarray((np.asarray(tgt, np.float32) * [0.6, 0.9, 1.0] + [60, 0, 0]).clip(0, 255).astype(np.uint8))
     assert verifier.layout_closeness(src, tinted, tgt) > 7 > verifier.closeness(src, tinted, tgt)

@@ -237,8 +237,7 @@ def _score(s: dict, output: Image.Image | np.ndarray) -> verifier.VerifierScore:
 
 
 def _shaping(s: dict, output: Image.Image) -> dict[str, float]:
-    return {"closeness": round(verifier.closeness(s["source"], output, s["target"]), 3),
-            "layout": round(verifier.layout_closeness(s["source"], output, s["target"]), 3)}
+    return {name: round(f(s["source"], output, s["target"]), 3) for name, f in verifier.SHAPING.items()}
 
 
 def evaluate(
@@ -306,7 +305,7 @@ def evaluate(
         # each candidate also gets the RL shaping scores (verifier.closeness / layout_closeness), which rank
         # the failures
         cand = [{**_score(s, im).as_dict(), **_shaping(s, im)} if im is not None
-                else {**failed, "closeness": -10.0, "layout": -10.0} for im in outs[i]] if generate else []
+                else {**failed, **dict.fromkeys(verifier.SHAPING, -10.0)} for im in outs[i]] if generate else []
         results.append(SampleScore(
             id=s["id"], kind=s["kind"], category=s.get("category", ""), instruction=s[key], seeds=seeds[i],
             model=float(np.mean([c["overall"] for c in cand])) if generate else nan,
@@ -526,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.sheet:
         print(f"wrote {contact_sheet(res, samples, a.sheet, a.sheet_per_kind)}")
     if a.closeness and generate:
-        for score in ("closeness", "layout"):
+        for score in verifier.SHAPING:
             cl = res.closeness_by_kind(score)
             print(f"\n{score} (RL shaping score, -10..10; 0 = no closer than the source): "
                   + " ".join(f"{k}={v:.2f}" for k, v in cl.items()))

@@ -76,7 +76,9 @@ class VerifierReward(Reward):
 
     def __init__(self, field: str = "overall") -> None:
         super().__init__()
-        if field not in ("overall", "sc", "pq", "success", "overedit", "closeness", "layout"):
+        from training.verifier import SHAPING
+
+        if field not in ("overall", "sc", "pq", "success", "overedit", *SHAPING):
             raise ValueError(f"unknown verifier field {field!r}")
         self.field = field
 
@@ -87,13 +89,11 @@ class VerifierReward(Reward):
         for s in samples:
             if s.output is None:
                 # an undecodable output is a failed edit, not a missing score: the lowest score
-                out.append(-10.0 if self.field in ("closeness", "layout") else 0.0)
+                out.append(-10.0 if self.field in verifier.SHAPING else 0.0)
             elif s.target is None:
                 out.append(None)  # no ground truth (e.g. a user's photo): the verifier cannot say
-            elif self.field == "closeness":
-                out.append(verifier.closeness(s.source, s.output, s.target))
-            elif self.field == "layout":
-                out.append(verifier.layout_closeness(s.source, s.output, s.target))
+            elif self.field in verifier.SHAPING:
+                out.append(verifier.SHAPING[self.field](s.source, s.output, s.target))
             else:
                 out.append(float(getattr(verifier.score(s.source, s.output, s.target, s.mask), self.field)))
         return self._count(out)

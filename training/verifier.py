@@ -243,6 +243,16 @@ def score(source, output, target, mask=None) -> VerifierScore:
     return VerifierScore(succ, over, sc, pq, float(np.sqrt(sc * pq)))
 
 
+def _coarse_distances(source, output, target, coarse) -> tuple[float, float]:
+    """RMS distances of output and source to the target after ``coarse`` (what the shaping scores compare)."""
+    T = _arr(target)
+    size = (T.shape[1], T.shape[0])
+    Tc = coarse(T)
+    d_out = float(np.sqrt(((coarse(_arr(output, size)) - Tc) ** 2).mean()))
+    d_src = float(np.sqrt(((coarse(_arr(source, size)) - Tc) ** 2).mean()))
+    return d_out, d_src
+
+
 def closeness(source, output, target) -> float:
     """A dense shaping score for RL, −10…10 (not part of ``score``): how much closer the output is to the
     target than the source is, at token-cell resolution (the opponent-colour images averaged over 8×8
@@ -251,37 +261,31 @@ def closeness(source, output, target) -> float:
     ``score`` gives 0 to every output that is no closer to the target than the source, so on an edit the
     model cannot do yet (a flip) all of a group's candidates tie and GRPO learns nothing. This score still
     ranks them by their coarse layout, the part of a flip the model can learn first."""
-    T = _arr(target)
-    size = (T.shape[1], T.shape[0])
 
     def coarse(a: np.ndarray) -> np.ndarray:
         q = a @ _OPP.T
         return np.stack([_cells(q[..., i]) for i in range(3)], -1)
 
-    Tc = coarse(T)
-    d_out = float(np.sqrt(((coarse(_arr(output, size)) - Tc) ** 2).mean()))
-    d_src = float(np.sqrt(((coarse(_arr(source, size)) - Tc) ** 2).mean()))
-    if d_src == 0:
-        return 10.0 * float(np.clip(1 - d_out / 0.05, -1, 1))
-    return 10.0 * float(np.clip(1 - d_out / d_src, -1, 1))
+    d_out, d_src = _coarse_distances(source, output, target, coarse)
+    return 10.0 * float(np.clip(1 - d_out / (d_src if d_src > 0 else 0.05), -1, 1))
 
 
 def layout_closeness(source, output, target, grid: int = 4) -> float:
     """Like ``closeness``, but on the layout alone, −10…10: luminance averaged over a ``grid``×``grid``
     partition of the image, minus its mean (so brightness and colour do not count). ``closeness``
     rewarded keeping the photo's palette before its layout (model card, "Continue training")."""
-    T = _arr(target)
-    size = (T.shape[1], T.shape[0])
 
     def coarse(a: np.ndarray) -> np.ndarray:
         y = np.asarray(Image.fromarray(np.clip(_luma(a) * 255, 0, 255).astype(np.uint8)).resize(
             (grid, grid), Image.Resampling.BOX), np.float32) / 255.0
         return y - y.mean()
 
-    Tc = coarse(T)
-    d_out = float(np.sqrt(((coarse(_arr(output, size)) - Tc) ** 2).mean()))
-    d_src = max(float(np.sqrt(((coarse(_arr(source, size)) - Tc) ** 2).mean())), 0.02)
-    return 10.0 * float(np.clip(1 - d_out / d_src, -1, 1))
+    d_out, d_src = _coarse_distances(source, output, target, coarse)
+    return 10.0 * float(np.clip(1 - d_out / max(d_src, 0.02), -1, 1))
+
+
+# the shaping scores by name (reward fields ``verifier.closeness`` / ``verifier.layout``, eval's JSON)
+SHAPING = {"closeness": closeness, "layout": layout_closeness}
 
 
 def edit_magnitude(source, target, mask=None) -> float:
