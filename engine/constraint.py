@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from engine.layout import SpecialIds, special_ids
@@ -177,28 +178,58 @@ class FreeFormConstraint:
         not allowed at its position or the sequence does not end exactly at EOS.
         """
         ids = gen_ids.tolist() if isinstance(gen_ids, torch.Tensor) else [int(x) for x in gen_ids]
-        s = self.start()
-        # Only the reasoning needs the state machine; from THINK_END on, token i sits at template position
-        # pos0 + i, so the rest is a slice of the template's tables (training replays ~10^5 tokens a step).
-        i = 0
-        while i < len(ids) and s.pos < 0:
-            self.advance(s, ids[i])
-            i += 1
-        n_text, pos0, rest = i, s.pos, len(ids) - i
+        return tuple(t[0] for t in self.replay_batch([ids]))  # type: ignore[return-value]
+
+    def replay_batch(self, gens: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``replay`` for a batch: (mask_rows, image, row, col), each (B, longest), zero past each end."""
+        # Only the reasoning needs the state machine; from THINK_END on, token j sits at template position
+        # pos0 + j - n_text, so the rest is a gather from the template's tables (training replays ~10^5
+        # tokens a step, and per-sequence tensor work dominated a GPU step).
         end = len(self.template)
-        if pos0 < 0 or pos0 + rest < end:
-            raise ValueError(f"generation of {len(ids)} tokens ends before EOS")
-        if pos0 + rest > end:
-            raise ValueError(f"tokens after EOS at position {n_text + end - pos0}")
-        text = torch.zeros(n_text, dtype=torch.long)
-        mask_rows = torch.cat([text + TEXT_ROW, self.row_of_pos[pos0:]])
-        tok = torch.tensor(ids, dtype=torch.long)
+        lengths, starts = [], []
+        single_end = self.sp.think_end_ids[0] if len(self.sp.think_end_ids) == 1 else None
+        for b, ids in enumerate(gens):
+            s = self.start()
+            i = 0
+            if s.pos < 0 and single_end is not None:
+                # one-token THINK_END within the budget: the state machine would stop right after it
+                try:
+                    k = ids.index(single_end, 0, self.max_reasoning)
+                    i, s.pos = k + 1, self.image_offset
+                except ValueError:
+                    pass
+            while i < len(ids) and s.pos < 0:
+                self.advance(s, ids[i])
+                i += 1
+            n_text, pos0, rest = i, s.pos, len(ids) - i
+            if pos0 < 0 or pos0 + rest < end:
+                raise ValueError(f"generation of {len(ids)} tokens ends before EOS" + (f" (sequence {b})" if len(gens) > 1 else ""))
+            if pos0 + rest > end:
+                raise ValueError(f"tokens after EOS at position {n_text + end - pos0}" + (f" (sequence {b})" if len(gens) > 1 else ""))
+            lengths.append(len(ids))
+            starts.append((n_text, pos0))
+        n_b, g_max = len(gens), max(lengths)
+        tok_np = np.full((n_b, g_max), self.sp.pad, dtype=np.int64)
+        for b, ids in enumerate(gens):
+            tok_np[b, : len(ids)] = ids
+        tok = torch.from_numpy(tok_np)
+        j = torch.arange(g_max).unsqueeze(0)
+        n_text = torch.tensor([s[0] for s in starts]).unsqueeze(1)
+        pos0 = torch.tensor([s[1] for s in starts]).unsqueeze(1)
+        valid = j < torch.tensor(lengths).unsqueeze(1)
+        in_template = (j >= n_text) & valid
+        # index `end` is a sentinel entry: text / padding positions read row 0 (TEXT_ROW) and features 0
+        pos = torch.where(in_template, pos0 + j - n_text, torch.full_like(j, end))
+        pad1 = torch.zeros(1, dtype=torch.long)
+        mask_rows = torch.cat([self.row_of_pos, pad1])[pos]
+        feats = [torch.cat([f, pad1])[pos] for f in (self.feat_image, self.feat_row, self.feat_col)]
         ok = self._masks_cpu[mask_rows, tok.clamp(0, self.vocab_size - 1)].isfinite() & (tok < self.vocab_size)
-        if not bool(ok.all()):
-            i = int((~ok).nonzero()[0, 0])
-            raise ValueError(f"token {ids[i]} at position {i} is not allowed by the constraint")
-        return (mask_rows, torch.cat([text, self.feat_image[pos0:]]), torch.cat([text, self.feat_row[pos0:]]),
-                torch.cat([text, self.feat_col[pos0:]]))
+        bad = valid & ~ok
+        if bool(bad.any()):
+            b, i = (int(x) for x in bad.nonzero()[0])
+            raise ValueError(f"token {gens[b][i]} at position {i} is not allowed by the constraint"
+                             + (f" (sequence {b})" if len(gens) > 1 else ""))
+        return (mask_rows, *feats)
 
     def additive_masks(self, gen_ids: list[int] | torch.Tensor) -> torch.Tensor:
         """(T, vocab) additive mask for every position of a finished generation (small vocabularies)."""

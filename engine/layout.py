@@ -47,6 +47,11 @@ class SpecialIds:
     visual_set: frozenset = field(default=frozenset(), repr=False)  # for fast Python-side membership
 
     @property
+    def visual_np(self) -> np.ndarray:
+        """``visual_ids`` as a numpy array (sequences are built from numpy code grids)."""
+        return self.visual_ids.numpy()
+
+    @property
     def think_start(self) -> int:
         if len(self.think_start_ids) != 1:
             raise ValueError("this tokenizer writes THINK_START as several tokens; use think_start_ids")
@@ -133,10 +138,25 @@ def special_ids(tok_or_ids: Any) -> SpecialIds:
     return tok_or_ids if isinstance(tok_or_ids, SpecialIds) else SpecialIds.from_tokenizer(tok_or_ids)
 
 
+_TEXT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TEXT_CACHE_SIZE = 1 << 16
+
+
 def _encode(tok: Any, text: str) -> list[int]:
     if not text:
         return []
-    return list(tok.encode(text, add_special_tokens=False))
+    # Training encodes the same instructions and reasoning texts over and over (a quarter of a GPU
+    # step's preparation went to the tokenizer), so encodings are memoised per tokenizer.
+    try:
+        cache = _TEXT_CACHE.setdefault(tok, {})
+    except TypeError:  # a tokenizer that cannot be weak-referenced: no caching
+        return list(tok.encode(text, add_special_tokens=False))
+    ids = cache.get(text)
+    if ids is None:
+        if len(cache) >= _TEXT_CACHE_SIZE:
+            cache.clear()
+        ids = cache[text] = tuple(tok.encode(text, add_special_tokens=False))
+    return list(ids)
 
 
 def _check_grid(grid: np.ndarray, sp: SpecialIds) -> np.ndarray:
@@ -153,9 +173,10 @@ def image_ids(tok: Any, grid: np.ndarray) -> list[int]:
     sp = special_ids(tok)
     g = _check_grid(grid, sp)
     h, w = g.shape
-    vis = sp.visual_ids[torch.from_numpy(g)]  # (H, W)
-    rows = torch.cat([vis, torch.full((h, 1), sp.eol, dtype=torch.long)], 1).reshape(-1).tolist()
-    return [sp.img_start, *sp.header_ids(h, w), sp.img_token, *rows, sp.eof, sp.img_end]
+    rows = np.empty((h, w + 1), dtype=np.int64)
+    rows[:, :w] = sp.visual_np[g]
+    rows[:, w] = sp.eol
+    return [sp.img_start, *sp.header_ids(h, w), sp.img_token, *rows.ravel().tolist(), sp.eof, sp.img_end]
 
 
 def build_prompt(tok: Any, grid: np.ndarray | None, instruction: str, think: bool) -> list[int]:
@@ -273,31 +294,32 @@ def grid_positions(tok: Any, ids: list[int] | torch.Tensor) -> tuple[torch.Tenso
     row, and their column (EOL: column W, one past the last visual token). Everything else is 0.
     Works on prefixes too, so a sequence's features never depend on what follows.
     """
+    seq = torch.as_tensor(ids if isinstance(ids, torch.Tensor) else list(ids), dtype=torch.long).reshape(1, -1)
+    return tuple(f[0] for f in grid_positions_batch(tok, seq))  # type: ignore[return-value]
+
+
+def grid_positions_batch(tok: Any, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``grid_positions`` of every row of a (B, T) id tensor (padding is neither visual nor EOL)."""
+    # Vectorised with running maxima of "last index where …", so a batch costs a few tensor ops
+    # instead of a Python loop per token (it was most of a GPU training step's preparation).
     sp = special_ids(tok)
-    seq = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-    n = len(seq)
-    image = [0] * n
-    row = [0] * n
-    col = [0] * n
-    k = 0
-    inside = False  # between IMG_TOKEN and EOF
-    r = c = 0
-    visual = sp.visual_set
-    for i, t in enumerate(seq):
-        if t == sp.img_start:
-            k += 1
-            inside = False
-        elif t == sp.img_token and k > 0:
-            inside = True
-            r = c = 0
-        elif inside:
-            if t == sp.eol:
-                image[i], row[i], col[i] = k, r, c
-                r += 1
-                c = 0
-            elif t in visual:
-                image[i], row[i], col[i] = k, r, c
-                c += 1
-            else:
-                inside = False
-    return torch.tensor(image), torch.tensor(row), torch.tensor(col)
+    ids = ids.long()
+    n_t = ids.shape[1]
+    idx = torch.arange(n_t).expand_as(ids)
+    none = torch.full_like(ids, -1)
+    code_of = sp.code_of.to(ids.device)
+    is_vis = (code_of[ids.clamp(0, code_of.numel() - 1)] >= 0) & (ids >= 0) & (ids < code_of.numel())
+    is_eol = ids == sp.eol
+    k = torch.cumsum(ids == sp.img_start, 1)
+    opener = (ids == sp.img_token) & (k > 0)  # starts (or restarts) the rows of image k
+    last_open = torch.cummax(torch.where(opener, idx, none), 1).values
+    breaker = ~(is_vis | is_eol | opener)  # any other token ends the grid
+    last_break = torch.cummax(torch.where(breaker, idx, none), 1).values
+    inside = (is_vis | is_eol) & (last_open > last_break)
+    eols = torch.cumsum(is_eol, 1)
+    row = eols - is_eol.long() - torch.gather(eols, 1, last_open.clamp(min=0))
+    last_eol = torch.cummax(torch.where(is_eol, idx, none), 1).values
+    prev_eol = torch.cat([none[:, :1], last_eol[:, :-1]], 1)  # the last EOL strictly before each token
+    col = idx - torch.maximum(last_open, prev_eol) - 1
+    zero = torch.zeros_like(ids)
+    return torch.where(inside, k, zero), torch.where(inside, row, zero), torch.where(inside, col, zero)

@@ -12,13 +12,15 @@ sampling choices and do not enter it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from engine.constraint import FreeFormConstraint
-from engine.layout import grid_positions
+from engine.layout import grid_positions_batch
 
 
 def base_lm(lm: Any) -> Any:
@@ -58,6 +60,80 @@ def _as_batch(x: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor) -> tupl
     return [[int(t) for t in x]], False
 
 
+@dataclass
+class Collated:
+    """A right-padded batch of prompt + generation sequences, ready for one forward pass (CPU tensors)."""
+
+    ids: torch.Tensor  # (B, T) prompt + generation, PAD after each end
+    attn: torch.Tensor  # (B, T) 1 on real tokens
+    feats: torch.Tensor  # (3, B, T) grid features (image, row, col)
+    rows: torch.Tensor  # (B, G) constraint mask row of each generated token
+    gen: torch.Tensor  # (B, G) generated tokens, PAD past each end
+    gather_pos: torch.Tensor  # (B, G) index of the logits that predict each generated token
+    valid: torch.Tensor  # (B, G) True on generated tokens
+
+
+def collate(tok: Any, constraint: FreeFormConstraint, prompts: list[list[int]], gens: list[list[int]]) -> Collated:
+    """Pad a batch and compute its grid features and mask rows (ValueError on a disallowed generation)."""
+    if len(prompts) != len(gens):
+        raise ValueError(f"{len(prompts)} prompts but {len(gens)} generations")
+    if any(not p for p in prompts) or any(not g for g in gens):
+        raise ValueError("empty prompt or generation")
+    pad = constraint.sp.pad
+    n_p = torch.tensor([len(p) for p in prompts]).unsqueeze(1)
+    n_g = torch.tensor([len(g) for g in gens]).unsqueeze(1)
+    b, t_max = len(prompts), int((n_p + n_g).max())
+    # numpy fills a padded matrix from Python lists several times faster than one tensor per row
+    ids_np = np.full((b, t_max), pad, dtype=np.int64)
+    for i, (p, g) in enumerate(zip(prompts, gens, strict=True)):
+        ids_np[i, : len(p)] = p
+        ids_np[i, len(p) : len(p) + len(g)] = g
+    ids = torch.from_numpy(ids_np)
+    t = torch.arange(t_max).unsqueeze(0)
+    attn = (t < n_p + n_g).long()
+    rows, gi, gr, gc = constraint.replay_batch(gens)
+    g_max = rows.shape[1]
+    j = torch.arange(g_max).unsqueeze(0)
+    valid = j < n_g
+    gather_pos = torch.where(valid, n_p - 1 + j, torch.zeros_like(j))  # logits at t predict token t+1
+    gen = torch.where(valid, torch.gather(ids, 1, (n_p + j).clamp(max=t_max - 1)), torch.full_like(j, pad))
+    # prompt features from the prompt alone, generation features from the constraint (what the sampler
+    # feeds): placed at each generation's offset
+    prompt_ids = torch.where(t < n_p, ids, torch.full_like(ids, pad))
+    feats = torch.stack(grid_positions_batch(tok, prompt_ids)) * (t < n_p)
+    gen_feats = torch.stack([gi, gr, gc])
+    dest = (n_p + j).clamp(max=t_max - 1).expand(b, g_max)
+    for f in range(3):
+        feats[f].scatter_add_(1, dest, torch.where(valid, gen_feats[f], torch.zeros_like(gen_feats[f])))
+    return Collated(ids, attn, feats, rows, gen, gather_pos, valid)
+
+
+def collated_logprobs(bundle: Any, batch: Collated, constraint: FreeFormConstraint,
+                      return_argmax: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(B, G) log-probs of ``batch.gen`` (zero past each end); see the module docstring."""
+    lm = bundle.lm
+    device = next(lm.parameters()).device
+    ids, attn = batch.ids.to(device, non_blocking=True), batch.attn.to(device, non_blocking=True)
+    embeds = embed_inputs(bundle, ids, tuple(batch.feats.to(device, non_blocking=True)))
+    gather_pos = batch.gather_pos.to(device, non_blocking=True)
+    base = base_lm(lm)
+    if hasattr(base, "model") and hasattr(base, "lm_head"):
+        # Only the generated positions need the (vocab-wide) LM head.
+        hidden = base.model(inputs_embeds=embeds, attention_mask=attn, use_cache=False).last_hidden_state
+        logits = base.lm_head(torch.gather(hidden, 1, gather_pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])))
+    else:
+        out = lm(inputs_embeds=embeds, attention_mask=attn, use_cache=False).logits
+        logits = torch.gather(out, 1, gather_pos.unsqueeze(-1).expand(-1, -1, out.shape[-1]))
+    masks = constraint.masks.to(device)
+    gen, valid = batch.gen.to(device, non_blocking=True), batch.valid.to(device, non_blocking=True)
+    logp = F.log_softmax(logits.float() + masks[batch.rows.to(device, non_blocking=True)], dim=-1)
+    out = torch.gather(logp, 2, gen.unsqueeze(-1)).squeeze(-1)
+    out = torch.where(valid, out, torch.zeros_like(out))
+    if return_argmax:
+        return out, torch.where(valid, logp.argmax(-1), gen)
+    return out
+
+
 def sequence_logprobs(
     bundle: Any,
     prompt_ids: Sequence[int] | Sequence[Sequence[int]],
@@ -81,58 +157,12 @@ def sequence_logprobs(
     gens, batched_g = _as_batch(gen_ids)
     if len(prompts) != len(gens):
         raise ValueError(f"{len(prompts)} prompts but {len(gens)} generations")
-    lm = bundle.lm
-    vocab = base_lm(lm).config.vocab_size
     if constraint is None:
+        vocab = base_lm(bundle.lm).config.vocab_size
         constraint = FreeFormConstraint(bundle.tokenizer, h, w, think, vocab_size=vocab,
                                         max_new_tokens=max_new_tokens or (max(len(g) for g in gens) if think else None))
-    device = next(lm.parameters()).device
-    tok = bundle.tokenizer
-    pad = constraint.sp.pad
-
-    b = len(prompts)
-    total = [len(p) + len(g) for p, g in zip(prompts, gens, strict=True)]
-    t_max = max(total)
-    g_max = max(len(g) for g in gens)
-    ids = torch.full((b, t_max), pad, dtype=torch.long)
-    attn = torch.zeros((b, t_max), dtype=torch.long)
-    feats = torch.zeros((3, b, t_max), dtype=torch.long)
-    rows = torch.zeros((b, g_max), dtype=torch.long)
-    gen_t = torch.full((b, g_max), pad, dtype=torch.long)
-    gather_pos = torch.zeros((b, g_max), dtype=torch.long)
-    valid = torch.zeros((b, g_max), dtype=torch.bool)
-    for i, (p, g) in enumerate(zip(prompts, gens, strict=True)):
-        n, m = len(p), len(g)
-        if n == 0 or m == 0:
-            raise ValueError("empty prompt or generation")
-        ids[i, : n + m] = torch.tensor(p + g)
-        attn[i, : n + m] = 1
-        pi, pr, pc = grid_positions(tok, p)
-        r, gi, gr, gc = constraint.replay(g)
-        feats[:, i, :n] = torch.stack([pi, pr, pc])
-        feats[:, i, n : n + m] = torch.stack([gi, gr, gc])
-        rows[i, :m] = r
-        gen_t[i, :m] = torch.tensor(g)
-        gather_pos[i, :m] = torch.arange(n - 1, n + m - 1)  # logits at t predict token t+1
-        valid[i, :m] = True
-
-    ids, attn = ids.to(device), attn.to(device)
-    embeds = embed_inputs(bundle, ids, tuple(feats.to(device)))
-    base = base_lm(lm)
-    if hasattr(base, "model") and hasattr(base, "lm_head"):
-        # Only the generated positions need the (vocab-wide) LM head.
-        hidden = base.model(inputs_embeds=embeds, attention_mask=attn, use_cache=False).last_hidden_state
-        idx = gather_pos.to(device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        logits = base.lm_head(torch.gather(hidden, 1, idx))
-    else:
-        out = lm(inputs_embeds=embeds, attention_mask=attn, use_cache=False).logits
-        logits = torch.gather(out, 1, gather_pos.to(device).unsqueeze(-1).expand(-1, -1, out.shape[-1]))
-    masks = constraint.masks.to(device)
-    logp = F.log_softmax(logits.float() + masks[rows.to(device)], dim=-1)
-    out = torch.gather(logp, 2, gen_t.to(device).unsqueeze(-1)).squeeze(-1)
-    out = torch.where(valid.to(device), out, torch.zeros_like(out))
-    single = not (batched or batched_g)
-    if return_argmax:
-        best = torch.where(valid.to(device), logp.argmax(-1), torch.full_like(gen_t, pad, device=device))
-        return (out[0], best[0]) if single else (out, best)
-    return out[0] if single else out
+    batch = collate(bundle.tokenizer, constraint, prompts, gens)
+    res = collated_logprobs(bundle, batch, constraint, return_argmax=return_argmax)
+    if not (batched or batched_g):
+        return (res[0][0], res[1][0]) if return_argmax else res[0]
+    return res

@@ -14,6 +14,7 @@ from engine.layout import (
     build_prompt,
     build_target,
     grid_positions,
+    grid_positions_batch,
     parse_generation,
 )
 from engine.text_tokenizer import build_nano_tokenizer
@@ -123,6 +124,64 @@ def test_grid_positions(tok, grid):
     # prefix-stable: features of a prefix never change when more tokens follow
     pi, pr, pc = grid_positions(tok, seq[:40])
     assert torch.equal(pi, image[:40]) and torch.equal(pc, col[:40])
+
+
+def _grid_positions_loop(sp: SpecialIds, seq: list[int]):
+    """The token-by-token definition that the vectorised ``grid_positions_batch`` must equal."""
+    n = len(seq)
+    image, row, col = [0] * n, [0] * n, [0] * n
+    k, inside, r, c = 0, False, 0, 0
+    for i, t in enumerate(seq):
+        if t == sp.img_start:
+            k += 1
+            inside = False
+        elif t == sp.img_token and k > 0:
+            inside, r, c = True, 0, 0
+        elif inside:
+            if t == sp.eol:
+                image[i], row[i], col[i] = k, r, c
+                r, c = r + 1, 0
+            elif t in sp.visual_set:
+                image[i], row[i], col[i] = k, r, c
+                c += 1
+            else:
+                inside = False
+    return image, row, col
+
+
+def test_grid_positions_batch_equals_the_token_loop(tok, grid):
+    sp = SpecialIds.from_tokenizer(tok)
+    rng = np.random.RandomState(0)
+    p = build_prompt(tok, grid, "Flip the image horizontally.", think=True)
+    t = build_target(tok, grid[::-1], "Rows 1-4 keep.")
+    seqs = [p + t, p, t, build_prompt(tok, None, "Add a ball.", think=False) + t]
+    # malformed streams too: the features are defined for any token sequence (prefixes, stray markers)
+    alphabet = [sp.img_start, sp.img_token, sp.eol, sp.eof, sp.bos, *sp.visual_ids[:4].tolist(), 7, 9]
+    seqs += [rng.choice(alphabet, size=rng.randint(1, 60)).tolist() for _ in range(40)]
+    seqs += [(p + t)[: rng.randint(1, len(p + t))] for _ in range(10)]
+    longest = max(map(len, seqs))
+    batch = torch.full((len(seqs), longest), sp.pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        batch[i, : len(s)] = torch.tensor(s)
+    image, row, col = grid_positions_batch(tok, batch)
+    for i, s in enumerate(seqs):
+        want = _grid_positions_loop(sp, s)
+        got = (image[i, : len(s)].tolist(), row[i, : len(s)].tolist(), col[i, : len(s)].tolist())
+        assert got == want, (i, s)
+        assert not image[i, len(s):].any()
+
+
+def test_replay_batch_equals_replay_per_sequence(tok, grid):
+    con = FreeFormConstraint(tok, 3, 5, think=True)
+    gens = [build_target(tok, grid, r) for r in ("Rows 1-4 keep.", "", "Make the whole picture much brighter")]
+    batch = con.replay_batch(gens)
+    for i, g in enumerate(gens):
+        for a, b in zip(batch, con.replay(g), strict=True):
+            assert torch.equal(a[i, : len(g)], b) and not a[i, len(g):].any()
+    bad = [list(g) for g in gens]
+    bad[2][-5] = tok.encode("Make", add_special_tokens=False)[0]
+    with pytest.raises(ValueError, match="not allowed by the constraint \\(sequence 2\\)"):
+        con.replay_batch(bad)
 
 
 @pytest.mark.parametrize("think", [False, True])

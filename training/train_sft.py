@@ -41,7 +41,7 @@ from engine.bundle import Bundle, BundleConfig, load_bundle, save_bundle, tiny_l
 from engine.constraint import FreeFormConstraint
 from engine.grid_embed import GridEmbedding
 from engine.layout import build_prompt, build_target, special_ids
-from engine.logprobs import sequence_logprobs
+from engine.logprobs import Collated, collate, collated_logprobs
 from engine.text_tokenizer import build_nano_tokenizer
 from engine.vq import NanoVQ
 from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
@@ -230,27 +230,28 @@ class Batcher:
 # -- training -------------------------------------------------------------------------------------
 
 
-def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, think: bool, items: list) -> tuple[torch.Tensor, dict]:
-    tok = bundle.tokenizer
-    prompts = [build_prompt(tok, s.astype(np.int64), ins, think) for s, _, ins, _ in items]
-    gens = [build_target(tok, t.astype(np.int64), rsn if think else None) for _, t, _, rsn in items]
-    h, w = items[0][0].shape
-    logp = sequence_logprobs(bundle, prompts, gens, h, w, think, constraint=constraint)
-    sp = special_ids(tok)
-    gen_t = torch.zeros_like(logp, dtype=torch.long)
-    valid = torch.zeros_like(logp, dtype=torch.bool)
-    for i, g in enumerate(gens):
-        gen_t[i, : len(g)] = torch.tensor(g)
-        valid[i, : len(g)] = True
-    is_vis = sp.code_of.to(gen_t.device)[gen_t] >= 0
+def sft_batch(tok: object, constraint: FreeFormConstraint, think: bool, items: list) -> Collated:
+    """The padded training batch of ``items`` (source, target, instruction, reasoning)."""
+    prompts = [build_prompt(tok, s, ins, think) for s, _, ins, _ in items]
+    gens = [build_target(tok, t, rsn if think else None) for _, t, _, rsn in items]
+    return collate(tok, constraint, prompts, gens)
+
+
+def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, think: bool, items: list | Collated
+             ) -> tuple[torch.Tensor, dict]:
+    batch = items if isinstance(items, Collated) else sft_batch(bundle.tokenizer, constraint, think, items)
+    logp = collated_logprobs(bundle, batch, constraint)
+    sp = special_ids(bundle.tokenizer)
+    valid = batch.valid.to(logp.device)
+    is_vis = sp.code_of.to(logp.device)[batch.gen.to(logp.device)] >= 0
     n_vis = (is_vis & valid).sum().clamp(min=1)
     text = valid & ~is_vis
     # Forced tokens have log-prob 0, so summing over all valid tokens counts only the model's choices.
     loss = -(logp * valid).sum() / valid.sum()
     with torch.no_grad():
         stats = {
-            "nll_visual": float(-(logp * (is_vis & valid)).sum() / n_vis),
-            "nll_text": float(-(logp * text).sum() / text.sum().clamp(min=1)),
+            "nll_visual": -(logp * (is_vis & valid)).sum() / n_vis,
+            "nll_text": -(logp * text).sum() / text.sum().clamp(min=1),
         }
     return loss, stats
 
@@ -263,15 +264,25 @@ def constraint_for(constraints: dict, tok: object, h: int, w: int, think: bool, 
     return constraints[key]
 
 
+def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int
+               ) -> tuple[FreeFormConstraint, bool, Collated]:
+    """Draw the next batch and collate it (CPU work: the loop does it while the GPU runs a step)."""
+    shape, think, items = batcher.next()
+    con = constraint_for(constraints, tok, *shape, think, vocab_size)
+    return con, think, sft_batch(tok, con, think, items)
+
+
 def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, params: list[torch.Tensor],
-             batcher: Batcher, constraints: dict, cfg: SFTConfig, step: int) -> tuple[torch.Tensor, dict]:
-    """One optimizer step on the next batch, at the schedule's learning rate for ``step`` (0-based)."""
+             batch: tuple[FreeFormConstraint, bool, Collated], cfg: SFTConfig, step: int) -> tuple[torch.Tensor, dict]:
+    """One optimizer step on ``batch``, at the schedule's learning rate for ``step`` (0-based).
+
+    Nothing here waits for the GPU, so the caller can prepare the next batch before reading the loss.
+    """
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
-    shape, think, items = batcher.next()
-    con = constraint_for(constraints, bundle.tokenizer, *shape, think, accel.unwrap_model(bundle.lm).config.vocab_size)
+    con, think, collated = batch
     with accel.autocast():
-        loss, stats = sft_loss(bundle, con, think, items)
+        loss, stats = sft_loss(bundle, con, think, collated)
     opt.zero_grad(set_to_none=True)
     accel.backward(loss)
     accel.clip_grad_norm_(params, 1.0)
@@ -364,7 +375,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         snapshot = Bundle(bundle.config, lm, bundle.tokenizer, bundle.vq, ge, None)
         save_bundle(snapshot, tmp / "bundle", dtype=torch.float32)  # fp32: resume must be exact
         torch.save(
-            {"opt": opt.state_dict(), "step": step, "batcher": batcher.state(), "torch_rng": torch.get_rng_state()},
+            {"opt": opt.state_dict(), "step": step, "batcher": pending[0], "torch_rng": torch.get_rng_state()},
             tmp / "state.pt",
         )
         old = out / "checkpoint.old"
@@ -378,12 +389,22 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     t0, ema, step0 = time.time(), None, step
     t_window = t0
     deadline = t_start + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
+    vocab_size = accel.unwrap_model(bundle.lm).config.vocab_size
+
+    def draw(at_step: int) -> tuple:
+        if live is not None and at_step % cfg.live_every == 0:
+            batcher.add(encode_records(bundle.vq, live.drain(), batch=512))
+        state = batcher.state()  # what a checkpoint saves: resuming redraws this batch
+        return state, next_batch(batcher, constraints, bundle.tokenizer, vocab_size)
+
+    pending = draw(step)
     try:
         while step < cfg.steps:
-            if live is not None and step % cfg.live_every == 0:
-                batcher.add(encode_records(bundle.vq, live.drain(), batch=512))
-            loss, stats = sft_step(accel, bundle, opt, params, batcher, constraints, cfg, step)
+            loss, stats = sft_step(accel, bundle, opt, params, pending[1], cfg, step)
             step += 1
+            # the step's kernels are queued: prepare the next batch on the CPU before waiting for its loss
+            # (also after the last step, so a checkpoint's batcher state is always "before the next batch")
+            pending = draw(step)
             if deadline is not None and (step - step0) % 50 == 0:
                 # fit the rest of the schedule into the time left (a checkpoint save is kept in reserve), at
                 # the rate of the last 50 steps: the first ones are slower (start-up, warm-up of the kernels)
@@ -397,11 +418,13 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
             if deadline is not None and time.time() > deadline and step < cfg.steps:
                 accel.print(f"\ntime budget spent at step {step}")
                 cfg.steps = step
-            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+            loss_v = loss.item()
+            stats = {k: float(v) for k, v in stats.items()}
+            ema = loss_v if ema is None else 0.98 * ema + 0.02 * loss_v
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.3f}", vis=f"{stats['nll_visual']:.2f}")
             if writer and step % cfg.log_every == 0:
-                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/loss", loss_v, step)
                 for k, v in stats.items():
                     writer.add_scalar(f"train/{k}", v, step)
                 writer.add_scalar("train/lr", lr_at(step, cfg), step)
