@@ -148,6 +148,25 @@ def test_encode_records_matches_the_tokenizers_pil_path():
         assert np.array_equal(rec["src"], src) and np.array_equal(rec["tgt"], tgt)
 
 
+def test_fresh_lm_keeps_the_tokenizers_of_init_and_takes_the_new_size(tmp_path):
+    cfg = _tiny_setup(tmp_path)
+    cfg.steps = 2
+    train(cfg)
+    train(cfg, export=str(tmp_path / "init"))
+    init = load_bundle(tmp_path / "init")
+    bigger = SFTConfig(init=str(tmp_path / "init"), fresh_lm=True, cache=cfg.cache, out=str(tmp_path / "big"),
+                       hidden=96, layers=2, heads=2, kv_heads=2, intermediate=192, batch_size=2, steps=2, warmup=1,
+                       threads=1, ckpt_every=2)
+    train(bigger)
+    train(bigger, export=str(tmp_path / "big-bundle"))
+    big = load_bundle(tmp_path / "big-bundle")
+    assert (big.lm.config.hidden_size, big.lm.config.num_hidden_layers) == (96, 2)
+    assert init.lm.config.hidden_size == 64
+    assert big.tokenizer.get_vocab() == init.tokenizer.get_vocab()
+    assert all(torch.equal(a, b) for a, b in zip(big.vq.state_dict().values(), init.vq.state_dict().values(), strict=True))
+    assert big.config.parent is None and big.config.notes["tokenizers_from"] == str(tmp_path / "init")
+
+
 def test_trains_on_live_samples_only(tmp_path, capsys):
     cfg = _tiny_setup(tmp_path)
     bundle_dir = tmp_path / "init"

@@ -7,6 +7,8 @@
 # Writes to $OUT: sft.log (the run's log), lm.tgz (the exported bf16 LM + bundle.json; the bundle's
 # tokenizer and image tokenizer are unchanged) and the TensorBoard events. Python packages missing on
 # the machine travel as wheels in .whl/ (see /work/.library/device/README.md); SKIP_WHEELS=1 skips them.
+# EXTRA adds train_sft flags, e.g. a capacity experiment: a new, larger LM on the bundle's tokenizers
+#     EXTRA="--fresh-lm true --hidden 384 --layers 8 --heads 6 --kv-heads 6 --intermediate 1024 --warmup 300"
 set -u -o pipefail
 OUT=${OUT:-runs/device}
 MINUTES=${MINUTES:-8}
@@ -32,7 +34,7 @@ export PYTHONUNBUFFERED=1
 # tqdm's carriage-return updates go to the log file; the console gets the periodic step lines
 python3 -m training.train_sft --init "$INIT" --out "$RUN" --cache "" --live-workers "$WORKERS" \
   --batch-size "$BATCH" --lr "$LR" --warmup 100 --max-minutes "$MINUTES" --focus-kinds geometry,object \
-  --focus-weight 3 --threads 2 --ckpt-every 1000 --log-every 20 --seed "$SEED" 2>&1 | tee "$OUT/sft.log" | tr '\r' '\n' \
+  --focus-weight 3 --threads 2 --ckpt-every 1000 --log-every 20 --seed "$SEED" ${EXTRA:-} 2>&1 | tee "$OUT/sft.log" | tr '\r' '\n' \
   | grep --line-buffered -v '^sft:\|^Writing model shards\|^$'
 python3 -m training.train_sft --out "$RUN" --cache "" --export "$RUN/bundle" || exit 4
 tar czf "$OUT/lm.tgz" -C "$RUN/bundle" bundle.json lm

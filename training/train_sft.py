@@ -53,6 +53,7 @@ class SFTConfig:
     vq: str = "runs/vq/final"
     out: str = "runs/sft"
     init: str = ""  # start from this bundle's weights, tokenizer and image tokenizer (when out has no checkpoint)
+    fresh_lm: bool = False  # with init: keep its tokenizer and image tokenizer, start a new LM of the size below
     hidden: int = 256
     layers: int = 4
     heads: int = 4
@@ -115,16 +116,21 @@ def digit_sum_init(weight: torch.Tensor, visual_ids: torch.Tensor, levels: list[
         weight[visual_ids] = rows.to(weight.dtype)
 
 
-def new_bundle(cfg: SFTConfig, texts: list[str]) -> Bundle:
-    vq = NanoVQ.from_pretrained(cfg.vq).eval()
-    tok = build_nano_tokenizer(texts, vq.codebook_size, cfg.text_vocab_size)
-    lm_cfg = tiny_lm_config(tok, cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.intermediate)
-    lm = Emu3ForCausalLM(lm_cfg)
+def new_lm(cfg: SFTConfig, tok: object, vq: NanoVQ) -> tuple[Emu3ForCausalLM, GridEmbedding | None]:
+    """A randomly initialised LM of the configured size (and grid embedding) for ``tok`` and ``vq``."""
+    lm = Emu3ForCausalLM(tiny_lm_config(tok, cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.intermediate))
     if cfg.digit_init:
         vis = special_ids(tok).visual_ids
         digit_sum_init(lm.get_input_embeddings().weight, vis, list(vq.config.fsq_levels))
         digit_sum_init(lm.lm_head.weight, vis, list(vq.config.fsq_levels))
     ge = GridEmbedding(cfg.hidden, centred_freqs=cfg.centred_freqs) if cfg.grid_embed else None
+    return lm, ge
+
+
+def new_bundle(cfg: SFTConfig, texts: list[str]) -> Bundle:
+    vq = NanoVQ.from_pretrained(cfg.vq).eval()
+    tok = build_nano_tokenizer(texts, vq.codebook_size, cfg.text_vocab_size)
+    lm, ge = new_lm(cfg, tok, vq)
     bcfg = BundleConfig(
         family="earl-nano", name="earl-nano", version="sft", image_area=cfg.image_area,
         spatial_factor=vq.spatial_factor, codebook_size=vq.codebook_size,
@@ -309,6 +315,11 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     elif cfg.init:  # continue from a shipped bf16 bundle (new optimizer state: a warm restart)
         bundle = load_bundle(cfg.init, dtype=torch.float32)
         state = None
+        if cfg.fresh_lm:  # only its tokenizers: a new LM of the configured size (capacity experiments)
+            torch.manual_seed(cfg.seed)
+            bundle.lm, bundle.grid_embed = new_lm(cfg, bundle.tokenizer, bundle.vq)
+            bundle.config.version, bundle.config.parent = "sft", None
+            bundle.config.notes = {"trained_by": "training/train_sft.py", "tokenizers_from": cfg.init}
     else:
         if not records:
             raise SystemExit("a new model builds its text tokenizer from the cache: pass --cache, or --init a bundle")
