@@ -90,8 +90,9 @@ def flip():
 @pytest.mark.parametrize("name", list(verifier.SHAPING))
 def test_shaping_scores_put_target_at_10_and_source_at_0(flip, name):
     src, tgt = flip["source"], flip["target"]
-    assert verifier.SHAPING[name](src, tgt, tgt) == 10.0
-    assert verifier.SHAPING[name](src, src, tgt) == 0.0
+    assert verifier.SHAPING[name](src, tgt, tgt) == pytest.approx(10.0, abs=1e-6)
+    # the correlation score puts a copy at the bottom and a flat image at 0 (next test)
+    assert verifier.SHAPING[name](src, src, tgt) == pytest.approx(-10.0 if name == "layout_corr" else 0.0, abs=1e-6)
 
 
 def test_closeness_ranks_outputs_that_score_zero(flip):
@@ -110,3 +111,14 @@ def test_layout_closeness_ignores_the_palette(flip):
     assert verifier.layout_closeness(src, tinted, tgt) > 7 > verifier.closeness(src, tinted, tgt)
     flat = Image.new("RGB", src.size, (128, 128, 128))
     assert verifier.layout_closeness(src, flat, tgt) < verifier.layout_closeness(src, tinted, tgt)
+
+
+def test_layout_correlation_does_not_pay_for_flat_outputs(flip):
+    src, tgt = flip["source"], flip["target"]
+    flat = Image.new("RGB", src.size, (128, 128, 128))
+    tinted = Image.fromarray((np.asarray(tgt, np.float32) * [0.6, 0.9, 1.0] + [60, 0, 0]).clip(0, 255).astype(np.uint8))
+    copy, right, f = (verifier.layout_correlation(src, x, tgt) for x in (src, tgt, flat))
+    assert (copy, f, right) == pytest.approx((-10.0, 0.0, 10.0), abs=1e-6)
+    assert verifier.layout_correlation(src, tinted, tgt) > 8  # the palette does not count
+    half = Image.blend(src, tgt, 0.5)  # both layouts at once: in between, not rewarded like the target
+    assert -5 < verifier.layout_correlation(src, half, tgt) < 5

@@ -200,7 +200,7 @@ class EvalResult:
         return "\n".join(lines)
 
     def closeness_by_kind(self, score: str = "closeness") -> dict[str, float]:
-        """Mean shaping score (``closeness`` or ``layout``, −10…10; 0 = no closer than the source) of the
+        """Mean shaping score (a ``verifier.SHAPING`` name, −10…10; 0 = no closer than the source) of the
         model's candidates per kind: it still moves where the verifier gives every output 0."""
         out = {}
         for k in self.kinds():
@@ -302,7 +302,7 @@ def evaluate(
     failed = verifier.VerifierScore(0.0, 0.0, 0.0, 0.0, 0.0).as_dict()
     results: list[SampleScore] = []
     for i, s in enumerate(samples):
-        # each candidate also gets the RL shaping scores (verifier.closeness / layout_closeness), which rank
+        # each candidate also gets the RL shaping scores (verifier.SHAPING), which rank
         # the failures
         cand = [{**_score(s, im).as_dict(), **_shaping(s, im)} if im is not None
                 else {**failed, **dict.fromkeys(verifier.SHAPING, -10.0)} for im in outs[i]] if generate else []
@@ -476,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--compare", default=None, help="an earlier --out JSON (e.g. the parent model's): print a "
                     "before / after / delta table per kind")
     ap.add_argument("--closeness", action="store_true",
-                    help="also print the mean shaping scores (verifier.closeness, layout_closeness) per kind")
+                    help="also print the mean shaping scores (verifier.SHAPING: closeness, layout, layout_corr) per kind")
     ap.add_argument("--sheet", default=None, help="write a contact sheet PNG (source / output / target)")
     ap.add_argument("--sheet-per-kind", type=int, default=2)
     ap.add_argument("--references-only", action="store_true",
@@ -527,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.closeness and generate:
         for score in verifier.SHAPING:
             cl = res.closeness_by_kind(score)
-            print(f"\n{score} (RL shaping score, -10..10; 0 = no closer than the source): "
+            print(f"\n{score} (RL shaping score, -10..10; " + ("0 = flat, -10 = the source" if score == "layout_corr"
+                  else "0 = no closer than the source") + "): "
                   + " ".join(f"{k}={v:.2f}" for k, v in cl.items()))
             geo = [c[score] for s in res.samples if s.category == "geometry" for c in s.candidates]
             if geo:

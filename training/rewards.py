@@ -70,7 +70,8 @@ class Reward:
 class VerifierReward(Reward):
     """The programmatic verifier's ``field`` (overall, sc, pq, success, overedit), 0–10, or ``closeness``
     (``verifier.closeness``, −10…10: a dense shaping score for edits where every candidate scores 0) or
-    ``layout`` (``verifier.layout_closeness``: the same on the coarse luminance layout alone)."""
+    ``layout`` (``verifier.layout_closeness``: the same on the coarse luminance layout alone) or
+    ``layout_corr`` (``verifier.layout_correlation``: a layout score that gives flat outputs 0)."""
 
     name = "verifier"
 
@@ -337,7 +338,7 @@ class RewardModelReward(Reward):
 def make_reward(spec: str, bundle: Any = None, judge_url: str | None = None, judge_model: str = "judge",
                 judge_path: str | None = None, reward_model: str | None = None) -> Reward:
     """A reward from a CLI spec: ``verifier``, ``judge``, ``reward_model`` or a weighted mix such as
-    ``verifier:0.5,judge:0.5``; ``verifier.pq`` picks one verifier score (overall, sc, pq, success, overedit, closeness, layout)."""
+    ``verifier:0.5,judge:0.5``; ``verifier.pq`` picks one verifier score (overall, sc, pq, success, overedit, closeness, layout, layout_corr)."""
     parts = []
     for item in spec.split(","):
         name, _, w = item.strip().partition(":")

@@ -284,8 +284,30 @@ def layout_closeness(source, output, target, grid: int = 4) -> float:
     return 10.0 * float(np.clip(1 - d_out / max(d_src, 0.02), -1, 1))
 
 
-# the shaping scores by name (reward fields ``verifier.closeness`` / ``verifier.layout``, eval's JSON)
-SHAPING = {"closeness": closeness, "layout": layout_closeness}
+def layout_correlation(source, output, target, grid: int = 8) -> float:
+    """A layout shaping score that does not pay for flat outputs, −10…10: how much more the output's
+    layout correlates with the target's than with the source's, ``10 · clip((corr(o, t) − corr(o, s)) /
+    (1 − corr(s, t)), −1, 1)``, on luminance averaged over a ``grid``×``grid`` partition. The target
+    scores 10, a copy of the source −10, a flat image 0. (``layout_closeness`` rated flat grey halfway
+    between source and target on a flip, and GRPO found it.) Meant for geometry edits: where an edit
+    keeps the layout (colour edits), corr(s, t) ≈ 1 and the score says little."""
+
+    def layout(a: np.ndarray) -> np.ndarray:
+        y = np.asarray(Image.fromarray(np.clip(_luma(a) * 255, 0, 255).astype(np.uint8)).resize(
+            (grid, grid), Image.Resampling.BOX), np.float64).ravel() / 255.0
+        y = y - y.mean()
+        n = float(np.sqrt((y**2).sum()))
+        return y / n if n > 1e-3 else np.zeros_like(y)  # (nearly) flat: no correlation with anything
+
+    T = _arr(target)
+    size = (T.shape[1], T.shape[0])
+    o, s, t = layout(_arr(output, size)), layout(_arr(source, size)), layout(T)
+    gain = float(o @ t - o @ s) / max(1.0 - float(s @ t), 0.1)
+    return 10.0 * float(np.clip(gain, -1, 1))
+
+
+# the shaping scores by name (reward fields ``verifier.<name>``, eval's JSON)
+SHAPING = {"closeness": closeness, "layout": layout_closeness, "layout_corr": layout_correlation}
 
 
 def edit_magnitude(source, target, mask=None) -> float:
