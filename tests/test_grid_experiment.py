@@ -21,3 +21,20 @@ def test_transformed_copy_finds_the_mirrored_source():
     assert out["hflip"][0] == 1.0 and out["rotate90"][0] == 1.0
     assert abs(out["vflip"][0] - 0.75) < 1e-9
     assert out["hflip"][2] == 8 and "rotate180" not in out
+
+
+def test_an_arm_trains_and_logs_heldout_accuracy(tmp_path):
+    import argparse
+    import json
+
+    from tests.test_train_sft import _tiny_setup
+    from training.grid_experiment import run
+
+    cfg = _tiny_setup(tmp_path)  # 12 cached 4×4 hflip records and a tiny VQ
+    a = argparse.Namespace(arm="learned", out=str(tmp_path / "arm"), cache=cfg.cache, vq=cfg.vq, corpus=None,
+                           kinds="hflip", centred_freqs=8, steps=2, lr=1e-3, warmup=1, eval_every=1, heldout=1,
+                           seed=0, threads=1)
+    run(a)
+    log = json.loads((tmp_path / "arm" / "log.json").read_text())["log"]
+    assert [r["step"] for r in log] == [1, 2]
+    assert 0.0 <= log[-1]["heldout"]["hflip"]["acc"] <= 1.0 and log[-1]["heldout"]["hflip"]["nll"] > 0

@@ -38,7 +38,7 @@ from engine.layout import build_prompt, build_target, special_ids
 from engine.logprobs import sequence_logprobs
 from engine.vq import NanoVQ
 from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache, raw_records
-from training.train_sft import Batcher, SFTConfig, constraint_for, new_bundle, sft_step
+from training.train_sft import Batcher, SFTConfig, constraint_for, new_bundle, next_batch, sft_step
 
 DEFAULT_KINDS = "hflip,vflip,rotate180,grayscale,invert"
 
@@ -102,7 +102,8 @@ def run(a: argparse.Namespace) -> None:
     t0 = time.time()
     bundle.lm.train()
     for step in range(1, cfg.steps + 1):
-        loss, _ = sft_step(accel, bundle, opt, params, batcher, constraints, cfg, step - 1)
+        batch = next_batch(batcher, constraints, bundle.tokenizer, bundle.lm.config.vocab_size)
+        loss, _ = sft_step(accel, bundle, opt, params, batch, cfg, step - 1)
         if step % a.eval_every == 0 or step == cfg.steps:
             ev = evaluate(bundle, held, constraints)
             rec = {"step": step, "train_loss": loss.item(), "wall_s": round(time.time() - t0, 1), "heldout": ev}
