@@ -275,6 +275,7 @@ def sample(
     cancel: threading.Event | None = None,
     threads: int | None = None,
     fast: bool | None = None,
+    forced_prefix: Sequence[Sequence[int]] | None = None,
 ) -> Iterator[list[Sampled]]:
     """Decode one candidate per prompt; yields, per decoding step, the tokens produced at that step.
 
@@ -284,6 +285,9 @@ def sample(
     image plus 512 reasoning tokens in think mode. Stops early, between steps, when ``cancel`` is set.
     ``threads``: torch threads while decoding (None: 1 for small models, else unchanged).
     ``fast``: force (True) or forbid (False) the static-cache path; None picks it when supported.
+    ``forced_prefix[i]``: the first generated tokens of candidate i are these, not sampled (e.g. the
+    first rows of a known target, to see how the model continues them); each must be allowed by the
+    constraint at its position (ValueError otherwise); their reported log-probs are 0.
     """
     n = len(prompts)
     if n == 0:
@@ -325,6 +329,19 @@ def sample(
     states = [con.start() for _ in range(n)]
     done = [False] * n
     step_idx = 0  # index of the next generated token (the same for every candidate)
+    prefixes = [list(map(int, p)) for p in forced_prefix] if forced_prefix is not None else [[] for _ in range(n)]
+    if len(prefixes) != n:
+        raise ValueError(f"{n} prompts but {len(prefixes)} forced prefixes")
+
+    def prefix_token(i: int, s: State) -> int | None:
+        """Candidate i's forced-prefix token at this step (checked against the constraint), if any."""
+        if step_idx >= len(prefixes[i]):
+            return None
+        t = prefixes[i][step_idx]
+        if not (0 <= t < vocab and bool(torch.isfinite(con._masks_cpu[con.mask_row(s), t]))):
+            raise ValueError(f"forced prefix of candidate {i}: token {t} at position {step_idx} is not allowed "
+                             "by the constraint")
+        return t
 
     # Forced tokens common to all candidates at the start (no-think: IMG_START "H*W" IMG_TOKEN) go
     # into the prefill instead of one decoding step each.
@@ -333,6 +350,8 @@ def sample(
     first_events: list[Sampled] = []
     while all(con.forced(s) is not None for s in states) and not con.only_forced_left(states[0]):
         t = con.forced(states[0])
+        for i, s in enumerate(states):
+            prefix_token(i, s)  # a prefix must agree with the template's forced tokens
         head.append(t)
         head_feats.append(con.features(states[0]))
         for i, s in enumerate(states):
@@ -405,6 +424,10 @@ def sample(
             if not active:
                 return
             forced = [sp.pad if done[i] else con.forced(s) for i, s in enumerate(states)]
+            for i in active:
+                pt = prefix_token(i, states[i])
+                if pt is not None:
+                    forced[i] = pt
             rows_idx = [0 if done[i] else con.mask_row(s) for i, s in enumerate(states)]
             if all(forced[i] is not None for i in active):
                 toks = [forced[i] if forced[i] is not None else sp.pad for i in range(n)]

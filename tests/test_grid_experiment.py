@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from training.grid_experiment import transformed_copy
 
@@ -38,3 +39,24 @@ def test_an_arm_trains_and_logs_heldout_accuracy(tmp_path):
     log = json.loads((tmp_path / "arm" / "log.json").read_text())["log"]
     assert [r["step"] for r in log] == [1, 2]
     assert 0.0 <= log[-1]["heldout"]["hflip"]["acc"] <= 1.0 and log[-1]["heldout"]["hflip"]["nll"] > 0
+
+
+def test_continuation_scores_only_the_rows_the_model_writes():
+    from engine.bundle import make_tiny_random_bundle
+    from engine.layout import special_ids
+    from training.grid_experiment import continuation
+
+    bundle = make_tiny_random_bundle(seed=4, grid_embed=True)
+    sp = special_ids(bundle.tokenizer)
+    # a model whose logits are all equal writes, greedily, the visual token with the lowest id everywhere
+    with torch.no_grad():
+        bundle.lm.lm_head.weight.zero_()
+    only = int(sp.code_of[int(sp.visual_ids.min())])
+    src = np.random.default_rng(0).integers(0, 64, (4, 5))
+    src[:, :2] = only
+    tgt = src[:, ::-1].copy()
+    recs = [{"kind": "hflip", "src": src, "tgt": tgt, "instructions": ["Mirror it."]}]
+    table = continuation(bundle, recs, rows=[0, 2, 4], temperature=0.0)
+    assert set(table["hflip"]) == {0, 2}  # K=4 leaves no row to write on a 4-row grid
+    assert table["hflip"][2] == float((tgt[2:] == only).mean())  # scored on rows 2-3 only
+    assert table["hflip"][0] == float((tgt == only).mean())

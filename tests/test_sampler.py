@@ -12,7 +12,7 @@ import torch
 
 from engine.bundle import make_tiny_random_bundle
 from engine.constraint import FreeFormConstraint
-from engine.layout import build_prompt, parse_generation
+from engine.layout import build_prompt, build_target, parse_generation, special_ids
 from engine.logprobs import sequence_logprobs
 from engine.sampler import make_guidance, sample, sample_all
 
@@ -235,3 +235,25 @@ def test_multi_token_think_markers_match_generate(grid):
     parse_generation(tok, sampled.tokens, expect_hw=(H, W))
     ref = sequence_logprobs(b, prompt, sampled.tokens, H, W, True, max_new_tokens=50)
     assert torch.allclose(torch.tensor(sampled.logprobs), ref, atol=1e-4)
+
+
+def test_forced_prefix_keeps_the_given_rows_and_samples_the_rest(gridded, grid):
+    tok = gridded.tokenizer
+    prompt = build_prompt(tok, grid, INSTR, False)
+    target = build_target(tok, grid[::-1], None)
+    k = 2  # rows given: IMG_START "H*W" IMG_TOKEN, then k rows of W + EOL
+    n_head = target.index(special_ids(tok).img_token) + 1
+    prefix = target[: n_head + k * (W + 1)]
+    free = sample_all(gridded, [prompt, prompt], H, W, [5, 6], temperature=1.0)
+    given = sample_all(gridded, [prompt, prompt], H, W, [5, 6], temperature=1.0, forced_prefix=[prefix, prefix[:3]])
+    _, out = parse_generation(tok, given[0].tokens, expect_hw=(H, W))
+    np.testing.assert_array_equal(out[:k], grid[::-1][:k])  # the given rows, then sampled ones
+    # the rest is conditioned on what was given: its log-probs differ from those of the free sample
+    # (slightly: this random model hardly depends on its context)
+    assert not np.allclose(given[0].logprobs[len(prefix):], free[0].logprobs[len(prefix):], rtol=0, atol=1e-6)
+    assert given[1].tokens == free[1].tokens  # a prefix of template tokens only changes nothing
+    assert all(lp == 0.0 for lp in given[0].logprobs[: len(prefix)])
+    bad = list(prefix)
+    bad[n_head] = special_ids(tok).eol  # EOL where a visual token must come
+    with pytest.raises(ValueError, match="not allowed"):
+        sample_all(gridded, [prompt], H, W, [5], forced_prefix=[bad])

@@ -5,6 +5,8 @@
     python -m training.grid_experiment --report runs/gridexp          # table of both arms
     python -m training.grid_experiment --score assets/earl-nano runs/x --kinds hflip,grayscale   # any bundles
     python -m training.grid_experiment --transformed-copy            # how much of a flip is copying?
+    python -m training.grid_experiment --score assets/earl-nano --continue-rows 0,4,8,12   # started on a flip,
+                                                                    # does the model go on flipping?
 
 Geometry edits are the part EARL-nano has not learnt (ARCHITECTURE §8: "colour mappings are learned
 first, geometry later"). A flip asks the target token at (r, c) to copy the source token at
@@ -34,7 +36,7 @@ import torch
 from accelerate import Accelerator
 
 from engine.grid_embed import GridEmbedding
-from engine.layout import build_prompt, build_target, special_ids
+from engine.layout import build_prompt, build_target, parse_generation, special_ids
 from engine.logprobs import sequence_logprobs
 from engine.vq import NanoVQ
 from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache, raw_records
@@ -201,6 +203,52 @@ def score_bundles(paths: list[str], a: argparse.Namespace) -> None:
         print(f"{Path(path).name[-28:]:<28}" + _cells(evaluate(bundle, held, {}), kinds), flush=True)
 
 
+def continuation(bundle, recs: list[dict], rows: list[int], temperature: float = 0.7,
+                 seed: int = 0) -> dict[str, dict[int, float]]:
+    """Per kind and k: the share of target tokens the model samples right after the first k rows of the
+    target are given (``sampler.sample(forced_prefix=…)``), over the rows it writes itself.
+
+    Teacher-forced accuracy gives the true left neighbour of every token; this asks whether the model
+    continues a correct flip once it has been started on one (exposure bias), or not at all."""
+    from engine.sampler import sample_all
+
+    tok = bundle.tokenizer
+    sp = special_ids(tok)
+    out: dict[str, dict[int, list[float]]] = {}
+    for r in recs:
+        src, tgt = r["src"].astype(np.int64), r["tgt"].astype(np.int64)
+        h, w = tgt.shape
+        prompt = build_prompt(tok, src, r["instructions"][0], False)
+        target = build_target(tok, tgt, None)
+        head = target.index(sp.img_token) + 1
+        ks = [k for k in rows if k < h]
+        gens = sample_all(bundle, [prompt] * len(ks), h, w, [seed] * len(ks), temperature=temperature,
+                          forced_prefix=[target[: head + k * (w + 1)] for k in ks])
+        for k, gen in zip(ks, gens, strict=True):
+            grid = parse_generation(tok, gen.tokens, expect_hw=(h, w))[1]
+            out.setdefault(r["kind"], {}).setdefault(k, []).append(float((grid[k:] == tgt[k:]).mean()))
+    return {kind: {k: float(np.mean(v)) for k, v in by_k.items()} for kind, by_k in out.items()}
+
+
+def continuation_table(paths: list[str], a: argparse.Namespace) -> None:
+    from engine.bundle import load_bundle
+
+    torch.set_num_threads(a.threads)
+    kinds, rows = a.kinds.split(","), [int(k) for k in a.continue_rows.split(",")]
+    print(f"sampled accuracy of the target tokens after the first K target rows are given (T={a.temperature}), "
+          f"{a.heldout} val-split samples per kind")
+    for path in paths:
+        bundle = load_bundle(path, dtype=torch.float32)
+        held = heldout_records(bundle.vq, kinds, a.heldout, a.corpus)
+        copy = copy_baseline(held)
+        table = continuation(bundle, held, rows, a.temperature, a.seed)
+        print(f"== {path}")
+        print(f"{'kind':<12}{'copy':>8}" + "".join(f"{'K=' + str(k):>8}" for k in rows))
+        for kind in kinds:
+            cells = "".join(f"{table[kind][k] * 100:7.1f}%" if k in table.get(kind, {}) else f"{'-':>8}" for k in rows)
+            print(f"{kind:<12}{copy.get(kind, float('nan')) * 100:7.1f}%" + cells, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arm", choices=("learned", "centred"), default="centred")
@@ -220,6 +268,9 @@ def main() -> None:
     ap.add_argument("--report", default=None, help="print the table of the arms under this folder and exit")
     ap.add_argument("--score", nargs="+", default=None, metavar="BUNDLE",
                     help="print the held-out table for these bundles and exit")
+    ap.add_argument("--continue-rows", default=None, metavar="K,K,…",
+                    help="with --score BUNDLE: sampled accuracy after the first K target rows are given, and exit")
+    ap.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of --continue-rows")
     ap.add_argument("--transformed-copy", action="store_true",
                     help="print how much of each geometry edit is a copy from the transformed position and exit")
     a = ap.parse_args()
@@ -227,6 +278,8 @@ def main() -> None:
         print(f"{'kind':<10} {'records':>7} {'copy from transformed position':>31} {'learnt code table':>18}")
         for kind, (copy, lookup, n) in transformed_copy(load_cache(a.cache)).items():
             print(f"{kind:<10} {n:>7} {copy * 100:>30.1f}% {lookup * 100:>17.1f}%")
+    elif a.score and a.continue_rows:
+        continuation_table(a.score, a)
     elif a.score:
         score_bundles(a.score, a)
     elif a.report:
