@@ -186,6 +186,10 @@ class FreeFormConstraint:
         # pos0 + j - n_text, so the rest is a gather from the template's tables (training replays ~10^5
         # tokens a step, and per-sequence tensor work dominated a GPU step).
         end = len(self.template)
+
+        def which(b: int) -> str:
+            return f" (sequence {b})" if len(gens) > 1 else ""
+
         lengths, starts = [], []
         single_end = self.sp.think_end_ids[0] if len(self.sp.think_end_ids) == 1 else None
         for b, ids in enumerate(gens):
@@ -203,9 +207,9 @@ class FreeFormConstraint:
                 i += 1
             n_text, pos0, rest = i, s.pos, len(ids) - i
             if pos0 < 0 or pos0 + rest < end:
-                raise ValueError(f"generation of {len(ids)} tokens ends before EOS" + (f" (sequence {b})" if len(gens) > 1 else ""))
+                raise ValueError(f"generation of {len(ids)} tokens ends before EOS{which(b)}")
             if pos0 + rest > end:
-                raise ValueError(f"tokens after EOS at position {n_text + end - pos0}" + (f" (sequence {b})" if len(gens) > 1 else ""))
+                raise ValueError(f"tokens after EOS at position {n_text + end - pos0}{which(b)}")
             lengths.append(len(ids))
             starts.append((n_text, pos0))
         n_b, g_max = len(gens), max(lengths)
@@ -227,8 +231,7 @@ class FreeFormConstraint:
         bad = valid & ~ok
         if bool(bad.any()):
             b, i = (int(x) for x in bad.nonzero()[0])
-            raise ValueError(f"token {gens[b][i]} at position {i} is not allowed by the constraint"
-                             + (f" (sequence {b})" if len(gens) > 1 else ""))
+            raise ValueError(f"token {gens[b][i]} at position {i} is not allowed by the constraint{which(b)}")
         return (mask_rows, *feats)
 
     def additive_masks(self, gen_ids: list[int] | torch.Tensor) -> torch.Tensor:

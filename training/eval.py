@@ -305,7 +305,7 @@ def evaluate(
         # each candidate also gets the RL shaping scores (verifier.SHAPING), which rank
         # the failures
         cand = [{**_score(s, im).as_dict(), **_shaping(s, im)} if im is not None
-                else {**failed, **dict.fromkeys(verifier.SHAPING, -10.0)} for im in outs[i]] if generate else []
+                else {**failed, **dict.fromkeys(verifier.SHAPING, verifier.SHAPING_FAILED)} for im in outs[i]] if generate else []
         results.append(SampleScore(
             id=s["id"], kind=s["kind"], category=s.get("category", ""), instruction=s[key], seeds=seeds[i],
             model=float(np.mean([c["overall"] for c in cand])) if generate else nan,

@@ -90,7 +90,7 @@ class VerifierReward(Reward):
         for s in samples:
             if s.output is None:
                 # an undecodable output is a failed edit, not a missing score: the lowest score
-                out.append(-10.0 if self.field in verifier.SHAPING else 0.0)
+                out.append(verifier.SHAPING_FAILED if self.field in verifier.SHAPING else 0.0)
             elif s.target is None:
                 out.append(None)  # no ground truth (e.g. a user's photo): the verifier cannot say
             elif self.field in verifier.SHAPING:

@@ -243,9 +243,7 @@ def sft_batch(tok: object, constraint: FreeFormConstraint, think: bool, items: l
     return collate(tok, constraint, prompts, gens)
 
 
-def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, think: bool, items: list | Collated
-             ) -> tuple[torch.Tensor, dict]:
-    batch = items if isinstance(items, Collated) else sft_batch(bundle.tokenizer, constraint, think, items)
+def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, batch: Collated) -> tuple[torch.Tensor, dict]:
     logp = collated_logprobs(bundle, batch, constraint)
     sp = special_ids(bundle.tokenizer)
     valid = batch.valid.to(logp.device)
@@ -286,9 +284,9 @@ def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, par
     """
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
-    con, think, collated = batch
+    con, _, collated = batch
     with accel.autocast():
-        loss, stats = sft_loss(bundle, con, think, collated)
+        loss, stats = sft_loss(bundle, con, collated)
     opt.zero_grad(set_to_none=True)
     accel.backward(loss)
     accel.clip_grad_norm_(params, 1.0)

@@ -270,17 +270,20 @@ def closeness(source, output, target) -> float:
     return 10.0 * float(np.clip(1 - d_out / (d_src if d_src > 0 else 0.05), -1, 1))
 
 
+def _luma_cells(a: np.ndarray, grid: int, dtype: type = np.float64) -> np.ndarray:
+    """The layout the layout scores compare: luminance averaged over a ``grid``×``grid`` partition of the
+    image, minus its mean (so brightness and colour do not count)."""
+    y = np.asarray(Image.fromarray(np.clip(_luma(a) * 255, 0, 255).astype(np.uint8)).resize(
+        (grid, grid), Image.Resampling.BOX), dtype) / 255.0
+    return y - y.mean()
+
+
 def layout_closeness(source, output, target, grid: int = 4) -> float:
     """Like ``closeness``, but on the layout alone, −10…10: luminance averaged over a ``grid``×``grid``
     partition of the image, minus its mean (so brightness and colour do not count). ``closeness``
     rewarded keeping the photo's palette before its layout (model card, "Continue training")."""
 
-    def coarse(a: np.ndarray) -> np.ndarray:
-        y = np.asarray(Image.fromarray(np.clip(_luma(a) * 255, 0, 255).astype(np.uint8)).resize(
-            (grid, grid), Image.Resampling.BOX), np.float32) / 255.0
-        return y - y.mean()
-
-    d_out, d_src = _coarse_distances(source, output, target, coarse)
+    d_out, d_src = _coarse_distances(source, output, target, lambda a: _luma_cells(a, grid, np.float32))
     return 10.0 * float(np.clip(1 - d_out / max(d_src, 0.02), -1, 1))
 
 
@@ -293,9 +296,7 @@ def layout_correlation(source, output, target, grid: int = 8) -> float:
     keeps the layout (colour edits), corr(s, t) ≈ 1 and the score says little."""
 
     def layout(a: np.ndarray) -> np.ndarray:
-        y = np.asarray(Image.fromarray(np.clip(_luma(a) * 255, 0, 255).astype(np.uint8)).resize(
-            (grid, grid), Image.Resampling.BOX), np.float64).ravel() / 255.0
-        y = y - y.mean()
+        y = _luma_cells(a, grid).ravel()
         n = float(np.sqrt((y**2).sum()))
         return y / n if n > 1e-3 else np.zeros_like(y)  # (nearly) flat: no correlation with anything
 
@@ -308,6 +309,7 @@ def layout_correlation(source, output, target, grid: int = 8) -> float:
 
 # the shaping scores by name (reward fields ``verifier.<name>``, eval's JSON)
 SHAPING = {"closeness": closeness, "layout": layout_closeness, "layout_corr": layout_correlation}
+SHAPING_FAILED = -10.0  # what an undecodable output gets on every shaping score: the bottom of the range
 
 
 def edit_magnitude(source, target, mask=None) -> float:
