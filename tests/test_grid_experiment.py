@@ -35,7 +35,11 @@ def test_an_arm_trains_and_logs_heldout_accuracy(tmp_path):
     a = argparse.Namespace(arm="learned", out=str(tmp_path / "arm"), cache=cfg.cache, vq=cfg.vq, corpus=None,
                            kinds="hflip", centred_freqs=8, steps=2, lr=1e-3, warmup=1, eval_every=1, heldout=1,
                            seed=0, threads=1)
-    run(a)
+    threads = torch.get_num_threads()
+    try:
+        run(a)
+    finally:
+        torch.set_num_threads(threads)  # run() sets the process-wide count; later tests expect the default
     log = json.loads((tmp_path / "arm" / "log.json").read_text())["log"]
     assert [r["step"] for r in log] == [1, 2]
     assert 0.0 <= log[-1]["heldout"]["hflip"]["acc"] <= 1.0 and log[-1]["heldout"]["hflip"]["nll"] > 0
