@@ -122,3 +122,13 @@ def test_layout_correlation_does_not_pay_for_flat_outputs(flip):
     assert verifier.layout_correlation(src, tinted, tgt) > 8  # the palette does not count
     half = Image.blend(src, tgt, 0.5)  # both layouts at once: in between, not rewarded like the target
     assert -5 < verifier.layout_correlation(src, half, tgt) < 5
+
+
+def test_layout_correlation_is_neutral_where_the_layout_is_kept():
+    """On a colour edit corr(s, t) ≈ 1: the score would only amplify noise, so every output gets 0."""
+    s = suite.make_sample("brighter", PHOTOS, np.random.default_rng(4), "c")
+    src, tgt = s["source"], s["target"]
+    noisy = Image.fromarray((np.asarray(tgt, np.float32) + np.random.default_rng(0).normal(0, 20, (*tgt.size[::-1], 3)))
+                            .clip(0, 255).astype(np.uint8))
+    flip = src.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    assert {verifier.layout_correlation(src, x, tgt) for x in (src, tgt, noisy, flip)} == {0.0}

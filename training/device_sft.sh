@@ -4,8 +4,10 @@
 #
 #     OUT=runs/device MINUTES=8 bash training/device_sft.sh
 #
-# Writes to $OUT: sft.log (the run's log), lm.tgz (the exported bf16 LM + bundle.json; the bundle's
-# tokenizer and image tokenizer are unchanged) and the TensorBoard events. Python packages missing on
+# Writes to $OUT: sft.log (the run's log), lm.tar.partaa, lm.tar.partab, … (the exported bf16 LM +
+# bundle.json, cut in 12 MB parts because the device tool returns files of at most 16 MiB: an 18M-parameter
+# LM is 37 MB; join them with `cat lm.tar.part* | tar xf - -C <bundle>`; the bundle's tokenizer and image
+# tokenizer are unchanged) and the TensorBoard events. Python packages missing on
 # the machine travel as wheels in .whl/ (see /work/.library/device/README.md); SKIP_WHEELS=1 skips them.
 # EXTRA adds train_sft flags, e.g. a capacity experiment: a new, larger LM on the bundle's tokenizers
 #     EXTRA="--fresh-lm true --hidden 384 --layers 8 --heads 6 --kv-heads 6 --intermediate 1024 --warmup 300"
@@ -37,6 +39,6 @@ python3 -m training.train_sft --init "$INIT" --out "$RUN" --cache "" --live-work
   --focus-weight 3 --threads 2 --ckpt-every 1000 --log-every 20 --seed "$SEED" ${EXTRA:-} 2>&1 | tee "$OUT/sft.log" | tr '\r' '\n' \
   | grep --line-buffered -v '^sft:\|^Writing model shards\|^$'
 python3 -m training.train_sft --out "$RUN" --cache "" --export "$RUN/bundle" || exit 4
-tar czf "$OUT/lm.tgz" -C "$RUN/bundle" bundle.json lm
+tar cf - -C "$RUN/bundle" bundle.json lm | split -b 12M - "$OUT/lm.tar.part"
 cp "$RUN"/tb/events.* "$OUT"/ 2>/dev/null
 ls -la "$OUT"
