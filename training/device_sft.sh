@@ -9,6 +9,9 @@
 # LM is 37 MB; join them with `cat lm.tar.part* | tar xf - -C <bundle>`; the bundle's tokenizer and image
 # tokenizer are unchanged) and the TensorBoard events. Python packages missing on
 # the machine travel as wheels in .whl/ (see /work/.library/device/README.md); SKIP_WHEELS=1 skips them.
+# Carry only diffusers, importlib_metadata and lazy_importer there: the tracked tree is 54 MB and a call
+# carries at most 64 MiB. The image's transformers 5.17 (with huggingface_hub 1.33) sampled the same tokens
+# as our 5.24 on 4 edits of the shipped bundle on the CPU (plain and think).
 # EXTRA adds train_sft flags, e.g. a capacity experiment: a new, larger LM on the bundle's tokenizers
 #     EXTRA="--fresh-lm true --hidden 384 --layers 8 --heads 6 --kv-heads 6 --intermediate 1024 --warmup 300"
 set -u -o pipefail
