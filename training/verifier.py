@@ -307,10 +307,11 @@ def layout_correlation(source, output, target, grid: int = 8) -> float:
 
     T = _arr(target)
     size = (T.shape[1], T.shape[0])
-    o, s, t = layout(_arr(output, size)), layout(_arr(source, size)), layout(T)
+    s, t = layout(_arr(source, size)), layout(T)
     spread = 1.0 - float(s @ t)
-    if spread < LAYOUT_KEPT:
+    if spread < LAYOUT_KEPT:  # decided by source and target alone: the output need not be read
         return 0.0
+    o = layout(_arr(output, size))
     gain = float(o @ t - o @ s) / spread
     return 10.0 * float(np.clip(gain, -1, 1))
 
