@@ -132,6 +132,10 @@ class FreeFormConstraint:
             return State(pos=-1)
         return State(pos=0)
 
+    def allows(self, row: int, token: int) -> bool:
+        """Whether ``token`` may be generated where mask row ``row`` applies."""
+        return 0 <= token < self.vocab_size and bool(torch.isfinite(self._masks_cpu[row, token]))
+
     def mask_row(self, s: State) -> int:
         return TEXT_ROW if s.pos < 0 else self._row_of_pos_list[s.pos]
 

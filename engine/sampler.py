@@ -338,7 +338,7 @@ def sample(
         if step_idx >= len(prefixes[i]):
             return None
         t = prefixes[i][step_idx]
-        if not (0 <= t < vocab and bool(torch.isfinite(con._masks_cpu[con.mask_row(s), t]))):
+        if not con.allows(con.mask_row(s), t):
             raise ValueError(f"forced prefix of candidate {i}: token {t} at position {step_idx} is not allowed "
                              "by the constraint")
         return t

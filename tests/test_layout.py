@@ -219,6 +219,11 @@ def test_constraint_rejects_disallowed_tokens(tok, grid):
         con.replay(build_target(tok, grid, None)[:-1])
     with pytest.raises(ValueError, match="too small"):
         FreeFormConstraint(tok, 3, 5, think=False, max_new_tokens=5)
+    # allows() answers the same question for one token
+    vis = sp.visual_ids[0]
+    assert con.allows(VISUAL_ROW, vis) and not con.allows(VISUAL_ROW, sp.bos)
+    assert not con.allows(TEXT_ROW, vis) and not con.allows(VISUAL_ROW, -1)
+    assert not con.allows(VISUAL_ROW, con.vocab_size)
 
 
 def test_reasoning_budget_forces_think_end(tok, grid):
