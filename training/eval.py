@@ -527,8 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.closeness and generate:
         for score in verifier.SHAPING:
             cl = res.closeness_by_kind(score)
-            print(f"\n{score} (RL shaping score, -10..10; " + ("0 = flat, -10 = the source" if score == "layout_corr"
-                  else "0 = no closer than the source") + "): "
+            print(f"\n{score} (RL shaping score, -10..10; {verifier.SHAPING_ZERO[score]}): "
                   + " ".join(f"{k}={v:.2f}" for k, v in cl.items()))
             geo = [c[score] for s in res.samples if s.category == "geometry" for c in s.candidates]
             if geo:

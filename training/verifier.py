@@ -318,6 +318,9 @@ def layout_correlation(source, output, target, grid: int = 8) -> float:
 
 # the shaping scores by name (reward fields ``verifier.<name>``, eval's JSON)
 SHAPING = {"closeness": closeness, "layout": layout_closeness, "layout_corr": layout_correlation}
+# what 0 means on each shaping score (the target always scores 10)
+SHAPING_ZERO = {"closeness": "0 = no closer than the source", "layout": "0 = no closer than the source",
+                "layout_corr": "0 = flat, -10 = the source"}
 SHAPING_FAILED = -10.0  # what an undecodable output gets on every shaping score: the bottom of the range
 
 
