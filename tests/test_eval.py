@@ -40,6 +40,10 @@ def test_load_samples_builds_missing_set_once(built):
     assert np.array_equal(np.asarray(again[0]["target"]), np.asarray(out[0]["target"]))
     with pytest.raises(ValueError, match="split"):
         ev.load_samples(cache, "train")
+    picked = ev.load_samples(cache, "test", corpus=None, kinds=["vflip", "grayscale"])
+    assert [s["id"] for s in picked] == [s["id"] for s in out if s["kind"] in ("vflip", "grayscale")]
+    with pytest.raises(ValueError, match="unknown edit kind"):
+        ev.load_samples(cache, "test", corpus=None, kinds=["flip"])
 
 
 def test_evaluate_scores_and_references(tiny_bundle, samples):

@@ -57,11 +57,14 @@ _SEED_SPAN = 2**31 - 4096  # leaves room for seed + candidate index below 2**31
 
 
 def load_samples(sets: str | Path = "data/suite", split: str = "test", n_per_kind: int | None = None,
-                 corpus: str | Path | None = "data/corpus", cache: str | Path | None = None) -> list[dict]:
+                 corpus: str | Path | None = "data/corpus", cache: str | Path | None = None,
+                 kinds: Sequence[str] | None = None) -> list[dict]:
     """The fixed ``split`` of the suite: ``<sets>/v<SUITE_VERSION>/<split>`` when it exists, else the same
     samples built with ``training.suite.build_sets`` into ``cache`` (default ``data/cache/eval-sets``).
 
-    ``n_per_kind`` keeps the first N samples of every kind (None: all). Sample dicts are those of
+    ``n_per_kind`` keeps the first N samples of every kind (None: all); ``kinds`` keeps only those edit
+    kinds (None: all; a sample's sampling seeds depend on its id alone, so its score is the same as in a
+    full run). Sample dicts are those of
     ``training.suite.load_set`` (``id, kind, category, source, target, mask, instruction,
     instruction_heldout, ...``) plus ``set_path``: the folder they were read from.
     """
@@ -71,6 +74,12 @@ def load_samples(sets: str | Path = "data/suite", split: str = "test", n_per_kin
         raise ValueError(f"unknown evaluation split {split!r}; use test or val")
     if n_per_kind is not None and n_per_kind < 1:
         raise ValueError(f"--n-per-kind must be at least 1 (got {n_per_kind})")
+    if kinds is not None:
+        from training.suite import KINDS
+
+        unknown = sorted(set(kinds) - set(KINDS))
+        if unknown or not kinds:
+            raise ValueError(f"unknown edit kind(s) {unknown or kinds}; choose from {', '.join(KINDS)}")
     base = Path(sets) / f"v{SUITE_VERSION}"
     if not (base / split / "samples.jsonl").exists():
         have_corpus = corpus is not None and (Path(corpus) / "manifest.jsonl").exists()
@@ -85,6 +94,8 @@ def load_samples(sets: str | Path = "data/suite", split: str = "test", n_per_kin
                   f"into {base} (once)", file=sys.stderr)
             build_sets(cache_root, corpus if have_corpus else None, sizes={split: need})
     samples = load_set(base, split)
+    if kinds is not None:
+        samples = [s for s in samples if s["kind"] in set(kinds)]
     if n_per_kind is not None:
         seen: dict[str, int] = {}
         kept = []
@@ -461,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sets", default="data/suite", help="folder of build-sets output (default data/suite)")
     ap.add_argument("--corpus", default="data/corpus", help="photos used when the set must be built")
     ap.add_argument("--n-per-kind", type=int, default=None, help="first N samples of every kind (default all)")
+    ap.add_argument("--kinds", default=None, help="comma-separated edit kinds to score (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--greedy", action="store_true", help="argmax decoding (temperature 0)")
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -501,7 +513,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (path / "bundle.json").exists():
             ap.error(f"no bundle at {path} (pass --bundle PATH)")
         bundle = load_bundle(path, device=a.device)
-    samples = load_samples(a.sets, a.split, a.n_per_kind, a.corpus)
+    try:
+        samples = load_samples(a.sets, a.split, a.n_per_kind, a.corpus,
+                               kinds=a.kinds.split(",") if a.kinds else None)
+    except ValueError as e:
+        ap.error(str(e))
     temperature = 0.0 if a.greedy else a.temperature
     mode = "greedy" if temperature == 0 else f"T={temperature:g} top-k={a.top_k} top-p={a.top_p:g}"
     print(f"{'bundle' if generate else 'references only,'} {bundle.config.name}@{bundle.config.version} ({path}), "
