@@ -2,9 +2,10 @@
 
 Prepares the image (``image_io.prepare_image``), encodes it with the bundle's image tokenizer, builds
 the prompt (``layout``), runs the sampler and turns its tokens into events: ``Text`` deltas of the
-reasoning, ``ImageRow`` per finished row, ``Preview`` every ``preview_every`` rows (rows not generated
-yet are filled with the source image's codes, so a preview looks like the photo being repainted top
-down), ``Done`` per candidate, ``Error`` for bad input or a failure.
+reasoning, ``ImageRow`` per finished row, ``Preview`` after the first row and then every
+``preview_every`` rows (rows not generated yet are filled with the source image's codes, so a preview
+looks like the photo being repainted top down), ``Done`` per candidate, ``Error`` for bad input or a
+failure.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
                     out[c, ev.row] = codes
                     yield ImageRow(c, ev.row, codes)
                     done_rows = ev.row + 1
-                    if preview_every and done_rows % preview_every == 0 and done_rows < h:
+                    # row 1 at once (the drawing shows up as early as it can), then every preview_every rows
+                    if preview_every and (done_rows == 1 or done_rows % preview_every == 0) and done_rows < h:
                         previews.append((c, done_rows))
                 if ev.finished:
                     finished.append(c)

@@ -19,7 +19,8 @@ which removes most of the per-step framework overhead that dominates a 10-20M-pa
 Anything else (e.g. a LoRA-wrapped LM during training) runs through transformers' forward with a
 ``DynamicCache`` — same results, slower. Decode steps of small models also run on one thread by
 default: ops of a few microseconds cannot amortise an OpenMP fork/join, and on a shared machine a
-descheduled worker thread stalls every op (see ``threads``).
+descheduled worker thread stalls every op (see ``threads``). The prompt's prefill is one large batch
+of matrix products, so it keeps the caller's threads.
 """
 
 from __future__ import annotations
@@ -283,7 +284,8 @@ def sample(
     ``seeds[i]`` drives candidate i. ``temperature`` 0 is greedy; ``top_k`` 0 and ``top_p`` 1 are off.
     ``max_new_tokens`` bounds the whole generation (reasoning gets what the image leaves); None: the
     image plus 512 reasoning tokens in think mode. Stops early, between steps, when ``cancel`` is set.
-    ``threads``: torch threads while decoding (None: 1 for small models, else unchanged).
+    ``threads``: torch threads while decoding (None: 1 for small models on CPU after a prefill on the
+    caller's threads, else unchanged).
     ``fast``: force (True) or forbid (False) the static-cache path; None picks it when supported.
     ``forced_prefix[i]``: the first generated tokens of candidate i are these, not sampled (e.g. the
     first rows of a known target, to see how the model continues them); each must be allowed by the
@@ -381,8 +383,9 @@ def sample(
 
         _check_grid_range(ge, con.feat_row, con.feat_col)
     use_fast = _FastRunner.supports(lm) if fast is None else fast
+    prefill_threads = threads
     if threads is None and sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS and device.type == "cpu":
-        threads = 1
+        threads = 1  # prefill_threads stays None: the caller's setting
 
     def steps() -> Iterator[list[Sampled]]:
         nonlocal step_idx
@@ -498,12 +501,14 @@ def sample(
     # The model runs inside inference mode (and with ``threads``) only while this generator computes:
     # never across a ``yield``, so the caller's own code (e.g. training between steps) is unaffected.
     it = steps()
+    first = True  # the first step is the prefill (and the first token choice)
     while True:
-        with torch.inference_mode(), _num_threads(threads):
+        with torch.inference_mode(), _num_threads(prefill_threads if first else threads):
             try:
                 events = next(it)
             except StopIteration:
                 return
+        first = False
         yield events
 
 
