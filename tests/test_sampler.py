@@ -258,3 +258,19 @@ def test_forced_prefix_keeps_the_given_rows_and_samples_the_rest(gridded, grid):
     bad[n_head] = special_ids(tok).eol  # EOL where a visual token must come
     with pytest.raises(ValueError, match="not allowed"):
         sample_all(gridded, [prompt], H, W, [5], forced_prefix=[bad])
+
+
+def test_results_do_not_depend_on_the_callers_threads(gridded, grid):
+    """The prefill runs on the caller's threads, decoding on one: the same seed must give the same edit."""
+    prompts = [build_prompt(gridded.tokenizer, grid, INSTR, False)] * 2
+    old = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(sample_all(gridded, prompts, H, W, [3, 4], temperature=1.0))
+            assert torch.get_num_threads() == n  # restored after sampling
+    finally:
+        torch.set_num_threads(old)
+    assert [g.tokens for g in runs[0]] == [g.tokens for g in runs[1]]
+    assert [g.logprobs for g in runs[0]] == [g.logprobs for g in runs[1]]
