@@ -92,9 +92,9 @@ def test_shaping_scores_put_target_at_10_and_source_at_0(flip, name):
     src, tgt = flip["source"], flip["target"]
     assert verifier.SHAPING[name](src, tgt, tgt) == pytest.approx(10.0, abs=1e-6)
     # the correlation score puts a copy at the bottom and a flat image at 0 (next test)
-    assert verifier.SHAPING[name](src, src, tgt) == pytest.approx(-10.0 if name == "layout_corr" else 0.0, abs=1e-6)
-    # eval prints each score's legend from SHAPING_ZERO: it must say where the source lands
     copy = verifier.SHAPING[name](src, src, tgt)
+    assert copy == pytest.approx(-10.0 if name == "layout_corr" else 0.0, abs=1e-6)
+    # eval prints each score's legend from SHAPING_ZERO: it must say where the source lands
     assert ("-10 = the source" in verifier.SHAPING_ZERO[name]) == (copy == pytest.approx(-10.0))
 
 

@@ -95,7 +95,8 @@ def load_samples(sets: str | Path = "data/suite", split: str = "test", n_per_kin
             build_sets(cache_root, corpus if have_corpus else None, sizes={split: need})
     samples = load_set(base, split)
     if kinds is not None:
-        samples = [s for s in samples if s["kind"] in set(kinds)]
+        wanted = set(kinds)
+        samples = [s for s in samples if s["kind"] in wanted]
     if n_per_kind is not None:
         seen: dict[str, int] = {}
         kept = []

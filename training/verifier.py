@@ -296,9 +296,9 @@ def layout_correlation(source, output, target, grid: int = 8) -> float:
     (1 − corr(s, t)), −1, 1)``, on luminance averaged over a ``grid``×``grid`` partition. The target
     scores 10, a copy of the source −10, a flat image 0. (``layout_closeness`` rated flat grey halfway
     between source and target on a flip, and GRPO found it.) Meant for geometry edits: where an edit
-    keeps the layout (colour edits, corr(s, t) > 0.9), the score is 0 for every output: there the ratio
-    only multiplies noise, and a GRPO run on 18 kinds that paid for it lost 0.75 on the colour edits
-    (model card, "Continue training")."""
+    keeps the layout (colour edits, 1 − corr(s, t) < ``LAYOUT_KEPT``), the score is 0 for every output:
+    there the ratio only multiplies noise, and a GRPO run on 18 kinds that paid for it lost 0.75 on the
+    colour edits (model card, "Continue training")."""
 
     def layout(a: np.ndarray) -> np.ndarray:
         y = _luma_cells(a, grid).ravel()
