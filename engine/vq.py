@@ -19,6 +19,41 @@ from diffusers.models.modeling_utils import ModelMixin
 from PIL import Image
 from torch import nn
 
+# The 8 symmetries of the square (dihedral group D4) as (k, flip): rotate by k quarter turns with
+# ``torch.rot90(x, k, dims=(-2, -1))``, then mirror left-right if ``flip``.
+D4: tuple[tuple[int, bool], ...] = tuple((k, f) for f in (False, True) for k in range(4))
+
+
+def apply_d4(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Transform the last two (spatial) axes of ``x`` by the symmetry (k, flip)."""
+    x = torch.rot90(x, k, dims=(-2, -1)) if k % 4 else x
+    return x.flip(-1) if flip else x
+
+
+def invert_d4(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Undo ``apply_d4(x, k, flip)``."""
+    x = x.flip(-1) if flip else x
+    return torch.rot90(x, -k, dims=(-2, -1)) if k % 4 else x
+
+
+def inverse_d4(k: int, flip: bool) -> tuple[int, bool]:
+    """The symmetry that undoes (k, flip): mirrors are their own inverse, turns go back."""
+    return (k % 4, True) if flip else (-k % 4, False)
+
+
+def rotate_vector(v: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """How a 2-D vector (x along columns, y along rows; stacked on axis -1) turns with the image.
+
+    A quarter turn of ``torch.rot90`` sends a left-to-right ramp to a bottom-to-top one:
+    (x, y) -> (y, -x); a left-right mirror negates x.
+    """
+    x, y = v[..., 0], v[..., 1]
+    for _ in range(k % 4):
+        x, y = y, -x
+    if flip:
+        x = -x
+    return torch.stack([x, y], -1)
+
 
 @runtime_checkable
 class ImageTokenizer(Protocol):
@@ -102,8 +137,15 @@ class NanoVQ(ModelMixin, ConfigMixin):
         unshuffle: int = 2,
         norm_num_groups: int = 32,
         mid_block_add_attention: bool = False,
+        equivariant: bool = False,
     ):
         super().__init__()
+        if equivariant and (len(fsq_levels) < 2 or fsq_levels[-1] != fsq_levels[-2]
+                            or any(lv % 2 == 0 for lv in fsq_levels)):
+            raise ValueError(
+                "an equivariant tokenizer needs odd FSQ levels (so a sign flip maps a level to a level) and "
+                f"equal levels for its last two dims (they rotate into each other); got {tuple(fsq_levels)}"
+            )
         n = len(block_out_channels)
         dims = len(fsq_levels)
         io_channels = 3 * unshuffle * unshuffle
@@ -139,8 +181,43 @@ class NanoVQ(ModelMixin, ConfigMixin):
     # -- tensor API (training) -------------------------------------------------------------------
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] -> quantized latents (N, D, H/f, W/f)."""
-        h = self.encoder(F.pixel_unshuffle(x, self.config.unshuffle))
+        h = self.symmetric_latents(x) if self.config.equivariant else self._raw_latents(x)
         return self.fsq(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def _raw_latents(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(F.pixel_unshuffle(x, self.config.unshuffle))
+
+    def _act_on_channels(self, h: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+        """The symmetry's action on latent channels: the last two turn as a 2-D vector, the rest stay."""
+        vec = rotate_vector(h[:, -2:].movedim(1, -1), k, flip).movedim(-1, 1)
+        return torch.cat([h[:, :-2], vec], 1)
+
+    def symmetric_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-quantization latents averaged over the 8 symmetries of the square, so that exactly
+
+            encode(g · image) = g · ρ(g) · encode(image)   for every flip and quarter turn g,
+
+        where g moves the code grid and ρ(g) turns the last two FSQ digits as a vector (``code_permutation``).
+        Why: a plain encoder gives a mirrored 8×8 cell an unrelated code, so most of a flip's target
+        tokens could not be predicted from the source tokens at all (about 3/4 for hflip on v0.4's tokenizer).
+        Equivariant codes make every flip or rotation a copy from the moved position plus a fixed code
+        permutation. FSQ's bound is odd for odd levels, so rounding keeps the symmetry.
+        """
+        total = None
+        for k, flip in D4:
+            h = self._raw_latents(apply_d4(x, k, flip))
+            h = self._act_on_channels(invert_d4(h, k, flip), *inverse_d4(k, flip))
+            total = h if total is None else total + h
+        return total / len(D4)
+
+    def code_permutation(self, k: int, flip: bool) -> np.ndarray:
+        """For an equivariant tokenizer: ``perm[c]`` is the code a cell with code ``c`` gets once the
+        image is transformed by (k, flip) (the grid moves by ``apply_d4``; this maps the codes)."""
+        if not self.config.equivariant:
+            raise ValueError("only an equivariant tokenizer maps codes by a fixed permutation")
+        q = self.fsq.quantized_from_codes(torch.arange(self.codebook_size))
+        vec = rotate_vector(q[:, -2:], k, flip)
+        return self.fsq.codes_from_quantized(torch.cat([q[:, :-2], vec], 1)).numpy()
 
     def decode_latents(self, q: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(self.decoder(q), self.config.unshuffle)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from training.grid_experiment import transformed_copy
+from training.pretokenize import encode_arrays
 
 
 def test_transformed_copy_finds_the_mirrored_source():
@@ -22,6 +23,26 @@ def test_transformed_copy_finds_the_mirrored_source():
     assert out["hflip"][0] == 1.0 and out["rotate90"][0] == 1.0
     assert abs(out["vflip"][0] - 0.75) < 1e-9
     assert out["hflip"][2] == 8 and "rotate180" not in out
+
+
+def test_an_equivariant_tokenizer_makes_every_geometry_edit_a_permuted_copy():
+    from tests.test_vq import photo_like, tiny_equivariant_vq
+
+    vq = tiny_equivariant_vq()
+    ops = {"hflip": lambda a: a[:, ::-1], "vflip": lambda a: a[::-1], "rotate180": lambda a: a[::-1, ::-1],
+           "rotate90": lambda a: np.rot90(a, -1)}
+    recs = []
+    for i in range(4):
+        src = np.asarray(photo_like(24, 32, seed=i))
+        for kind, op in ops.items():
+            s_codes = encode_arrays(vq, [src])[0]
+            t_codes = encode_arrays(vq, [np.ascontiguousarray(op(src))])[0]
+            recs.append({"kind": kind, "src": s_codes, "tgt": t_codes})
+    permuted = transformed_copy(recs, vq)
+    plain = transformed_copy(recs)  # moving the grid alone, as for a plain tokenizer
+    for kind in ops:
+        assert permuted[kind][0] == 1.0, kind
+    assert min(plain[k][0] for k in ops) < 0.9
 
 
 def test_an_arm_trains_and_logs_heldout_accuracy(tmp_path):

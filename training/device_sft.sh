@@ -14,6 +14,9 @@
 # as our 5.24 on 4 edits of the shipped bundle on the CPU (plain and think).
 # EXTRA adds train_sft flags, e.g. a capacity experiment: a new, larger LM on the bundle's tokenizers
 #     EXTRA="--fresh-lm true --hidden 384 --layers 8 --heads 6 --kv-heads 6 --intermediate 1024 --warmup 300"
+# VQ=<folder> swaps INIT's image tokenizer for another one with the same codebook size (e.g. an equivariant
+# one from train_vq --equivariant) before training; use it with --fresh-lm, since the codes change. The
+# exported LM then belongs with that tokenizer: copy it into the bundle's vq/ too.
 set -u -o pipefail
 OUT=${OUT:-runs/device}
 MINUTES=${MINUTES:-8}
@@ -24,6 +27,11 @@ RUN=${RUN:-/tmp/device-sft}
 SEED=${SEED:-0}
 WORKERS=${WORKERS:-$(( $(nproc) - 2 ))}
 mkdir -p "$OUT"
+if [ -n "${VQ:-}" ]; then
+  rm -rf /tmp/device-init && cp -r "$INIT" /tmp/device-init && rm -rf /tmp/device-init/vq \
+    && cp -r "$VQ" /tmp/device-init/vq || exit 2
+  INIT=/tmp/device-init
+fi
 
 if [ -d .whl ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

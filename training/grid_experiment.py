@@ -110,7 +110,7 @@ def run(a: argparse.Namespace) -> None:
             ev = evaluate(bundle, held, constraints)
             rec = {"step": step, "train_loss": loss.item(), "wall_s": round(time.time() - t0, 1), "heldout": ev}
             log.append(rec)
-            (out / "log.json").write_text(json.dumps({"arm": a.arm, "kinds": kinds, "log": log}, indent=1))
+            (out / "log.json").write_text(json.dumps({"arm": a.arm, "kinds": kinds, "vq": a.vq, "log": log}, indent=1))
             print(f"step {step} loss {loss.item():.3f} " + " ".join(
                 f"{k}:{v['acc'] * 100:.1f}%/{v['nll']:.2f}" for k, v in ev.items()), flush=True)
 
@@ -130,40 +130,59 @@ def _cells(ev: dict[str, dict[str, float]], kinds: list[str]) -> str:
 
 
 def _copy_cells(copy: dict[str, float], kinds: list[str]) -> str:
-    return "  ".join(f"{copy.get(k, float('nan')) * 100:8.1f}%        " for k in kinds)
+    return "  ".join(f"{copy[k] * 100:8.1f}%        " if k in copy else f"{'—':>9}        " for k in kinds)
 
 
 def report(folder: Path, a: argparse.Namespace) -> None:
     arms = {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/log.json"))}
+    shown: set[str] = set()
     for name, d in arms.items():
-        print(f"== {name}: held-out teacher-forced accuracy of target image tokens (NLL)")
+        vq_path = d.get("vq", a.vq)
+        print(f"== {name}: held-out teacher-forced accuracy of target image tokens (NLL); tokenizer {vq_path}")
         kinds = d["kinds"]
         print("step  " + "  ".join(f"{k:>16}" for k in kinds))
-        if name == next(iter(arms)):
-            copy = copy_baseline(heldout_records(NanoVQ.from_pretrained(a.vq).eval(), kinds, a.heldout, a.corpus))
-            print("copy  " + _copy_cells(copy, kinds))
+        if vq_path not in shown:  # arms on the same tokenizer share its baselines
+            shown.add(vq_path)
+            vq = NanoVQ.from_pretrained(vq_path).eval()
+            held = heldout_records(vq, kinds, a.heldout, a.corpus)
+            print("copy  " + _copy_cells(copy_baseline(held), kinds))
+            moved = {k: v[0] for k, v in transformed_copy(held, vq).items()}
+            print("moved " + _copy_cells(moved, kinds) + "  (copy from the transformed position"
+                  + (", codes permuted)" if vq.config.equivariant else ")"))
         for rec in d["log"]:
             print(f"{rec['step']:>4}  " + _cells(rec["heldout"], kinds))
 
 
-TRANSFORMS = {
-    "hflip": [lambda g: g[:, ::-1]],
-    "vflip": [lambda g: g[::-1]],
-    "rotate180": [lambda g: g[::-1, ::-1]],
-    "rotate90": [lambda g: np.rot90(g, 1), lambda g: np.rot90(g, -1)],  # either direction
+# The symmetry (k quarter turns, then a left-right mirror; ``engine.vq.D4``) behind each geometry kind.
+SYMMETRIES: dict[str, list[tuple[int, bool]]] = {
+    "hflip": [(0, True)],
+    "vflip": [(2, True)],
+    "rotate180": [(2, False)],
+    "rotate90": [(1, False), (3, False)],  # either direction
 }
 
 
-def transformed_copy(records: list[dict]) -> dict[str, tuple[float, float, int]]:
+def moved_grid(grid: np.ndarray, k: int, flip: bool, perm: np.ndarray | None = None) -> np.ndarray:
+    """The code grid moved by a symmetry; with an equivariant tokenizer's ``perm``, also its codes mapped:
+    exactly the target's codes then (``NanoVQ.symmetric_latents``)."""
+    g = np.rot90(grid, k)
+    g = g[:, ::-1] if flip else g
+    return perm[g] if perm is not None else g
+
+
+def transformed_copy(records: list[dict], vq: NanoVQ | None = None) -> dict[str, tuple[float, float, int]]:
     """Per geometry kind: the share of target tokens equal to the source token at the transformed
-    position, and the share a code-to-code table learnt on the first 3/4 of the records (the most
-    frequent target code per source code) gets right on the last 1/4; plus the number of records."""
+    position (for an equivariant ``vq``, after its code permutation), and the share a code-to-code table
+    learnt on the first 3/4 of the records (the most frequent target code per moved source code) gets
+    right on the last 1/4; plus the number of records."""
+    equivariant = vq is not None and vq.config.equivariant
     out = {}
-    for kind, fns in TRANSFORMS.items():
+    for kind, syms in SYMMETRIES.items():
         pairs = []
         for r in (r for r in records if r["kind"] == kind):
             src, tgt = r["src"].astype(np.int64), r["tgt"].astype(np.int64)
-            moved = [m for m in (f(src) for f in fns) if m.shape == tgt.shape]
+            moved = [moved_grid(src, k, f, vq.code_permutation(k, f) if equivariant else None) for k, f in syms]
+            moved = [m for m in moved if m.shape == tgt.shape]
             if moved:
                 best = max(moved, key=lambda m: (m == tgt).mean())
                 pairs.append((best.ravel(), tgt.ravel()))
@@ -276,7 +295,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.transformed_copy:
         print(f"{'kind':<10} {'records':>7} {'copy from transformed position':>31} {'learnt code table':>18}")
-        for kind, (copy, lookup, n) in transformed_copy(load_cache(a.cache)).items():
+        vq = NanoVQ.from_pretrained(a.vq).eval()
+        for kind, (copy, lookup, n) in transformed_copy(load_cache(a.cache), vq).items():
             print(f"{kind:<10} {n:>7} {copy * 100:>30.1f}% {lookup * 100:>17.1f}%")
     elif a.score and a.continue_rows:
         continuation_table(a.score, a)

@@ -100,6 +100,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--raw-only", action="store_true", help="render samples only (no image tokenizer needed)")
+    ap.add_argument("--raw-from", default=None, metavar="DIR",
+                    help="encode the rendered samples of another cache folder (same samples, another tokenizer)")
+    ap.add_argument("--kinds", default=None, metavar="K,K,…", help="keep only these edit kinds in the shards")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from training.suite import stream
@@ -109,20 +112,23 @@ def main() -> None:
     vq = None if args.raw_only else NanoVQ.from_pretrained(args.vq).eval()
     n_shards = -(-args.samples // args.shard_size)
     bar = tqdm(total=n_shards * args.shard_size, desc="pretokenize", dynamic_ncols=True)
+    kinds = set(args.kinds.split(",")) if args.kinds else None
     for k in range(n_shards):
-        raw_path, path = out / f"raw_{k:05d}.pt", out / f"shard_{k:05d}.pt"
+        raw_path, path = Path(args.raw_from or out) / f"raw_{k:05d}.pt", out / f"shard_{k:05d}.pt"
         if path.exists() or (args.raw_only and raw_path.exists()):
             bar.update(args.shard_size)
             continue
         if raw_path.exists():
             raw = torch.load(raw_path, weights_only=False)
+        elif args.raw_from:
+            raise SystemExit(f"--raw-from {args.raw_from} has no {raw_path.name}")
         else:
             gen = stream("train", seed=args.seed * 100_003 + k, corpus=args.corpus)
             rng = np.random.default_rng([args.seed, k])
             raw = raw_records([next(gen) for _ in range(args.shard_size)], args.phrasings, rng)
             _save_atomic(raw, raw_path)
         if vq is not None:
-            _save_atomic(encode_records(vq, raw), path)
+            _save_atomic(encode_records(vq, [r for r in raw if kinds is None or r["kind"] in kinds]), path)
         bar.update(args.shard_size)
     bar.close()
     print(f"pretokenize shards={n_shards} samples={n_shards * args.shard_size} out={out}")

@@ -53,6 +53,10 @@ class VQTrainConfig:
     # model was trained on) stays frozen while the decoder keeps improving the pictures.
     init: str = ""
     decoder_only: bool = False
+    # Codes that turn with the image (``NanoVQ.symmetric_latents``): flips and quarter turns of the photo
+    # become a move of the code grid plus a fixed code permutation. With ``init``, a plain tokenizer's
+    # weights are the starting point and the encoder learns to put orientation into the last two dims.
+    equivariant: bool = False
     eval_only: str = ""  # comma-separated corpus splits: just print PSNR/SSIM/codes of ``init`` on them
     extra: dict = field(default_factory=dict)
 
@@ -70,10 +74,12 @@ def resize_short(img: Image.Image, short: int) -> Image.Image:
 class CropPool:
     """All train photos pre-resized to every short side; random crops come from memory."""
 
-    def __init__(self, photos: list[Image.Image], short_sides: tuple[int, ...], crop: int, seed: int):
+    def __init__(self, photos: list[Image.Image], short_sides: tuple[int, ...], crop: int, seed: int,
+                 turns: bool = False):
         self.arrays = [np.asarray(resize_short(p, s)) for p in photos for s in short_sides if s >= crop]
         self.crop = crop
         self.rng = np.random.default_rng(seed)
+        self.turns = turns  # quarter turns too, not just mirrors: an equivariant decoder sees every pose
 
     def batch(self, n: int) -> torch.Tensor:
         out = np.empty((n, self.crop, self.crop, 3), dtype=np.uint8)
@@ -82,7 +88,8 @@ class CropPool:
             y = self.rng.integers(a.shape[0] - self.crop + 1)
             x = self.rng.integers(a.shape[1] - self.crop + 1)
             c = a[y : y + self.crop, x : x + self.crop]
-            out[i] = c[:, ::-1] if self.rng.random() < 0.5 else c
+            c = c[:, ::-1] if self.rng.random() < 0.5 else c
+            out[i] = np.rot90(c, int(self.rng.integers(4))) if self.turns else c
         return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
@@ -150,15 +157,16 @@ def train(cfg: VQTrainConfig) -> dict:
     train_photos, test_photos = read_split(corpus, "train"), read_split(corpus, "test")
     if not train_photos:
         raise SystemExit(f"no train photos in {corpus}/manifest.jsonl; build it: python -m training.corpus build")
-    pool = CropPool(train_photos, cfg.short_sides, cfg.crop, cfg.seed)
+    pool = CropPool(train_photos, cfg.short_sides, cfg.crop, cfg.seed, turns=cfg.equivariant)
 
     if cfg.init:
-        model = NanoVQ.from_pretrained(cfg.init)
+        model = NanoVQ.from_pretrained(cfg.init, **({"equivariant": True} if cfg.equivariant else {}))
     else:
         model = NanoVQ(
             block_out_channels=cfg.block_out_channels,
             layers_per_block=cfg.layers_per_block,
             fsq_levels=cfg.fsq_levels,
+            equivariant=cfg.equivariant,
         )
     trainable = model.parameters()
     if cfg.decoder_only:
@@ -178,7 +186,8 @@ def train(cfg: VQTrainConfig) -> dict:
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     writer = SummaryWriter(str(out / "tb"))
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"NanoVQ {n_params / 1e6:.2f}M params, {model.codebook_size} codes, {len(train_photos)} train photos")
+    print(f"NanoVQ {n_params / 1e6:.2f}M params, {model.codebook_size} codes, {len(train_photos)} train photos"
+          + (", equivariant" if model.config.equivariant else ""))
 
     def save_checkpoint() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
