@@ -142,3 +142,21 @@ def test_pretokenize_reencodes_another_caches_samples_for_some_kinds(tmp_path):
     more = [a if a != "3" or cmd[i - 1] != "--samples" else "6" for i, a in enumerate(cmd)]
     missing = subprocess.run(more, capture_output=True, text=True)
     assert missing.returncode != 0 and "has no raw_00001.pt" in missing.stderr
+
+
+def test_the_committed_equivariant_tokenizer_on_a_real_photo():
+    from pathlib import Path
+
+    from engine.image_io import fit_to_area
+    from training.train_vq import psnr
+
+    folder = Path(__file__).resolve().parents[1] / "assets" / "nanovq-equivariant"
+    vq = NanoVQ.from_pretrained(folder).eval()
+    assert vq.config.equivariant and vq.dtype == torch.float32  # stored in bf16, runs in fp32
+    photo = sorted((folder.parent / "examples").glob("*.png")) + sorted((folder.parent / "examples").glob("*.jpg"))
+    img = fit_to_area(Image.open(photo[0]).convert("RGB"), 128 * 128, vq.spatial_factor)
+    codes = vq.encode([img])[0]
+    assert np.array_equal(vq.encode([img.transpose(Image.FLIP_LEFT_RIGHT)])[0], vq.code_permutation(0, True)[codes[:, ::-1]])
+    turned = vq.encode([img.transpose(Image.ROTATE_180)])[0]
+    assert np.array_equal(turned, vq.code_permutation(2, False)[codes[::-1, ::-1]])
+    assert psnr(np.asarray(img), np.asarray(vq.decode([codes])[0])) > 18.0
