@@ -79,7 +79,7 @@ class CropPool:
         self.arrays = [np.asarray(resize_short(p, s)) for p in photos for s in short_sides if s >= crop]
         self.crop = crop
         self.rng = np.random.default_rng(seed)
-        self.turns = turns  # quarter turns too, not just mirrors: an equivariant decoder sees every pose
+        self.turns = turns  # quarter turns too: equivariant codes describe every pose, so the decoder sees them all
 
     def batch(self, n: int) -> torch.Tensor:
         out = np.empty((n, self.crop, self.crop, 3), dtype=np.uint8)
