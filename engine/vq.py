@@ -203,11 +203,13 @@ class NanoVQ(ModelMixin, ConfigMixin):
         Equivariant codes make every flip or rotation a copy from the moved position plus a fixed code
         permutation. FSQ's bound is odd for odd levels, so rounding keeps the symmetry.
         """
-        total = None
-        for k, flip in D4:
-            h = self._raw_latents(apply_d4(x, k, flip))
-            h = self._act_on_channels(invert_d4(h, k, flip), *inverse_d4(k, flip))
-            total = h if total is None else total + h
+        n, total = x.shape[0], None
+        for turn in (0, 1):  # one encoder batch per grid shape: even and odd quarter turns
+            group = [(k, flip) for k, flip in D4 if k % 2 == turn]
+            hs = self._raw_latents(torch.cat([apply_d4(x, k, flip) for k, flip in group]))
+            for i, (k, flip) in enumerate(group):
+                h = self._act_on_channels(invert_d4(hs[i * n : (i + 1) * n], k, flip), *inverse_d4(k, flip))
+                total = h if total is None else total + h
         return total / len(D4)
 
     def code_permutation(self, k: int, flip: bool) -> np.ndarray:
