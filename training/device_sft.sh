@@ -50,6 +50,10 @@ python3 -m training.train_sft --init "$INIT" --out "$RUN" --cache "" --live-work
   --focus-weight 3 --threads 2 --ckpt-every 1000 --log-every 20 --seed "$SEED" ${EXTRA:-} 2>&1 | tee "$OUT/sft.log" | tr '\r' '\n' \
   | grep --line-buffered -v '^sft:\|^Writing model shards\|^$'
 python3 -m training.train_sft --out "$RUN" --cache "" --export "$RUN/bundle" || exit 4
+if [ -n "${VQ:-}" ]; then  # the notes name INIT's copy; say which image tokenizer the LM was trained on
+  python3 -c "import json, sys; p = sys.argv[1] + '/bundle.json'; c = json.load(open(p))
+c.setdefault('notes', {})['image_tokenizer_from'] = sys.argv[2]; json.dump(c, open(p, 'w'), indent=2)" "$RUN/bundle" "$VQ"
+fi
 tar cf - -C "$RUN/bundle" bundle.json lm | split -b 12M - "$OUT/lm.tar.part"
 cp "$RUN"/tb/events.* "$OUT"/ 2>/dev/null
 ls -la "$OUT"
