@@ -55,6 +55,12 @@ def rotate_vector(v: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.stack([x, y], -1)
 
 
+def turn_digits(v: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """The symmetry's action on FSQ digits (stacked on axis -1): the last two turn as a 2-D vector,
+    the rest stay. One definition for the encoder's averaging and for ``code_permutation``."""
+    return torch.cat([v[..., :-2], rotate_vector(v[..., -2:], k, flip)], -1)
+
+
 @runtime_checkable
 class ImageTokenizer(Protocol):
     """What the engine needs from an image tokenizer (nano FSQ or Emu3's VQVAE)."""
@@ -187,11 +193,6 @@ class NanoVQ(ModelMixin, ConfigMixin):
     def _raw_latents(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(F.pixel_unshuffle(x, self.config.unshuffle))
 
-    def _act_on_channels(self, h: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-        """The symmetry's action on latent channels: the last two turn as a 2-D vector, the rest stay."""
-        vec = rotate_vector(h[:, -2:].movedim(1, -1), k, flip).movedim(-1, 1)
-        return torch.cat([h[:, :-2], vec], 1)
-
     def symmetric_latents(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-quantization latents averaged over the 8 symmetries of the square, so that exactly
 
@@ -208,7 +209,8 @@ class NanoVQ(ModelMixin, ConfigMixin):
             group = [(k, flip) for k, flip in D4 if k % 2 == turn]
             hs = self._raw_latents(torch.cat([apply_d4(x, k, flip) for k, flip in group]))
             for i, (k, flip) in enumerate(group):
-                h = self._act_on_channels(invert_d4(hs[i * n : (i + 1) * n], k, flip), *inverse_d4(k, flip))
+                h = invert_d4(hs[i * n : (i + 1) * n], k, flip)  # (N, D, h, w): digits on axis 1
+                h = turn_digits(h.movedim(1, -1), *inverse_d4(k, flip)).movedim(-1, 1)
                 total = h if total is None else total + h
         return total / len(D4)
 
@@ -218,8 +220,7 @@ class NanoVQ(ModelMixin, ConfigMixin):
         if not self.config.equivariant:
             raise ValueError("only an equivariant tokenizer maps codes by a fixed permutation")
         q = self.fsq.quantized_from_codes(torch.arange(self.codebook_size))
-        vec = rotate_vector(q[:, -2:], k, flip)
-        return self.fsq.codes_from_quantized(torch.cat([q[:, :-2], vec], 1)).numpy()
+        return self.fsq.codes_from_quantized(turn_digits(q, k, flip)).numpy()
 
     def decode_latents(self, q: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(self.decoder(q), self.config.unshuffle)

@@ -34,8 +34,8 @@ def test_an_equivariant_tokenizer_makes_every_geometry_edit_a_permuted_copy():
     recs = []
     for i in range(4):
         src = np.asarray(photo_like(24, 32, seed=i))
+        s_codes = encode_arrays(vq, [src])[0]
         for kind, op in ops.items():
-            s_codes = encode_arrays(vq, [src])[0]
             t_codes = encode_arrays(vq, [np.ascontiguousarray(op(src))])[0]
             recs.append({"kind": kind, "src": s_codes, "tgt": t_codes})
     permuted = transformed_copy(recs, vq)

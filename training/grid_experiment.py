@@ -38,7 +38,7 @@ from accelerate import Accelerator
 from engine.grid_embed import GridEmbedding
 from engine.layout import build_prompt, build_target, parse_generation, special_ids
 from engine.logprobs import sequence_logprobs
-from engine.vq import NanoVQ
+from engine.vq import NanoVQ, apply_d4
 from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache, raw_records
 from training.train_sft import Batcher, SFTConfig, constraint_for, new_bundle, next_batch, sft_step
 
@@ -163,10 +163,9 @@ SYMMETRIES: dict[str, list[tuple[int, bool]]] = {
 
 
 def moved_grid(grid: np.ndarray, k: int, flip: bool, perm: np.ndarray | None = None) -> np.ndarray:
-    """The code grid moved by a symmetry; with an equivariant tokenizer's ``perm``, also its codes mapped:
-    exactly the target's codes then (``NanoVQ.symmetric_latents``)."""
-    g = np.rot90(grid, k)
-    g = g[:, ::-1] if flip else g
+    """The code grid moved by a symmetry (``engine.vq.apply_d4``, the tokenizer's own convention); with an
+    equivariant tokenizer's ``perm``, also its codes mapped: exactly the target's codes then."""
+    g = apply_d4(torch.from_numpy(np.ascontiguousarray(grid)), k, flip).numpy()
     return perm[g] if perm is not None else g
 
 
@@ -178,10 +177,11 @@ def transformed_copy(records: list[dict], vq: NanoVQ | None = None) -> dict[str,
     equivariant = vq is not None and vq.config.equivariant
     out = {}
     for kind, syms in SYMMETRIES.items():
+        perms = [vq.code_permutation(k, f) if equivariant else None for k, f in syms]
         pairs = []
         for r in (r for r in records if r["kind"] == kind):
             src, tgt = r["src"].astype(np.int64), r["tgt"].astype(np.int64)
-            moved = [moved_grid(src, k, f, vq.code_permutation(k, f) if equivariant else None) for k, f in syms]
+            moved = [moved_grid(src, k, f, perm) for (k, f), perm in zip(syms, perms, strict=True)]
             moved = [m for m in moved if m.shape == tgt.shape]
             if moved:
                 best = max(moved, key=lambda m: (m == tgt).mean())
