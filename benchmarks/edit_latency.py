@@ -18,7 +18,8 @@ call (image preparation and encoding included), medians of ``--reps`` runs after
 would take (the sampler and, for small image tokenizers, ``engine.edit``'s encode / decode run on one
 thread; ``--threads`` then matters only for bigger models).
 Targets: first preview < 0.5 s, finished < 2 s (n = 1). ``--profile`` writes a cProfile of one n=1 edit.
-Last line (n = 1): ``edit_latency first_preview_s=… total_s=… n=1``.
+Last line (n = 1, the last weights timed): ``edit_latency first_preview_s=… total_s=… n=1 weights=int8``.
+``--int8 both`` (default) times float32 then int8 decoding in this process and prints the speed-up.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def photo():
     return Image.fromarray(data.astronaut())
 
 
-def one_edit(bundle: Bundle, image, n: int, seed: int, think: bool, preview_every: int = 2) -> dict[str, float]:
+def one_edit(bundle: Bundle, image, n: int, seed: int, think: bool, preview_every: int = 2,
+             int8: bool | None = None) -> dict[str, float]:
     """Run one edit to the end; seconds from the call to the first Preview (any candidate) and the last Done."""
     from engine.api import edit
     from engine.events import Done, Error, Preview
@@ -80,7 +82,7 @@ def one_edit(bundle: Bundle, image, n: int, seed: int, think: bool, preview_ever
     done = 0
     tokens = 0
     for ev in edit(bundle, image, INSTRUCTION, n=n, think=think, seed=seed, temperature=1.0, top_k=2048,
-                   preview_every=preview_every):
+                   preview_every=preview_every, int8=int8):
         if isinstance(ev, Error):
             raise RuntimeError(ev.message)
         if isinstance(ev, Preview) and first_preview is None:
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--think", action="store_true")
     ap.add_argument("--preview-every", type=int, default=2, help="engine.edit's preview_every (its default: 2)")
     ap.add_argument("--profile", default=None, help="write a cProfile of one n=1 edit here")
+    ap.add_argument("--int8", choices=["auto", "on", "off", "both"], default="both",
+                    help="engine.edit's int8 decoding: its default (auto), forced, off, or off then on in "
+                         "this process (both, the default: the ratio is the speed-up)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -133,20 +138,27 @@ def main(argv: list[str] | None = None) -> int:
           f"preview every {a.preview_every} rows")
 
     ns = [int(x) for x in a.ns.split(",")]
+    modes = {"auto": [None], "on": [True], "off": [False], "both": [False, True]}[a.int8]
     rows = {}
-    for n in ns:
-        one_edit(bundle, img, n, 0, a.think, a.preview_every)  # warm-up (allocations, first-call overheads)
-        runs = [one_edit(bundle, img, n, 1 + r, a.think, a.preview_every) for r in range(a.reps)]
-        rows[n] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    for mode in modes:
+        for n in ns:
+            one_edit(bundle, img, n, 0, a.think, a.preview_every, mode)  # warm-up (allocations, int8 packing)
+            runs = [one_edit(bundle, img, n, 1 + r, a.think, a.preview_every, mode) for r in range(a.reps)]
+            rows[mode, n] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
-    print(f"\n{'n':>3s} {'prepare':>8s} {'1st token':>9s} {'1st preview':>11s} {'done':>7s} {'tok/s':>7s}"
-          f" {'cpu preview':>11s} {'cpu done':>8s}")
-    for n, r in rows.items():
-        print(f"{n:3d} {r['prepare']:8.3f} {r['first_token']:9.3f} {r['first_preview']:11.3f} {r['total']:7.3f} "
-              f"{r['tok_s']:7.0f} {r['cpu_preview']:11.3f} {r['cpu_total']:8.3f}")
+    label = {None: "auto", True: "int8", False: "fp32"}
+    print(f"\n{'weights':>7s} {'n':>3s} {'prepare':>8s} {'1st token':>9s} {'1st preview':>11s} {'done':>7s} "
+          f"{'tok/s':>7s} {'cpu preview':>11s} {'cpu done':>8s}")
+    for (mode, n), r in rows.items():
+        print(f"{label[mode]:>7s} {n:3d} {r['prepare']:8.3f} {r['first_token']:9.3f} {r['first_preview']:11.3f} "
+              f"{r['total']:7.3f} {r['tok_s']:7.0f} {r['cpu_preview']:11.3f} {r['cpu_total']:8.3f}")
     print(f"(seconds from the call, median of {a.reps}; cpu = process CPU seconds, all threads: on a busy machine "
           f"it estimates the wall time on an idle core; targets for n=1: first preview < {TARGET_PREVIEW_S} s, "
           f"done < {TARGET_TOTAL_S} s)")
+    if a.int8 == "both":
+        for n in ns:
+            print(f"int8 speed-up n={n}: done {rows[False, n]['total'] / rows[True, n]['total']:.2f}x, "
+                  f"first preview {rows[False, n]['first_preview'] / rows[True, n]['first_preview']:.2f}x")
 
     if a.profile:
         import cProfile
@@ -154,16 +166,17 @@ def main(argv: list[str] | None = None) -> int:
 
         prof = cProfile.Profile()
         prof.enable()
-        one_edit(bundle, img, 1, 99, a.think, a.preview_every)
+        one_edit(bundle, img, 1, 99, a.think, a.preview_every, modes[-1])
         prof.disable()
         prof.dump_stats(a.profile)
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
 
-    base = rows.get(1) or next(iter(rows.values()))
-    n0 = 1 if 1 in rows else ns[0]
+    n0 = 1 if 1 in ns else ns[0]
+    base = rows[modes[-1], n0]
     ok = base["first_preview"] < TARGET_PREVIEW_S and base["total"] < TARGET_TOTAL_S
     print(f"targets {'met' if ok else 'MISSED'}")
-    print(f"edit_latency first_preview_s={base['first_preview']:.3f} total_s={base['total']:.3f} n={n0}")
+    print(f"edit_latency first_preview_s={base['first_preview']:.3f} total_s={base['total']:.3f} n={n0} "
+          f"weights={label[modes[-1]]}")
     return 0
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,7 @@ from PIL import Image
 
 from engine.events import Done, Error, Event, ImageRow, Preview, Text
 from engine.layout import build_prompt, parse_generation, special_ids
-from engine.sampler import SAMPLING_DEFAULTS, _num_threads, make_guidance, sample
+from engine.sampler import SAMPLING_DEFAULTS, _num_threads, int8_default, make_guidance, sample
 
 MAX_CANDIDATES = 64
 SMALL_VQ_PARAMS = 50_000_000  # image tokenizers below this run on one thread on CPU (see _vq_threads)
@@ -79,6 +81,7 @@ def edit(
     preview_every: int = 2,
     max_new_tokens: int | None = None,
     cancel: threading.Event | None = None,
+    int8: bool | None = None,
 ) -> Iterator[Event]:
     """Edit ``image`` (path, bytes or PIL) as ``instruction`` says; yields ``engine.events`` events.
 
@@ -87,6 +90,8 @@ def edit(
     ``Error`` events, never raised. When ``cancel`` is set the stream ends early without ``Done`` for
     unfinished candidates. Timings in ``Done.timings`` (seconds from the call): ``prepare``,
     ``first_token``, ``first_preview``, ``total``; plus ``tokens_per_s``.
+    ``int8``: decode with int8 weights (``engine.sampler``); None: when ``sampler.int8_default`` says
+    so (a small float32 LM on a CPU). The tokens and log-probs are then the quantized model's.
     """
     t0 = time.perf_counter()
     msg = _check_args(instruction, n, temperature, top_k, top_p, cfg_text, cfg_image, preview_every)
@@ -111,24 +116,26 @@ def edit(
     if seed is None:
         seed = secrets.randbelow(2**31 - MAX_CANDIDATES)
     seeds = [int(seed) + i for i in range(n)]
+    if int8 is None:
+        int8 = int8_default(bundle)
     try:
         yield from _run(bundle, grid, instruction.strip(), n, think, seeds, temperature, top_k, top_p, cfg_text,
-                        cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare)
+                        cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, int8)
     except Exception as e:  # noqa: BLE001
         yield Error(f"Generation failed: {type(e).__name__}: {e}")
 
 
 def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, seeds: list[int],
          temperature: float, top_k: int, top_p: float, cfg_text: float, cfg_image: float, preview_every: int,
-         max_new_tokens: int | None, cancel: threading.Event | None, t0: float, t_prepare: float
-         ) -> Iterator[Event]:
+         max_new_tokens: int | None, cancel: threading.Event | None, t0: float, t_prepare: float,
+         int8: bool = False) -> Iterator[Event]:
     tok = bundle.tokenizer
     sp = special_ids(tok)
     h, w = grid.shape
     prompt = build_prompt(tok, grid, instruction, think)
     guidance = make_guidance(tok, grid, n, think, cfg_text, cfg_image)
     steps = sample(bundle, [prompt] * n, h, w, seeds, think=think, temperature=temperature, top_k=top_k,
-                   top_p=top_p, guidance=guidance, max_new_tokens=max_new_tokens, cancel=cancel)
+                   top_p=top_p, guidance=guidance, max_new_tokens=max_new_tokens, cancel=cancel, int8=int8)
 
     k_end = len(sp.think_end_ids)
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -140,6 +147,14 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
     row_codes: list[list[int]] = [[] for _ in range(n)]
     first_token: float | None = None
     first_preview: list[float | None] = [None] * n
+    painter = _PreviewPainter(bundle, t0)
+
+    def painted(wait: bool) -> Iterator[Event]:
+        for c, rows, im, at in painter.ready(wait):
+            if first_preview[c] is None:
+                first_preview[c] = at
+            yield Preview(c, im, rows)
+
     try:
         for events in steps:
             if first_token is None:
@@ -178,18 +193,50 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
                 if ev.finished:
                     finished.append(c)
             if previews:
-                with _num_threads(_vq_threads(bundle)):
-                    images = bundle.vq.decode([out[c].copy() for c, _ in previews])
-                now = time.perf_counter() - t0
-                for (c, rows), im in zip(previews, images, strict=True):
-                    if first_preview[c] is None:
-                        first_preview[c] = now
-                    yield Preview(c, im, rows)
+                painter.submit([(c, rows, out[c].copy()) for c, rows in previews])
+            # a candidate's previews come before its Done: wait for them when one finishes
+            yield from painted(wait=bool(finished))
             if finished:
                 yield from _finish(bundle, finished, tokens, logprobs, seeds, h, w, t0, t_prepare, first_token,
                                    first_preview)
+        yield from painted(wait=True)
     finally:
         steps.close()
+        painter.close()
+
+
+class _PreviewPainter:
+    """Decodes previews on a worker thread while the sampler goes on: the sampler decodes a small LM on
+    one thread, so on a 2-core machine the image tokenizer's decoder runs on the otherwise idle core.
+    Previews come back in the order they were asked for, stamped with the time their image was ready."""
+
+    def __init__(self, bundle: Any, t0: float):
+        self.bundle, self.t0 = bundle, t0
+        self.pending: deque[tuple[list[tuple[int, int]], Future]] = deque()
+        # torch's thread count is per thread (OpenMP): the worker sets its own, the sampler's stays
+        threads = _vq_threads(bundle)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="earl-preview",
+                                       initializer=torch.set_num_threads if threads else None,
+                                       initargs=(threads,) if threads else ())
+
+    def _decode(self, grids: list[np.ndarray]) -> tuple[list[Image.Image], float]:
+        images = self.bundle.vq.decode(grids)
+        return images, time.perf_counter() - self.t0
+
+    def submit(self, items: list[tuple[int, int, np.ndarray]]) -> None:
+        fut = self.pool.submit(self._decode, [g for _, _, g in items])
+        self.pending.append(([(c, rows) for c, rows, _ in items], fut))
+
+    def ready(self, wait: bool) -> Iterator[tuple[int, int, Image.Image, float]]:
+        """Finished previews in order; with ``wait`` all of them (blocking), else those already done."""
+        while self.pending and (wait or self.pending[0][1].done()):
+            which, fut = self.pending.popleft()
+            images, at = fut.result()  # a decoding error surfaces here, in the caller's thread
+            for (c, rows), im in zip(which, images, strict=True):
+                yield c, rows, im, at
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _text_delta(tok: Any, ids: list[int], shown: str) -> str:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,10 +94,42 @@ def make_guidance(tok: Any, grid: Any, n: int, think: bool, text_scale: float = 
 # -- model runners -------------------------------------------------------------------------------
 
 
-class _FastRunner:
-    """Decoder forward on the LM's own weights with a static KV cache (plain Emu3ForCausalLM)."""
+def _int8_pack(w: torch.Tensor) -> Any:
+    """fbgemm's packed int8 weight (symmetric, one scale per output channel) for ``quantized.linear_dynamic``."""
+    w = w.detach().float()
+    scale = (w.abs().amax(1) / 127).clamp_min(1e-12).double()
+    with warnings.catch_warnings():  # quantized tensors are deprecated as a user API, not as fbgemm's input
+        warnings.simplefilter("ignore", UserWarning)
+        qw = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(qw, None)
 
-    def __init__(self, lm: Any, batch: int, max_len: int):
+
+# Packing an 18M-parameter LM takes ~0.2 s: done once per LM and reused while its weights are unchanged
+# (the stamp sees in-place training updates and swapped tensors).
+_INT8_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_stamp(lm: nn.Module) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in lm.parameters())
+
+
+def int8_available() -> bool:
+    """Whether this torch build has the CPU int8 kernels (fbgemm / x86) that ``int8`` decoding uses."""
+    engines = torch.backends.quantized.supported_engines
+    return ("fbgemm" in engines or "x86" in engines) and hasattr(torch.ops.quantized, "linear_dynamic")
+
+
+class _FastRunner:
+    """Decoder forward on the LM's own weights with a static KV cache (plain Emu3ForCausalLM).
+
+    ``int8``: decoding steps (after the prefill) multiply by int8 copies of the weights (per-channel scales,
+    activations quantized per step by fbgemm's dynamic linear); the prompt's prefill stays in float32,
+    so the KV cache of the source image is exact. One decoding step of an 18M-parameter LM streams its
+    73 MB of float32 weights from memory, which is what bounds it on a CPU; its 18 MB of int8 weights
+    stay in a 32 MB L3 cache. (A 5.9M model's float32 weights fit there already: int8 did not pay.)
+    """
+
+    def __init__(self, lm: Any, batch: int, max_len: int, int8: bool = False):
         cfg = lm.config
         m = lm.model
         self.nh = cfg.num_attention_heads
@@ -118,6 +152,22 @@ class _FastRunner:
                                 layer.post_attention_layernorm.weight, gu, mlp.down_proj.weight))
         self.norm = m.norm.weight
         self.head = lm.lm_head.weight
+        self.q8: list[tuple[Any, ...]] | None = None
+        if int8:
+            if self.dtype != torch.float32 or self.device.type != "cpu" or not int8_available():
+                raise ValueError("int8 decoding needs a float32 LM on the CPU and torch's fbgemm kernels")
+            stamp = _weights_stamp(lm)
+            cached = _INT8_CACHE.get(lm)
+            if cached is None or cached[0] != stamp:
+                pack = _int8_pack
+                layers = [
+                    (tuple(map(pack, qkv)) if isinstance(qkv, tuple) else pack(qkv), pack(wo),
+                     tuple(map(pack, gu)) if isinstance(gu, tuple) else pack(gu), pack(wd))
+                    for _, qkv, wo, _, gu, wd in self.layers
+                ]
+                cached = (stamp, layers, pack(self.head))
+                _INT8_CACHE[lm] = cached
+            _, self.q8, self.q8_head = cached
         pos = torch.arange(max_len, device=self.device)[None]
         cos, sin = m.rotary_emb(torch.zeros(1, dtype=self.dtype, device=self.device), pos)
         self.cos, self.sin = cos[0], sin[0]  # (max_len, hd)
@@ -145,7 +195,10 @@ class _FastRunner:
         return type(lm.lm_head) is nn.Linear and lm.lm_head.bias is None
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # Exactly Emu3RMSNorm: statistics in float32, weight applied in the input dtype.
+        # Exactly Emu3RMSNorm: statistics in float32, weight applied in the input dtype; in float32
+        # that is torch's fused rms_norm (one op instead of eight: decoding is op-overhead bound).
+        if x.dtype == torch.float32 and w.dtype == torch.float32:
+            return F.rms_norm(x, w.shape, w, self.eps)
         xf = x.to(torch.float32)
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return w * xf.to(x.dtype)
@@ -155,12 +208,24 @@ class _FastRunner:
         x1, x2 = x.chunk(2, -1)
         return x * cos + torch.cat((-x2, x1), -1) * sin
 
+    @staticmethod
+    def _lin(x: torch.Tensor, w: torch.Tensor, q: Any) -> torch.Tensor:
+        if q is None:
+            return F.linear(x, w)
+        # reduce_range: 7-bit activations, what fbgemm needs to avoid int16 saturation without VNNI.
+        # fbgemm quantizes its whole input with one scale: one call per row keeps each candidate's
+        # tokens independent of the others in the batch (a seed gives the same edit in a batch or alone).
+        lin = torch.ops.quantized.linear_dynamic
+        x2 = x.reshape(-1, x.shape[-1])
+        y = lin(x2, q, True) if x2.shape[0] == 1 else torch.cat([lin(r, q, True) for r in x2.split(1)])
+        return y.view(*x.shape[:-1], -1)
+
     def forward(self, emb: torch.Tensor, start: int, positions: torch.Tensor,
                 attn_mask: torch.Tensor | None) -> torch.Tensor:
         """``emb`` (B, T, D) written at cache slots [start, start+T); returns last-position logits (B, V).
 
-        ``positions`` (B, T) rotary positions; ``attn_mask`` bool (B, 1, T, start+T) or None (causal,
-        no padding) — for T == 1 None means attend to every filled slot.
+        ``positions`` (B, T) rotary positions; ``attn_mask`` bool (B, 1, T, start+T) or None: causal for
+        the prefill (start 0, no padding), every filled slot for T == 1; T > 1 after a prefill needs a mask.
         """
         b, t, _ = emb.shape
         end = start + t
@@ -169,29 +234,35 @@ class _FastRunner:
         nq, nk = self.nh * self.hd, self.nkv * self.hd
         h = emb
         causal = attn_mask is None and t > 1
+        q8 = self.q8 if start > 0 else None  # decoding steps; the prefill stays exact
+        lin = self._lin
         for i, (n1, qkv, wo, n2, gu, wd) in enumerate(self.layers):
+            qq, qo, qg, qd = q8[i] if q8 is not None else (None,) * 4
             x = self._rms(h, n1)
             if isinstance(qkv, tuple):
-                q, k, v = (F.linear(x, w) for w in qkv)
+                q, k, v = (lin(x, w, qq[j] if qq else None) for j, w in enumerate(qkv))
+                q = self._rope(q.view(b, t, self.nh, self.hd).transpose(1, 2), cos, sin)
+                k = self._rope(k.view(b, t, self.nkv, self.hd).transpose(1, 2), cos, sin)
             else:
-                q, k, v = F.linear(x, qkv).split([nq, nk, nk], -1)
-            q = self._rope(q.view(b, t, self.nh, self.hd).transpose(1, 2), cos, sin)
-            k = self._rope(k.view(b, t, self.nkv, self.hd).transpose(1, 2), cos, sin)
+                qk, v = lin(x, qkv, qq).split([nq + nk, nk], -1)
+                # q and k heads side by side: one rotary pass for both
+                qk = self._rope(qk.view(b, t, self.nh + self.nkv, self.hd).transpose(1, 2), cos, sin)
+                q, k = qk.split([self.nh, self.nkv], 1)
             self.k[i][:, :, start:end] = k
             self.v[i][:, :, start:end] = v.view(b, t, self.nkv, self.hd).transpose(1, 2)
             o = F.scaled_dot_product_attention(
                 q, self.k[i][:, :, :end], self.v[i][:, :, :end], attn_mask=attn_mask,
                 is_causal=causal and start == 0, enable_gqa=self.nkv != self.nh,
             )
-            h = h + F.linear(o.transpose(1, 2).reshape(b, t, nq), wo)
+            h = h + lin(o.transpose(1, 2).reshape(b, t, nq), wo, qo)
             x = self._rms(h, n2)
             if isinstance(gu, tuple):
-                g, u = F.linear(x, gu[0]), F.linear(x, gu[1])
+                g, u = lin(x, gu[0], qg[0] if qg else None), lin(x, gu[1], qg[1] if qg else None)
             else:
-                g, u = F.linear(x, gu).chunk(2, -1)
-            h = h + F.linear(F.silu(g) * u, wd)
+                g, u = lin(x, gu, qg).chunk(2, -1)
+            h = h + lin(F.silu(g) * u, wd, qd)
         h = self._rms(h[:, -1], self.norm)
-        return F.linear(h, self.head)
+        return lin(h, self.head, self.q8_head if q8 is not None else None)
 
 
 class _HFRunner:
@@ -277,6 +348,7 @@ def sample(
     threads: int | None = None,
     fast: bool | None = None,
     forced_prefix: Sequence[Sequence[int]] | None = None,
+    int8: bool = False,
 ) -> Iterator[list[Sampled]]:
     """Decode one candidate per prompt; yields, per decoding step, the tokens produced at that step.
 
@@ -290,6 +362,9 @@ def sample(
     ``forced_prefix[i]``: the first generated tokens of candidate i are these, not sampled (e.g. the
     first rows of a known target, to see how the model continues them); each must be allowed by the
     constraint at its position (ValueError otherwise); their reported log-probs are 0.
+    ``int8``: decoding steps use int8 weights (``_FastRunner``; float32 LM on CPU only, ValueError
+    otherwise): faster on a CPU, and the tokens and reported log-probs are then the quantized model's —
+    close to, not equal to, ``engine.logprobs``'. Off by default: training needs the exact ones.
     """
     n = len(prompts)
     if n == 0:
@@ -383,6 +458,8 @@ def sample(
 
         _check_grid_range(ge, con.feat_row, con.feat_col)
     use_fast = _FastRunner.supports(lm) if fast is None else fast
+    if int8 and not use_fast:
+        raise ValueError("int8 decoding needs the static-cache path (a plain Emu3ForCausalLM, fast not False)")
     prefill_threads = threads
     if threads is None and sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS and device.type == "cpu":
         threads = 1  # prefill_threads stays None: the caller's setting
@@ -401,7 +478,7 @@ def sample(
         key_valid[:, :p_len] = valid.to(device)
         any_pad = bool((~valid).any())
         if use_fast:
-            runner = _FastRunner(base, rows_total, max_len)
+            runner = _FastRunner(base, rows_total, max_len, int8=int8)
             mask = None
             if any_pad:
                 qpos = torch.arange(p_len, device=device)
@@ -484,19 +561,48 @@ def sample(
             if cur >= max_len:
                 return
             # Feed this step's tokens (finished candidates get PAD; their rows are ignored).
-            feed_pos = [0 if done[i] else feed_pos[i] for i in range(n)]
-            feed = torch.tensor([sp.pad if done[i] else toks[i] for i in range(n)] * nb, device=device)
+            feed_tok = [[sp.pad] if done[i] else [toks[i]] for i in range(n)]
+            feed_at = [[0] if done[i] else [feed_pos[i]] for i in range(n)]
+            live = [i for i in range(n) if not done[i]]
+            if cur + 2 <= max_len and all(
+                con.forced(states[i]) is not None and not con.only_forced_left(states[i]) for i in live
+            ):
+                # The next token is forced for every candidate still going (the EOL after a row's last
+                # code): it goes into the same forward pass, which costs about what one token costs.
+                extra: list[Sampled] = []
+                for i in range(n):
+                    if done[i]:
+                        feed_tok[i].append(sp.pad)
+                        feed_at[i].append(0)
+                        continue
+                    st = states[i]
+                    ft = con.forced(st)
+                    prefix_token(i, st)  # a forced prefix must agree with the template here too
+                    p_before = st.pos
+                    extra.append(_event(con, st, i, ft, 0.0, con.advance(st, ft), before=p_before))
+                    feed_tok[i].append(ft)
+                    feed_at[i].append(p_before + 1)
+                step_idx += 1
+                yield extra
+                if cancel is not None and cancel.is_set():
+                    return
+            t_new = len(feed_tok[0])
+            feed = torch.tensor(feed_tok * nb, device=device)  # (rows, t_new)
             e = F.embedding(feed, emb_w)
             if grid_table is not None:
-                e = e + grid_table[torch.tensor(feed_pos * nb, device=device)]
-            pos_now = pos_now + 1
+                e = e + grid_table[torch.tensor(feed_at * nb, device=device)]
+            new_pos = pos_now[:, None] + torch.arange(1, t_new + 1, device=device)
+            pos_now = new_pos[:, -1]
             if use_fast:
-                m2 = key_valid[:, None, None, : cur + 1] if any_pad else None
-                logits = runner.forward(e[:, None], cur, pos_now[:, None], m2)
+                m2 = None
+                if any_pad or t_new > 1:
+                    m2 = key_valid[:, None, None, : cur + t_new].expand(-1, 1, t_new, -1).clone()
+                    m2[..., cur:] &= torch.ones((t_new, t_new), dtype=torch.bool, device=device).tril()
+                logits = runner.forward(e, cur, new_pos, m2)
             else:
-                attn2d = key_valid[:, : cur + 1].long()
-                logits = runner.forward(e[:, None], pos_now[:, None], attn2d)
-            cur += 1
+                attn2d = key_valid[:, : cur + t_new].long()
+                logits = runner.forward(e, new_pos, attn2d)
+            cur += t_new
 
     # The model runs inside inference mode (and with ``threads``) only while this generator computes:
     # never across a ``yield``, so the caller's own code (e.g. training between steps) is unaffected.
@@ -524,6 +630,16 @@ def _event(con: FreeFormConstraint, s: State, cand: int, token: int, lp: float, 
     if kind in ("visual", "eol"):
         return Sampled(cand, token, lp, kind, int(con.feat_row[p]), int(con.feat_col[p]), fin)
     return Sampled(cand, token, lp, kind, -1, -1, fin)
+
+
+def int8_default(bundle: Any) -> bool:
+    """Whether ``engine.edit`` decodes with int8 weights when not told: a small plain float32 LM on a CPU
+    with the int8 kernels (where decoding is bound by reading the weights from memory)."""
+    lm = getattr(bundle, "lm", None)
+    if lm is None or not _FastRunner.supports(lm) or not int8_available():
+        return False
+    p = next(lm.parameters())
+    return p.device.type == "cpu" and p.dtype == torch.float32 and sum(q.numel() for q in lm.parameters()) < SMALL_MODEL_PARAMS
 
 
 def sample_all(bundle: Any, prompts: Sequence[Sequence[int]], h: int, w: int, seeds: Sequence[int],
