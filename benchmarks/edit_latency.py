@@ -18,8 +18,8 @@ call (image preparation and encoding included), medians of ``--reps`` runs after
 would take (the sampler and, for small image tokenizers, ``engine.edit``'s encode / decode run on one
 thread; ``--threads`` then matters only for bigger models).
 Targets: first preview < 0.5 s, finished < 2 s (n = 1). ``--profile`` writes a cProfile of one n=1 edit.
-Last line (n = 1, the last weights timed): ``edit_latency first_preview_s=… total_s=… n=1 weights=int8``.
-``--int8 both`` (default) times float32 then int8 decoding in this process and prints the speed-up.
+Last line (n = 1, the last weights timed): ``edit_latency first_preview_s=… total_s=… n=1 weights=fp16``.
+``--fp16 both`` (default) times float32 then fp16 decoding in this process and prints the speed-up.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def photo():
 
 
 def one_edit(bundle: Bundle, image, n: int, seed: int, think: bool, preview_every: int = 2,
-             int8: bool | None = None) -> dict[str, float]:
+             fp16: bool | None = None) -> dict[str, float]:
     """Run one edit to the end; seconds from the call to the first Preview (any candidate) and the last Done."""
     from engine.api import edit
     from engine.events import Done, Error, Preview
@@ -82,7 +82,7 @@ def one_edit(bundle: Bundle, image, n: int, seed: int, think: bool, preview_ever
     done = 0
     tokens = 0
     for ev in edit(bundle, image, INSTRUCTION, n=n, think=think, seed=seed, temperature=1.0, top_k=2048,
-                   preview_every=preview_every, int8=int8):
+                   preview_every=preview_every, fp16=fp16):
         if isinstance(ev, Error):
             raise RuntimeError(ev.message)
         if isinstance(ev, Preview) and first_preview is None:
@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--think", action="store_true")
     ap.add_argument("--preview-every", type=int, default=2, help="engine.edit's preview_every (its default: 2)")
     ap.add_argument("--profile", default=None, help="write a cProfile of one n=1 edit here")
-    ap.add_argument("--int8", choices=["auto", "on", "off", "both"], default="both",
-                    help="engine.edit's int8 decoding: its default (auto), forced, off, or off then on in "
+    ap.add_argument("--fp16", choices=["auto", "on", "off", "both"], default="both",
+                    help="engine.edit's fp16 decoding: its default (auto), forced, off, or off then on in "
                          "this process (both, the default: the ratio is the speed-up)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -138,15 +138,15 @@ def main(argv: list[str] | None = None) -> int:
           f"preview every {a.preview_every} rows")
 
     ns = [int(x) for x in a.ns.split(",")]
-    modes = {"auto": [None], "on": [True], "off": [False], "both": [False, True]}[a.int8]
+    modes = {"auto": [None], "on": [True], "off": [False], "both": [False, True]}[a.fp16]
     rows = {}
     for mode in modes:
         for n in ns:
-            one_edit(bundle, img, n, 0, a.think, a.preview_every, mode)  # warm-up (allocations, int8 packing)
+            one_edit(bundle, img, n, 0, a.think, a.preview_every, mode)  # warm-up (allocations, fp16 packing)
             runs = [one_edit(bundle, img, n, 1 + r, a.think, a.preview_every, mode) for r in range(a.reps)]
             rows[mode, n] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
-    label = {None: "auto", True: "int8", False: "fp32"}
+    label = {None: "auto", True: "fp16", False: "fp32"}
     print(f"\n{'weights':>7s} {'n':>3s} {'prepare':>8s} {'1st token':>9s} {'1st preview':>11s} {'done':>7s} "
           f"{'tok/s':>7s} {'cpu preview':>11s} {'cpu done':>8s}")
     for (mode, n), r in rows.items():
@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(seconds from the call, median of {a.reps}; cpu = process CPU seconds, all threads: on a busy machine "
           f"it estimates the wall time on an idle core; targets for n=1: first preview < {TARGET_PREVIEW_S} s, "
           f"done < {TARGET_TOTAL_S} s)")
-    if a.int8 == "both":
+    if a.fp16 == "both":
         for n in ns:
-            print(f"int8 speed-up n={n}: done {rows[False, n]['total'] / rows[True, n]['total']:.2f}x, "
+            print(f"fp16 speed-up n={n}: done {rows[False, n]['total'] / rows[True, n]['total']:.2f}x, "
                   f"first preview {rows[False, n]['first_preview'] / rows[True, n]['first_preview']:.2f}x")
 
     if a.profile:

@@ -10,8 +10,8 @@ think, temperature 1, top-k 2048. ``generate`` gets the equivalent constraint th
 precomputed id tensors). ``generate`` cannot add EARL-nano's 2-D grid embedding (it takes token ids),
 so it runs the same LM without it: slightly less work than ours, which adds it as the product does. Both run in this process with torch's default thread count; our sampler
 decodes small models on one thread internally (see ``engine.sampler``), so the table also shows
-``generate`` on one thread, for a like-for-like reading. Where ``engine.edit`` decodes with int8 weights
-by default (a small float32 LM on a CPU with fbgemm), ours also runs that way (rows "int8"). tok/s = generated tokens / wall time
+``generate`` on one thread, for a like-for-like reading. Where ``engine.edit`` decodes with fp16 weights
+by default (a small float32 LM on a CPU with fbgemm: half-precision weights in the decoding steps), ours also runs that way (rows "fp16"). tok/s = generated tokens / wall time
 (prefill included), best of ``--reps``. A ``generate`` run stops after ``--max-time`` seconds (its
 ``max_time``) to keep the script short on a busy machine: its rate is then tokens so far / time.
 Last line: the machine-readable summary.
@@ -34,7 +34,7 @@ from transformers import Emu3ForCausalLM  # noqa: E402
 from engine.bundle import TINY_TEXTS, Bundle, BundleConfig, tiny_lm_config  # noqa: E402
 from engine.constraint import FreeFormConstraint  # noqa: E402
 from engine.layout import build_prompt, parse_generation  # noqa: E402
-from engine.sampler import _num_threads, int8_default, sample_all  # noqa: E402
+from engine.sampler import _num_threads, fp16_default, sample_all  # noqa: E402
 from engine.text_tokenizer import build_nano_tokenizer  # noqa: E402
 
 H = W = 16
@@ -61,10 +61,10 @@ def make_bundle(seed: int = 0) -> Bundle:
 
 
 def run_ours(bundle: Bundle, prompt: list[int], batch: int, threads: int | None,
-             int8: bool = False) -> tuple[float, list[list[int]]]:
+             fp16: bool = False) -> tuple[float, list[list[int]]]:
     t = time.perf_counter()
     gens = sample_all(bundle, [prompt] * batch, H, W, list(range(batch)), temperature=1.0, top_k=2048,
-                      threads=threads, int8=int8)
+                      threads=threads, fp16=fp16)
     dt = time.perf_counter() - t
     return sum(len(g.tokens) for g in gens) / dt, [g.tokens for g in gens]
 
@@ -136,26 +136,26 @@ def main() -> None:
     rows.append(("generate (1 thread)", 1, res["hf1_b1"]))
     res["ours_dt_b1"] = best(run_ours, args.reps, bundle, prompt, 1, default_threads)
     rows.append((f"ours ({default_threads} threads)", 1, res["ours_dt_b1"]))
-    if int8_default(bundle):  # engine.edit's default here: int8 decoding weights
-        run_ours(bundle, prompt, 1, None, True)  # packs the int8 weights (cached per model)
+    if fp16_default(bundle):  # engine.edit's default here: fp16 decoding weights
+        run_ours(bundle, prompt, 1, None, True)  # packs the fp16 weights (cached per model)
         for b in (1, 8):
-            res[f"int8_b{b}"] = best(run_ours, args.reps, bundle, prompt, b, None, True)
-            rows.append(("ours, int8 (engine.edit's default)", b, res[f"int8_b{b}"]))
+            res[f"fp16_b{b}"] = best(run_ours, args.reps, bundle, prompt, b, None, True)
+            rows.append(("ours, fp16 (engine.edit's default)", b, res[f"fp16_b{b}"]))
 
     print(f"{'sampler':<34} {'batch':>5} {'tok/s':>9}")
     for name, b, rate in rows:
         print(f"{name:<34} {b:>5} {rate:>9.1f}")
     print(f"like-for-like at 1 thread, batch 1: ours / generate = {res['ours_b1'] / res['hf1_b1']:.2f}x")
-    int8 = ""
-    if "int8_b1" in res:
-        print(f"int8 decoding, batch 1: {res['int8_b1'] / res['ours_b1']:.2f}x float32; "
-              f"{res['int8_b1'] / res['hf_b1']:.2f}x generate")
-        int8 = (f" int8_tok_s_b1={res['int8_b1']:.1f} int8_tok_s_b8={res['int8_b8']:.1f}"
-                f" int8_speedup_b1={res['int8_b1'] / res['hf_b1']:.2f} int8_speedup_b8={res['int8_b8'] / res['hf_b8']:.2f}")
+    fp16 = ""
+    if "fp16_b1" in res:
+        print(f"fp16 decoding, batch 1: {res['fp16_b1'] / res['ours_b1']:.2f}x float32; "
+              f"{res['fp16_b1'] / res['hf_b1']:.2f}x generate")
+        fp16 = (f" fp16_tok_s_b1={res['fp16_b1']:.1f} fp16_tok_s_b8={res['fp16_b8']:.1f}"
+                f" fp16_speedup_b1={res['fp16_b1'] / res['hf_b1']:.2f} fp16_speedup_b8={res['fp16_b8'] / res['hf_b8']:.2f}")
     print(
         f"sampler tok_s_b1={res['ours_b1']:.1f} tok_s_b8={res['ours_b8']:.1f} hf_tok_s_b1={res['hf_b1']:.1f} "
         f"hf_tok_s_b8={res['hf_b8']:.1f} speedup_b1={res['ours_b1'] / res['hf_b1']:.2f} "
-        f"speedup_b8={res['ours_b8'] / res['hf_b8']:.2f}{int8}"
+        f"speedup_b8={res['ours_b8'] / res['hf_b8']:.2f}{fp16}"
     )
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from engine.events import Done, Error, Event, ImageRow, Preview, Text
 from engine.layout import build_prompt, parse_generation, special_ids
-from engine.sampler import SAMPLING_DEFAULTS, _num_threads, int8_default, make_guidance, sample
+from engine.sampler import SAMPLING_DEFAULTS, _num_threads, fp16_default, make_guidance, sample
 
 MAX_CANDIDATES = 64
 SMALL_VQ_PARAMS = 50_000_000  # image tokenizers below this run on one thread on CPU (see _vq_threads)
@@ -81,7 +81,7 @@ def edit(
     preview_every: int = 2,
     max_new_tokens: int | None = None,
     cancel: threading.Event | None = None,
-    int8: bool | None = None,
+    fp16: bool | None = None,
 ) -> Iterator[Event]:
     """Edit ``image`` (path, bytes or PIL) as ``instruction`` says; yields ``engine.events`` events.
 
@@ -90,8 +90,8 @@ def edit(
     ``Error`` events, never raised. When ``cancel`` is set the stream ends early without ``Done`` for
     unfinished candidates. Timings in ``Done.timings`` (seconds from the call): ``prepare``,
     ``first_token``, ``first_preview``, ``total``; plus ``tokens_per_s``.
-    ``int8``: decode with int8 weights (``engine.sampler``); None: when ``sampler.int8_default`` says
-    so (a small float32 LM on a CPU). The tokens and log-probs are then the quantized model's.
+    ``fp16``: decoding steps read half-precision copies of the weights (``engine.sampler``; exact for
+    bfloat16-stored bundles); None: when ``sampler.fp16_default`` says so (a small float32 LM on a CPU).
     """
     t0 = time.perf_counter()
     msg = _check_args(instruction, n, temperature, top_k, top_p, cfg_text, cfg_image, preview_every)
@@ -116,11 +116,11 @@ def edit(
     if seed is None:
         seed = secrets.randbelow(2**31 - MAX_CANDIDATES)
     seeds = [int(seed) + i for i in range(n)]
-    if int8 is None:
-        int8 = int8_default(bundle)
+    if fp16 is None:
+        fp16 = fp16_default(bundle)
     try:
         yield from _run(bundle, grid, instruction.strip(), n, think, seeds, temperature, top_k, top_p, cfg_text,
-                        cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, int8)
+                        cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16)
     except Exception as e:  # noqa: BLE001
         yield Error(f"Generation failed: {type(e).__name__}: {e}")
 
@@ -128,14 +128,14 @@ def edit(
 def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, seeds: list[int],
          temperature: float, top_k: int, top_p: float, cfg_text: float, cfg_image: float, preview_every: int,
          max_new_tokens: int | None, cancel: threading.Event | None, t0: float, t_prepare: float,
-         int8: bool = False) -> Iterator[Event]:
+         fp16: bool = False) -> Iterator[Event]:
     tok = bundle.tokenizer
     sp = special_ids(tok)
     h, w = grid.shape
     prompt = build_prompt(tok, grid, instruction, think)
     guidance = make_guidance(tok, grid, n, think, cfg_text, cfg_image)
     steps = sample(bundle, [prompt] * n, h, w, seeds, think=think, temperature=temperature, top_k=top_k,
-                   top_p=top_p, guidance=guidance, max_new_tokens=max_new_tokens, cancel=cancel, int8=int8)
+                   top_p=top_p, guidance=guidance, max_new_tokens=max_new_tokens, cancel=cancel, fp16=fp16)
 
     k_end = len(sp.think_end_ids)
     tokens: list[list[int]] = [[] for _ in range(n)]

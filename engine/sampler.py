@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -94,42 +93,39 @@ def make_guidance(tok: Any, grid: Any, n: int, think: bool, text_scale: float = 
 # -- model runners -------------------------------------------------------------------------------
 
 
-def _int8_pack(w: torch.Tensor) -> Any:
-    """fbgemm's packed int8 weight (symmetric, one scale per output channel) for ``quantized.linear_dynamic``."""
-    w = w.detach().float()
-    scale = (w.abs().amax(1) / 127).clamp_min(1e-12).double()
-    with warnings.catch_warnings():  # quantized tensors are deprecated as a user API, not as fbgemm's input
-        warnings.simplefilter("ignore", UserWarning)
-        qw = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
-    return torch.ops.quantized.linear_prepack(qw, None)
+def _fp16_pack(w: torch.Tensor) -> Any:
+    """fbgemm's packed half-precision copy of a weight, for ``quantized.linear_dynamic_fp16``."""
+    return torch.ops.quantized.linear_prepack_fp16(w.detach().float().contiguous(), None)
 
 
-# Packing an 18M-parameter LM takes ~0.2 s: done once per LM and reused while its weights are unchanged
-# (the stamp sees in-place training updates and swapped tensors).
-_INT8_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Packing is done once per LM and reused while its weights are unchanged (the stamp sees in-place
+# training updates and swapped tensors).
+_FP16_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _weights_stamp(lm: nn.Module) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in lm.parameters())
 
 
-def int8_available() -> bool:
-    """Whether this torch build has the CPU int8 kernels (fbgemm / x86) that ``int8`` decoding uses."""
+def fp16_available() -> bool:
+    """Whether this torch build has fbgemm's CPU kernels that ``fp16`` decoding uses."""
     engines = torch.backends.quantized.supported_engines
-    return ("fbgemm" in engines or "x86" in engines) and hasattr(torch.ops.quantized, "linear_dynamic")
+    return ("fbgemm" in engines or "x86" in engines) and hasattr(torch.ops.quantized, "linear_dynamic_fp16")
 
 
 class _FastRunner:
     """Decoder forward on the LM's own weights with a static KV cache (plain Emu3ForCausalLM).
 
-    ``int8``: decoding steps (after the prefill) multiply by int8 copies of the weights (per-channel scales,
-    activations quantized per step by fbgemm's dynamic linear); the prompt's prefill stays in float32,
-    so the KV cache of the source image is exact. One decoding step of an 18M-parameter LM streams its
-    73 MB of float32 weights from memory, which is what bounds it on a CPU; its 18 MB of int8 weights
-    stay in a 32 MB L3 cache. (A 5.9M model's float32 weights fit there already: int8 did not pay.)
+    ``fp16``: decoding steps (after the prefill) read half-precision copies of the weights, which fbgemm
+    widens to float32 inside its matrix product (activations and sums stay float32). One decoding step
+    of an 18M-parameter LM streams its 73 MB of float32 weights from memory, which is what bounds it on
+    a CPU; half of that is read instead. Bundles are stored in bfloat16, and every bfloat16 weight of
+    ordinary size is exactly a float16: for them the products are the float32 ones, up to summation
+    order. (int8 weights, tried too, were as fast at batch 1 but changed log-probs by 0.04 per token
+    and needed one call per row to keep candidates independent.)
     """
 
-    def __init__(self, lm: Any, batch: int, max_len: int, int8: bool = False):
+    def __init__(self, lm: Any, batch: int, max_len: int, fp16: bool = False):
         cfg = lm.config
         m = lm.model
         self.nh = cfg.num_attention_heads
@@ -152,22 +148,22 @@ class _FastRunner:
                                 layer.post_attention_layernorm.weight, gu, mlp.down_proj.weight))
         self.norm = m.norm.weight
         self.head = lm.lm_head.weight
-        self.q8: list[tuple[Any, ...]] | None = None
-        if int8:
-            if self.dtype != torch.float32 or self.device.type != "cpu" or not int8_available():
-                raise ValueError("int8 decoding needs a float32 LM on the CPU and torch's fbgemm kernels")
+        self.half: list[tuple[Any, ...]] | None = None
+        if fp16:
+            if self.dtype != torch.float32 or self.device.type != "cpu" or not fp16_available():
+                raise ValueError("fp16 decoding needs a float32 LM on the CPU and torch's fbgemm kernels")
             stamp = _weights_stamp(lm)
-            cached = _INT8_CACHE.get(lm)
+            cached = _FP16_CACHE.get(lm)
             if cached is None or cached[0] != stamp:
-                pack = _int8_pack
+                pack = _fp16_pack
                 layers = [
                     (tuple(map(pack, qkv)) if isinstance(qkv, tuple) else pack(qkv), pack(wo),
                      tuple(map(pack, gu)) if isinstance(gu, tuple) else pack(gu), pack(wd))
                     for _, qkv, wo, _, gu, wd in self.layers
                 ]
                 cached = (stamp, layers, pack(self.head))
-                _INT8_CACHE[lm] = cached
-            _, self.q8, self.q8_head = cached
+                _FP16_CACHE[lm] = cached
+            _, self.half, self.half_head = cached
         pos = torch.arange(max_len, device=self.device)[None]
         cos, sin = m.rotary_emb(torch.zeros(1, dtype=self.dtype, device=self.device), pos)
         self.cos, self.sin = cos[0], sin[0]  # (max_len, hd)
@@ -209,15 +205,10 @@ class _FastRunner:
         return x * cos + torch.cat((-x2, x1), -1) * sin
 
     @staticmethod
-    def _lin(x: torch.Tensor, w: torch.Tensor, q: Any) -> torch.Tensor:
-        if q is None:
+    def _lin(x: torch.Tensor, w: torch.Tensor, packed: Any) -> torch.Tensor:
+        if packed is None:
             return F.linear(x, w)
-        # reduce_range: 7-bit activations, what fbgemm needs to avoid int16 saturation without VNNI.
-        # fbgemm quantizes its whole input with one scale: one call per row keeps each candidate's
-        # tokens independent of the others in the batch (a seed gives the same edit in a batch or alone).
-        lin = torch.ops.quantized.linear_dynamic
-        x2 = x.reshape(-1, x.shape[-1])
-        y = lin(x2, q, True) if x2.shape[0] == 1 else torch.cat([lin(r, q, True) for r in x2.split(1)])
+        y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]), packed)
         return y.view(*x.shape[:-1], -1)
 
     def forward(self, emb: torch.Tensor, start: int, positions: torch.Tensor,
@@ -234,10 +225,10 @@ class _FastRunner:
         nq, nk = self.nh * self.hd, self.nkv * self.hd
         h = emb
         causal = attn_mask is None and t > 1
-        q8 = self.q8 if start > 0 else None  # decoding steps; the prefill stays exact
+        half = self.half if start > 0 else None  # decoding steps; the prefill keeps float32 weights
         lin = self._lin
         for i, (n1, qkv, wo, n2, gu, wd) in enumerate(self.layers):
-            qq, qo, qg, qd = q8[i] if q8 is not None else (None,) * 4
+            qq, qo, qg, qd = half[i] if half is not None else (None,) * 4
             x = self._rms(h, n1)
             if isinstance(qkv, tuple):
                 q, k, v = (lin(x, w, qq[j] if qq else None) for j, w in enumerate(qkv))
@@ -262,7 +253,7 @@ class _FastRunner:
                 g, u = lin(x, gu, qg).chunk(2, -1)
             h = h + lin(F.silu(g) * u, wd, qd)
         h = self._rms(h[:, -1], self.norm)
-        return lin(h, self.head, self.q8_head if q8 is not None else None)
+        return lin(h, self.head, self.half_head if half is not None else None)
 
 
 class _HFRunner:
@@ -348,7 +339,7 @@ def sample(
     threads: int | None = None,
     fast: bool | None = None,
     forced_prefix: Sequence[Sequence[int]] | None = None,
-    int8: bool = False,
+    fp16: bool = False,
 ) -> Iterator[list[Sampled]]:
     """Decode one candidate per prompt; yields, per decoding step, the tokens produced at that step.
 
@@ -362,9 +353,9 @@ def sample(
     ``forced_prefix[i]``: the first generated tokens of candidate i are these, not sampled (e.g. the
     first rows of a known target, to see how the model continues them); each must be allowed by the
     constraint at its position (ValueError otherwise); their reported log-probs are 0.
-    ``int8``: decoding steps use int8 weights (``_FastRunner``; float32 LM on CPU only, ValueError
-    otherwise): faster on a CPU, and the tokens and reported log-probs are then the quantized model's —
-    close to, not equal to, ``engine.logprobs``'. Off by default: training needs the exact ones.
+    ``fp16``: decoding steps read half-precision weights (``_FastRunner``; float32 LM on CPU only,
+    ValueError otherwise): faster on a CPU. Exact for weights that are bfloat16 values (every stored
+    bundle); a model being trained in float32 would be rounded, so training leaves it off (the default).
     """
     n = len(prompts)
     if n == 0:
@@ -458,8 +449,8 @@ def sample(
 
         _check_grid_range(ge, con.feat_row, con.feat_col)
     use_fast = _FastRunner.supports(lm) if fast is None else fast
-    if int8 and not use_fast:
-        raise ValueError("int8 decoding needs the static-cache path (a plain Emu3ForCausalLM, fast not False)")
+    if fp16 and not use_fast:
+        raise ValueError("fp16 decoding needs the static-cache path (a plain Emu3ForCausalLM, fast not False)")
     prefill_threads = threads
     if threads is None and sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS and device.type == "cpu":
         threads = 1  # prefill_threads stays None: the caller's setting
@@ -478,7 +469,7 @@ def sample(
         key_valid[:, :p_len] = valid.to(device)
         any_pad = bool((~valid).any())
         if use_fast:
-            runner = _FastRunner(base, rows_total, max_len, int8=int8)
+            runner = _FastRunner(base, rows_total, max_len, fp16=fp16)
             mask = None
             if any_pad:
                 qpos = torch.arange(p_len, device=device)
@@ -632,11 +623,11 @@ def _event(con: FreeFormConstraint, s: State, cand: int, token: int, lp: float, 
     return Sampled(cand, token, lp, kind, -1, -1, fin)
 
 
-def int8_default(bundle: Any) -> bool:
-    """Whether ``engine.edit`` decodes with int8 weights when not told: a small plain float32 LM on a CPU
-    with the int8 kernels (where decoding is bound by reading the weights from memory)."""
+def fp16_default(bundle: Any) -> bool:
+    """Whether ``engine.edit`` decodes with half-precision weights when not told: a small plain float32 LM
+    on a CPU with fbgemm (where decoding is bound by reading the weights from memory)."""
     lm = getattr(bundle, "lm", None)
-    if lm is None or not _FastRunner.supports(lm) or not int8_available():
+    if lm is None or not _FastRunner.supports(lm) or not fp16_available():
         return False
     p = next(lm.parameters())
     return p.device.type == "cpu" and p.dtype == torch.float32 and sum(q.numel() for q in lm.parameters()) < SMALL_MODEL_PARAMS

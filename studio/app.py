@@ -185,11 +185,6 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                                                  elem_id="seed", minimum=0, maximum=2**31 - 1)
                                 randomize = gr.Checkbox(value=True, label="New random seed each run",
                                                         elem_id="randomize")
-                            exact = gr.Checkbox(
-                                value=False, label="Exact float32 decoding", elem_id="exact",
-                                info="On a CPU the model draws with int8 weights: about 1.4× faster, a "
-                                     "slightly different model (see the model card). Tick for the exact one.",
-                            )
                         with gr.Accordion("Model", open=False, elem_id="model"):
                             with gr.Row(equal_height=True):
                                 model_dd = gr.Dropdown(
@@ -234,7 +229,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         gr.Markdown(SHORTCUTS_HELP, elem_id="shortcuts")
 
         # ============================================================================ wiring
-        def run(photo_path, instr, n, think_, temp, tk, tp, seed_, rand, model_key, rater_typed, exact_, st,
+        def run(photo_path, instr, n, think_, temp, tk, tp, seed_, rand, model_key, rater_typed, st,
                 request: gr.Request) -> Iterator[dict]:
             st = dict(st)
             instr = (instr or "").strip()
@@ -268,7 +263,6 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             req = EditRequest(
                 source=source, instruction=instr, n=n, think=bool(think_), seed=seed_,
                 temperature=float(temp), top_k=int(tk), top_p=float(tp), parent_id=parent,
-                int8=False if exact_ else None,
             )
             cancel = threading.Event()
             ctx._cancels[sid] = cancel
@@ -319,7 +313,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             yield out
 
         run_inputs = [photo, instruction, n_slider, think, temperature, top_k, top_p, seed, randomize,
-                      model_dd, rater_box, exact, edit_state]
+                      model_dd, rater_box, edit_state]
         run_outputs = [status, reasoning, seed, run_btn, cancel_btn, edit_state, history, *edit_panel.outputs]
         run_evt = run_btn.click(run, run_inputs, run_outputs, api_name="edit", concurrency_limit=1,
                                 concurrency_id="edit", show_progress="hidden")

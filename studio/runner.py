@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 from engine.events import Done, Error, Preview, Text
-from engine.sampler import SAMPLING_DEFAULTS, int8_default
+from engine.sampler import SAMPLING_DEFAULTS, fp16_default
 from studio.models import bundle_id
 from studio.store import NewCandidate, Store
 
@@ -36,14 +36,13 @@ class EditRequest:
     cfg_image: float = 1.0
     preview_every: int = 2
     parent_id: int | None = None  # the source is this earlier result (history tree)
-    int8: bool | None = None  # engine.edit's decoding weights; None: its default (int8_default)
 
     def settings(self, bundle: Any) -> dict[str, Any]:
         return {
             "n": self.n, "think": self.think, "seed": self.seed, "temperature": self.temperature,
             "top_k": self.top_k, "top_p": self.top_p, "cfg_text": self.cfg_text, "cfg_image": self.cfg_image,
             "preview_every": self.preview_every, "image_area": bundle.config.image_area,
-            "int8": int8_default(bundle) if self.int8 is None else self.int8,  # decoding weights used
+            "fp16": fp16_default(bundle),  # engine.edit's decoding weights (its default, which the studio uses)
         }
 
 
@@ -91,7 +90,7 @@ def stream_edit(
     events = edit_fn(
         bundle, req.source, req.instruction, n=n, think=req.think, seed=req.seed,
         temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, cfg_text=req.cfg_text,
-        cfg_image=req.cfg_image, preview_every=req.preview_every, cancel=cancel, int8=req.int8,
+        cfg_image=req.cfg_image, preview_every=req.preview_every, cancel=cancel,
     )
     try:
         for ev in events:

@@ -14,7 +14,7 @@ from engine.bundle import make_tiny_random_bundle
 from engine.constraint import FreeFormConstraint
 from engine.layout import build_prompt, build_target, parse_generation, special_ids
 from engine.logprobs import sequence_logprobs
-from engine.sampler import _FastRunner, int8_available, int8_default, make_guidance, sample, sample_all
+from engine.sampler import _FastRunner, fp16_available, fp16_default, make_guidance, sample, sample_all
 
 H, W = 4, 5
 INSTR = "Make the photo grayscale."
@@ -276,12 +276,42 @@ def test_results_do_not_depend_on_the_callers_threads(gridded, grid):
     assert [g.logprobs for g in runs[0]] == [g.logprobs for g in runs[1]]
 
 
-# -- int8 decoding ---------------------------------------------------------------------------------
+# -- half-precision decoding weights ---------------------------------------------------------------
+
+needs_fbgemm = pytest.mark.skipif(not fp16_available(), reason="this torch build has no fbgemm kernels")
 
 
-@pytest.mark.skipif(not int8_available(), reason="this torch build has no fbgemm int8 kernels")
-def test_int8_runner_prefill_exact_and_steps_close(gridded):
-    """The prefill keeps float32 weights (same logits); a decoding step's int8 logits are close, not equal."""
+def _bf16_rounded(bundle):
+    """A copy whose LM weights are bfloat16 values held in float32, like every bundle loaded from disk."""
+    b = copy.deepcopy(bundle)
+    with torch.no_grad():
+        for p in b.lm.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    return b
+
+
+@needs_fbgemm
+def test_fp16_decoding_is_exact_for_bfloat16_weights(gridded, grid):
+    """A bfloat16 weight of ordinary size is exactly a float16: same tokens, same log-probs, in a batch or alone."""
+    b = _bf16_rounded(gridded)
+    tok = b.tokenizer
+    p_long = build_prompt(tok, grid, INSTR, True)
+    p_short = build_prompt(tok, grid, "Flip it.", True)
+    kw = dict(think=True, temperature=1.0, top_k=20, max_new_tokens=50)
+    exact = sample_all(b, [p_long, p_short], H, W, [11, 12], **kw)
+    half = sample_all(b, [p_long, p_short], H, W, [11, 12], fp16=True, **kw)
+    alone = sample_all(b, [p_short], H, W, [12], fp16=True, **kw)[0]
+    assert [g.tokens for g in half] == [g.tokens for g in exact]
+    assert alone.tokens == half[1].tokens
+    for h_, e_ in zip(half, exact, strict=True):
+        np.testing.assert_allclose(h_.logprobs, e_.logprobs, atol=1e-4)
+    pa = build_prompt(tok, grid, INSTR, False)
+    assert (sample_all(b, [pa], H, W, [5], fp16=True)[0].tokens == sample_all(b, [pa], H, W, [5])[0].tokens)
+
+
+@needs_fbgemm
+def test_fp16_runner_prefill_exact_and_steps_close(gridded):
+    """float32 weights (a model in training) are rounded: a decoding step's logits move a little."""
     lm = gridded.lm
     d = lm.config.hidden_size
     g = torch.Generator().manual_seed(0)
@@ -290,63 +320,38 @@ def test_int8_runner_prefill_exact_and_steps_close(gridded):
     pos = torch.arange(12)[None].repeat(2, 1)
     out = {}
     with torch.no_grad():
-        for q in (False, True):
-            r = _FastRunner(lm, 2, 20, int8=q)
-            first = r.forward(prompt, 0, pos, None)
-            out[q] = first, r.forward(step, 12, torch.full((2, 1), 12), None)
-    torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=0)
-    exact, q8 = out[False][1], out[True][1]
-    assert not torch.equal(exact, q8)  # the int8 weights are used
-    p, lq = torch.softmax(exact, -1), torch.log_softmax(q8, -1)
-    kl = (p * (torch.log_softmax(exact, -1) - lq)).sum(-1)
-    assert float(kl.max()) < 1e-2, kl
-    assert torch.equal(exact.argmax(-1), q8.argmax(-1))
+        for half in (False, True):
+            r = _FastRunner(lm, 2, 20, fp16=half)
+            out[half] = r.forward(prompt, 0, pos, None), r.forward(step, 12, torch.full((2, 1), 12), None)
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=0)  # the prefill keeps float32
+    exact, half = out[False][1], out[True][1]
+    assert not torch.equal(exact, half)  # the half-precision copies are used
+    torch.testing.assert_close(half, exact, rtol=0, atol=1e-2)
 
 
-@pytest.mark.skipif(not int8_available(), reason="this torch build has no fbgemm int8 kernels")
-def test_int8_seed_reproduces_in_batch_or_alone(gridded, grid):
-    """fbgemm quantizes a whole input with one scale; rows go through one by one, so candidates stay
-    independent of each other, as in float32."""
-    tok = gridded.tokenizer
-    p_long = build_prompt(tok, grid, INSTR, True)
-    p_short = build_prompt(tok, grid, "Flip it.", True)
-    kw = dict(think=True, temperature=1.0, top_k=20, max_new_tokens=50, int8=True)
-    batch = sample_all(gridded, [p_long, p_short], H, W, [11, 12], **kw)
-    alone = sample_all(gridded, [p_short], H, W, [12], **kw)[0]
-    assert batch[1].tokens == alone.tokens
-    np.testing.assert_allclose(batch[1].logprobs, alone.logprobs, atol=1e-5)
-    grid_out = parse_generation(tok, batch[0].tokens, expect_hw=(H, W))[1]
-    assert grid_out.shape == (H, W)
-    # greedy int8 mostly agrees with greedy float32 on this tiny model: same first image row at least
-    pa = build_prompt(tok, grid, INSTR, False)
-    g32 = sample_all(gridded, [pa], H, W, [0], temperature=0.0)[0].tokens
-    g8 = sample_all(gridded, [pa], H, W, [0], temperature=0.0, int8=True)[0].tokens
-    assert g32[: 4 + W] == g8[: 4 + W]
-
-
-@pytest.mark.skipif(not int8_available(), reason="this torch build has no fbgemm int8 kernels")
-def test_int8_packs_follow_weight_updates(gridded):
-    """The packed int8 weights are cached per LM and rebuilt when training changes the weights in place."""
+@needs_fbgemm
+def test_fp16_packs_follow_weight_updates(gridded):
+    """The packed weights are cached per LM and rebuilt when training changes the weights in place."""
     b = copy.deepcopy(gridded)
-    r1 = _FastRunner(b.lm, 1, 8, int8=True)
-    assert _FastRunner(b.lm, 1, 8, int8=True).q8_head is r1.q8_head  # cached
+    r1 = _FastRunner(b.lm, 1, 8, fp16=True)
+    assert _FastRunner(b.lm, 1, 8, fp16=True).half_head is r1.half_head  # cached
     with torch.no_grad():
         b.lm.lm_head.weight.mul_(2.0)
-    r2 = _FastRunner(b.lm, 1, 8, int8=True)
-    assert r2.q8_head is not r1.q8_head
+    r2 = _FastRunner(b.lm, 1, 8, fp16=True)
+    assert r2.half_head is not r1.half_head
     x = torch.randn(1, b.lm.config.hidden_size)
-    y1 = torch.ops.quantized.linear_dynamic(x, r1.q8_head, True)
-    y2 = torch.ops.quantized.linear_dynamic(x, r2.q8_head, True)
-    torch.testing.assert_close(y2, 2 * y1, rtol=2e-2, atol=2e-2)
+    y1 = torch.ops.quantized.linear_dynamic_fp16(x, r1.half_head)
+    y2 = torch.ops.quantized.linear_dynamic_fp16(x, r2.half_head)
+    torch.testing.assert_close(y2, 2 * y1)
 
 
-def test_int8_refuses_what_it_cannot_run(gridded, grid):
+def test_fp16_refuses_what_it_cannot_run(gridded, grid):
     prompt = build_prompt(gridded.tokenizer, grid, INSTR, False)
-    with pytest.raises(ValueError, match="int8"):
-        sample_all(gridded, [prompt], H, W, [0], fast=False, int8=True)
+    with pytest.raises(ValueError, match="fp16"):
+        sample_all(gridded, [prompt], H, W, [0], fast=False, fp16=True)
     bf16 = copy.deepcopy(gridded)
     bf16.lm.to(torch.bfloat16)
     bf16.grid_embed.to(torch.bfloat16)
-    with pytest.raises(ValueError, match="int8"):
-        sample_all(bf16, [prompt], H, W, [0], int8=True)
-    assert not int8_default(bf16) and int8_default(gridded) == int8_available()
+    with pytest.raises(ValueError, match="fp16"):
+        sample_all(bf16, [prompt], H, W, [0], fp16=True)
+    assert not fp16_default(bf16) and fp16_default(gridded) == fp16_available()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.sampler import int8_available
+from engine.sampler import fp16_available
 from studio.store import Store
 from tests.studio_server import make_photo, studio_server
 
@@ -38,10 +38,10 @@ def server(tmp_path_factory):
 
 
 def _edit_args(photo: Path | None, instruction: str, n: int = 2, seed: int = 123, think: bool = False,
-               model: str = MODEL, exact: bool = False) -> list:
-    # photo, instruction, N, think, temperature, top_k, top_p, seed, randomize, model, rater, exact float32
+               model: str = MODEL) -> list:
+    # photo, instruction, N, think, temperature, top_k, top_p, seed, randomize, model, rater
     return [handle_file(str(photo)) if photo else None, instruction, n, think, 1.0, 2048, 1.0, seed, False, model,
-            "e2e-rater", exact]
+            "e2e-rater"]
 
 
 def _status(output: tuple) -> str:
@@ -110,15 +110,8 @@ def test_streamed_edit_then_ratings_land_in_store(server) -> None:
         assert {p.kind for p in prefs} == {"pair", "best_of_n"}
         assert all(p.chosen.tokens and p.rejected.tokens for p in prefs)
         assert store.integrity_check() == "ok"
-        # the studio draws with int8 weights on a CPU by default, and records it
-        assert all(c.settings["int8"] is int8_available() for c in cands)
-
-    # "Exact float32 decoding" reaches the engine: the candidate records float32 weights
-    out = client.predict(*_edit_args(photo, "make it black and white", n=1, seed=123, exact=True), api_name="/edit")
-    assert "Done" in _status(out), _status(out)
-    with Store(data) as store:
-        newest = store.candidates()[-1]
-        assert newest.seed == 123 and newest.settings["int8"] is False
+        # the studio decodes with half-precision weights on a CPU by default, and records it
+        assert all(c.settings["fp16"] is fp16_available() for c in cands)
 
 
 def test_reasoning_streams_and_cancel_stops_the_edit(server) -> None:

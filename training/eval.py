@@ -269,7 +269,7 @@ def evaluate(
     generate: bool = True,
     keep_images: bool = False,
     progress: bool = True,
-    int8: bool = False,
+    fp16: bool = False,
 ) -> EvalResult:
     """Edit every sample with ``bundle`` and score it with the verifier; see the module doc.
 
@@ -282,7 +282,7 @@ def evaluate(
     ``generate`` False skips the model (its scores are NaN; only ``bundle.vq`` and ``bundle.config`` are
     used). ``keep_images`` keeps the decoded outputs on ``SampleScore.outputs`` (for contact sheets).
     The LM is switched to eval mode for the run and restored afterwards (safe to call mid-training).
-    ``int8``: decode with int8 weights, as ``engine.edit`` does by default on a CPU (``engine.sampler``).
+    ``fp16``: decode with half-precision weights, as ``engine.edit`` does by default on a CPU (``engine.sampler``).
     """
     if candidates < 1 or batch_size < 1:
         raise ValueError("candidates and batch_size must be at least 1")
@@ -303,7 +303,7 @@ def evaluate(
     if generate and n:
         n_tokens = _generate(bundle, samples, key, think, seeds, outs, reasons, errors, temperature=temperature,
                              top_k=top_k, top_p=top_p, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             progress=progress, int8=int8)
+                             progress=progress, fp16=fp16)
     t_gen = time.perf_counter() - t0
 
     # References: the ground truth through the tokenizer (one batched encode / decode).
@@ -347,7 +347,7 @@ def evaluate(
 def _generate(bundle: Any, samples: Sequence[dict], key: str, think: bool, seeds: list[list[int]],
               outs: list[list[Image.Image | None]], reasons: list[list[str]], errors: list[list[str]], *,
               temperature: float, top_k: int, top_p: float, batch_size: int, max_new_tokens: int | None,
-              progress: bool, int8: bool = False) -> int:
+              progress: bool, fp16: bool = False) -> int:
     """Decode every (sample, candidate) into ``outs`` / ``reasons`` / ``errors``; returns the tokens generated."""
     from tqdm import tqdm
 
@@ -374,7 +374,7 @@ def _generate(bundle: Any, samples: Sequence[dict], key: str, think: bool, seeds
                 prompts = [build_prompt(tok, grids[i], samples[i][key], think) for i, _ in chunk]
                 gens = sample_all(bundle, prompts, h, w, [seeds[i][j] for i, j in chunk], think=think,
                                   temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                                  int8=int8)
+                                  fp16=fp16)
                 parsed = []
                 for (i, j), g in zip(chunk, gens, strict=True):
                     n_tokens += len(g.tokens)
@@ -488,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the tokenizer / prefill")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--int8", action="store_true",
-                    help="int8 decoding weights (the studio's default on a CPU; default here: float32, exact)")
+    ap.add_argument("--fp16", action="store_true",
+                    help="half-precision decoding weights (the studio's default on a CPU; default here: float32)")
     ap.add_argument("--out", default=None, help="write per-sample scores and means as JSON")
     ap.add_argument("--compare", default=None, help="an earlier --out JSON (e.g. the parent model's): print a "
                     "before / after / delta table per kind")
@@ -529,10 +529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'bundle' if generate else 'references only,'} {bundle.config.name}@{bundle.config.version} ({path}), "
           f"{len(samples)} {a.split} samples "
           f"from {samples[0]['set_path'] if samples else '-'}, think={a.think}, {mode}, seed={a.seed}, "
-          f"{'int8' if a.int8 else 'float32'} decoding")
+          f"{'fp16' if a.fp16 else 'float32'} decoding")
     res = evaluate(bundle, samples, a.think, temperature=temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
                    candidates=a.candidates, batch_size=a.batch, heldout_phrasing=a.heldout_phrasing,
-                   max_new_tokens=a.max_new_tokens, generate=generate, keep_images=bool(a.sheet), int8=a.int8)
+                   max_new_tokens=a.max_new_tokens, generate=generate, keep_images=bool(a.sheet), fp16=a.fp16)
     print()
     print(res.table())
     st = res.settings

@@ -34,8 +34,8 @@ def generate(store: Any, bundle: Any, samples: Sequence[dict], n: int = 4, think
              temperature: float = 1.0, top_k: int = 0, progress: bool = True) -> list[RatedEdit]:
     """Edit each suite sample into ``n`` candidates with ``bundle``, store them, score them (verifier).
 
-    Float32 decoding (not the studio's int8 default on a CPU): the stored log-probs are then exactly
-    the model's, as training data's should be."""
+    Float32 decoding weights (the studio's CPU default, half precision, is exact only for bfloat16
+    weights): the stored log-probs are then exactly the model's, as training data's should be."""
     import sys
 
     from tqdm import tqdm
@@ -47,13 +47,13 @@ def generate(store: Any, bundle: Any, samples: Sequence[dict], n: int = 4, think
     area, sf = bundle.config.image_area, bundle.vq.spatial_factor
     bid, wh = f"{bundle.config.name}@{bundle.config.version}", bundle.weights_hash()
     settings = {"think": think, "temperature": temperature, "top_k": top_k, "top_p": 1.0, "source": "simulated",
-                "int8": False}
+                "fp16": False}
     out = []
     for k, s in enumerate(tqdm(samples, desc="generate", unit="prompt", disable=not progress, file=sys.stderr,
                                dynamic_ncols=True)):
         src = fit_to_area(s["source"], area, sf)  # the image the model sees, as the studio stores it
         done = edit_blocking(bundle, src, s["instruction"], n=n, think=think, seed=seed + 1000 * k,
-                             temperature=temperature, top_k=top_k, preview_every=0, int8=False)
+                             temperature=temperature, top_k=top_k, preview_every=0, fp16=False)
         cands = [NewCandidate(image=d.image, tokens=d.tokens, logprobs=d.logprobs, seed=d.seed, idx=d.candidate,
                               reasoning=d.reasoning, grid_shape=tuple(d.grid.shape), timings=d.timings) for d in done]
         ids = store.add_candidates(source=src, instruction=s["instruction"], bundle_id=bid, weights_hash=wh,
