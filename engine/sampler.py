@@ -118,7 +118,7 @@ class _FastRunner:
 
     ``fp16``: decoding steps (after the prefill) read half-precision copies of the weights, which fbgemm
     widens to float32 inside its matrix product (activations and sums stay float32). One decoding step
-    of an 18M-parameter LM streams its 73 MB of float32 weights from memory, which is what bounds it on
+    of an 18M-parameter LM streams its 65 MB of float32 matrices from memory, which is what bounds it on
     a CPU; half of that is read instead. Bundles are stored in bfloat16, and every bfloat16 weight of
     ordinary size is exactly a float16: for them the products are the float32 ones, up to summation
     order. (int8 weights, tried too, were as fast at batch 1 but changed log-probs by 0.04 per token
