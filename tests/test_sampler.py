@@ -355,3 +355,24 @@ def test_fp16_refuses_what_it_cannot_run(gridded, grid):
     with pytest.raises(ValueError, match="fp16"):
         sample_all(bf16, [prompt], H, W, [0], fp16=True)
     assert not fp16_default(bf16) and fp16_default(gridded) == fp16_available()
+
+
+def test_forced_eol_shares_the_forward_pass_of_the_rows_last_code(gridded, grid, monkeypatch):
+    """No-think: one pass for the prompt, then one per code except the last; a row's EOL rides along
+    with its last code (H - 1 passes fewer than one per token); log-probs still match teacher forcing."""
+    calls: list[int] = []
+    real = _FastRunner.forward
+
+    def counted(self, emb, start, positions, attn_mask):
+        calls.append(emb.shape[1])
+        return real(self, emb, start, positions, attn_mask)
+
+    monkeypatch.setattr(_FastRunner, "forward", counted)
+    prompt = build_prompt(gridded.tokenizer, grid, INSTR, False)
+    g = sample_all(gridded, [prompt], H, W, [3], temperature=1.0)[0]
+    assert len(calls) == H * W  # prefill + H*W - 1 decoding passes
+    assert calls[1:].count(2) == H - 1 and set(calls[1:]) == {1, 2}
+    assert parse_generation(gridded.tokenizer, g.tokens, expect_hw=(H, W))[1].shape == (H, W)
+    with torch.no_grad():
+        ref = sequence_logprobs(gridded, [prompt], [g.tokens], H, W, False)[0, : len(g.tokens)]
+    np.testing.assert_allclose(g.logprobs, ref.numpy(), atol=1e-4)
