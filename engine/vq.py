@@ -144,6 +144,7 @@ class NanoVQ(ModelMixin, ConfigMixin):
         norm_num_groups: int = 32,
         mid_block_add_attention: bool = False,
         equivariant: bool = False,
+        encoder_block_out_channels: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if equivariant and (len(fsq_levels) < 2 or fsq_levels[-1] != fsq_levels[-2]
@@ -155,11 +156,16 @@ class NanoVQ(ModelMixin, ConfigMixin):
         n = len(block_out_channels)
         dims = len(fsq_levels)
         io_channels = 3 * unshuffle * unshuffle
+        # A narrower encoder than decoder (same depth, so the same downsampling): an equivariant
+        # tokenizer runs its encoder 8 times per image, its decoder once.
+        enc_channels = tuple(encoder_block_out_channels or block_out_channels)
+        if len(enc_channels) != n:
+            raise ValueError(f"encoder_block_out_channels needs {n} entries, like block_out_channels")
         self.encoder = Encoder(
             in_channels=io_channels,
             out_channels=dims,
             down_block_types=("DownEncoderBlock2D",) * n,
-            block_out_channels=tuple(block_out_channels),
+            block_out_channels=enc_channels,
             layers_per_block=layers_per_block,
             norm_num_groups=norm_num_groups,
             double_z=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -160,3 +161,54 @@ def test_the_committed_equivariant_tokenizer_on_a_real_photo():
     turned = vq.encode([img.transpose(Image.ROTATE_180)])[0]
     assert np.array_equal(turned, vq.code_permutation(2, False)[codes[::-1, ::-1]])
     assert psnr(np.asarray(img), np.asarray(vq.decode([codes])[0])) > 18.0
+
+
+def test_a_narrower_encoder_keeps_the_symmetry_and_survives_save_and_load(tmp_path):
+    torch.manual_seed(1)
+    vq = NanoVQ(block_out_channels=(16, 32), norm_num_groups=8, fsq_levels=(5, 3, 3), equivariant=True,
+                encoder_block_out_channels=(8, 16)).eval()
+    assert vq.encoder.conv_in.out_channels == 8 and vq.decoder.conv_in.out_channels == 32
+    with torch.no_grad():
+        vq.encoder.conv_out.weight.mul_(30)
+    x = torch.rand(1, 3, 16, 24) * 2 - 1
+    with torch.no_grad():
+        codes = vq.codes_from_latents(vq.encode_latents(x))
+        for k, flip in D4:
+            turned = vq.codes_from_latents(vq.encode_latents(apply_d4(x, k, flip)))
+            assert torch.equal(turned, torch.from_numpy(vq.code_permutation(k, flip))[apply_d4(codes, k, flip)])
+    vq.save(tmp_path / "narrow")
+    back = NanoVQ.from_pretrained(tmp_path / "narrow").eval()
+    assert tuple(back.config.encoder_block_out_channels) == (8, 16)
+    img = photo_like(32, 32, seed=5)
+    assert np.array_equal(back.encode([img])[0], vq.encode([img])[0])
+    with pytest.raises(ValueError, match="encoder_block_out_channels"):
+        NanoVQ(block_out_channels=(16, 32), norm_num_groups=8, fsq_levels=(5, 3, 3), encoder_block_out_channels=(8,))
+
+
+def test_distilled_encoder_learns_the_teachers_latents_and_resumes(tmp_path, capsys):
+    from training.distill_vq_encoder import main as distil
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rows = []
+    for i, split in enumerate(["train", "train", "val", "test"]):
+        photo_like(96, 128, seed=i).save(corpus / f"p{i}.png")
+        rows.append({"file": f"p{i}.png", "split": split})
+    (corpus / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    teacher = NanoVQ(block_out_channels=(16, 32, 32), norm_num_groups=8, fsq_levels=(5, 3, 3), equivariant=True)
+    teacher.save(tmp_path / "teacher")
+    args = ["--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "student"), "--corpus", str(corpus),
+            "--channels", "8,16,16", "--crops", "16", "--crop", "32", "--batch-size", "8", "--threads", "1",
+            "--ckpt-every", "10", "--warmup", "5", "--lr", "0.01"]
+    assert distil([*args, "--steps", "30"]) == 0
+    first = capsys.readouterr().out
+    student = NanoVQ.from_pretrained(tmp_path / "student" / "final")
+    assert student.config.equivariant and tuple(student.config.encoder_block_out_channels) == (8, 16, 16)
+    for a, b in zip(student.decoder.parameters(), teacher.decoder.parameters(), strict=True):
+        assert torch.equal(a, b)  # the teacher's decoder, untouched
+    agreement = float(first.split("code_agreement=")[1].split()[0])
+    assert 0.0 <= agreement <= 1.0
+    mse_first, mse_last = (float(re.search(rf"{k}=([0-9.]+)", first).group(1)) for k in ("first", "last"))
+    assert mse_last < mse_first  # it learns
+    assert distil([*args, "--steps", "40"]) == 0
+    assert "resumed at step 30" in capsys.readouterr().out
