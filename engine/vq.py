@@ -61,6 +61,12 @@ def turn_digits(v: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.cat([v[..., :-2], rotate_vector(v[..., -2:], k, flip)], -1)
 
 
+def move_latents(h: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """The symmetry's action on a latent map (N, D, h, w) of an equivariant tokenizer: the grid moves
+    (``apply_d4``) and the digits turn (``turn_digits``). ``latents(g · image) = move_latents(latents(image), g)``."""
+    return turn_digits(apply_d4(h, k, flip).movedim(1, -1), k, flip).movedim(-1, 1)
+
+
 @runtime_checkable
 class ImageTokenizer(Protocol):
     """What the engine needs from an image tokenizer (nano FSQ or Emu3's VQVAE)."""
@@ -215,8 +221,7 @@ class NanoVQ(ModelMixin, ConfigMixin):
             group = [(k, flip) for k, flip in D4 if k % 2 == turn]
             hs = self._raw_latents(torch.cat([apply_d4(x, k, flip) for k, flip in group]))
             for i, (k, flip) in enumerate(group):
-                h = invert_d4(hs[i * n : (i + 1) * n], k, flip)  # (N, D, h, w): digits on axis 1
-                h = turn_digits(h.movedim(1, -1), *inverse_d4(k, flip)).movedim(-1, 1)
+                h = move_latents(hs[i * n : (i + 1) * n], *inverse_d4(k, flip))  # back to the photo's pose
                 total = h if total is None else total + h
         return total / len(D4)
 

@@ -37,8 +37,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from engine.image_io import fit_to_area
-from engine.vq import D4, NanoVQ, apply_d4, turn_digits
-from training.train_vq import CropPool, VQTrainConfig, read_split
+from engine.vq import D4, NanoVQ, apply_d4, move_latents
+from training.train_vq import CropPool, VQTrainConfig, lr_at, read_split
 
 
 @dataclass
@@ -60,8 +60,7 @@ class DistillConfig:
 
 def posed(x: torch.Tensor, t: torch.Tensor, k: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """A crop batch in pose (k, flip) and its target: the latent grid moves, the last two digits turn."""
-    tg = turn_digits(apply_d4(t, k, flip).movedim(1, -1), k, flip).movedim(-1, 1)
-    return apply_d4(x, k, flip), tg
+    return apply_d4(x, k, flip), move_latents(t, k, flip)
 
 
 def make_targets(teacher: NanoVQ, pool: CropPool, n: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,13 +80,6 @@ def student_from(teacher: NanoVQ, channels: tuple[int, ...]) -> NanoVQ:
     student.decoder.load_state_dict(teacher.decoder.state_dict())
     student.decoder.requires_grad_(False)
     return student
-
-
-def lr_at(step: int, cfg: DistillConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 @torch.no_grad()
@@ -130,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. the student
     student = student_from(teacher, cfg.channels)
-    params = [p for p in student.encoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(student.encoder.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
     ck = out / "checkpoint.pt"
     if ck.exists():
@@ -157,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         k, flip = D4[int(torch.randint(8, (1,), generator=gen))]
         x, t = posed(xs[idx].float() / 127.5 - 1, ts[idx], k, flip)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg)  # train_vq's warm-up + cosine: it reads lr, warmup, steps
         pred = student.fsq.bound(student._raw_latents(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         loss = F.mse_loss(pred, t)
         opt.zero_grad(set_to_none=True)

@@ -137,6 +137,7 @@ def evaluate(model: NanoVQ, photos: list[Image.Image], area: int) -> dict:
 
 
 def lr_at(step: int, cfg: VQTrainConfig) -> float:
+    """Linear warm-up, then cosine to 0 (any config with ``lr``, ``warmup`` and ``steps``)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
