@@ -212,3 +212,24 @@ def test_distilled_encoder_learns_the_teachers_latents_and_resumes(tmp_path, cap
     assert mse_last < mse_first  # it learns
     assert distil([*args, "--steps", "40"]) == 0
     assert "resumed at step 30" in capsys.readouterr().out
+
+
+def test_crop_pool_colour_edits_are_the_suites_global_edits():
+    from training.edits.kinds import GLOBAL_KINDS
+    from training.train_vq import CropPool
+
+    photo = photo_like(96, 96, seed=3)  # resized to 32² and cropped at 32²: the only crops are it and its mirror
+    plain = CropPool([photo], (32,), 32, seed=5).batch(16)
+    base = (plain[0].permute(1, 2, 0).numpy() + 1) * 0.5
+    poses = [base, base[:, ::-1]]
+    edited = CropPool([photo], (32,), 32, seed=5, colour_edits=1.0).batch(32)
+    assert edited.min() >= -1 and edited.max() <= 1
+    kinds = set()
+    for e in edited:
+        e = (e.permute(1, 2, 0).numpy() + 1) * 0.5
+        match = [k.name for k in GLOBAL_KINDS for c in poses
+                 if np.abs(np.clip(k.fn(c.astype(np.float32)), 0, 1) - e).max() < 1.5 / 255]
+        assert match, "an edited crop that is no global edit of the photo"
+        kinds.update(match)
+    assert len(kinds) >= 6  # drawn among all 11 global edits, not one
+    assert torch.equal(plain, CropPool([photo], (32,), 32, seed=5, colour_edits=0.0).batch(16))

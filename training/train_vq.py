@@ -57,6 +57,10 @@ class VQTrainConfig:
     # become a move of the code grid plus a fixed code permutation. With ``init``, a plain tokenizer's
     # weights are the starting point and the encoder learns to put orientation into the last two dims.
     equivariant: bool = False
+    # Share of crops that get one of the suite's global colour edits (inverted, saturated, warmer…):
+    # an editing model's outputs are such images, and a tokenizer fitted to natural photos alone
+    # decodes their unusual colours worst. Useful with decoder_only: the codes stay the same.
+    colour_edits: float = 0.0
     eval_only: str = ""  # comma-separated corpus splits: just print PSNR/SSIM/codes of ``init`` on them
     extra: dict = field(default_factory=dict)
 
@@ -75,11 +79,16 @@ class CropPool:
     """All train photos pre-resized to every short side; random crops come from memory."""
 
     def __init__(self, photos: list[Image.Image], short_sides: tuple[int, ...], crop: int, seed: int,
-                 turns: bool = False):
+                 turns: bool = False, colour_edits: float = 0.0):
         self.arrays = [np.asarray(resize_short(p, s)) for p in photos for s in short_sides if s >= crop]
         self.crop = crop
         self.rng = np.random.default_rng(seed)
         self.turns = turns  # quarter turns too: equivariant codes describe every pose, so the decoder sees them all
+        self.colour_edits = colour_edits
+        if colour_edits:
+            from training.edits.kinds import GLOBAL_KINDS
+
+            self.colour_fns = [k.fn for k in GLOBAL_KINDS]
 
     def batch(self, n: int) -> torch.Tensor:
         out = np.empty((n, self.crop, self.crop, 3), dtype=np.uint8)
@@ -89,6 +98,9 @@ class CropPool:
             x = self.rng.integers(a.shape[1] - self.crop + 1)
             c = a[y : y + self.crop, x : x + self.crop]
             c = c[:, ::-1] if self.rng.random() < 0.5 else c
+            if self.colour_edits and self.rng.random() < self.colour_edits:
+                edited = self.colour_fns[self.rng.integers(len(self.colour_fns))](c.astype(np.float32) / 255.0)
+                c = np.clip(np.round(edited * 255.0), 0, 255).astype(np.uint8)
             out[i] = np.rot90(c, int(self.rng.integers(4))) if self.turns else c
         return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
@@ -158,7 +170,8 @@ def train(cfg: VQTrainConfig) -> dict:
     train_photos, test_photos = read_split(corpus, "train"), read_split(corpus, "test")
     if not train_photos:
         raise SystemExit(f"no train photos in {corpus}/manifest.jsonl; build it: python -m training.corpus build")
-    pool = CropPool(train_photos, cfg.short_sides, cfg.crop, cfg.seed, turns=cfg.equivariant)
+    pool = CropPool(train_photos, cfg.short_sides, cfg.crop, cfg.seed, turns=cfg.equivariant,
+                    colour_edits=cfg.colour_edits)
 
     if cfg.init:
         model = NanoVQ.from_pretrained(cfg.init, **({"equivariant": True} if cfg.equivariant else {}))
