@@ -1,7 +1,8 @@
 """Encode and decode time of image tokenizers on one photo, in the same process.
 
-    python3 benchmarks/vq_speed.py                      # v0.4's tokenizer vs the equivariant one
-    python3 benchmarks/vq_speed.py --vq A B --threads 1
+    python3 benchmarks/vq_speed.py                      # the shipped bundle's tokenizer (equivariant since v0.5)
+    python3 benchmarks/vq_speed.py --vq A B --threads 1  # several, in one process; ratios against the first
+    # v0.4's plain tokenizer: git archive bf86a53 assets/earl-nano/vq | tar x -C /tmp/v04
 
 Issue #4 asks for encoding + decoding one image well under 0.1 s on CPU. An equivariant tokenizer
 (``NanoVQ(equivariant=True)``) runs its encoder once per symmetry of the square, 8 times; this prints
@@ -38,7 +39,7 @@ def median_ms(fn, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vq", nargs="+", default=[str(ROOT / "assets/earl-nano/vq"), str(ROOT / "assets/nanovq-equivariant")])
+    ap.add_argument("--vq", nargs="+", default=[str(ROOT / "assets/earl-nano/vq")])
     ap.add_argument("--image", default=str(ROOT / "assets/examples/chelsea.jpg"))
     ap.add_argument("--area", type=int, default=128 * 128)
     ap.add_argument("--threads", type=int, default=2)

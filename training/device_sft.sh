@@ -15,8 +15,14 @@
 # EXTRA adds train_sft flags, e.g. a capacity experiment: a new, larger LM on the bundle's tokenizers
 #     EXTRA="--fresh-lm true --hidden 384 --layers 8 --heads 6 --kv-heads 6 --intermediate 1024 --warmup 300"
 # VQ=<folder> swaps INIT's image tokenizer for another one with the same codebook size (e.g. an equivariant
-# one from train_vq --equivariant) before training; use it with --fresh-lm, since the codes change. The
-# exported LM then belongs with that tokenizer: copy it into the bundle's vq/ too.
+# one from train_vq --equivariant) before training. The codes change, so INIT's LM must be one moved onto
+# that tokenizer (training.remap_lm: v0.5's start) or be replaced (--fresh-lm). The exported LM then
+# belongs with that tokenizer: copy it into the bundle's vq/ too. v0.5's SFT stage (session 10, H100):
+#     python -m training.remap_lm --bundle assets/earl-nano --vq assets/nanovq-equivariant --out runs/remapped
+#     INIT=runs/remapped VQ=assets/nanovq-equivariant MINUTES=8.6 LR=6e-4 SEED=3 bash training/device_sft.sh
+#     INIT=/tmp/device-sft/bundle RUN=/tmp/device-sft2 MINUTES=3.2 LR=3e-4 SEED=5 bash training/device_sft.sh
+# (runs/remapped is 37 MB: with the tracked tree it is over the device's 64 MiB, so session 10 copied its
+# lm/ and bundle.json over assets/earl-nano's for the call and restored them after.)
 set -u -o pipefail
 OUT=${OUT:-runs/device}
 MINUTES=${MINUTES:-8}

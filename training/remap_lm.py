@@ -1,6 +1,6 @@
 """Move a trained LM onto a new image tokenizer of the same codebook size, by how their codes co-occur.
 
-    python -m training.remap_lm --bundle assets/earl-nano --vq assets/nanovq-equivariant --out runs/remapped
+    python -m training.remap_lm --bundle <v0.4> --vq <equivariant tokenizer> --out runs/remapped
 
 A new tokenizer's code c means nothing to an LM trained on the old one: the codes of the two are
 unrelated numbers (0.5 % of v0.4's and the equivariant tokenizer's codes agree on the same photos). But
