@@ -37,7 +37,7 @@ def test_mixed_and_unseen_codes_get_weighted_means():
     torch.testing.assert_close(out[2], 0.5 * weight[1] + 0.5 * weight[2])
 
 
-def test_remapping_onto_the_same_tokenizer_keeps_the_model(tmp_path):
+def test_remapping_onto_the_same_tokenizer_keeps_the_model():
     bundle = make_tiny_random_bundle(seed=3)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (32, 48, 3), dtype=np.uint8) for _ in range(6)]

@@ -86,9 +86,12 @@ class CropPool:
         self.turns = turns  # quarter turns too: equivariant codes describe every pose, so the decoder sees them all
         self.colour_edits = colour_edits
         if colour_edits:
+            from training.edits import ops
             from training.edits.kinds import GLOBAL_KINDS
 
             self.colour_fns = [k.fn for k in GLOBAL_KINDS]
+            # the suite's own uint8 <-> float conversions: a crop is edited exactly as a suite target is
+            self.to_array, self.to_image = ops.to_array, ops.to_image
 
     def batch(self, n: int) -> torch.Tensor:
         out = np.empty((n, self.crop, self.crop, 3), dtype=np.uint8)
@@ -99,8 +102,8 @@ class CropPool:
             c = a[y : y + self.crop, x : x + self.crop]
             c = c[:, ::-1] if self.rng.random() < 0.5 else c
             if self.colour_edits and self.rng.random() < self.colour_edits:
-                edited = self.colour_fns[self.rng.integers(len(self.colour_fns))](c.astype(np.float32) / 255.0)
-                c = np.clip(np.round(edited * 255.0), 0, 255).astype(np.uint8)
+                fn = self.colour_fns[self.rng.integers(len(self.colour_fns))]
+                c = np.asarray(self.to_image(fn(self.to_array(c))))
             out[i] = np.rot90(c, int(self.rng.integers(4))) if self.turns else c
         return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
