@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import Decoder, Encoder
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.resnet import ResnetBlock2D
 from PIL import Image
 from torch import nn
 
@@ -151,6 +152,7 @@ class NanoVQ(ModelMixin, ConfigMixin):
         mid_block_add_attention: bool = False,
         equivariant: bool = False,
         encoder_block_out_channels: tuple[int, ...] | None = None,
+        decoder_extra_resnets: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if equivariant and (len(fsq_levels) < 2 or fsq_levels[-1] != fsq_levels[-2]
@@ -186,6 +188,20 @@ class NanoVQ(ModelMixin, ConfigMixin):
             norm_num_groups=norm_num_groups,
             mid_block_add_attention=mid_block_add_attention,
         )
+        # Extra residual blocks at the end of each decoder up block (low resolution first). They start
+        # as the identity (zero last conv), so a trained decoder gains depth without changing its output,
+        # and can keep improving after it has plateaued; the encoder and so the codes stay the same.
+        extra = tuple(decoder_extra_resnets or ())
+        if len(extra) > n or any(k < 0 for k in extra):
+            raise ValueError(f"decoder_extra_resnets needs at most {n} counts >= 0, got {extra}")
+        for block, k in zip(self.decoder.up_blocks, extra, strict=False):
+            ch = block.resnets[-1].out_channels
+            for _ in range(k):
+                r = ResnetBlock2D(in_channels=ch, out_channels=ch, temb_channels=None, eps=1e-6,
+                                  groups=norm_num_groups, dropout=0.0)
+                nn.init.zeros_(r.conv2.weight)
+                nn.init.zeros_(r.conv2.bias)
+                block.resnets.append(r)
         self.fsq = FSQ(list(fsq_levels))
 
     @property

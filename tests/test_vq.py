@@ -233,3 +233,43 @@ def test_crop_pool_colour_edits_are_the_suites_global_edits():
         kinds.update(match)
     assert len(kinds) >= 6  # drawn among all 11 global edits, not one
     assert torch.equal(plain, CropPool([photo], (32,), 32, seed=5, colour_edits=0.0).batch(16))
+
+
+def test_a_grown_decoder_starts_as_the_old_one_and_trains_with_the_same_codes(tmp_path):
+    from training.train_vq import grow_decoder
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rows = []
+    for i, split in enumerate(["train", "train", "test"]):
+        photo_like(96, 128, seed=i).save(corpus / f"p{i}.png")
+        rows.append({"file": f"p{i}.png", "split": split})
+    (corpus / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    base = tiny_equivariant_vq()
+    with torch.no_grad():  # a decoder that is not at its initial values
+        for p in base.decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    grown = grow_decoder(base, (2, 1)).eval()
+    assert [len(b.resnets) for b in grown.decoder.up_blocks] == [len(b.resnets) + k for b, k in
+                                                                zip(base.decoder.up_blocks, (2, 1), strict=True)]
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(grown.encode_latents(x), base.encode_latents(x))
+        assert torch.allclose(grown(x), base(x), atol=1e-6)  # the new blocks start as the identity
+    with pytest.raises(ValueError, match="decoder_extra_resnets"):
+        NanoVQ(block_out_channels=(16, 32), norm_num_groups=8, fsq_levels=(5, 3, 3), decoder_extra_resnets=(1, 1, 1))
+
+    base.save(tmp_path / "base")
+    cfg = VQTrainConfig(corpus=str(corpus), out=str(tmp_path / "run"), init=str(tmp_path / "base"), decoder_only=True,
+                        decoder_extra=(1,), steps=2, batch_size=2, crop=32, short_sides=(64,), eval_every=2,
+                        ckpt_every=1, threads=1, lr=1e-2)
+    assert train(cfg)["steps"] == 2
+    trained = NanoVQ.from_pretrained(tmp_path / "run" / "final").eval()
+    assert tuple(trained.config.decoder_extra_resnets) == (1,)
+    new = trained.decoder.up_blocks[0].resnets[-1].conv2.weight
+    assert new.abs().sum() > 0  # the new block learnt
+    img = photo_like(32, 48, seed=7)
+    assert np.array_equal(trained.encode([img])[0], base.encode([img])[0])  # same codes: the encoder is frozen
+    assert train(VQTrainConfig(**{**cfg.__dict__, "steps": 3}))["steps"] == 3  # resumes with the grown decoder
+    # growing a grown decoder again adds to its extras
+    assert tuple(grow_decoder(trained, (0, 1)).config.decoder_extra_resnets) == (1, 1)

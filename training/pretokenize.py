@@ -35,9 +35,11 @@ def keep_reasoning(h: int, w: int) -> str:
 
 
 def load_cache(folder: str | Path) -> list[dict]:
+    """Every record of a cache folder, or of several: ``"a,b"`` (e.g. a general cache and one of a few kinds)."""
     recs: list[dict] = []
-    for f in sorted(Path(folder).glob("shard_*.pt")):
-        recs.extend(torch.load(f, weights_only=False))
+    for one in str(folder).split(","):
+        for f in sorted(Path(one.strip()).glob("shard_*.pt")):
+            recs.extend(torch.load(f, weights_only=False))
     return recs
 
 
@@ -50,6 +52,7 @@ def raw_records(samples: list[dict], n_phrasings: int, rng: np.random.Generator)
         out.append({
             "source": np.asarray(s["source"].convert("RGB")), "target": np.asarray(s["target"].convert("RGB")),
             "instructions": sorted(set(phr), key=phr.index), "reasoning": s["reasoning"], "kind": s["kind"],
+            "params": s.get("params", {}),  # e.g. a zoom's window, for training.proxy_targets
         })
     return out
 
@@ -79,6 +82,7 @@ def encode_records(vq: NanoVQ, raw: list[dict], batch: int = 64) -> list[dict]:
                 out[k] = {
                     "src": src.astype(np.uint16), "tgt": tgts[j].astype(np.uint16), "instructions": r["instructions"],
                     "reasoning": r["reasoning"], "keep_reasoning": keep_reasoning(*src.shape), "kind": r["kind"],
+                    "params": r.get("params", {}),
                 }
     return [out[k] for k in range(len(raw))]
 
@@ -102,7 +106,8 @@ def main() -> None:
     ap.add_argument("--raw-only", action="store_true", help="render samples only (no image tokenizer needed)")
     ap.add_argument("--raw-from", default=None, metavar="DIR",
                     help="encode the rendered samples of another cache folder (same samples, another tokenizer)")
-    ap.add_argument("--kinds", default=None, metavar="K,K,…", help="keep only these edit kinds in the shards")
+    ap.add_argument("--kinds", default=None, metavar="K,K,…",
+                    help="only these edit kinds: new samples are drawn from them, rendered ones (--raw-from) filtered")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from training.suite import stream
@@ -123,7 +128,8 @@ def main() -> None:
         elif args.raw_from:
             raise SystemExit(f"--raw-from {args.raw_from} has no {raw_path.name}")
         else:
-            gen = stream("train", seed=args.seed * 100_003 + k, corpus=args.corpus)
+            gen = stream("train", seed=args.seed * 100_003 + k, corpus=args.corpus,
+                         kinds=sorted(kinds) if kinds else None)
             rng = np.random.default_rng([args.seed, k])
             raw = raw_records([next(gen) for _ in range(args.shard_size)], args.phrasings, rng)
             _save_atomic(raw, raw_path)

@@ -45,11 +45,12 @@ from engine.logprobs import Collated, collate, collated_logprobs
 from engine.text_tokenizer import build_nano_tokenizer
 from engine.vq import NanoVQ
 from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
+from training.proxy_targets import apply_zoom_copy
 
 
 @dataclass
 class SFTConfig:
-    cache: str = "data/sft_cache"
+    cache: str = "data/sft_cache"  # a pretokenize folder, or several: "a,b"
     vq: str = "runs/vq/final"
     out: str = "runs/sft"
     init: str = ""  # start from this bundle's weights, tokenizer and image tokenizer (when out has no checkpoint)
@@ -73,6 +74,9 @@ class SFTConfig:
     # (ARCHITECTURE §8), so a continued run spends its steps there.
     focus_kinds: str = ""
     focus_weight: float = 1.0
+    # "copy": zoom samples teach the source's code grid upscaled by copying cells (training.proxy_targets),
+    # a positional copy the model can learn, instead of the tokenizer's codes of the upscaled photo.
+    zoom_targets: str = "true"
     # Render fresh samples in this many background processes during training (training.live_data) and
     # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
     live_workers: int = 0
@@ -294,6 +298,21 @@ def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, par
     return loss, stats
 
 
+def with_targets(cfg: SFTConfig, records: list[dict]) -> list[dict]:
+    """``records`` with the targets ``cfg`` trains on (``zoom_targets``), in place."""
+    if cfg.zoom_targets not in ("true", "copy"):
+        raise SystemExit(f"--zoom-targets must be 'true' or 'copy', got {cfg.zoom_targets!r}")
+    if cfg.zoom_targets == "copy":
+        apply_zoom_copy(records)
+    return records
+
+
+def cache_records(cfg: SFTConfig) -> list[dict]:
+    """The pre-tokenised records of ``cfg.cache`` (folders that exist; none: []), with ``with_targets``."""
+    folders = [f.strip() for f in cfg.cache.split(",") if f.strip() and Path(f.strip()).is_dir()]
+    return with_targets(cfg, load_cache(",".join(folders)) if folders else [])
+
+
 def train(cfg: SFTConfig, export: str | None = None) -> None:
     t_start = time.time()
     torch.set_num_threads(cfg.threads)
@@ -301,7 +320,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     accel = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = load_cache(cfg.cache) if cfg.cache and Path(cfg.cache).is_dir() else []
+    records = cache_records(cfg)
     if not records and not cfg.live_workers and not export:
         raise SystemExit(f"no pre-tokenised samples in {cfg.cache!r}; run python -m training.pretokenize "
                          "first, or render samples during training with --live-workers N")
@@ -365,7 +384,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         live_seed = (cfg.seed * 1000 + accel.process_index) * 1_000_003 + step
         live = LiveSamples(cfg.live_workers, live_seed, cfg.corpus, scales,
                            max_ready=max(8 * cfg.batch_size, 2 * cfg.batch_size * cfg.live_every))
-        batcher.add(encode_records(bundle.vq, live.drain(wait_for=8 * cfg.batch_size), batch=512))
+        batcher.add(with_targets(cfg, encode_records(bundle.vq, live.drain(wait_for=8 * cfg.batch_size), batch=512)))
     n_params = sum(p.numel() for p in params)
     accel.print(f"EARL-nano LM {n_params / 1e6:.2f}M params, {len(batcher)} samples"
                 f"{f' (+ live, {cfg.live_workers} workers)' if live else ''}, {len(batcher.shapes)} grid shapes")
@@ -402,7 +421,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
 
     def draw(at_step: int) -> tuple:
         if live is not None and at_step % cfg.live_every == 0:
-            batcher.add(encode_records(bundle.vq, live.drain(), batch=512))
+            batcher.add(with_targets(cfg, encode_records(bundle.vq, live.drain(), batch=512)))
         state = batcher.state()  # what a checkpoint saves: resuming redraws this batch
         return state, next_batch(batcher, constraints, bundle.tokenizer, vocab_size)
 

@@ -15,6 +15,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,9 @@ class VQTrainConfig:
     # model was trained on) stays frozen while the decoder keeps improving the pictures.
     init: str = ""
     decoder_only: bool = False
+    # With init: extra residual blocks per decoder up block (low resolution first), starting as the
+    # identity (NanoVQ.decoder_extra_resnets). More decoder capacity for a plateaued decoder, same codes.
+    decoder_extra: tuple[int, ...] = ()
     # Codes that turn with the image (``NanoVQ.symmetric_latents``): flips and quarter turns of the photo
     # become a move of the code grid plus a fixed code permutation. With ``init``, a plain tokenizer's
     # weights are the starting point and the encoder learns to put orientation into the last two dims.
@@ -159,6 +163,20 @@ def lr_at(step: int, cfg: VQTrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def grow_decoder(model: NanoVQ, extra: tuple[int, ...]) -> NanoVQ:
+    """A copy of ``model`` with ``extra`` more residual blocks per decoder up block; same outputs."""
+    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    old = tuple(config.get("decoder_extra_resnets") or ())
+    total = tuple(a + b for a, b in zip_longest(old, extra, fillvalue=0))
+    grown = NanoVQ(**{**config, "decoder_extra_resnets": total})
+    # load_state_dict matches blocks by position: the old extras keep their weights, the new ones
+    # (appended after them) stay the identity
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or not all(".resnets." in k for k in missing):
+        raise RuntimeError(f"growing the decoder did not keep the weights: {unexpected or missing}")
+    return grown.to(model.device, model.dtype)
+
+
 def train(cfg: VQTrainConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -178,6 +196,8 @@ def train(cfg: VQTrainConfig) -> dict:
 
     if cfg.init:
         model = NanoVQ.from_pretrained(cfg.init, **({"equivariant": True} if cfg.equivariant else {}))
+        if cfg.decoder_extra:
+            model = grow_decoder(model, cfg.decoder_extra)
     else:
         model = NanoVQ(
             block_out_channels=cfg.block_out_channels,
@@ -270,7 +290,10 @@ def main() -> None:
         elif isinstance(value, (int, float, str)):
             ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     ap.add_argument("--fsq-levels", type=str, default=",".join(map(str, defaults.fsq_levels)))
+    ap.add_argument("--decoder-extra", type=str, default="", metavar="N,N,N",
+                    help="with --init: more residual blocks per decoder up block, low resolution first")
     args = vars(ap.parse_args())
+    args["decoder_extra"] = tuple(int(x) for x in args["decoder_extra"].split(",") if x.strip())
     args["fsq_levels"] = tuple(int(x) for x in args["fsq_levels"].split(","))
     train(VQTrainConfig(**{k: v for k, v in args.items()}))
 
