@@ -127,6 +127,9 @@ def test_live_samples_render_in_worker_processes():
     r = raw[0]
     assert r["source"].dtype == np.uint8 and r["source"].ndim == 3 and r["instructions"]
     assert len({x["kind"] for x in raw}) > 5
+    # each sample's params travel with it (zoom proxy targets need the zoom's window)
+    assert all(isinstance(x["params"], dict) for x in raw)
+    assert all(x["params"]["where"] for x in raw if x["kind"] == "zoom")
     with pytest.raises(ValueError, match="at least one worker"):
         LiveSamples(0, seed=0)
 

@@ -51,18 +51,41 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="assets/earl-nano")
     ap.add_argument("--split", default="test", choices=["test", "val"])
+    ap.add_argument("--model", action="store_true",
+                    help="also edit each zoom with the bundle's LM: how many of its codes equal the copy target's")
+    ap.add_argument("--temperature", type=float, default=0.0, help="with --model (0: greedy); seeds as training.eval's")
     args = ap.parse_args(argv)
     bundle = load_bundle(args.bundle)
     samples = load_samples(split=args.split, kinds=["zoom"])
-    proxy, ceiling = [], []
+    proxy, ceiling, agree, model = [], [], [], []
     for s in samples:
         src = bundle.vq.encode([_fit(bundle, s["source"])])[0]
         tgt = bundle.vq.encode([_fit(bundle, s["target"])])[0]
-        proxy.append(_score(s, bundle.vq.decode([zoom_copy(src, s["params"])])[0]).overall)
+        copy = zoom_copy(src, s["params"])
+        proxy.append(_score(s, bundle.vq.decode([copy])[0]).overall)
         ceiling.append(_score(s, bundle.vq.decode([tgt])[0]).overall)
-        print(f"{s['id']}  {s['params']['where']:12s}  copy {proxy[-1]:.2f}  tokenizer ceiling {ceiling[-1]:.2f}")
-    print(f"proxy_targets zoom_copy={np.mean(proxy):.3f} ceiling={np.mean(ceiling):.3f} n={len(samples)}")
+        line = f"{s['id']}  {s['params']['where']:12s}  copy {proxy[-1]:.2f}  tokenizer ceiling {ceiling[-1]:.2f}"
+        if args.model:
+            out = _model_grid(bundle, src, s, args.temperature)
+            agree.append(float((out == copy).mean()))
+            model.append(_score(s, bundle.vq.decode([out])[0]).overall)
+            line += f"  model {model[-1]:.2f} (codes equal to the copy's: {agree[-1]:.1%})"
+        print(line)
+    extra = f" model={np.mean(model):.3f} agreement={np.mean(agree):.4f}" if args.model else ""
+    print(f"proxy_targets zoom_copy={np.mean(proxy):.3f} ceiling={np.mean(ceiling):.3f}{extra} n={len(samples)}")
     return 0
+
+
+def _model_grid(bundle, src: np.ndarray, sample: dict, temperature: float) -> np.ndarray:
+    from engine.layout import build_prompt, parse_generation
+    from engine.sampler import fp16_default, sample_all
+    from training.eval import EARL_TOP_K, sample_seed
+
+    h, w = src.shape
+    prompt = build_prompt(bundle.tokenizer, src, sample["instruction"], False)
+    gen = sample_all(bundle, [prompt], h, w, [sample_seed(0, sample["id"])], temperature=temperature,
+                     top_k=EARL_TOP_K, fp16=fp16_default(bundle))[0]
+    return parse_generation(bundle.tokenizer, gen.tokens, expect_hw=(h, w))[1]
 
 
 if __name__ == "__main__":
