@@ -15,7 +15,7 @@
 # EXTRA adds train_sft flags, e.g. a capacity experiment: a new, larger LM on the bundle's tokenizers
 #     EXTRA="--fresh-lm true --hidden 384 --layers 8 --heads 6 --kv-heads 6 --intermediate 1024 --warmup 300"
 # or zooms taught as copied source cells (training.proxy_targets; later flags win over the defaults below):
-#     EXTRA="--zoom-targets copy --focus-kinds zoom,object --focus-weight 4"
+#     EXTRA="--zoom-targets copy --focus-kinds zoom --focus-weight 8"
 # VQ=<folder> swaps INIT's image tokenizer for another one with the same codebook size (e.g. an equivariant
 # one from train_vq --equivariant) before training. The codes change, so INIT's LM must be one moved onto
 # that tokenizer (training.remap_lm: v0.5's start) or be replaced (--fresh-lm). The exported LM then
