@@ -44,7 +44,8 @@ def apply_zoom_copy(records: list[dict]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Score the proxy on the held-out zooms: true target, proxy and the source, all through the tokenizer."""
+    """Score the copy targets and the true ones (the ceiling) on the held-out zooms, both through the
+    tokenizer; with ``--model`` also the bundle's own zooms."""
     from engine.bundle import load_bundle
     from training.eval import _fit, _score, load_samples
 
