@@ -79,10 +79,14 @@ def test_pretokenize_draws_only_the_kinds_asked_for_and_keeps_their_params(tmp_p
     NanoVQ(block_out_channels=(16, 32, 32), fsq_levels=(4, 4, 4), norm_num_groups=8).save(tmp_path / "vq")
     out = tmp_path / "cache"
     subprocess.run([sys.executable, "-m", "training.pretokenize", "--vq", str(tmp_path / "vq"), "--out", str(out),
-                    "--samples", "3", "--shard-size", "3", "--kinds", "zoom", "--corpus", str(tmp_path / "none")],
+                    "--samples", "3", "--shard-size", "3", "--kinds", "zoom", "--corpus", ""],
                    check=True, capture_output=True)
     shard = torch.load(out / "shard_00000.pt", weights_only=False)
     assert [r["kind"] for r in shard] == ["zoom"] * 3  # drawn from zoom alone, not filtered from all kinds
     assert all(r["params"]["where"] in ZOOM_CENTRES for r in shard)
     raw = torch.load(out / "raw_00000.pt", weights_only=False)
     assert [r["params"] for r in raw] == [r["params"] for r in shard]
+    missing = subprocess.run([sys.executable, "-m", "training.pretokenize", "--vq", str(tmp_path / "vq"), "--out",
+                              str(tmp_path / "c2"), "--samples", "3", "--corpus", str(tmp_path / "none")],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and "no photo corpus" in missing.stderr  # no silent fallback to test photos

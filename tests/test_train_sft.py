@@ -184,6 +184,10 @@ def test_trains_on_live_samples_only(tmp_path, capsys):
     assert torch.load(tmp_path / "live" / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
     with pytest.raises(SystemExit, match="--live-workers"):
         train(SFTConfig(cache=str(tmp_path / "nothing"), out=str(tmp_path / "x")))
+    # a corpus path without a corpus stops the run instead of rendering scikit-image's photos (test photos)
+    with pytest.raises(SystemExit, match="no photo corpus"):
+        train(SFTConfig(init=str(bundle_dir), cache="", out=str(tmp_path / "y"), live_workers=1,
+                        corpus=str(tmp_path / "no-corpus"), steps=1))
 
 
 def test_time_budget_ends_the_schedule_early_with_a_checkpoint(tmp_path, capsys):

@@ -35,6 +35,10 @@ RUN=${RUN:-/tmp/device-sft}
 SEED=${SEED:-0}
 WORKERS=${WORKERS:-$(( $(nproc) - 2 ))}
 mkdir -p "$OUT"
+# The live samples' photos: data/ is ignored by git, so it travels only when the call carries it
+# (carry: [".whl", "data/corpus"], 5.4 MB). Without it train_sft stops (it used to fall back silently
+# to scikit-image's 4 photos, two of them test photos: see the model card, session 11).
+[ -f data/corpus/manifest.jsonl ] || { echo "no data/corpus: carry it (python -m training.corpus build here)" >&2; exit 5; }
 if [ -n "${VQ:-}" ]; then
   rm -rf /tmp/device-init && cp -r "$INIT" /tmp/device-init && rm -rf /tmp/device-init/vq \
     && cp -r "$VQ" /tmp/device-init/vq || exit 2

@@ -477,6 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--corpus", default="data/corpus", help="photos used when the set must be built")
     ap.add_argument("--n-per-kind", type=int, default=None, help="first N samples of every kind (default all)")
     ap.add_argument("--kinds", default=None, help="comma-separated edit kinds to score (default: all)")
+    ap.add_argument("--exclude-photos", default=None, metavar="PREFIX,…",
+                    help="drop samples whose photo id starts with one of these (e.g. sk-: the scikit-image test "
+                         "photos v0.3–v0.5's GPU stages very likely trained on; model card, session 11)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--greedy", action="store_true", help="argmax decoding (temperature 0)")
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -524,6 +527,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                kinds=a.kinds.split(",") if a.kinds else None)
     except ValueError as e:
         ap.error(str(e))
+    if a.exclude_photos:
+        prefixes = tuple(p for p in a.exclude_photos.split(",") if p)
+        samples = [s for s in samples if not str(s.get("photo_id", "")).startswith(prefixes)]
+        if not samples:
+            ap.error(f"--exclude-photos {a.exclude_photos} leaves no samples")
     temperature = 0.0 if a.greedy else a.temperature
     mode = "greedy" if temperature == 0 else f"T={temperature:g} top-k={a.top_k} top-p={a.top_p:g}"
     print(f"{'bundle' if generate else 'references only,'} {bundle.config.name}@{bundle.config.version} ({path}), "

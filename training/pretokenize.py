@@ -112,6 +112,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from training.suite import stream
 
+    if not args.raw_from and args.corpus and not (Path(args.corpus) / "manifest.jsonl").exists():
+        raise SystemExit(f"no photo corpus at {args.corpus!r} (manifest.jsonl): build it with python -m training.corpus "
+                         "build; --corpus '' renders scikit-image's 4 sample photos (tests only: two are test photos)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     vq = None if args.raw_only else NanoVQ.from_pretrained(args.vq).eval()

@@ -321,6 +321,12 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     records = cache_records(cfg)
+    if cfg.live_workers and cfg.corpus and not (Path(cfg.corpus) / "manifest.jsonl").exists():
+        # training.suite falls back to scikit-image's 4 photos, two of which are test photos
+        raise SystemExit(
+            f"--live-workers: no photo corpus at {cfg.corpus!r} (manifest.jsonl). Build it (python -m training.corpus "
+            "build) or, on a lent GPU machine, carry data/corpus; --corpus '' renders scikit-image's 4 sample "
+            "photos on purpose (tests only: two of them are test photos)")
     if not records and not cfg.live_workers and not export:
         raise SystemExit(f"no pre-tokenised samples in {cfg.cache!r}; run python -m training.pretokenize "
                          "first, or render samples during training with --live-workers N")
