@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,18 @@ def photo_like(h: int, w: int, seed: int = 0) -> Image.Image:
     yy, xx = np.mgrid[0:h, 0:w]
     arr = np.stack([xx * 3, yy * 2 + xx, 255 - yy * 3], -1) % 256 + rng.integers(0, 40, (h, w, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def tiny_corpus(tmp_path: Path) -> Path:
+    """A corpus folder of three photo-like images: two train, one test."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rows = []
+    for i, split in enumerate(["train", "train", "test"]):
+        photo_like(96, 128, seed=i).save(corpus / f"p{i}.png")
+        rows.append({"file": f"p{i}.png", "split": split})
+    (corpus / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return corpus
 
 
 def test_d4_helpers_invert_each_other():
@@ -100,13 +113,7 @@ def test_levels_that_cannot_turn_are_refused(levels):
 
 
 def test_train_vq_equivariant_from_a_plain_init_resumes(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    rows = []
-    for i, split in enumerate(["train", "train", "test"]):
-        photo_like(96, 128, seed=i).save(corpus / f"p{i}.png")
-        rows.append({"file": f"p{i}.png", "split": split})
-    (corpus / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    corpus = tiny_corpus(tmp_path)
     plain = NanoVQ(block_out_channels=(16, 32, 32), norm_num_groups=8, fsq_levels=(5, 3, 3))
     plain.save(tmp_path / "plain")
     cfg = VQTrainConfig(corpus=str(corpus), out=str(tmp_path / "run"), init=str(tmp_path / "plain"), equivariant=True,
@@ -238,13 +245,7 @@ def test_crop_pool_colour_edits_are_the_suites_global_edits():
 def test_a_grown_decoder_starts_as_the_old_one_and_trains_with_the_same_codes(tmp_path):
     from training.train_vq import grow_decoder
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    rows = []
-    for i, split in enumerate(["train", "train", "test"]):
-        photo_like(96, 128, seed=i).save(corpus / f"p{i}.png")
-        rows.append({"file": f"p{i}.png", "split": split})
-    (corpus / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    corpus = tiny_corpus(tmp_path)
     base = tiny_equivariant_vq()
     with torch.no_grad():  # a decoder that is not at its initial values
         for p in base.decoder.parameters():
