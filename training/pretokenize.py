@@ -37,8 +37,8 @@ def keep_reasoning(h: int, w: int) -> str:
 def load_cache(folder: str | Path) -> list[dict]:
     """Every record of a cache folder, or of several: ``"a,b"`` (e.g. a general cache and one of a few kinds)."""
     recs: list[dict] = []
-    for one in str(folder).split(","):
-        for f in sorted(Path(one.strip()).glob("shard_*.pt")):
+    for one in filter(None, (f.strip() for f in str(folder).split(","))):
+        for f in sorted(Path(one).glob("shard_*.pt")):
             recs.extend(torch.load(f, weights_only=False))
     return recs
 
@@ -110,11 +110,10 @@ def main() -> None:
                     help="only these edit kinds: new samples are drawn from them, rendered ones (--raw-from) filtered")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from training.suite import stream
+    from training.suite import require_corpus, stream
 
-    if not args.raw_from and args.corpus and not (Path(args.corpus) / "manifest.jsonl").exists():
-        raise SystemExit(f"no photo corpus at {args.corpus!r} (manifest.jsonl): build it with python -m training.corpus "
-                         "build; --corpus '' renders scikit-image's 4 sample photos (tests only: two are test photos)")
+    if not args.raw_from:
+        require_corpus(args.corpus)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     vq = None if args.raw_only else NanoVQ.from_pretrained(args.vq).eval()

@@ -41,6 +41,16 @@ _SK_SPLIT = {"astronaut.png": "test", "coffee.png": "test", "chelsea.png": "val"
 assert set(_SK_SPLIT) == set(SKIMAGE_PHOTOS)
 
 
+def require_corpus(root: str | Path | None) -> None:
+    """Stop (SystemExit) when ``root`` names a corpus folder that holds none: ``split_photos`` would fall
+    back to scikit-image's 4 photos, two of which are test photos. ``None`` or ``""`` pick them on purpose."""
+    if root and not (Path(root) / "manifest.jsonl").exists():
+        raise SystemExit(
+            f"no photo corpus at {str(root)!r} (manifest.jsonl): build it with python -m training.corpus build, or "
+            "on a lent GPU machine carry data/corpus; --corpus '' renders scikit-image's 4 sample photos on "
+            "purpose (tests only: two of them are test photos)")
+
+
 def split_photos(split: str, root: str | Path | None = "data/corpus") -> list[tuple[str, Image.Image]]:
     """(photo id, image) of one split: the corpus when built, else scikit-image's bundled photos."""
     if split not in SPLIT_CODE:

@@ -308,9 +308,8 @@ def with_targets(cfg: SFTConfig, records: list[dict]) -> list[dict]:
 
 
 def cache_records(cfg: SFTConfig) -> list[dict]:
-    """The pre-tokenised records of ``cfg.cache`` (folders that exist; none: []), with ``with_targets``."""
-    folders = [f.strip() for f in cfg.cache.split(",") if f.strip() and Path(f.strip()).is_dir()]
-    return with_targets(cfg, load_cache(",".join(folders)) if folders else [])
+    """The pre-tokenised records of ``cfg.cache`` (a missing folder holds none), with ``with_targets``."""
+    return with_targets(cfg, load_cache(cfg.cache))
 
 
 def train(cfg: SFTConfig, export: str | None = None) -> None:
@@ -321,12 +320,10 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     records = cache_records(cfg)
-    if cfg.live_workers and cfg.corpus and not (Path(cfg.corpus) / "manifest.jsonl").exists():
-        # training.suite falls back to scikit-image's 4 photos, two of which are test photos
-        raise SystemExit(
-            f"--live-workers: no photo corpus at {cfg.corpus!r} (manifest.jsonl). Build it (python -m training.corpus "
-            "build) or, on a lent GPU machine, carry data/corpus; --corpus '' renders scikit-image's 4 sample "
-            "photos on purpose (tests only: two of them are test photos)")
+    if cfg.live_workers:
+        from training.suite import require_corpus
+
+        require_corpus(cfg.corpus)
     if not records and not cfg.live_workers and not export:
         raise SystemExit(f"no pre-tokenised samples in {cfg.cache!r}; run python -m training.pretokenize "
                          "first, or render samples during training with --live-workers N")
