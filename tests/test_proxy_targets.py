@@ -1,4 +1,5 @@
-"""Zoom proxy targets: the source code grid upscaled by copying cells, where ``ops.zoom`` puts them."""
+"""Proxy targets: a zoom's source code grid upscaled by copying cells, where ``ops.zoom`` puts them; a
+local edit's target codes pinned to the source's outside the cells the edit drew on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from training.edits import ops
 from training.edits.kinds import ZOOM_CENTRES
-from training.proxy_targets import apply_zoom_copy, zoom_copy
+from training.proxy_targets import apply_pin_local, apply_zoom_copy, changed_cells, pin_local, zoom_copy
 from training.train_sft import SFTConfig, cache_records
 
 
@@ -86,7 +87,63 @@ def test_pretokenize_draws_only_the_kinds_asked_for_and_keeps_their_params(tmp_p
     assert all(r["params"]["where"] in ZOOM_CENTRES for r in shard)
     raw = torch.load(out / "raw_00000.pt", weights_only=False)
     assert [r["params"] for r in raw] == [r["params"] for r in shard]
+    for rec, r in zip(shard, raw, strict=True):  # a zoom changes every cell of a textured photo
+        assert np.array_equal(rec["changed"], changed_cells(r["source"], r["target"], 8))
+    # an older cache without "changed" gets it from its rendered samples
+    for rec in shard:
+        del rec["changed"]
+    torch.save(shard, out / "shard_00000.pt")
+    subprocess.run([sys.executable, "-m", "training.pretokenize", "--vq", str(tmp_path / "vq"), "--out", str(out),
+                    "--mark-changed"], check=True, capture_output=True)
+    marked = torch.load(out / "shard_00000.pt", weights_only=False)
+    assert all(np.array_equal(m["changed"], changed_cells(r["source"], r["target"], 8))
+               for m, r in zip(marked, raw, strict=True))
     missing = subprocess.run([sys.executable, "-m", "training.pretokenize", "--vq", str(tmp_path / "vq"), "--out",
                               str(tmp_path / "c2"), "--samples", "3", "--corpus", str(tmp_path / "none")],
                              capture_output=True, text=True)
     assert missing.returncode != 0 and "no photo corpus" in missing.stderr  # no silent fallback to test photos
+
+
+def test_changed_cells_are_the_cells_with_a_changed_pixel():
+    src = np.random.default_rng(0).integers(0, 256, (24, 32, 3)).astype(np.uint8)
+    tgt = src.copy()
+    tgt[9, 17] = 255 - tgt[9, 17]  # one pixel of cell (1, 2)
+    tgt[20:24, 0:3] = 0  # part of cell (2, 0)
+    tgt[0, 0, 0] ^= 1  # rounding: not a change
+    ch = changed_cells(src, tgt, 8)
+    assert ch.shape == (3, 4)
+    assert sorted(zip(*np.nonzero(ch), strict=True)) == [(1, 2), (2, 0)]
+    assert changed_cells(src, np.zeros((32, 24, 3), np.uint8), 8) is None  # a quarter turn
+
+
+def test_pin_local_keeps_the_target_only_around_the_edit():
+    src = np.zeros((6, 6), np.uint16)
+    tgt = np.full((6, 6), 7, np.uint16)  # the tokenizer changed every code
+    ch = np.zeros((6, 6), bool)
+    ch[2, 2] = True
+    pinned = pin_local(src, tgt, ch, grow=1)
+    assert np.array_equal(pinned != 0, np.pad(np.ones((3, 3), bool), ((1, 2), (1, 2))))  # the 3x3 around it
+    assert np.array_equal(pin_local(src, tgt, ch, grow=0) != 0, ch)
+    recs = [
+        {"kind": "add_shape", "src": src, "tgt": tgt.copy(), "changed": ch},
+        {"kind": "grayscale", "src": src, "tgt": tgt.copy(), "changed": np.ones((6, 6), bool)},  # global: kept
+        {"kind": "add_shape", "src": src, "tgt": tgt.copy()},  # an older cache without "changed": kept
+        {"kind": "rotate90", "src": src[:, :5], "tgt": tgt[:5].copy(), "changed": None},
+    ]
+    assert apply_pin_local(recs) == 1
+    assert np.array_equal(recs[0]["tgt"], pinned) and recs[0]["tgt"].dtype == np.uint16
+    assert all((r["tgt"] == 7).all() for r in recs[1:])
+
+
+def test_sft_pins_object_targets_only_when_asked(tmp_path):
+    src = np.zeros((4, 4), np.uint16)
+    ch = np.zeros((4, 4), bool)
+    ch[0, 0] = True
+    (tmp_path / "c").mkdir()
+    torch.save([{"kind": "add_shape", "src": src, "tgt": src + 3, "changed": ch, "instructions": ["x"],
+                 "reasoning": "", "keep_reasoning": "", "params": {}}], tmp_path / "c" / "shard_00000.pt")
+    assert (cache_records(SFTConfig(cache=str(tmp_path / "c")))[0]["tgt"] == 3).all()
+    pinned = cache_records(SFTConfig(cache=str(tmp_path / "c"), object_targets="pin"))[0]["tgt"]
+    assert int((pinned == 3).sum()) == 4  # cell (0, 0) and its three neighbours
+    with pytest.raises(SystemExit, match="object-targets"):
+        cache_records(SFTConfig(cache=str(tmp_path / "c"), object_targets="copy"))

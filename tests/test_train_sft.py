@@ -237,3 +237,28 @@ def test_live_workers_stop_when_the_trainer_is_killed(tmp_path):
         time.sleep(0.5)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError("the live-sample worker outlived its killed trainer by 30 s")
+
+
+def test_edit_weight_lifts_the_changed_codes_of_local_edits_only():
+    from engine.constraint import FreeFormConstraint
+    from engine.text_tokenizer import build_nano_tokenizer
+    from training.train_sft import edit_weights, sft_batch
+
+    tok = build_nano_tokenizer(["Add a red ball.", "Make it grey.", "Reasoning text here."], 64, 300)
+    src = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    local = src.copy()
+    local[1, 2] = local[3, 0] = 63  # 2 of 16 codes: an object edit
+    everything = (src + 1).astype(np.uint16)  # every code: a global edit
+    for think in (False, True):
+        con = FreeFormConstraint(tok, 4, 4, think, vocab_size=len(tok))
+        items = [(src, local, "Add a red ball.", "Reasoning text here."),
+                 (src, everything, "Make it grey.", "Reasoning text here.")]
+        batch = sft_batch(tok, con, think, items)
+        assert edit_weights(tok, batch, items, 1.0) is None
+        w = edit_weights(tok, batch, items, 5.0)
+        assert w.shape == batch.gen.shape
+        assert (w[1] == 1).all()  # a global edit: no token singled out
+        heavy = batch.gen[0][w[0] == 5]
+        code_of = con.sp.code_of
+        assert sorted(code_of[heavy].tolist()) == [63, 63]  # exactly the two changed codes
+        assert int((w[0] == 5).sum()) == 2

@@ -5,7 +5,8 @@
 Two stages, so the slow part (rendering edits) can run while the image tokenizer is still training:
 ``raw_XXXXX.pt`` holds rendered samples (uint8 pixels + texts), ``shard_XXXXX.pt`` their codes.
 ``--raw-only`` stops after the first stage. Shards hold records {src, tgt: uint16 (H, W) code grids, instructions:
-[several phrasings], reasoning, keep_reasoning, kind}. Shard i is generated from seed (seed, i), so the
+[several phrasings], reasoning, keep_reasoning, kind, params,
+changed: (H, W) bool, the cells whose pixels the edit changed (None when the shape changes)}. Shard i is generated from seed (seed, i), so the
 cache is reproducible and an interrupted run resumes by skipping the shards already written.
 """
 
@@ -68,6 +69,9 @@ def encode_arrays(vq: NanoVQ, arrays: list[np.ndarray]) -> list[np.ndarray]:
 def encode_records(vq: NanoVQ, raw: list[dict], batch: int = 64) -> list[dict]:
     """Raw records -> cache records (code grids), in the same order."""
     from engine.vq import same_size_groups
+    from training.proxy_targets import changed_cells
+
+    factor = vq.spatial_factor
 
     out: dict[int, dict] = {}
     for group in same_size_groups([r["source"] for r in raw]):
@@ -83,8 +87,31 @@ def encode_records(vq: NanoVQ, raw: list[dict], batch: int = 64) -> list[dict]:
                     "src": src.astype(np.uint16), "tgt": tgts[j].astype(np.uint16), "instructions": r["instructions"],
                     "reasoning": r["reasoning"], "keep_reasoning": keep_reasoning(*src.shape), "kind": r["kind"],
                     "params": r.get("params", {}),
+                    "changed": changed_cells(r["source"], r["target"], factor),
                 }
     return [out[k] for k in range(len(raw))]
+
+
+def mark_changed(folder: str | Path, factor: int = 8) -> int:
+    """Give the records of a cache written before ``changed`` existed that field, from the rendered
+    samples beside them (``raw_XXXXX.pt``); returns how many records got it."""
+    from training.proxy_targets import changed_cells
+
+    n = 0
+    for path in sorted(Path(folder).glob("shard_*.pt")):
+        recs = torch.load(path, weights_only=False)
+        raw_path = path.with_name(path.name.replace("shard_", "raw_"))
+        if all("changed" in r for r in recs) or not raw_path.exists():
+            continue
+        kinds = {r["kind"] for r in recs}
+        raw = [r for r in torch.load(raw_path, weights_only=False) if r["kind"] in kinds]  # --kinds filtered
+        if [r["kind"] for r in raw] != [r["kind"] for r in recs]:
+            raise SystemExit(f"{path}: its records do not match {raw_path.name}")
+        for rec, r in zip(recs, raw, strict=True):
+            rec["changed"] = changed_cells(r["source"], r["target"], factor)
+        _save_atomic(recs, path)
+        n += len(recs)
+    return n
 
 
 def _save_atomic(obj: object, path: Path) -> None:
@@ -108,7 +135,13 @@ def main() -> None:
                     help="encode the rendered samples of another cache folder (same samples, another tokenizer)")
     ap.add_argument("--kinds", default=None, metavar="K,K,…",
                     help="only these edit kinds: new samples are drawn from them, rendered ones (--raw-from) filtered")
+    ap.add_argument("--mark-changed", action="store_true",
+                    help="add the 'changed' cells to the records of an older cache (--out) and stop")
     args = ap.parse_args()
+    if args.mark_changed:
+        n = mark_changed(args.out, NanoVQ.from_pretrained(args.vq).spatial_factor)
+        print(f"pretokenize marked {n} records in {args.out}")
+        return
     torch.set_num_threads(args.threads)
     from training.suite import require_corpus, stream
 

@@ -45,7 +45,7 @@ from engine.logprobs import Collated, collate, collated_logprobs
 from engine.text_tokenizer import build_nano_tokenizer
 from engine.vq import NanoVQ
 from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
-from training.proxy_targets import apply_zoom_copy
+from training.proxy_targets import apply_pin_local, apply_zoom_copy
 
 
 @dataclass
@@ -77,6 +77,13 @@ class SFTConfig:
     # "copy": zoom samples teach the source's code grid upscaled by copying cells (training.proxy_targets),
     # a positional copy the model can learn, instead of the tokenizer's codes of the upscaled photo.
     zoom_targets: str = "true"
+    # "pin": local (object) edits teach the source's codes outside the cells the edit drew on (and their
+    # neighbours), not the codes the tokenizer's wide receptive field changed there (training.proxy_targets).
+    object_targets: str = "true"
+    # >1: in local edits (under LOCAL_EDIT of the codes differ from the source), the target codes that differ
+    # from the source weigh this much more in the loss than the copied ones: they are the edit, a few
+    # dozen tokens among hundreds of easy copies.
+    edit_weight: float = 1.0
     # Render fresh samples in this many background processes during training (training.live_data) and
     # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
     live_workers: int = 0
@@ -240,6 +247,31 @@ class Batcher:
 # -- training -------------------------------------------------------------------------------------
 
 
+# an edit that changes less than this share of the codes is local (an object edit): --edit-weight applies
+LOCAL_EDIT = 0.5
+
+
+def edit_weights(tok: object, batch: Collated, items: list, weight: float) -> torch.Tensor | None:
+    """(B, G) loss weights: ``weight`` on the target codes of local edits that differ from the source code
+    at the same cell, 1 elsewhere; None when ``weight`` is 1."""
+    if weight == 1.0:
+        return None
+    code_of = special_ids(tok).code_of
+    is_vis = (code_of[batch.gen] >= 0) & batch.valid
+    w = torch.ones(batch.gen.shape)
+    for i, (src, tgt, _, _) in enumerate(items):
+        if src.shape != tgt.shape:
+            continue
+        diff = torch.from_numpy((src != tgt).ravel())
+        if diff.float().mean() >= LOCAL_EDIT:
+            continue
+        pos = is_vis[i].nonzero().squeeze(1)
+        if len(pos) != len(diff):  # the generation's codes are the target grid, row by row
+            raise ValueError(f"{len(pos)} image tokens for a {tgt.shape} grid")
+        w[i, pos] = torch.where(diff, torch.tensor(weight), torch.tensor(1.0))
+    return w
+
+
 def sft_batch(tok: object, constraint: FreeFormConstraint, think: bool, items: list) -> Collated:
     """The padded training batch of ``items`` (source, target, instruction, reasoning)."""
     prompts = [build_prompt(tok, s, ins, think) for s, _, ins, _ in items]
@@ -247,7 +279,8 @@ def sft_batch(tok: object, constraint: FreeFormConstraint, think: bool, items: l
     return collate(tok, constraint, prompts, gens)
 
 
-def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, batch: Collated) -> tuple[torch.Tensor, dict]:
+def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, batch: Collated,
+             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     logp = collated_logprobs(bundle, batch, constraint)
     sp = special_ids(bundle.tokenizer)
     valid = batch.valid.to(logp.device)
@@ -255,7 +288,11 @@ def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, batch: Collated) ->
     n_vis = (is_vis & valid).sum().clamp(min=1)
     text = valid & ~is_vis
     # Forced tokens have log-prob 0, so summing over all valid tokens counts only the model's choices.
-    loss = -(logp * valid).sum() / valid.sum()
+    if weights is None:
+        loss = -(logp * valid).sum() / valid.sum()
+    else:
+        w = weights.to(logp.device) * valid
+        loss = -(logp * w).sum() / w.sum()
     with torch.no_grad():
         stats = {
             "nll_visual": -(logp * (is_vis & valid)).sum() / n_vis,
@@ -273,24 +310,25 @@ def constraint_for(constraints: dict, tok: object, h: int, w: int, think: bool, 
 
 
 def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int
-               ) -> tuple[FreeFormConstraint, bool, Collated]:
+               ) -> tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None]:
     """Draw the next batch and collate it (CPU work: the loop does it while the GPU runs a step)."""
     shape, think, items = batcher.next()
     con = constraint_for(constraints, tok, *shape, think, vocab_size)
-    return con, think, sft_batch(tok, con, think, items)
+    collated = sft_batch(tok, con, think, items)
+    return con, think, collated, edit_weights(tok, collated, items, batcher.cfg.edit_weight)
 
 
 def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, params: list[torch.Tensor],
-             batch: tuple[FreeFormConstraint, bool, Collated], cfg: SFTConfig, step: int) -> tuple[torch.Tensor, dict]:
+             batch: tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None], cfg: SFTConfig, step: int) -> tuple[torch.Tensor, dict]:
     """One optimizer step on ``batch``, at the schedule's learning rate for ``step`` (0-based).
 
     Nothing here waits for the GPU, so the caller can prepare the next batch before reading the loss.
     """
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
-    con, _, collated = batch
+    con, _, collated, weights = batch
     with accel.autocast():
-        loss, stats = sft_loss(bundle, con, collated)
+        loss, stats = sft_loss(bundle, con, collated, weights)
     opt.zero_grad(set_to_none=True)
     accel.backward(loss)
     accel.clip_grad_norm_(params, 1.0)
@@ -302,8 +340,12 @@ def with_targets(cfg: SFTConfig, records: list[dict]) -> list[dict]:
     """``records`` with the targets ``cfg`` trains on (``zoom_targets``), in place."""
     if cfg.zoom_targets not in ("true", "copy"):
         raise SystemExit(f"--zoom-targets must be 'true' or 'copy', got {cfg.zoom_targets!r}")
+    if cfg.object_targets not in ("true", "pin"):
+        raise SystemExit(f"--object-targets must be 'true' or 'pin', got {cfg.object_targets!r}")
     if cfg.zoom_targets == "copy":
         apply_zoom_copy(records)
+    if cfg.object_targets == "pin":
+        apply_pin_local(records)
     return records
 
 
