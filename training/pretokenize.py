@@ -5,9 +5,9 @@
 Two stages, so the slow part (rendering edits) can run while the image tokenizer is still training:
 ``raw_XXXXX.pt`` holds rendered samples (uint8 pixels + texts), ``shard_XXXXX.pt`` their codes.
 ``--raw-only`` stops after the first stage. Shards hold records {src, tgt: uint16 (H, W) code grids, instructions:
-[several phrasings], reasoning, keep_reasoning, kind, params,
-changed: (H, W) bool, the cells whose pixels the edit changed (None when the shape changes)}. Shard i is generated from seed (seed, i), so the
-cache is reproducible and an interrupted run resumes by skipping the shards already written.
+[several phrasings], reasoning, keep_reasoning, kind, params, changed: (H, W) bool, the cells whose pixels
+the edit changed (None when the shape changes)}. Shard i is generated from seed (seed, i), so the cache is
+reproducible and an interrupted run resumes by skipping the shards already written.
 """
 
 from __future__ import annotations
