@@ -2,6 +2,7 @@
 writes the same edit, and how far the reported log-probs are from the exact ones.
 
     python benchmarks/fp16_decoding.py [--bundle PATH] [--n-per-kind 2] [--kinds K,...] [--threads 2]
+    python benchmarks/fp16_decoding.py --group 8 --perturb 1e-3    # GRPO's rollouts (training.grpo)
 
 For held-out test samples (``training.eval.load_samples``; built from ``data/corpus`` if missing) each
 prompt is decoded twice with the same seed (EARL's sampling, temperature 1, top-k 2048, no think), with
@@ -12,6 +13,10 @@ model chose (forced tokens are 0 in both). Stored bundles hold bfloat16 weights,
 exactly, so the expected answer is: identical tokens, differences at float32 rounding level. Both runs
 decode on one thread, as ``engine.edit`` does; times are wall seconds in this process, so the ratio is
 the speed-up.
+``--group G`` decodes G candidates of each prompt together with seeds seed..seed+G-1, as a GRPO rollout
+does; ``--perturb S`` first adds Gaussian noise of S times each weight matrix's RMS to the LM, so its
+weights are no longer exact in float16, like a policy GRPO has trained (the loss then recomputes the
+log-probs in float32: the differences below are how far the fp16 rollouts' sampling is from the policy).
 Last line: ``fp16_decoding speedup=… same_tokens=… mean_abs_dlogp=… max_abs_dlogp=… n=…``.
 """
 
@@ -39,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-per-kind", type=int, default=2)
     ap.add_argument("--kinds", default=None, help="comma-separated edit kinds (default: all)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the prefill and tokenizer")
+    ap.add_argument("--group", type=int, default=1, help="candidates per prompt, decoded together (GRPO: 8)")
+    ap.add_argument("--perturb", type=float, default=0.0, help="relative weight noise (a trained policy)")
     a = ap.parse_args(argv)
     if not fp16_available():
         print("this torch build has no fbgemm kernels: nothing to compare")
@@ -47,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     from training.eval import _fit, load_samples, sample_seed
 
     bundle = load_bundle(a.bundle or default_bundle_path())
+    if a.perturb:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in bundle.lm.parameters():
+                if p.dim() == 2:
+                    p.add_(torch.randn(p.shape, generator=gen) * a.perturb * p.pow(2).mean().sqrt())
     samples = load_samples(n_per_kind=a.n_per_kind, kinds=a.kinds.split(",") if a.kinds else None)
     print(f"bundle {bundle.config.name}@{bundle.config.version}, {len(samples)} test samples, torch threads {a.threads}")
     tok = bundle.tokenizer
@@ -59,33 +72,35 @@ def main(argv: list[str] | None = None) -> int:
     dlp: list[np.ndarray] = []
     dsum: list[float] = []
     same = 0
+    n_edits = len(samples) * a.group
     for s, g in zip(samples, grids, strict=True):
         h, w = g.shape
         prompt = build_prompt(tok, g, s["instruction"], False)
-        seed = sample_seed(0, s["id"])
+        seeds = [sample_seed(0, s["id"]) + j for j in range(a.group)]
         t = time.perf_counter()
-        e = sample_all(bundle, [prompt], h, w, [seed], top_k=2048)[0]
+        es = sample_all(bundle, [prompt] * a.group, h, w, seeds, top_k=2048)
         t32 += time.perf_counter() - t
         t = time.perf_counter()
-        q = sample_all(bundle, [prompt], h, w, [seed], top_k=2048, fp16=True)[0]
+        qs = sample_all(bundle, [prompt] * a.group, h, w, seeds, top_k=2048, fp16=True)
         t16 += time.perf_counter() - t
-        n_tok += len(q.tokens)
-        same += q.tokens == e.tokens
-        with torch.no_grad():
-            exact = sequence_logprobs(bundle, [prompt], [q.tokens], h, w, False)[0, : len(q.tokens)].numpy()
-        got = np.asarray(q.logprobs)
-        chosen = got != 0  # forced tokens: 0 in both
-        d = np.abs(got - exact)[chosen]
-        dlp.append(d)
-        dsum.append(float(got.sum() - exact.sum()))
-        print(f"{s['kind']:<16} {s['id']:<28} tokens {len(q.tokens)}  same as float32: {q.tokens == e.tokens}  "
-              f"mean |Δlp| {d.mean():.2e}  max {d.max():.2e}  Δ sum {dsum[-1]:+.2e} (of {exact.sum():.1f})")
+        for e, q in zip(es, qs, strict=True):
+            n_tok += len(q.tokens)
+            same += q.tokens == e.tokens
+            with torch.no_grad():
+                exact = sequence_logprobs(bundle, [prompt], [q.tokens], h, w, False)[0, : len(q.tokens)].numpy()
+            got = np.asarray(q.logprobs)
+            chosen = got != 0  # forced tokens: 0 in both
+            d = np.abs(got - exact)[chosen]
+            dlp.append(d)
+            dsum.append(float(got.sum() - exact.sum()))
+            print(f"{s['kind']:<16} {s['id']:<28} tokens {len(q.tokens)}  same as float32: {q.tokens == e.tokens}  "
+                  f"mean |Δlp| {d.mean():.2e}  max {d.max():.2e}  Δ sum {dsum[-1]:+.2e} (of {exact.sum():.1f})")
     allv = np.concatenate(dlp)
-    print(f"\nfloat32 {t32:.2f} s, fp16 {t16:.2f} s for {len(samples)} edits ({n_tok} tokens): {t32 / t16:.2f}x; "
-          f"same tokens in {same} of {len(samples)} edits; per chosen token |Δ log p| mean {allv.mean():.2e}, "
-          f"max {allv.max():.2e}; per edit |Δ sum| mean {np.mean(np.abs(dsum)):.2e}")
-    print(f"fp16_decoding speedup={t32 / t16:.2f} same_tokens={same}/{len(samples)} mean_abs_dlogp={allv.mean():.2e} "
-          f"max_abs_dlogp={allv.max():.2e} n={len(samples)}")
+    print(f"\nfloat32 {t32:.2f} s, fp16 {t16:.2f} s for {n_edits} edits ({n_tok} tokens, groups of {a.group}): "
+          f"{t32 / t16:.2f}x; same tokens in {same} of {n_edits} edits; per chosen token |Δ log p| mean "
+          f"{allv.mean():.2e}, max {allv.max():.2e}; per edit |Δ sum| mean {np.mean(np.abs(dsum)):.2e}")
+    print(f"fp16_decoding speedup={t32 / t16:.2f} same_tokens={same}/{n_edits} mean_abs_dlogp={allv.mean():.2e} "
+          f"max_abs_dlogp={allv.max():.2e} n={n_edits}")
     return 0
 
 

@@ -18,7 +18,16 @@ from safetensors.torch import load_file
 
 from engine.bundle import Bundle, load_bundle
 from engine.logprobs import sequence_logprobs
-from training.grpo import GRPOConfig, SuitePrompts, advantages, group_loss, grpo_token_loss, run_group, train
+from training.grpo import (
+    GRPOConfig,
+    SuitePrompts,
+    advantages,
+    group_loss,
+    grpo_token_loss,
+    rollout_fp16,
+    run_group,
+    train,
+)
 from training.rewards import VerifierReward
 from training.tuning import Policy, make_optimizer
 
@@ -158,6 +167,28 @@ def test_grpo_loop_raises_reward(tiny_bundle):
         opt.step()
     after = mean_reward()
     assert after > before + 1.0, (before, after)
+
+
+def test_fp16_rollouts_sample_what_the_float32_policy_scores(tiny_bundle):
+    from engine.sampler import fp16_available, fp16_default
+
+    policy = _policy(tiny_bundle)
+    assert rollout_fp16(policy.bundle, GRPOConfig()) == fp16_default(policy.bundle)
+    assert rollout_fp16(policy.bundle, GRPOConfig(fp16_rollouts="false")) is False
+    with pytest.raises(ValueError, match="fp16_rollouts"):
+        rollout_fp16(policy.bundle, GRPOConfig(fp16_rollouts="half"))
+    if not fp16_available():
+        pytest.skip("no fbgemm kernels in this torch build")
+    cfg = GRPOConfig(corpus=None, group_size=4, kinds="grayscale", fp16_rollouts="true")
+    s = SuitePrompts(cfg, policy.bundle, 0).get(0, 0)
+    grp = run_group(policy, s, [1, 2, 3, 4], cfg, _LowCodes(policy.bundle.tokenizer))
+    exact = sequence_logprobs(policy.bundle, [grp["prompt"]] * 4, [g.tokens for g in grp["gens"]],
+                              grp["h"], grp["w"], grp["think"]).detach()
+    for i, g in enumerate(grp["gens"]):
+        got = torch.tensor(g.logprobs)
+        # the tiny random LM's float32 weights are not exact in float16: close, not equal
+        assert torch.allclose(got, exact[i, : len(got)], atol=2e-2), (got - exact[i, : len(got)]).abs().max()
+    assert all(len(g.tokens) == len(grp["gens"][0].tokens) for g in grp["gens"])  # complete edits
 
 
 def _cmd(out: Path, bundle: Path, steps: int) -> list[str]:
