@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from scipy.ndimage import binary_dilation
 
 from training.edits.kinds import ZOOM_CENTRES
 
@@ -68,13 +69,8 @@ def changed_cells(src: np.ndarray, tgt: np.ndarray, factor: int) -> np.ndarray |
 def pin_local(src: np.ndarray, tgt: np.ndarray, changed: np.ndarray, grow: int = 1) -> np.ndarray:
     """``tgt`` on the changed cells grown by ``grow`` cells (8-neighbourhood), ``src`` elsewhere."""
     m = changed.astype(bool)
-    for _ in range(grow):
-        g = m.copy()
-        g[1:] |= m[:-1]
-        g[:-1] |= m[1:]
-        g[:, 1:] |= g[:, :-1].copy()
-        g[:, :-1] |= g[:, 1:].copy()
-        m = g
+    if grow > 0:
+        m = binary_dilation(m, structure=np.ones((3, 3), bool), iterations=grow)
     return np.where(m, tgt, src)
 
 
