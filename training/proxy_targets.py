@@ -24,7 +24,7 @@ import argparse
 import numpy as np
 from scipy.ndimage import binary_dilation
 
-from training.edits.kinds import ZOOM_CENTRES
+from training.edits.kinds import ZOOM_CENTRES, mask_cells
 
 # A cell counts as changed when some pixel moved by more than this (sum over RGB, 0–765): rendering an
 # edit leaves untouched pixels exactly equal, so this only ignores rounding.
@@ -63,7 +63,7 @@ def changed_cells(src: np.ndarray, tgt: np.ndarray, factor: int) -> np.ndarray |
         return None
     h, w = src.shape[0] // factor, src.shape[1] // factor
     d = np.abs(src.astype(np.int16) - tgt.astype(np.int16)).sum(-1) > PIXEL_CHANGE
-    return d[: h * factor, : w * factor].reshape(h, factor, w, factor).any(axis=(1, 3))
+    return mask_cells(d[: h * factor, : w * factor], factor)  # whole cells only, as the code grid
 
 
 def pin_local(src: np.ndarray, tgt: np.ndarray, changed: np.ndarray, grow: int = 1) -> np.ndarray:

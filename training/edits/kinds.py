@@ -36,14 +36,19 @@ class EditResult:
     extra: dict = field(default_factory=dict)   # e.g. per-step masks
 
 
+def mask_cells(mask: np.ndarray, cell: int = CELL) -> np.ndarray:
+    """(ceil(H / cell), ceil(W / cell)) bool: the token cells of a pixel mask that hold a True pixel."""
+    H, W = mask.shape
+    gh, gw = -(-H // cell), -(-W // cell)
+    pad = np.zeros((gh * cell, gw * cell), bool)
+    pad[:H, :W] = mask
+    return pad.reshape(gh, cell, gw, cell).any(axis=(1, 3))
+
+
 def cell_mask(changed: np.ndarray, cell: int = CELL) -> np.ndarray:
     """Expand a pixel mask to whole token cells."""
     H, W = changed.shape
-    gh, gw = -(-H // cell), -(-W // cell)
-    pad = np.zeros((gh * cell, gw * cell), bool)
-    pad[:H, :W] = changed
-    cells = pad.reshape(gh, cell, gw, cell).any(axis=(1, 3))
-    return np.repeat(np.repeat(cells, cell, 0), cell, 1)[:H, :W]
+    return np.repeat(np.repeat(mask_cells(changed, cell), cell, 0), cell, 1)[:H, :W]
 
 
 def changed_pixels(a: Image.Image, b: Image.Image) -> np.ndarray:
