@@ -319,7 +319,8 @@ def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int
 
 
 def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, params: list[torch.Tensor],
-             batch: tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None], cfg: SFTConfig, step: int) -> tuple[torch.Tensor, dict]:
+             batch: tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None], cfg: SFTConfig,
+             step: int) -> tuple[torch.Tensor, dict]:
     """One optimizer step on ``batch``, at the schedule's learning rate for ``step`` (0-based).
 
     Nothing here waits for the GPU, so the caller can prepare the next batch before reading the loss.
@@ -337,7 +338,7 @@ def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, par
 
 
 def with_targets(cfg: SFTConfig, records: list[dict]) -> list[dict]:
-    """``records`` with the targets ``cfg`` trains on (``zoom_targets``), in place."""
+    """``records`` with the targets ``cfg`` trains on (``zoom_targets``, ``object_targets``), in place."""
     if cfg.zoom_targets not in ("true", "copy"):
         raise SystemExit(f"--zoom-targets must be 'true' or 'copy', got {cfg.zoom_targets!r}")
     if cfg.object_targets not in ("true", "pin"):
