@@ -36,7 +36,7 @@ from training.train_sft import Batcher, SFTConfig, constraint_for, sft_batch  # 
 
 def per_sequence(tok: object, con: object, think: bool, items: list) -> None:
     """The baseline: one-sequence calls and one tensor per row, as the loop over a batch did."""
-    for s, t, ins, rsn in items:
+    for s, t, ins, rsn, *_ in items:
         p = build_prompt(tok, s, ins, think)
         g = build_target(tok, t, rsn if think else None)
         grid_positions(tok, p)

@@ -9,6 +9,7 @@ import torch
 from engine import edit_blocking
 from engine.bundle import load_bundle
 from engine.vq import NanoVQ
+from training.pretokenize import load_cache
 from training.train_sft import Batcher, SFTConfig, digit_sum_init, train
 
 
@@ -82,12 +83,12 @@ def test_focus_kinds_oversample_a_category():
     recs = _records({"hflip": 50, "vflip": 50, "grayscale": 100, "sepia": 100})
     cfg = SFTConfig(batch_size=8, keep_prob=0.0, focus_kinds="geometry", focus_weight=4.0)
     b = Batcher(recs, cfg, seed=0)
-    drawn = [ins for _ in range(300) for _, _, ins, _ in b.next()[2]]
+    drawn = [it[2] for _ in range(300) for it in b.next()[2]]
     share = sum(k in ("hflip", "vflip") for k in drawn) / len(drawn)
     # 100 geometry samples at weight 4 against 200 others at weight 1: 400 / 600 of the draws
     assert abs(share - 2 / 3) < 0.05
     plain = Batcher(recs, SFTConfig(batch_size=8, keep_prob=0.0), seed=0)
-    drawn = [ins for _ in range(300) for _, _, ins, _ in plain.next()[2]]
+    drawn = [it[2] for _ in range(300) for it in plain.next()[2]]
     assert abs(sum(k in ("hflip", "vflip") for k in drawn) / len(drawn) - 1 / 3) < 0.05
 
 
@@ -111,7 +112,7 @@ def test_growing_pool_draws_like_a_pool_built_at_once():
     assert [b for _ in range(50) for b in grown.next()[2]] == [b for _ in range(50) for b in whole.next()[2]]
     empty = Batcher([], cfg, seed=1)  # live-only runs start empty and grow
     empty.add(recs)
-    drawn = [ins for _ in range(300) for _, _, ins, _ in empty.next()[2]]
+    drawn = [it[2] for _ in range(300) for it in empty.next()[2]]
     assert abs(sum(k == "hflip" for k in drawn) / len(drawn) - 150 / 300) < 0.05  # 50*3 of 50*3 + 150
 
 
@@ -198,6 +199,20 @@ def test_time_budget_ends_the_schedule_early_with_a_checkpoint(tmp_path, capsys)
     assert "time budget" in out  # re-fitted to the time left, or stopped at the deadline
     step = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["step"]
     assert 0 < step < 1000
+
+
+def test_route_head_adds_the_routing_loss_of_geometric_edits(tmp_path, capsys):
+    cfg = _tiny_setup(tmp_path)  # hflips only
+    cfg.route_head, cfg.route_weight, cfg.steps, cfg.log_every, cfg.keep_prob = "0:1", 0.5, 10, 1, 0.0
+    b = Batcher(load_cache(cfg.cache), cfg, seed=0)
+    routes = [it[4] for _ in range(5) for it in b.next()[2]]
+    assert all(r is not None and np.array_equal(r[1][0], [3, 2, 1, 0]) for r in routes)  # mirrored columns
+    assert all(it[4] is None for it in Batcher(load_cache(cfg.cache), SFTConfig(batch_size=4), seed=0).next()[2])
+    train(cfg)
+    assert "route_nll" in capsys.readouterr().out
+    cfg.route_head, cfg.out = "3:0", str(tmp_path / "run2")  # the tiny LM has one layer
+    with pytest.raises(SystemExit, match="1 layers of 2 heads"):
+        train(cfg)
 
 
 def test_live_workers_stop_when_the_trainer_is_killed(tmp_path):

@@ -24,7 +24,8 @@ import argparse
 import numpy as np
 from scipy.ndimage import binary_dilation
 
-from training.edits.kinds import ZOOM_CENTRES, mask_cells
+from training.edits.kinds import mask_cells
+from training.routing import zoom_cells
 
 # A cell counts as changed when some pixel moved by more than this (sum over RGB, 0–765): rendering an
 # edit leaves untouched pixels exactly equal, so this only ignores rounding.
@@ -34,14 +35,7 @@ PIXEL_CHANGE = 12
 def zoom_copy(src: np.ndarray, params: dict) -> np.ndarray:
     """The source code grid zoomed like ``ops.zoom`` (same window), each target cell reading the source
     cell under its centre."""
-    h, w = src.shape
-    factor = float(params.get("factor", 2.0))
-    cx, cy = ZOOM_CENTRES[params["where"]]
-    # ops.zoom's window, in cell units
-    x0 = min(max(cx * w - w / factor / 2, 0.0), w - w / factor)
-    y0 = min(max(cy * h - h / factor / 2, 0.0), h - h / factor)
-    rows = np.clip(np.floor(y0 + (np.arange(h) + 0.5) / factor).astype(int), 0, h - 1)
-    cols = np.clip(np.floor(x0 + (np.arange(w) + 0.5) / factor).astype(int), 0, w - 1)
+    rows, cols = zoom_cells(*src.shape, params)
     return src[rows][:, cols]
 
 

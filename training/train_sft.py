@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 from itertools import accumulate
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.tensorboard import SummaryWriter
@@ -46,6 +45,7 @@ from engine.text_tokenizer import build_nano_tokenizer
 from engine.vq import NanoVQ
 from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
 from training.proxy_targets import apply_pin_local, apply_zoom_copy
+from training.routing import RouteHead, parse_head, route_loss, route_map, route_pairs
 
 
 @dataclass
@@ -84,6 +84,12 @@ class SFTConfig:
     # from the source weigh this much more in the loss than the copied ones: they are the edit, a few
     # dozen tokens among hundreds of easy copies.
     edit_weight: float = 1.0
+    # "LAYER:HEAD": teach that attention head where each target cell of a geometric edit (route_kinds) reads
+    # from, with an extra loss of route_weight × its negative log attention on that source cell
+    # (training.routing; v0.5 routes flips with head 1:2 and never found zooms' source cells).
+    route_head: str = ""
+    route_weight: float = 1.0
+    route_kinds: str = "geometry"
     # Render fresh samples in this many background processes during training (training.live_data) and
     # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
     live_workers: int = 0
@@ -198,6 +204,7 @@ class Batcher:
         # per-record cumulative draw weights, as random.choices computes them (None = uniform, the original
         # sampling); either way the draws match those of earlier runs bit for bit
         self.focus = focus
+        self.routed = focus_set(cfg.route_kinds) if cfg.route_head else set()
         self.item_w: dict[tuple[int, int], list[float] | None] = {}
         for s in shapes:
             rs = self.by_shape[s]
@@ -226,15 +233,19 @@ class Batcher:
                 self.item_w.setdefault(s, None)
         self._reweigh()
 
-    def next(self) -> tuple[tuple[int, int], bool, list[tuple[np.ndarray, np.ndarray, str, str | None]]]:
+    def next(self) -> tuple[tuple[int, int], bool, list[tuple]]:
+        """(grid shape, think, items): each item is (source, target, instruction, reasoning, route), route
+        being ``routing.route_map``'s source cells when ``route_head`` is set and the kind is routed, else None."""
         shape = self.rng.choices(self.shapes, self.weights)[0]
         think = self.rng.random() < self.cfg.think_prob
         items = []
         for r in self.rng.choices(self.by_shape[shape], cum_weights=self.item_w[shape], k=self.cfg.batch_size):
             if self.rng.random() < self.cfg.keep_prob:
-                items.append((r["src"], r["src"], self.rng.choice(KEEP_PHRASINGS), r["keep_reasoning"]))
+                items.append((r["src"], r["src"], self.rng.choice(KEEP_PHRASINGS), r["keep_reasoning"], None))
             else:
-                items.append((r["src"], r["tgt"], self.rng.choice(r["instructions"]), r["reasoning"]))
+                route = (route_map(r["kind"], r.get("params") or {}, r["src"].shape, r["tgt"].shape)
+                         if r["kind"] in self.routed else None)
+                items.append((r["src"], r["tgt"], self.rng.choice(r["instructions"]), r["reasoning"], route))
         return shape, think, items
 
     def state(self) -> object:
@@ -259,7 +270,8 @@ def edit_weights(tok: object, batch: Collated, items: list, weight: float) -> to
     code_of = special_ids(tok).code_of
     is_vis = (code_of[batch.gen] >= 0) & batch.valid
     w = torch.ones(batch.gen.shape)
-    for i, (src, tgt, _, _) in enumerate(items):
+    for i, item in enumerate(items):
+        src, tgt = item[0], item[1]
         if src.shape != tgt.shape:
             continue
         diff = torch.from_numpy((src != tgt).ravel())
@@ -273,14 +285,15 @@ def edit_weights(tok: object, batch: Collated, items: list, weight: float) -> to
 
 
 def sft_batch(tok: object, constraint: FreeFormConstraint, think: bool, items: list) -> Collated:
-    """The padded training batch of ``items`` (source, target, instruction, reasoning)."""
-    prompts = [build_prompt(tok, s, ins, think) for s, _, ins, _ in items]
-    gens = [build_target(tok, t, rsn if think else None) for _, t, _, rsn in items]
+    """The padded training batch of ``items`` (source, target, instruction, reasoning[, route])."""
+    prompts = [build_prompt(tok, it[0], it[2], think) for it in items]
+    gens = [build_target(tok, it[1], it[3] if think else None) for it in items]
     return collate(tok, constraint, prompts, gens)
 
 
 def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, batch: Collated,
              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The target part's mean negative log-likelihood (``weights`` per generated token, optional)."""
     logp = collated_logprobs(bundle, batch, constraint)
     sp = special_ids(bundle.tokenizer)
     valid = batch.valid.to(logp.device)
@@ -310,26 +323,32 @@ def constraint_for(constraints: dict, tok: object, h: int, w: int, think: bool, 
 
 
 def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int
-               ) -> tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None]:
-    """Draw the next batch and collate it (CPU work: the loop does it while the GPU runs a step)."""
+               ) -> tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None, torch.Tensor]:
+    """Draw the next batch and collate it (CPU work: the loop does it while the GPU runs a step): the
+    constraint, think, the batch, its loss weights and its routed (item, query, key) positions."""
     shape, think, items = batcher.next()
     con = constraint_for(constraints, tok, *shape, think, vocab_size)
     collated = sft_batch(tok, con, think, items)
-    return con, think, collated, edit_weights(tok, collated, items, batcher.cfg.edit_weight)
+    pairs = route_pairs(collated.feats, collated.gather_pos, collated.valid, [it[4] for it in items])
+    return con, think, collated, edit_weights(tok, collated, items, batcher.cfg.edit_weight), pairs
 
 
 def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, params: list[torch.Tensor],
-             batch: tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None], cfg: SFTConfig,
-             step: int) -> tuple[torch.Tensor, dict]:
-    """One optimizer step on ``batch``, at the schedule's learning rate for ``step`` (0-based).
+             batch: tuple, cfg: SFTConfig, step: int, router: RouteHead | None = None) -> tuple[torch.Tensor, dict]:
+    """One optimizer step on ``batch`` (``next_batch``'s), at the schedule's learning rate for ``step``
+    (0-based); with ``router``, plus ``cfg.route_weight`` × its routing loss.
 
     Nothing here waits for the GPU, so the caller can prepare the next batch before reading the loss.
     """
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
-    con, _, collated, weights = batch
+    con, _, collated, weights, pairs = batch
     with accel.autocast():
         loss, stats = sft_loss(bundle, con, collated, weights)
+        if router is not None:
+            rl = route_loss(router, pairs)
+            loss = loss + cfg.route_weight * rl
+            stats["route_nll"] = rl.detach()
     opt.zero_grad(set_to_none=True)
     accel.backward(loss)
     accel.clip_grad_norm_(params, 1.0)
@@ -464,6 +483,8 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     t_window = t0
     deadline = t_start + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
     vocab_size = accel.unwrap_model(bundle.lm).config.vocab_size
+    head = parse_head(cfg.route_head)
+    router = RouteHead(accel.unwrap_model(bundle.lm), *head) if head else None
 
     def draw(at_step: int) -> tuple:
         if live is not None and at_step % cfg.live_every == 0:
@@ -474,7 +495,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     pending = draw(step)
     try:
         while step < cfg.steps:
-            loss, stats = sft_step(accel, bundle, opt, params, pending[1], cfg, step)
+            loss, stats = sft_step(accel, bundle, opt, params, pending[1], cfg, step, router)
             step += 1
             # the step's kernels are queued: prepare the next batch on the CPU before waiting for its loss
             # (also after the last step, so a checkpoint's batcher state is always "before the next batch")
@@ -505,7 +526,8 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
                 writer.add_scalar("train/sec_per_step", (time.time() - t0) / max(1, step - step0), step)
             if step % (cfg.log_every * 10) == 0:
                 el = time.time() - t0
-                accel.print(f"\nstep {step}/{cfg.steps} loss {ema:.3f} nll_visual {stats['nll_visual']:.3f} "
+                route = f" route_nll {stats['route_nll']:.3f}" if "route_nll" in stats else ""
+                accel.print(f"\nstep {step}/{cfg.steps} loss {ema:.3f} nll_visual {stats['nll_visual']:.3f}{route} "
                             f"{el / (step - step0) * 1000:.0f} ms/step pool {len(batcher)}")
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 save_checkpoint()
