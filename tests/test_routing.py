@@ -127,3 +127,19 @@ def test_route_loss_teaches_the_head_where_a_zoom_reads_from(tiny_bundle):
     head.remove()
     # from spread attention (about log of the ~100 positions before the target) to mostly on the source cell
     assert losses[0] > 3.0 and losses[-1] < 0.5 * losses[0]
+
+
+def test_probe_reports_every_heads_attention_per_kind(tiny_bundle):
+    from training.routing import probe
+
+    rng = np.random.default_rng(2)
+    recs = []
+    for kind, params in (("hflip", {}), ("zoom", {"where": "center", "factor": 2.0}), ("grayscale", {})):
+        src = rng.integers(0, 64, (8, 8)).astype(np.uint16)
+        tgt = zoom_copy(src, params) if kind == "zoom" else src[:, ::-1].copy() if kind == "hflip" else src
+        recs.append({"src": src, "tgt": tgt, "kind": kind, "params": params, "instructions": ["Do it."]})
+    res = probe(tiny_bundle, recs, per_kind=1)
+    assert set(res) == {"hflip", "zoom", "aligned"}
+    shape = (len(tiny_bundle.lm.model.layers), tiny_bundle.lm.config.num_attention_heads)
+    for table in res.values():
+        assert table.shape == shape and (table >= 0).all() and (table <= 1).all()

@@ -21,6 +21,7 @@ them. ``train_sft --route-head 1:2 --route-weight W`` turns it on.
 from __future__ import annotations
 
 import argparse
+import random
 from typing import Any
 
 import numpy as np
@@ -169,8 +170,6 @@ def route_loss(head: RouteHead, pairs: torch.Tensor) -> torch.Tensor:
 def probe(bundle: Any, records: list[dict], per_kind: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
     """Mean attention of every (layer, head) on the routed source cell, per geometric kind and for the
     aligned cell of colour and object edits (``"aligned"``): which heads do the routing."""
-    import random
-
     from engine.layout import build_prompt, build_target
     from engine.logprobs import collate, embed_inputs
     from training.edits import KINDS
