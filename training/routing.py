@@ -31,9 +31,6 @@ from transformers.models.emu3.modeling_emu3 import apply_rotary_pos_emb
 
 from training.edits.kinds import ZOOM_CENTRES
 
-# the kinds whose target cells are each read from one known source cell, besides identity copies
-GEOMETRY = ("hflip", "vflip", "rotate90", "rotate180", "zoom")
-
 
 def zoom_cells(h: int, w: int, params: dict) -> tuple[np.ndarray, np.ndarray]:
     """The source row of each target row and the source column of each target column of a zoom of an
@@ -145,11 +142,11 @@ class RouteHead:
         q, k = apply_rotary_pos_emb(q.unsqueeze(1), k.unsqueeze(1), cos, sin)
         q, k = q[:, 0].float(), k[:, 0].float()
         pairs = pairs.to(q.device)
+        t = torch.arange(k.shape[1], device=q.device)
         out = []
         for b in pairs[:, 0].unique():
             sel = pairs[pairs[:, 0] == b]
             scores = (q[b, sel[:, 1]] @ k[b].T) * a.scaling  # (n, T)
-            t = torch.arange(k.shape[1], device=q.device)
             scores = scores.masked_fill(t.unsqueeze(0) > sel[:, 1:2], float("-inf"))  # causal
             logp = F.log_softmax(scores, -1)
             out.append(logp.gather(1, sel[:, 2:3]).squeeze(1))
@@ -179,10 +176,11 @@ def probe(bundle: Any, records: list[dict], per_kind: int = 12, seed: int = 0) -
     rng = random.Random(seed)
     groups: dict[str, list[dict]] = {}
     for r in records:
-        name = r["kind"] if r["kind"] in GEOMETRY else (
-            "aligned" if KINDS[r["kind"]].category in ("global", "object") and r["src"].shape == r["tgt"].shape else None)
-        if name:
-            groups.setdefault(name, []).append(r)
+        category = KINDS[r["kind"]].category
+        if category == "geometry":
+            groups.setdefault(r["kind"], []).append(r)
+        elif category in ("global", "object") and r["src"].shape == r["tgt"].shape:
+            groups.setdefault("aligned", []).append(r)
     heads = [RouteHead(lm, layer, h) for layer in range(len(lm.model.layers))
              for h in range(lm.config.num_attention_heads)]
     out = {}
@@ -221,15 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     bundle = load_bundle(args.bundle, dtype=torch.float32)
     res = probe(bundle, load_cache(args.cache), args.per_kind)
+    best = {}
     for name, table in res.items():
         layer, head = divmod(int(table.argmax()), table.shape[1])
+        best[name] = f"{float(table.max()):.3f}@{layer}:{head}"
         print(f"{name:10s} best head {layer}:{head} attention {float(table.max()):.2f}")
         if args.probe:
             for li, row in enumerate(table):
                 print(f"  layer {li}: " + " ".join(f"{v:.2f}" for v in row.tolist()))
-    summary = " ".join(f"{n}={float(t.max()):.3f}@{divmod(int(t.argmax()), t.shape[1])[0]}:"
-                       f"{divmod(int(t.argmax()), t.shape[1])[1]}" for n, t in res.items())
-    print(f"routing {summary}")
+    print("routing " + " ".join(f"{n}={b}" for n, b in best.items()))
     return 0
 
 
