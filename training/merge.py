@@ -23,7 +23,8 @@ from engine.bundle import Bundle, load_bundle, save_bundle
 
 
 def interpolate(base: torch.nn.Module, tuned: torch.nn.Module, alpha: float) -> dict[str, torch.Tensor]:
-    """``tuned``'s state dict moved to ``(1 - alpha) · base + alpha · tuned``, in float32."""
+    """``tuned``'s state dict moved to ``(1 - alpha) · base + alpha · tuned``: floating tensors in float32,
+    others (integer buffers) kept as they are."""
     b, t = base.state_dict(), tuned.state_dict()
     if b.keys() != t.keys():
         raise ValueError(f"the models differ in their tensors: {sorted(b.keys() ^ t.keys())[:5]}")
@@ -31,7 +32,7 @@ def interpolate(base: torch.nn.Module, tuned: torch.nn.Module, alpha: float) -> 
     for k, v in t.items():
         if b[k].shape != v.shape:
             raise ValueError(f"{k}: shape {tuple(b[k].shape)} in the base, {tuple(v.shape)} in the tuned model")
-        out[k] = v.float() if not v.is_floating_point() else (1 - alpha) * b[k].float() + alpha * v.float()
+        out[k] = (1 - alpha) * b[k].float() + alpha * v.float() if v.is_floating_point() else v
     return out
 
 
