@@ -26,6 +26,10 @@ from engine.events import Done, Error, Event, ImageRow, Preview, Text
 from engine.layout import build_prompt, parse_generation, special_ids
 from engine.sampler import SAMPLING_DEFAULTS, _num_threads, fp16_default, make_guidance, sample
 
+# Most tokens of a typical edit are copies of the source: guess up to this many per forward pass
+# (``engine.drafts``; the sampler feeds fewer when the guesses keep missing).
+DEFAULT_SPECULATE = 16
+
 MAX_CANDIDATES = 64
 SMALL_VQ_PARAMS = 50_000_000  # image tokenizers below this run on one thread on CPU (see _vq_threads)
 
@@ -82,6 +86,7 @@ def edit(
     max_new_tokens: int | None = None,
     cancel: threading.Event | None = None,
     fp16: bool | None = None,
+    speculate: int = DEFAULT_SPECULATE,
 ) -> Iterator[Event]:
     """Edit ``image`` (path, bytes or PIL) as ``instruction`` says; yields ``engine.events`` events.
 
@@ -92,6 +97,9 @@ def edit(
     ``first_token``, ``first_preview``, ``total``; plus ``tokens_per_s``.
     ``fp16``: decoding steps read half-precision copies of the weights (``engine.sampler``; exact for
     bfloat16-stored bundles); None: when ``sampler.fp16_default`` says so (a small float32 LM on a CPU).
+    ``speculate``: up to this many tokens per forward pass, guessed from the source image and kept only
+    where the model picks them anyway (``engine.drafts``): same edits, faster where the output copies
+    the source (object edits, flips); 0 decodes one token per pass.
     """
     t0 = time.perf_counter()
     msg = _check_args(instruction, n, temperature, top_k, top_p, cfg_text, cfg_image, preview_every)
@@ -120,7 +128,7 @@ def edit(
         fp16 = fp16_default(bundle)
     try:
         yield from _run(bundle, grid, instruction.strip(), n, think, seeds, temperature, top_k, top_p, cfg_text,
-                        cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16)
+                        cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16, speculate)
     except Exception as e:  # noqa: BLE001
         yield Error(f"Generation failed: {type(e).__name__}: {e}")
 
@@ -128,14 +136,15 @@ def edit(
 def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, seeds: list[int],
          temperature: float, top_k: int, top_p: float, cfg_text: float, cfg_image: float, preview_every: int,
          max_new_tokens: int | None, cancel: threading.Event | None, t0: float, t_prepare: float,
-         fp16: bool = False) -> Iterator[Event]:
+         fp16: bool = False, speculate: int = 0) -> Iterator[Event]:
     tok = bundle.tokenizer
     sp = special_ids(tok)
     h, w = grid.shape
     prompt = build_prompt(tok, grid, instruction, think)
     guidance = make_guidance(tok, grid, n, think, cfg_text, cfg_image)
     steps = sample(bundle, [prompt] * n, h, w, seeds, think=think, temperature=temperature, top_k=top_k,
-                   top_p=top_p, guidance=guidance, max_new_tokens=max_new_tokens, cancel=cancel, fp16=fp16)
+                   top_p=top_p, guidance=guidance, max_new_tokens=max_new_tokens, cancel=cancel, fp16=fp16,
+                   speculate=speculate)
 
     k_end = len(sp.think_end_ids)
     tokens: list[list[int]] = [[] for _ in range(n)]

@@ -212,8 +212,9 @@ class _FastRunner:
         return y.view(*x.shape[:-1], -1)
 
     def forward(self, emb: torch.Tensor, start: int, positions: torch.Tensor,
-                attn_mask: torch.Tensor | None) -> torch.Tensor:
-        """``emb`` (B, T, D) written at cache slots [start, start+T); returns last-position logits (B, V).
+                attn_mask: torch.Tensor | None, all_positions: bool = False) -> torch.Tensor:
+        """``emb`` (B, T, D) written at cache slots [start, start+T); returns last-position logits (B, V),
+        or with ``all_positions`` every position's (B, T, V) (speculative decoding checks each guess).
 
         ``positions`` (B, T) rotary positions; ``attn_mask`` bool (B, 1, T, start+T) or None: causal for
         the prefill (start 0, no padding), every filled slot for T == 1; T > 1 after a prefill needs a mask.
@@ -252,7 +253,7 @@ class _FastRunner:
             else:
                 g, u = lin(x, gu, qg).chunk(2, -1)
             h = h + lin(F.silu(g) * u, wd, qd)
-        h = self._rms(h[:, -1], self.norm)
+        h = self._rms(h if all_positions else h[:, -1], self.norm)
         return lin(h, self.head, self.half_head if half is not None else None)
 
 
@@ -340,6 +341,7 @@ def sample(
     fast: bool | None = None,
     forced_prefix: Sequence[Sequence[int]] | None = None,
     fp16: bool = False,
+    speculate: int = 0,
 ) -> Iterator[list[Sampled]]:
     """Decode one candidate per prompt; yields, per decoding step, the tokens produced at that step.
 
@@ -356,6 +358,12 @@ def sample(
     ``fp16``: decoding steps read half-precision weights (``_FastRunner``; float32 LM on CPU only,
     ValueError otherwise): faster on a CPU. Exact for weights that are bfloat16 values (every stored
     bundle); a model being trained in float32 would be rounded, so training leaves it off (the default).
+    ``speculate`` > 1: speculative decoding with guesses copied from the prompt's source image
+    (``engine.drafts``): up to this many tokens per forward pass, as many as pay off given how often
+    the guesses have been right. Each guess is checked against the token the candidate's own uniform
+    picks from the logits it gets, and the first wrong one ends the pass, so the tokens and log-probs
+    are those of decoding one token at a time (up to float summation order). Used on the static-cache
+    path without guidance or forced prefixes; elsewhere it is off.
     """
     n = len(prompts)
     if n == 0:
@@ -451,6 +459,14 @@ def sample(
     use_fast = _FastRunner.supports(lm) if fast is None else fast
     if fp16 and not use_fast:
         raise ValueError("fp16 decoding needs the static-cache path (a plain Emu3ForCausalLM, fast not False)")
+    drafters: list[Any] | None = None
+    if speculate > 1 and use_fast and nb == 1 and forced_prefix is None:
+        from engine.drafts import CopyDrafter, best_draft_length, code_permutations, source_grid
+
+        srcs = [source_grid(tok, list(p)) for p in prompts]
+        if all(g is not None for g in srcs):
+            perms = code_permutations(getattr(bundle, "vq", None))
+            drafters = [CopyDrafter(g, (h, w), perms) for g in srcs]
     prefill_threads = threads
     if threads is None and sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS and device.type == "cpu":
         threads = 1  # prefill_threads stays None: the caller's setting
@@ -486,6 +502,12 @@ def sample(
 
         pos_now = positions[:, -1].to(device)  # rotary position of the last token fed, per row
         cur = p_len  # next cache slot
+        # Speculative decoding: the last pass's logits at each fed position, the guesses it fed after
+        # the real token (per candidate), which of its logits the next choice reads, and where it began.
+        spec_logits: torch.Tensor | None = None
+        spec_guess: list[list[int]] = []
+        spec_j, spec_slot, spec_pos = 0, cur, pos_now
+        accept = 0.6  # running share of image steps where every live candidate's code was the guess
         cond_scale = guidance.text_scale if guidance else 1.0
         img_scale = guidance.image_scale if guidance else 1.0
         while True:
@@ -530,10 +552,16 @@ def sample(
                         lps.append(lp_l[i])
             events: list[Sampled] = []
             feed_pos = [0] * n  # template position + 1 of each fed token (0: text / none)
+            hits = []  # drafters: was each candidate's code here the guess?
             for i in active:
                 s = states[i]
                 t = toks[i]
                 feed_pos[i] = s.pos + 1 if s.pos >= 0 else 0
+                if drafters is not None and s.pos >= 0 and con.template[s.pos] == VIS:
+                    r_, c_ = int(con.feat_row[s.pos]), int(con.feat_col[s.pos])
+                    code = int(sp.code_of[t])
+                    hits.append(drafters[i].guess(r_, c_) == code)
+                    drafters[i].observe(r_, c_, code)
                 fin = con.advance(s, t)
                 events.append(_event(con, s, i, t, lps[i], fin, before=feed_pos[i] - 1))
                 if not fin and con.only_forced_left(s):
@@ -546,16 +574,51 @@ def sample(
                 if fin:
                     done[i] = True
             step_idx += 1
+            if hits:
+                accept = 0.9 * accept + 0.1 * float(all(hits))
             yield events
             if all(done) or (cancel is not None and cancel.is_set()):
                 return
+            live = [i for i in range(n) if not done[i]]
+            if spec_logits is not None:
+                j = spec_j  # this step read spec_logits[:, j]; the pass fed spec_guess[i][j] next
+                if j < len(spec_guess[0]) and all(toks[i] == spec_guess[i][j] for i in live):
+                    spec_j = j + 1  # the guess was the token chosen: its logits are valid, no pass needed
+                    logits = spec_logits[:, spec_j]
+                    continue
+                # A wrong guess (or none left): the cache keeps the pass up to its last right guess, and
+                # the next pass overwrites the rest.
+                cur, pos_now = spec_slot + 1 + j, spec_pos + j
+                spec_logits = None
             if cur >= max_len:
                 return
             # Feed this step's tokens (finished candidates get PAD; their rows are ignored).
             feed_tok = [[sp.pad] if done[i] else [toks[i]] for i in range(n)]
             feed_at = [[0] if done[i] else [feed_pos[i]] for i in range(n)]
-            live = [i for i in range(n) if not done[i]]
-            if cur + 2 <= max_len and all(
+            n_guess = 0
+            if drafters is not None and all(states[i].pos >= 0 for i in live):
+                k = best_draft_length(accept, rows_total, speculate)
+                n_guess = min([k - 1] + [con.last_free_pos - states[i].pos + 1 for i in live])
+                n_guess = max(0, min(n_guess, max_len - cur - 1))
+            if n_guess > 0:
+                spec_guess = []
+                for i in range(n):
+                    g: list[int] = []
+                    for q in range(n_guess):
+                        p_ = states[i].pos + q
+                        if done[i]:
+                            g.append(sp.pad)
+                            feed_at[i].append(0)
+                            continue
+                        tt = con.template[p_]
+                        if tt == VIS:
+                            code = drafters[i].guess(int(con.feat_row[p_]), int(con.feat_col[p_]))
+                            tt = int(sp.visual_ids[code]) if code is not None else int(sp.visual_ids[0])
+                        g.append(tt)
+                        feed_at[i].append(p_ + 1)
+                    spec_guess.append(g)
+                    feed_tok[i] += g
+            elif cur + 2 <= max_len and all(
                 con.forced(states[i]) is not None and not con.only_forced_left(states[i]) for i in live
             ):
                 # The next token is forced for every candidate still going (the EOL after a row's last
@@ -589,7 +652,12 @@ def sample(
                 if any_pad or t_new > 1:
                     m2 = key_valid[:, None, None, : cur + t_new].expand(-1, 1, t_new, -1).clone()
                     m2[..., cur:] &= torch.ones((t_new, t_new), dtype=torch.bool, device=device).tril()
-                logits = runner.forward(e, cur, new_pos, m2)
+                if n_guess > 0:
+                    spec_logits = runner.forward(e, cur, new_pos, m2, all_positions=True)
+                    spec_j, spec_slot, spec_pos = 0, cur, new_pos[:, 0]
+                    logits = spec_logits[:, 0]
+                else:
+                    logits = runner.forward(e, cur, new_pos, m2)
             else:
                 attn2d = key_valid[:, : cur + t_new].long()
                 logits = runner.forward(e, new_pos, attn2d)

@@ -376,3 +376,50 @@ def test_forced_eol_shares_the_forward_pass_of_the_rows_last_code(gridded, grid,
     with torch.no_grad():
         ref = sequence_logprobs(gridded, [prompt], [g.tokens], H, W, False)[0, : len(g.tokens)]
     np.testing.assert_allclose(g.logprobs, ref.numpy(), atol=1e-4)
+
+
+def _count_passes(monkeypatch) -> list[int]:
+    """Record the tokens per row of every forward pass of the static-cache runner."""
+    seen: list[int] = []
+    orig = _FastRunner.forward
+
+    def counting(self, emb, start, positions, attn_mask, all_positions=False):
+        seen.append(emb.shape[1])
+        return orig(self, emb, start, positions, attn_mask, all_positions)
+
+    monkeypatch.setattr(_FastRunner, "forward", counting)
+    return seen
+
+
+@pytest.mark.parametrize("think", [False, True])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_speculative_decoding_keeps_every_token_and_logprob(gridded, grid, think, temperature, monkeypatch):
+    passes = _count_passes(monkeypatch)
+    prompts = [build_prompt(gridded.tokenizer, grid, INSTR, think)] * 3
+    for n in (1, 3):
+        passes.clear()
+        plain = sample_all(gridded, prompts[:n], H, W, list(range(7, 7 + n)), think=think, temperature=temperature)
+        n_plain = len(passes)
+        passes.clear()
+        spec = sample_all(gridded, prompts[:n], H, W, list(range(7, 7 + n)), think=think, temperature=temperature,
+                          speculate=16)
+        assert max(passes) > 2  # it fed guesses
+        for a, b in zip(plain, spec, strict=True):
+            assert a.tokens == b.tokens
+            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+            assert b.finished
+        if n == 1 and not think and temperature == 0:
+            # the random LM's greedy grid repeats cells: some guesses were right, fewer passes, same tokens
+            assert len(passes) < n_plain
+
+
+def test_speculation_is_off_where_it_cannot_run(gridded, grid, monkeypatch):
+    passes = _count_passes(monkeypatch)
+    prompt = build_prompt(gridded.tokenizer, grid, INSTR, False)
+    guidance = make_guidance(gridded.tokenizer, grid, 1, False, text_scale=2.0)
+    sample_all(gridded, [prompt], H, W, [1], guidance=guidance, speculate=16)
+    assert max(passes[1:]) <= 2  # guidance: one token per pass (two with a forced EOL)
+    passes.clear()
+    no_image = build_prompt(gridded.tokenizer, None, INSTR, False)
+    sample_all(gridded, [no_image], H, W, [1], speculate=16)
+    assert max(passes[1:]) <= 2  # nothing to copy from

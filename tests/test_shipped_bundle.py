@@ -52,3 +52,25 @@ def test_edits_a_real_photo_deterministically(nano, think):
     # same seed => same edit, in a batch of two or alone (candidate 1 of the batch used seed 12)
     np.testing.assert_array_equal(first[1].grid, again[0].grid)
     assert first[1].tokens == again[0].tokens
+
+
+def test_speculative_decoding_gives_the_same_edit_in_fewer_passes(nano, monkeypatch):
+    """An object edit copies most of the photo: guessed copies are kept, the tokens stay the same."""
+    from engine.sampler import _FastRunner
+
+    passes: list[int] = []
+    orig = _FastRunner.forward
+
+    def counting(self, emb, start, positions, attn_mask, all_positions=False):
+        passes.append(emb.shape[1])
+        return orig(self, emb, start, positions, attn_mask, all_positions)
+
+    monkeypatch.setattr(_FastRunner, "forward", counting)
+    photo = EXAMPLES / "coffee.jpg"
+    kw = dict(n=1, seed=3, temperature=0.7)
+    plain = edit_blocking(nano, photo, "Add a red circle in the top left corner.", speculate=0, **kw)[0]
+    n_plain, passes[:] = len(passes), []
+    fast = edit_blocking(nano, photo, "Add a red circle in the top left corner.", **kw)[0]
+    assert fast.tokens == plain.tokens
+    np.testing.assert_array_equal(fast.grid, plain.grid)
+    assert len(passes) < 0.6 * n_plain, (len(passes), n_plain)
