@@ -109,8 +109,15 @@ def collate(tok: Any, constraint: FreeFormConstraint, prompts: list[list[int]], 
 
 
 def collated_logprobs(bundle: Any, batch: Collated, constraint: FreeFormConstraint,
-                      return_argmax: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """(B, G) log-probs of ``batch.gen`` (zero past each end); see the module docstring."""
+                      return_argmax: bool = False, return_full: bool = False
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(B, G) log-probs of ``batch.gen`` (zero past each end); see the module docstring.
+
+    ``return_argmax``: also the most likely allowed token at each position. ``return_full``: also the
+    (B, G, vocab) log-probs of every token at every position (soft targets in SFT need the whole row).
+    """
+    if return_argmax and return_full:
+        raise ValueError("return_argmax and return_full are exclusive")
     lm = bundle.lm
     device = next(lm.parameters()).device
     ids, attn = batch.ids.to(device, non_blocking=True), batch.attn.to(device, non_blocking=True)
@@ -131,6 +138,8 @@ def collated_logprobs(bundle: Any, batch: Collated, constraint: FreeFormConstrai
     out = torch.where(valid, out, torch.zeros_like(out))
     if return_argmax:
         return out, torch.where(valid, logp.argmax(-1), gen)
+    if return_full:
+        return out, logp
     return out
 
 

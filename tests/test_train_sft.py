@@ -277,3 +277,87 @@ def test_edit_weight_lifts_the_changed_codes_of_local_edits_only():
         code_of = con.sp.code_of
         assert sorted(code_of[heavy].tolist()) == [63, 63]  # exactly the two changed codes
         assert int((w[0] == 5).sum()) == 2
+
+
+def test_soft_code_targets_follow_the_fsq_digits():
+    from engine.vq import FSQ
+    from training.train_sft import fsq_digits, soft_code_targets
+
+    levels = [7, 5, 5, 5, 5]
+    fsq = FSQ(levels)
+    codes = torch.tensor([0, 1234, 4374])
+    # the same digits as the tokenizer's own quantizer (which reports them centred and scaled)
+    half = fsq.levels // 2
+    assert torch.equal(fsq_digits(codes, levels), fsq.quantized_from_codes(codes) * half + half)
+    q = soft_code_targets(codes, levels, 0.5)
+    assert q.shape == (3, 4375)
+    assert torch.allclose(q.sum(-1), torch.ones(3))
+    assert torch.equal(q.argmax(-1), codes)
+    d = fsq_digits(torch.tensor(1234), levels)
+    one_step = int((torch.tensor([d[0] + 1, *d[1:]]) * fsq.basis).sum())
+    two_steps = int((torch.tensor([d[0] + 1, d[1] + 1, *d[2:]]) * fsq.basis).sum())
+    assert q[1, one_step] > q[1, two_steps] > q[1, 0]
+    assert soft_code_targets(codes, levels, 0.05)[1, 1234] > 0.999  # a narrow σ is the hard target
+    with pytest.raises(ValueError):
+        soft_code_targets(codes, levels, 0.0)
+
+
+def test_soft_sigma_changes_the_loss_on_the_edit_codes_only():
+    from engine.constraint import FreeFormConstraint
+    from engine.text_tokenizer import build_nano_tokenizer
+    from training.train_sft import SoftTargets, local_edit_codes, sft_batch, sft_loss, soft_targets
+
+    cfg_levels = [4, 4, 4]
+    vq = NanoVQ(block_out_channels=(16, 32, 32), fsq_levels=tuple(cfg_levels), norm_num_groups=8)
+    tok = build_nano_tokenizer(["Add a red ball.", "Make it grey.", "Reasoning text here."], 64, 300)
+    from transformers import Emu3ForCausalLM
+
+    from engine.bundle import Bundle, BundleConfig, tiny_lm_config
+
+    torch.manual_seed(0)
+    lm = Emu3ForCausalLM(tiny_lm_config(tok, 64, 1, 2, 2, 128)).eval()
+    bundle = Bundle(BundleConfig(family="earl-nano", name="t", version="t", image_area=32 * 32, spatial_factor=8,
+                                 codebook_size=64), lm, tok, vq, None, None)
+    src = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    local = src.copy()
+    local[1, 2] = local[3, 0] = 63
+    everything = (src + 1).astype(np.uint16)
+    con = FreeFormConstraint(tok, 4, 4, False, vocab_size=len(tok))
+    items = [(src, local, "Add a red ball.", "Reasoning text here."),
+             (src, everything, "Make it grey.", "Reasoning text here.")]
+    batch = sft_batch(tok, con, False, items)
+    mask = local_edit_codes(tok, batch, items)
+    assert int(mask.sum()) == 2 and not mask[1].any()
+    assert soft_targets(tok, batch, [(src, src, "x", "y"), (src, everything, "x", "y")], cfg_levels, 0.5) is None
+    soft = soft_targets(tok, batch, items, cfg_levels, 0.5)
+    assert soft.dist.shape == (2, 64)
+    with torch.no_grad():
+        hard, stats = sft_loss(bundle, con, batch)
+        narrow, _ = sft_loss(bundle, con, batch, soft=soft_targets(tok, batch, items, cfg_levels, 0.01))
+        wide, stats_w = sft_loss(bundle, con, batch, soft=soft)
+        uniform = SoftTargets(mask, torch.full((2, 64), 1 / 64))
+        flat, _ = sft_loss(bundle, con, batch, soft=uniform)
+    assert torch.allclose(narrow, hard, atol=1e-5)  # σ → 0 is the one-hot target
+    assert not torch.allclose(wide, hard)
+    assert torch.equal(stats["nll_visual"], stats_w["nll_visual"])  # the reported NLL stays the hard one
+    # a uniform target on two of the batch's tokens: the loss moves by exactly their change, averaged
+    from engine.logprobs import collated_logprobs
+
+    with torch.no_grad():
+        logp, full = collated_logprobs(bundle, batch, con, return_full=True)
+    vis = con.sp.visual_ids
+    delta = (-full[mask][:, vis].mean(-1) + logp[mask]).sum() / batch.valid.sum()
+    assert torch.allclose(flat - hard, delta, atol=1e-5)
+
+
+def test_soft_sigma_trains_from_the_command_line_settings(tmp_path, capsys):
+    cfg = _tiny_setup(tmp_path)
+    recs = torch.load(tmp_path / "cache" / "shard_00000.pt", weights_only=False)
+    for r in recs[:6]:  # object-like edits: two codes of sixteen change
+        r["tgt"] = r["src"].copy()
+        r["tgt"][0, :2] = (r["src"][0, :2] + 1) % 64
+        r["kind"] = "add_shape"
+    torch.save(recs, tmp_path / "cache" / "shard_00000.pt")
+    cfg.soft_sigma = 0.5
+    train(cfg)
+    assert torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["step"] == 3

@@ -84,6 +84,11 @@ class SFTConfig:
     # from the source weigh this much more in the loss than the copied ones: they are the edit, a few
     # dozen tokens among hundreds of easy copies.
     edit_weight: float = 1.0
+    # >0: those same edit codes are taught as a distribution over codes, exp(-d² / 2σ²) with d the
+    # distance between FSQ digit vectors, instead of the one exact code. Codes one digit apart decode to
+    # cells ~6/255 apart (39/255 for a random code), so a near miss is nearly right; the hard target gives
+    # it no credit, and the edge cells of drawn objects are rarely hit exactly.
+    soft_sigma: float = 0.0
     # "LAYER:HEAD": teach that attention head where each target cell of a geometric edit (route_kinds) reads
     # from, with an extra loss of route_weight × its negative log attention on that source cell
     # (training.routing; v0.5 routes flips with head 1:2 and never found zooms' source cells).
@@ -262,14 +267,12 @@ class Batcher:
 LOCAL_EDIT = 0.5
 
 
-def edit_weights(tok: object, batch: Collated, items: list, weight: float) -> torch.Tensor | None:
-    """(B, G) loss weights: ``weight`` on the target codes of local edits that differ from the source code
-    at the same cell, 1 elsewhere; None when ``weight`` is 1."""
-    if weight == 1.0:
-        return None
+def local_edit_codes(tok: object, batch: Collated, items: list) -> torch.Tensor:
+    """(B, G) bool: the generated target codes of local edits that differ from the source code at the
+    same cell (the edit itself, as opposed to the copied rest of the photo)."""
     code_of = special_ids(tok).code_of
     is_vis = (code_of[batch.gen] >= 0) & batch.valid
-    w = torch.ones(batch.gen.shape)
+    m = torch.zeros(batch.gen.shape, dtype=torch.bool)
     for i, item in enumerate(items):
         src, tgt = item[0], item[1]
         if src.shape != tgt.shape:
@@ -280,8 +283,49 @@ def edit_weights(tok: object, batch: Collated, items: list, weight: float) -> to
         pos = is_vis[i].nonzero().squeeze(1)
         if len(pos) != len(diff):  # the generation's codes are the target grid, row by row
             raise ValueError(f"{len(pos)} image tokens for a {tgt.shape} grid")
-        w[i, pos] = torch.where(diff, torch.tensor(weight), torch.tensor(1.0))
-    return w
+        m[i, pos] = diff
+    return m
+
+
+def edit_weights(tok: object, batch: Collated, items: list, weight: float) -> torch.Tensor | None:
+    """(B, G) loss weights: ``weight`` on ``local_edit_codes``, 1 elsewhere; None when ``weight`` is 1."""
+    if weight == 1.0:
+        return None
+    return torch.where(local_edit_codes(tok, batch, items), torch.tensor(weight), torch.tensor(1.0))
+
+
+def fsq_digits(codes: torch.Tensor, levels: list[int]) -> torch.Tensor:
+    """(..., D) float digits of FSQ codes (mixed radix, first level lowest, as ``engine.vq.FSQ``)."""
+    lv = torch.tensor(levels)
+    basis = torch.cumprod(torch.tensor([1] + list(levels[:-1])), 0)
+    return ((codes.unsqueeze(-1) // basis) % lv).float()
+
+
+def soft_code_targets(codes: torch.Tensor, levels: list[int], sigma: float) -> torch.Tensor:
+    """(N, K) target distributions over all K codes, one per code in ``codes`` (N,): proportional to
+    exp(-d² / 2σ²), d the Euclidean distance between the two codes' digit vectors."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    k = math.prod(levels)
+    d2 = torch.cdist(fsq_digits(codes, levels), fsq_digits(torch.arange(k), levels)) ** 2
+    return torch.softmax(-d2 / (2 * sigma * sigma), dim=-1)
+
+
+@dataclass
+class SoftTargets:
+    """Positions of a batch taught softly and their target distributions over the codes."""
+
+    mask: torch.Tensor  # (B, G) bool
+    dist: torch.Tensor  # (N, K), N = mask.sum(), rows in mask's row-major order
+
+
+def soft_targets(tok: object, batch: Collated, items: list, levels: list[int], sigma: float) -> SoftTargets | None:
+    """``soft_code_targets`` for the ``local_edit_codes`` of a batch; None when it has none."""
+    mask = local_edit_codes(tok, batch, items)
+    if not mask.any():
+        return None
+    codes = special_ids(tok).code_of[batch.gen[mask]]
+    return SoftTargets(mask, soft_code_targets(codes, levels, sigma))
 
 
 def sft_batch(tok: object, constraint: FreeFormConstraint, think: bool, items: list) -> Collated:
@@ -292,20 +336,29 @@ def sft_batch(tok: object, constraint: FreeFormConstraint, think: bool, items: l
 
 
 def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, batch: Collated,
-             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """The target part's mean negative log-likelihood (``weights`` per generated token, optional)."""
-    logp = collated_logprobs(bundle, batch, constraint)
+             weights: torch.Tensor | None = None, soft: SoftTargets | None = None) -> tuple[torch.Tensor, dict]:
+    """The target part's mean negative log-likelihood (``weights`` per generated token, optional); at
+    ``soft``'s positions the cross-entropy against its distributions instead of the one target code."""
     sp = special_ids(bundle.tokenizer)
+    if soft is None:
+        logp = collated_logprobs(bundle, batch, constraint)
+        fit = logp
+    else:
+        logp, full = collated_logprobs(bundle, batch, constraint, return_full=True)
+        mask = soft.mask.to(logp.device)
+        vis_ids = sp.visual_ids.to(logp.device)
+        soft_ll = (soft.dist.to(logp.device) * full[mask][:, vis_ids]).sum(-1)
+        fit = logp.masked_scatter(mask, soft_ll)
     valid = batch.valid.to(logp.device)
     is_vis = sp.code_of.to(logp.device)[batch.gen.to(logp.device)] >= 0
     n_vis = (is_vis & valid).sum().clamp(min=1)
     text = valid & ~is_vis
     # Forced tokens have log-prob 0, so summing over all valid tokens counts only the model's choices.
     if weights is None:
-        loss = -(logp * valid).sum() / valid.sum()
+        loss = -(fit * valid).sum() / valid.sum()
     else:
         w = weights.to(logp.device) * valid
-        loss = -(logp * w).sum() / w.sum()
+        loss = -(fit * w).sum() / w.sum()
     with torch.no_grad():
         stats = {
             "nll_visual": -(logp * (is_vis & valid)).sum() / n_vis,
@@ -322,15 +375,21 @@ def constraint_for(constraints: dict, tok: object, h: int, w: int, think: bool, 
     return constraints[key]
 
 
-def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int
-               ) -> tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None, torch.Tensor]:
+def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int, levels: list[int] | None = None
+               ) -> tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None, torch.Tensor, SoftTargets | None]:
     """Draw the next batch and collate it (CPU work: the loop does it while the GPU runs a step): the
-    constraint, think, the batch, its loss weights and its routed (item, query, key) positions."""
+    constraint, think, the batch, its loss weights, its routed (item, query, key) positions and its soft
+    targets (with ``cfg.soft_sigma`` > 0, which needs the tokenizer's FSQ ``levels``)."""
     shape, think, items = batcher.next()
     con = constraint_for(constraints, tok, *shape, think, vocab_size)
     collated = sft_batch(tok, con, think, items)
     pairs = route_pairs(collated.feats, collated.gather_pos, collated.valid, [it[4] for it in items])
-    return con, think, collated, edit_weights(tok, collated, items, batcher.cfg.edit_weight), pairs
+    soft = None
+    if batcher.cfg.soft_sigma > 0:
+        if not levels:
+            raise ValueError("soft targets need the image tokenizer's FSQ levels")
+        soft = soft_targets(tok, collated, items, levels, batcher.cfg.soft_sigma)
+    return con, think, collated, edit_weights(tok, collated, items, batcher.cfg.edit_weight), pairs, soft
 
 
 def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, params: list[torch.Tensor],
@@ -342,9 +401,9 @@ def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, par
     """
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
-    con, _, collated, weights, pairs = batch
+    con, _, collated, weights, pairs, soft = batch
     with accel.autocast():
-        loss, stats = sft_loss(bundle, con, collated, weights)
+        loss, stats = sft_loss(bundle, con, collated, weights, soft)
         if router is not None:
             rl = route_loss(router, pairs)
             loss = loss + cfg.route_weight * rl
@@ -485,12 +544,17 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     vocab_size = accel.unwrap_model(bundle.lm).config.vocab_size
     head = parse_head(cfg.route_head)
     router = RouteHead(accel.unwrap_model(bundle.lm), *head) if head else None
+    levels = None
+    if cfg.soft_sigma > 0:
+        levels = list(getattr(getattr(bundle.vq, "config", None), "fsq_levels", None) or [])
+        if not levels:
+            raise SystemExit("--soft-sigma needs an FSQ image tokenizer (EARL-nano's); this bundle's has no levels")
 
     def draw(at_step: int) -> tuple:
         if live is not None and at_step % cfg.live_every == 0:
             batcher.add(with_targets(cfg, encode_records(bundle.vq, live.drain(), batch=512)))
         state = batcher.state()  # what a checkpoint saves: resuming redraws this batch
-        return state, next_batch(batcher, constraints, bundle.tokenizer, vocab_size)
+        return state, next_batch(batcher, constraints, bundle.tokenizer, vocab_size, levels)
 
     pending = draw(step)
     try:
