@@ -8,9 +8,9 @@ keeps the output's shape, and uses the symmetry whose guesses matched the most c
 have chosen anyway, so a draft only changes speed, never the output (``engine.sampler``).
 
 ``draft_gain`` picks how many tokens to feed from the running share of correct guesses: a forward pass
-of k tokens costs more than one (measured on 2 CPU cores, EARL-nano, batch 1: 8 tokens cost 1.6x one,
-16 cost 2.2x; batch 4: 2.6x and 4.4x), so colour edits, where guesses rarely match, decode one token
-at a time as before.
+of k tokens per candidate costs more than one (EARL-nano on one thread of this project's CPU, 600 cached
+tokens: 8 tokens cost 1.5x one at batch 1, 2.4x at batch 4, 2.7x at batch 8), so colour edits, where
+guesses rarely match, decode about one token at a time as before.
 """
 
 from __future__ import annotations
@@ -106,8 +106,11 @@ class CopyDrafter:
 
 
 def draft_cost(k: int, rows: int) -> float:
-    """A forward pass of k tokens per row, relative to one token (fitted to the measurements above)."""
-    return 1.0 + 0.08 * rows**0.75 * (k - 1)
+    """A forward pass of k tokens per row, relative to one token: fitted to the measurements above, plus
+    a little for the bookkeeping of a pass with guesses."""
+    if k <= 1:
+        return 1.0
+    return 1.05 + min(0.07 * rows**0.7, 0.3) * (k - 1)
 
 
 def draft_gain(k: int, accept: float, rows: int) -> float:
@@ -117,7 +120,14 @@ def draft_gain(k: int, accept: float, rows: int) -> float:
     return (1 - a**k) / (1 - a) / draft_cost(k, rows)
 
 
+# Guess only when the model of ``draft_gain`` expects this much: near break-even the cost model's error
+# and the loop's own bookkeeping decide, and both are against guessing.
+MIN_GAIN = 1.1
+
+
 def best_draft_length(accept: float, rows: int, limit: int) -> int:
-    """The k of ``DRAFT_LENGTHS`` (up to ``limit``) with the highest ``draft_gain``."""
+    """The k of ``DRAFT_LENGTHS`` (up to ``limit``) with the highest ``draft_gain``; 1 unless that gain
+    reaches ``MIN_GAIN``."""
     ks = [k for k in DRAFT_LENGTHS if k <= max(1, limit)]
-    return max(ks, key=lambda k: (draft_gain(k, accept, rows), -k))
+    best = max(ks, key=lambda k: (draft_gain(k, accept, rows), -k))
+    return best if draft_gain(best, accept, rows) >= MIN_GAIN else 1

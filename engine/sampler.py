@@ -359,11 +359,12 @@ def sample(
     ValueError otherwise): faster on a CPU. Exact for weights that are bfloat16 values (every stored
     bundle); a model being trained in float32 would be rounded, so training leaves it off (the default).
     ``speculate`` > 1: speculative decoding with guesses copied from the prompt's source image
-    (``engine.drafts``): up to this many tokens per forward pass, as many as pay off given how often
-    the guesses have been right. Each guess is checked against the token the candidate's own uniform
-    picks from the logits it gets, and the first wrong one ends the pass, so the tokens and log-probs
-    are those of decoding one token at a time (up to float summation order). Used on the static-cache
-    path without guidance or forced prefixes; elsewhere it is off.
+    (``engine.drafts``): each candidate feeds its token and up to ``speculate`` - 1 guesses per forward
+    pass (as many as pay off, given how often its guesses have been right). Each guess is checked against
+    the token the candidate's own uniform picks from the logits before it, and the first wrong one ends
+    the candidate's run, so tokens and log-probs are those of decoding one token at a time (up to float
+    summation order); candidates of a batch keep their own runs. Used on the static-cache path without
+    guidance or forced prefixes; elsewhere it is off.
     """
     n = len(prompts)
     if n == 0:
@@ -461,15 +462,143 @@ def sample(
         raise ValueError("fp16 decoding needs the static-cache path (a plain Emu3ForCausalLM, fast not False)")
     drafters: list[Any] | None = None
     if speculate > 1 and use_fast and nb == 1 and forced_prefix is None:
-        from engine.drafts import CopyDrafter, best_draft_length, code_permutations, source_grid
+        from engine.drafts import CopyDrafter, code_permutations, source_grid
 
         srcs = [source_grid(tok, list(p)) for p in prompts]
         if all(g is not None for g in srcs):
             perms = code_permutations(getattr(bundle, "vq", None))
             drafters = [CopyDrafter(g, (h, w), perms) for g in srcs]
+            # rejected guesses leave unused cache slots behind: room for as many again
+            max_len += con.max_new_tokens
     prefill_threads = threads
     if threads is None and sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS and device.type == "cpu":
         threads = 1  # prefill_threads stays None: the caller's setting
+
+    def speculative(runner: _FastRunner, logits: torch.Tensor, emb_w: torch.Tensor,
+                    grid_table: torch.Tensor | None, key_valid: torch.Tensor, pos_now: torch.Tensor
+                    ) -> Iterator[list[Sampled]]:
+        """The decoding loop with guesses (``speculate``), after the prefill's ``logits``. Each pass feeds
+        every candidate's last token and its guesses for the tokens after it; a candidate keeps the tokens
+        its own uniforms pick up to its first wrong guess, so candidates of a batch move at their own pace
+        (their rejected cache slots are masked out, and the next pass writes after them)."""
+        from engine.drafts import best_draft_length
+
+        step = [step_idx] * n  # index of each candidate's next uniform
+        accept = [0.6] * n  # running share of each candidate's right guesses
+        block = logits[:, None]  # (n, T, V): the last pass's logits at every position it fed
+        guesses: list[list[int]] = [[] for _ in range(n)]  # what each candidate fed after its token
+        last_tok, last_at = [sp.pad] * n, [0] * n
+        cur, pass_slot = p_len, -1
+        holes = False  # whether key_valid masks out rejected slots after the prompt
+        any_pad = bool((~valid).any())
+        n_u = u_all.shape[1]
+        row_of_pos = con.row_of_pos.tolist()
+        while True:
+            if cancel is not None and cancel.is_set():
+                return
+            live = [i for i in range(n) if not done[i]]
+            if not live:
+                return
+            t_blk = block.shape[1]
+            # Every position's mask row and uniform as if all guesses before it were right (the only case
+            # in which its choice is used): one batched choice for the whole block.
+            rows_idx = [[0] * t_blk for _ in range(n)]
+            u_idx = [[0] * t_blk for _ in range(n)]
+            for i in live:
+                s, m = states[i], len(guesses[i])
+                rows_idx[i][0] = con.mask_row(s)
+                if m:
+                    rows_idx[i][1 : m + 1] = row_of_pos[s.pos + 1 : s.pos + 1 + m]
+                u_idx[i] = [min(step[i] + j, n_u - 1) for j in range(t_blk)]
+            scores = block.float() + masks[torch.tensor(rows_idx, device=device)]
+            lp = torch.log_softmax(scores, dim=-1)
+            u = torch.gather(u_all, 1, torch.tensor(u_idx, device=device))
+            chosen = choose_tokens(scores.view(n * t_blk, -1), u.reshape(-1), temperature, top_k, top_p).view(n, t_blk)
+            lp_chosen = lp.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+            chosen_l, lp_l = chosen.tolist(), lp_chosen.tolist()
+            events: list[Sampled] = []
+            kept = [0] * n
+            for i in live:
+                s, g, j = states[i], guesses[i], 0
+                while True:
+                    ft = con.forced(s)
+                    t, lpv = (ft, 0.0) if ft is not None else (chosen_l[i][j], lp_l[i][j])
+                    before = s.pos
+                    if before >= 0 and con.template[before] == VIS:
+                        r_, c_ = int(con.feat_row[before]), int(con.feat_col[before])
+                        code = int(sp.code_of[t])
+                        accept[i] = 0.9 * accept[i] + 0.1 * float(drafters[i].guess(r_, c_) == code)
+                        drafters[i].observe(r_, c_, code)
+                    fin = con.advance(s, t)
+                    events.append(_event(con, s, i, t, lpv, fin, before=before))
+                    step[i] += 1
+                    if not fin and con.only_forced_left(s):
+                        while not fin:  # EOF IMG_END EOS: forced and final, no model call
+                            ft, p_before = con.forced(s), s.pos
+                            fin = con.advance(s, ft)
+                            events.append(_event(con, s, i, ft, 0.0, fin, before=p_before))
+                    if fin:
+                        done[i] = True
+                        break
+                    last_tok[i], last_at[i] = t, (before + 1 if before >= 0 else 0)
+                    if j < len(g) and t == g[j]:
+                        j += 1  # the guess fed after this token was right: the next logits are valid
+                        continue
+                    break
+                kept[i] = j
+            yield events
+            if all(done) or (cancel is not None and cancel.is_set()):
+                return
+            live = [i for i in range(n) if not done[i]]
+            if pass_slot >= 0:  # keep each candidate's token and right guesses of the last pass
+                if len({kept[i] for i in live}) == 1:
+                    cur = pass_slot + 1 + kept[live[0]]  # the same for all: the next pass overwrites the rest
+                else:
+                    for i in live:  # candidates kept different counts: mask out each one's rejected slots
+                        key_valid[i, pass_slot + 1 + kept[i] : pass_slot + t_blk] = False
+                    holes = True
+                pos_now = pos_now + 1 + torch.tensor(kept, device=device)
+            # every live candidate gets a token per pass, so the one whose guesses miss most sets the pace
+            k = best_draft_length(min(accept[i] for i in live), n, speculate)
+            n_g = [0] * n
+            for i in live:
+                s = states[i]
+                if s.pos >= 0:
+                    n_g[i] = min(k - 1, con.last_free_pos - s.pos + 1)
+                    if n_g[i] == 0 and con.forced(s) is not None:
+                        n_g[i] = 1  # a forced EOL shares the pass, as in the plain loop
+            t_new = 1 + min(max(n_g), max_len - cur - 1)
+            if t_new < 1:
+                return
+            feed_tok, feed_at = [], []
+            for i in range(n):
+                g, at = [], []
+                if not done[i]:
+                    s = states[i]
+                    for q in range(min(n_g[i], t_new - 1)):
+                        p_ = s.pos + q
+                        tt = con.template[p_]
+                        if tt == VIS:
+                            code = drafters[i].guess(int(con.feat_row[p_]), int(con.feat_col[p_]))
+                            tt = int(sp.visual_ids[code if code is not None else 0])
+                        g.append(tt)
+                        at.append(p_ + 1)
+                guesses[i] = g
+                pad = t_new - 1 - len(g)
+                feed_tok.append([last_tok[i] if not done[i] else sp.pad] + g + [sp.pad] * pad)
+                feed_at.append([last_at[i] if not done[i] else 0] + at + [0] * pad)
+            feed = torch.tensor(feed_tok, device=device)
+            e = F.embedding(feed, emb_w)
+            if grid_table is not None:
+                e = e + grid_table[torch.tensor(feed_at, device=device)]
+            new_pos = pos_now[:, None] + torch.arange(1, t_new + 1, device=device)
+            m2 = None  # one token per candidate over a cache without holes: attend to all of it
+            if t_new > 1 or holes or any_pad:
+                m2 = key_valid[:, None, None, : cur + t_new].expand(-1, 1, t_new, -1).clone()
+                m2[..., cur:] &= torch.ones((t_new, t_new), dtype=torch.bool, device=device).tril()
+            block = runner.forward(e, cur, new_pos, m2, all_positions=True)
+            pass_slot = cur
+            cur += t_new
 
     def steps() -> Iterator[list[Sampled]]:
         nonlocal step_idx
@@ -499,15 +628,12 @@ def sample(
             logits = runner.forward(emb, positions.to(device), attn2d)
         if first_events:
             yield first_events
+        if drafters is not None:
+            yield from speculative(runner, logits, emb_w, grid_table, key_valid, positions[:, -1].to(device))
+            return
 
         pos_now = positions[:, -1].to(device)  # rotary position of the last token fed, per row
         cur = p_len  # next cache slot
-        # Speculative decoding: the last pass's logits at each fed position, the guesses it fed after
-        # the real token (per candidate), which of its logits the next choice reads, and where it began.
-        spec_logits: torch.Tensor | None = None
-        spec_guess: list[list[int]] = []
-        spec_j, spec_slot, spec_pos = 0, cur, pos_now
-        accept = 0.6  # running share of image steps where every live candidate's code was the guess
         cond_scale = guidance.text_scale if guidance else 1.0
         img_scale = guidance.image_scale if guidance else 1.0
         while True:
@@ -552,16 +678,10 @@ def sample(
                         lps.append(lp_l[i])
             events: list[Sampled] = []
             feed_pos = [0] * n  # template position + 1 of each fed token (0: text / none)
-            hits = []  # drafters: was each candidate's code here the guess?
             for i in active:
                 s = states[i]
                 t = toks[i]
                 feed_pos[i] = s.pos + 1 if s.pos >= 0 else 0
-                if drafters is not None and s.pos >= 0 and con.template[s.pos] == VIS:
-                    r_, c_ = int(con.feat_row[s.pos]), int(con.feat_col[s.pos])
-                    code = int(sp.code_of[t])
-                    hits.append(drafters[i].guess(r_, c_) == code)
-                    drafters[i].observe(r_, c_, code)
                 fin = con.advance(s, t)
                 events.append(_event(con, s, i, t, lps[i], fin, before=feed_pos[i] - 1))
                 if not fin and con.only_forced_left(s):
@@ -574,51 +694,16 @@ def sample(
                 if fin:
                     done[i] = True
             step_idx += 1
-            if hits:
-                accept = 0.9 * accept + 0.1 * float(all(hits))
             yield events
             if all(done) or (cancel is not None and cancel.is_set()):
                 return
-            live = [i for i in range(n) if not done[i]]
-            if spec_logits is not None:
-                j = spec_j  # this step read spec_logits[:, j]; the pass fed spec_guess[i][j] next
-                if j < len(spec_guess[0]) and all(toks[i] == spec_guess[i][j] for i in live):
-                    spec_j = j + 1  # the guess was the token chosen: its logits are valid, no pass needed
-                    logits = spec_logits[:, spec_j]
-                    continue
-                # A wrong guess (or none left): the cache keeps the pass up to its last right guess, and
-                # the next pass overwrites the rest.
-                cur, pos_now = spec_slot + 1 + j, spec_pos + j
-                spec_logits = None
             if cur >= max_len:
                 return
             # Feed this step's tokens (finished candidates get PAD; their rows are ignored).
             feed_tok = [[sp.pad] if done[i] else [toks[i]] for i in range(n)]
             feed_at = [[0] if done[i] else [feed_pos[i]] for i in range(n)]
-            n_guess = 0
-            if drafters is not None and all(states[i].pos >= 0 for i in live):
-                k = best_draft_length(accept, rows_total, speculate)
-                n_guess = min([k - 1] + [con.last_free_pos - states[i].pos + 1 for i in live])
-                n_guess = max(0, min(n_guess, max_len - cur - 1))
-            if n_guess > 0:
-                spec_guess = []
-                for i in range(n):
-                    g: list[int] = []
-                    for q in range(n_guess):
-                        p_ = states[i].pos + q
-                        if done[i]:
-                            g.append(sp.pad)
-                            feed_at[i].append(0)
-                            continue
-                        tt = con.template[p_]
-                        if tt == VIS:
-                            code = drafters[i].guess(int(con.feat_row[p_]), int(con.feat_col[p_]))
-                            tt = int(sp.visual_ids[code]) if code is not None else int(sp.visual_ids[0])
-                        g.append(tt)
-                        feed_at[i].append(p_ + 1)
-                    spec_guess.append(g)
-                    feed_tok[i] += g
-            elif cur + 2 <= max_len and all(
+            live = [i for i in range(n) if not done[i]]
+            if cur + 2 <= max_len and all(
                 con.forced(states[i]) is not None and not con.only_forced_left(states[i]) for i in live
             ):
                 # The next token is forced for every candidate still going (the EOL after a row's last
@@ -652,12 +737,7 @@ def sample(
                 if any_pad or t_new > 1:
                     m2 = key_valid[:, None, None, : cur + t_new].expand(-1, 1, t_new, -1).clone()
                     m2[..., cur:] &= torch.ones((t_new, t_new), dtype=torch.bool, device=device).tril()
-                if n_guess > 0:
-                    spec_logits = runner.forward(e, cur, new_pos, m2, all_positions=True)
-                    spec_j, spec_slot, spec_pos = 0, cur, new_pos[:, 0]
-                    logits = spec_logits[:, 0]
-                else:
-                    logits = runner.forward(e, cur, new_pos, m2)
+                logits = runner.forward(e, cur, new_pos, m2)
             else:
                 attn2d = key_valid[:, : cur + t_new].long()
                 logits = runner.forward(e, new_pos, attn2d)

@@ -1,0 +1,125 @@
+"""Speculative decoding (``engine.drafts``) against one token per pass, on real held-out edits.
+
+    python benchmarks/speculative.py [--bundle assets/earl-nano] [--n-per-kind 1] [--batches 1,4]
+                                     [--kinds all] [--no-generate]
+
+Every sample of the held-out test suite (``--n-per-kind`` per edit kind) is decoded by ``engine.sampler``
+three ways in this process, with the same seeds, at the studio's temperature (0.7, top-k 2048), with
+engine.edit's fp16 decoding weights: one token per forward pass (``speculate=0``), with guesses
+(``speculate=16``, engine.edit's default), and at batch 1 by transformers' ``generate`` with the same
+constraint (``prefix_allowed_tokens_fn``; it cannot add the grid embedding, so it runs the LM without it).
+Batch 4 is the studio's default number of candidates. tok/s = generated tokens / wall time, prefill
+included. Both of our ways must give the same tokens (checked; counted in ``same=``).
+
+Printed per edit category and overall; last line machine-readable::
+
+    speculative b1_speedup=<spec / plain> b1_vs_generate=<spec / generate> b4_speedup=… same=<equal>/<runs>
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.bundle import load_bundle  # noqa: E402
+from engine.constraint import FreeFormConstraint  # noqa: E402
+from engine.layout import build_prompt  # noqa: E402
+from engine.sampler import fp16_default, sample_all  # noqa: E402
+from training.eval import _fit, load_samples, sample_seed  # noqa: E402
+
+TEMPERATURE, TOP_K, SPECULATE = 0.7, 2048, 16
+
+
+def ours(bundle, prompt, hw, seeds, speculate: int) -> tuple[float, list[list[int]]]:
+    t = time.perf_counter()
+    gens = sample_all(bundle, [prompt] * len(seeds), *hw, seeds, temperature=TEMPERATURE, top_k=TOP_K,
+                      fp16=fp16_default(bundle), speculate=speculate)
+    dt = time.perf_counter() - t
+    return sum(len(g.tokens) for g in gens) / dt, [g.tokens for g in gens]
+
+
+def generate(bundle, prompt, hw) -> float:
+    con = FreeFormConstraint(bundle.tokenizer, *hw, False, vocab_size=bundle.lm.config.vocab_size)
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        t = time.perf_counter()
+        out = bundle.lm.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=TEMPERATURE,
+                                 top_k=TOP_K, max_new_tokens=con.max_new_tokens, eos_token_id=con.sp.eos,
+                                 pad_token_id=con.sp.pad, prefix_allowed_tokens_fn=con.prefix_allowed_tokens_fn(len(prompt)))
+        dt = time.perf_counter() - t
+    return (out.shape[1] - len(prompt)) / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", default=str(Path(__file__).resolve().parent.parent / "assets" / "earl-nano"))
+    ap.add_argument("--n-per-kind", type=int, default=1)
+    ap.add_argument("--kinds", default="", help="comma list of edit kinds (default: all 24)")
+    ap.add_argument("--batches", default="1,4")
+    ap.add_argument("--no-generate", action="store_true")
+    args = ap.parse_args()
+    bundle = load_bundle(args.bundle, dtype=torch.float32)
+    bundle.lm.eval()
+    samples = load_samples(split="test", n_per_kind=args.n_per_kind,
+                           kinds=args.kinds.split(",") if args.kinds else None)
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"{bundle.config.name}@{bundle.config.version}: {len(samples)} held-out edits, T={TEMPERATURE}, "
+          f"top-k {TOP_K}, fp16 decoding {fp16_default(bundle)}, torch threads {torch.get_num_threads()}")
+    warm = samples[0]
+    src = bundle.vq.encode([_fit(bundle, warm["source"])])[0]
+    ours(bundle, build_prompt(bundle.tokenizer, src, warm["instruction"], False), src.shape, [0], SPECULATE)
+
+    rate = defaultdict(list)  # (category, way, batch) -> tok/s
+    same = runs = 0
+    for s in samples:
+        src = bundle.vq.encode([_fit(bundle, s["source"])])[0]
+        tgt_hw = _fit(bundle, s["target"]).size[::-1]
+        hw = (tgt_hw[0] // bundle.vq.spatial_factor, tgt_hw[1] // bundle.vq.spatial_factor)
+        prompt = build_prompt(bundle.tokenizer, src, s["instruction"], False)
+        line = f"{s['kind']:<16}"
+        for b in batches:
+            seeds = [sample_seed(0, s["id"]) + i for i in range(b)]
+            r0, t0 = ours(bundle, prompt, hw, seeds, 0)
+            r1, t1 = ours(bundle, prompt, hw, seeds, SPECULATE)
+            same += int(t0 == t1)
+            runs += 1
+            for cat in (s["category"], "overall"):
+                rate[(cat, "plain", b)].append(r0)
+                rate[(cat, "spec", b)].append(r1)
+            line += f"  b{b}: {r0:6.1f} -> {r1:6.1f} tok/s ({r1 / r0:.2f}x)"
+        if not args.no_generate:
+            rg = generate(bundle, prompt, hw)
+            for cat in (s["category"], "overall"):
+                rate[(cat, "generate", 1)].append(rg)
+            line += f"  generate b1: {rg:6.1f}"
+        print(line, flush=True)
+
+    cats = [c for c in ("global", "geometry", "object", "compose", "overall") if (c, "plain", batches[0]) in rate]
+    print(f"\n{'category':<10}" + "".join(f" {f'b{b} plain':>10} {f'b{b} spec':>9} {'x':>6}" for b in batches)
+          + ("" if args.no_generate else f" {'generate':>9} {'spec/gen':>9}"))
+    for c in cats:
+        row = f"{c:<10}"
+        for b in batches:
+            p, q = np.mean(rate[(c, "plain", b)]), np.mean(rate[(c, "spec", b)])
+            row += f" {p:>10.1f} {q:>9.1f} {q / p:>6.2f}"
+        if not args.no_generate:
+            g = np.mean(rate[(c, "generate", 1)])
+            row += f" {g:>9.1f} {np.mean(rate[(c, 'spec', 1)]) / g:>9.2f}" if 1 in batches else f" {g:>9.1f}"
+        print(row)
+    summary = " ".join(f"b{b}_speedup={np.mean(rate[('overall', 'spec', b)]) / np.mean(rate[('overall', 'plain', b)]):.2f}"
+                       for b in batches)
+    if not args.no_generate and 1 in batches:
+        summary += f" b1_vs_generate={np.mean(rate[('overall', 'spec', 1)]) / np.mean(rate[('overall', 'generate', 1)]):.2f}"
+    print(f"speculative {summary} same={same}/{runs}")
+
+
+if __name__ == "__main__":
+    main()
