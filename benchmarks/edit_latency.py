@@ -1,7 +1,7 @@
 """Latency of one 128² edit on CPU: time to the first ``Preview`` and to the last ``Done`` (ARCHITECTURE §7).
 
     python benchmarks/edit_latency.py [--bundle PATH | --random] [--reps 3] [--threads 2] [--ns 1,4]
-                                      [--profile out.prof]
+                                      [--instruction TEXT] [--speculate K] [--profile out.prof]
 
 Bundle: ``--bundle``, else the shipped ``assets/earl-nano`` when it exists, else a randomly initialised
 model of the nano shape (``Emu3ForCausalLM`` hidden 256, 4 layers, 4 heads, MLP 688, vocab 4375 visual
@@ -9,8 +9,9 @@ model of the nano shape (``Emu3ForCausalLM`` hidden 256, 4 layers, 4 heads, MLP 
 embedding). A random model's edit takes as many steps as a trained one's: every edit without reasoning
 is exactly 4 + H·(W+1) + 3 tokens under the constraint; think mode adds the reasoning.
 
-One photo (scikit-image's astronaut), prepared to a 16×16 grid, instruction "make the photo grayscale",
-``engine.edit`` with EARL's sampling (temperature 1, top-k 2048), previews every 2 rows, torch on
+One photo (scikit-image's astronaut), prepared to a 16×16 grid, instruction "make the photo grayscale"
+(``--instruction``: e.g. an object edit, which speculative decoding speeds up; ``--speculate``: engine.edit's
+default of 16 guesses per pass, 0 for one token per pass), ``engine.edit`` with EARL's sampling (temperature 1, top-k 2048), previews every 2 rows, torch on
 ``--threads`` threads (the sampler itself decodes small models on one). Times are seconds from the
 call (image preparation and encoding included), medians of ``--reps`` runs after one warm-up run. The
 ``cpu`` columns are the process's CPU seconds over the same spans: on a machine shared with other work
@@ -72,17 +73,18 @@ def photo():
 
 
 def one_edit(bundle: Bundle, image, n: int, seed: int, think: bool, preview_every: int = 2,
-             fp16: bool | None = None) -> dict[str, float]:
+             fp16: bool | None = None, instruction: str = INSTRUCTION, speculate: int | None = None) -> dict[str, float]:
     """Run one edit to the end; seconds from the call to the first Preview (any candidate) and the last Done."""
-    from engine.api import edit
+    from engine.api import DEFAULT_SPECULATE, edit
     from engine.events import Done, Error, Preview
 
     t0, c0 = time.perf_counter(), time.process_time()
     first_preview = cpu_preview = None
     done = 0
     tokens = 0
-    for ev in edit(bundle, image, INSTRUCTION, n=n, think=think, seed=seed, temperature=1.0, top_k=2048,
-                   preview_every=preview_every, fp16=fp16):
+    for ev in edit(bundle, image, instruction, n=n, think=think, seed=seed, temperature=1.0, top_k=2048,
+                   preview_every=preview_every, fp16=fp16,
+                   speculate=DEFAULT_SPECULATE if speculate is None else speculate):
         if isinstance(ev, Error):
             raise RuntimeError(ev.message)
         if isinstance(ev, Preview) and first_preview is None:
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--think", action="store_true")
     ap.add_argument("--preview-every", type=int, default=2, help="engine.edit's preview_every (its default: 2)")
     ap.add_argument("--profile", default=None, help="write a cProfile of one n=1 edit here")
+    ap.add_argument("--instruction", default=INSTRUCTION)
+    ap.add_argument("--speculate", type=int, default=None, help="engine.edit's speculate (default: its default)")
     ap.add_argument("--fp16", choices=["auto", "on", "off", "both"], default="both",
                     help="engine.edit's fp16 decoding: its default (auto), forced, off, or off then on in "
                          "this process (both, the default: the ratio is the speed-up)")
@@ -135,15 +139,16 @@ def main(argv: list[str] | None = None) -> int:
                                                                    bundle.vq.spatial_factor).size[::-1])
     print(f"bundle: {what}, {n_params / 1e6:.1f}M LM parameters, vocab {bundle.lm.config.vocab_size}, "
           f"grid {h}x{w}, torch threads {a.threads}, loaded in {t_load:.2f} s, think={a.think}, "
-          f"preview every {a.preview_every} rows")
+          f"preview every {a.preview_every} rows, {a.instruction!r}, speculate {a.speculate if a.speculate is not None else 'default'}")
 
     ns = [int(x) for x in a.ns.split(",")]
     modes = {"auto": [None], "on": [True], "off": [False], "both": [False, True]}[a.fp16]
     rows = {}
     for mode in modes:
         for n in ns:
-            one_edit(bundle, img, n, 0, a.think, a.preview_every, mode)  # warm-up (allocations, fp16 packing)
-            runs = [one_edit(bundle, img, n, 1 + r, a.think, a.preview_every, mode) for r in range(a.reps)]
+            kw = dict(instruction=a.instruction, speculate=a.speculate)
+            one_edit(bundle, img, n, 0, a.think, a.preview_every, mode, **kw)  # warm-up (allocations, fp16 packing)
+            runs = [one_edit(bundle, img, n, 1 + r, a.think, a.preview_every, mode, **kw) for r in range(a.reps)]
             rows[mode, n] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
     label = {None: "auto", True: "fp16", False: "fp32"}
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
         prof = cProfile.Profile()
         prof.enable()
-        one_edit(bundle, img, 1, 99, a.think, a.preview_every, modes[-1])
+        one_edit(bundle, img, 1, 99, a.think, a.preview_every, modes[-1], a.instruction, a.speculate)
         prof.disable()
         prof.dump_stats(a.profile)
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)

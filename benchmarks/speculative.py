@@ -91,6 +91,10 @@ def main() -> None:
             r1, t1 = ours(bundle, prompt, hw, seeds, SPECULATE)
             same += int(t0 == t1)
             runs += 1
+            if t0 != t1:  # float summation order can reorder near-tied tokens in the sampler's sort
+                first = min(next((j for j, (a, c) in enumerate(zip(x, y, strict=False)) if a != c), len(x))
+                            for x, y in zip(t0, t1, strict=True))
+                line += f" [b{b}: tokens differ from token {first} on]"
             for cat in (s["category"], "overall"):
                 rate[(cat, "plain", b)].append(r0)
                 rate[(cat, "spec", b)].append(r1)

@@ -122,7 +122,7 @@ def draft_gain(k: int, accept: float, rows: int) -> float:
 
 # Guess only when the model of ``draft_gain`` expects this much: near break-even the cost model's error
 # and the loop's own bookkeeping decide, and both are against guessing.
-MIN_GAIN = 1.1
+MIN_GAIN = 1.25
 
 
 def best_draft_length(accept: float, rows: int, limit: int) -> int:

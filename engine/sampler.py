@@ -484,7 +484,7 @@ def sample(
         from engine.drafts import best_draft_length
 
         step = [step_idx] * n  # index of each candidate's next uniform
-        accept = [0.6] * n  # running share of each candidate's right guesses
+        accept = [0.3] * n  # running share of each candidate's right guesses: guess once they prove right
         block = logits[:, None]  # (n, T, V): the last pass's logits at every position it fed
         guesses: list[list[int]] = [[] for _ in range(n)]  # what each candidate fed after its token
         last_tok, last_at = [sp.pad] * n, [0] * n
