@@ -427,13 +427,15 @@ def test_right_guesses_save_passes_and_wrong_ones_change_nothing(gridded, grid, 
     different cell per candidate, so candidates keep different counts): same tokens, far fewer passes."""
     import engine.drafts
 
-    prompts = [build_prompt(gridded.tokenizer, grid, INSTR, think)] * 3
+    hh = ww = 8  # the tiny model's largest grid: long enough for the hit rate to climb
+    big = np.random.RandomState(1).randint(0, 64, (hh, ww))
+    prompts = [build_prompt(gridded.tokenizer, big, INSTR, think)] * 3
     seeds = [11, 12, 13]
     passes = _count_passes(monkeypatch)
-    plain = sample_all(gridded, prompts, H, W, seeds, think=think, temperature=1.0)
+    plain = sample_all(gridded, prompts, hh, ww, seeds, think=think, temperature=1.0)
     n_plain = len(passes)
     passes.clear()
-    truth = [parse_generation(gridded.tokenizer, g.tokens, expect_hw=(H, W))[1] for g in plain]
+    truth = [parse_generation(gridded.tokenizer, g.tokens, expect_hw=(hh, ww))[1] for g in plain]
     made: list[int] = []
 
     class Oracle:
@@ -443,15 +445,15 @@ def test_right_guesses_save_passes_and_wrong_ones_change_nothing(gridded, grid, 
 
         def guess(self, r, c):
             right = int(truth[self.i][r, c])
-            return (right + 1) % 64 if (r * W + c + self.i) % 5 == 0 else right
+            return (right + 1) % 64 if (r * ww + c + self.i) % 5 == 0 else right
 
         def observe(self, r, c, code):
             pass
 
     monkeypatch.setattr(engine.drafts, "CopyDrafter", Oracle)
-    spec = sample_all(gridded, prompts, H, W, seeds, think=think, temperature=1.0, speculate=16)
+    spec = sample_all(gridded, prompts, hh, ww, seeds, think=think, temperature=1.0, speculate=16)
     assert made == [0, 1, 2]
     for a, b in zip(plain, spec, strict=True):
         assert a.tokens == b.tokens
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
-    assert len(passes) <= n_plain - 6, (n_plain, passes)
+    assert len(passes) <= n_plain - 20, (n_plain, passes)
