@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -97,6 +99,9 @@ def test_fixed_sets_roundtrip(tmp_path):
     r = rows[0]
     fresh = _sample_from_set(r)
     assert fresh.tobytes() == r["target"].tobytes()
+    # building another split keeps the first one's recorded size (else evaluating it builds it again)
+    suite.build_sets(tmp_path, root=None, sizes={"test": 1})
+    assert json.loads((base / "VERSION.json").read_text())["sizes"] == {"val": 1, "test": 1}
 
 
 def _sample_from_set(r: dict) -> Image.Image:

@@ -166,8 +166,15 @@ def build_sets(out: str | Path, root: str | Path | None = "data/corpus", seed: i
                 rec["files"] = files
                 lines.append(json.dumps(rec))
         (d / "samples.jsonl").write_text("\n".join(lines) + "\n")
-    (base / "VERSION.json").write_text(json.dumps({"suite_version": SUITE_VERSION, "seed": seed, "sizes": sizes,
-                                                   "kinds": list(KINDS)}, indent=1))
+    # keep the sizes of the splits this call did not rebuild (built before with the same seed)
+    written = dict(sizes)
+    version = base / "VERSION.json"
+    if version.exists():
+        old = json.loads(version.read_text())
+        if old.get("seed") == seed and old.get("suite_version") == SUITE_VERSION:
+            written = {**old.get("sizes", {}), **sizes}
+    version.write_text(json.dumps({"suite_version": SUITE_VERSION, "seed": seed, "sizes": written,
+                                   "kinds": list(KINDS)}, indent=1))
     return base
 
 
