@@ -9,7 +9,14 @@ import torch
 
 from training.edits import ops
 from training.edits.kinds import ZOOM_CENTRES
-from training.proxy_targets import apply_pin_local, apply_zoom_copy, changed_cells, pin_local, zoom_copy
+from training.proxy_targets import (
+    apply_pin_local,
+    apply_zoom_copy,
+    changed_cells,
+    fill_from_outside,
+    pin_local,
+    zoom_copy,
+)
 from training.train_sft import SFTConfig, cache_records
 
 
@@ -147,3 +154,16 @@ def test_sft_pins_object_targets_only_when_asked(tmp_path):
     assert int((pinned == 3).sum()) == 4  # cell (0, 0) and its three neighbours
     with pytest.raises(SystemExit, match="object-targets"):
         cache_records(SFTConfig(cache=str(tmp_path / "c"), object_targets="copy"))
+
+
+def test_fill_from_outside_copies_the_nearest_unchanged_source_cell():
+    src = np.arange(36).reshape(6, 6)
+    changed = np.zeros((6, 6), bool)
+    changed[2:4, 1:3] = True  # a removed object's 2x2 cells
+    out = fill_from_outside(src, changed)
+    np.testing.assert_array_equal(out[~changed], src[~changed])  # the rest is the source
+    for r, c in zip(*np.nonzero(changed), strict=True):
+        d_best = min(abs(r - rr) + abs(c - cc) for rr, cc in zip(*np.nonzero(~changed), strict=True))
+        rr, cc = divmod(int(np.flatnonzero(src == out[r, c])[0]), 6)
+        assert not changed[rr, cc] and abs(r - rr) + abs(c - cc) == d_best  # a nearest unchanged cell
+    np.testing.assert_array_equal(fill_from_outside(src, np.ones((6, 6), bool)), src)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, distance_transform_edt
 
 from training.edits.kinds import mask_cells
 from training.routing import zoom_cells
@@ -68,6 +68,15 @@ def pin_local(src: np.ndarray, tgt: np.ndarray, changed: np.ndarray, grow: int =
     return np.where(m, tgt, src)
 
 
+def fill_from_outside(src: np.ndarray, changed: np.ndarray) -> np.ndarray:
+    """Each changed cell takes the source code of the nearest unchanged cell: a positional copy (like
+    ``zoom_copy``) that stands in for what a removed object hid (``--fill``)."""
+    if changed.all():
+        return src.copy()
+    _, (rows, cols) = distance_transform_edt(changed.astype(bool), return_indices=True)
+    return src[rows, cols]
+
+
 def apply_pin_local(records: list[dict], grow: int = 1) -> int:
     """``pin_local`` the targets of records that carry ``changed`` (pretokenize writes it), in place;
     returns how many changed. Global edits and flips change every cell, so only local edits move."""
@@ -93,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default="zoom",
                     help="zoom (copy targets), or local edit kinds / the category 'object' (pinned targets)")
     ap.add_argument("--grow", type=int, default=1, help="pinned targets: cells kept around the changed ones")
+    ap.add_argument("--fill", action="store_true",
+                    help="local edits: fill the changed cells from the nearest unchanged source cell instead of pinning")
     ap.add_argument("--model", action="store_true",
                     help="also edit each sample with the bundle's LM: how many of its codes equal the proxy's")
     ap.add_argument("--temperature", type=float, default=0.0, help="with --model (0: greedy); seeds as training.eval's")
@@ -108,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             proxy_grid, what = zoom_copy(src, s["params"]), s["params"]["where"]
         else:
             ch = changed_cells(np.asarray(src_img), np.asarray(tgt_img), bundle.vq.spatial_factor)
-            proxy_grid = tgt if ch is None else pin_local(src, tgt, ch, args.grow)
+            if ch is None:
+                proxy_grid = tgt
+            else:
+                proxy_grid = fill_from_outside(src, ch) if args.fill else pin_local(src, tgt, ch, args.grow)
             what = s["kind"]
             if ch is not None:
                 moved.append((float((tgt != src).mean()), float((proxy_grid != src).mean()), float(ch.mean())))
