@@ -167,3 +167,22 @@ def test_fill_from_outside_copies_the_nearest_unchanged_source_cell():
         rr, cc = divmod(int(np.flatnonzero(src == out[r, c])[0]), 6)
         assert not changed[rr, cc] and abs(r - rr) + abs(c - cc) == d_best  # a nearest unchanged cell
     np.testing.assert_array_equal(fill_from_outside(src, np.ones((6, 6), bool)), src)
+
+
+def test_sft_fills_removals_only_when_asked(tmp_path):
+    from training.train_sft import with_targets
+
+    src = np.arange(16).reshape(4, 4)
+    changed = np.zeros((4, 4), bool)
+    changed[1:3, 1:3] = True
+    tgt = src.copy()
+    tgt[changed] = 99
+    recs = [{"kind": "remove", "src": src, "tgt": tgt.copy(), "changed": changed},
+            {"kind": "add_shape", "src": src, "tgt": tgt.copy(), "changed": changed}]
+    with_targets(SFTConfig(), recs)
+    assert (recs[0]["tgt"] == tgt).all()  # the default keeps the true targets
+    with_targets(SFTConfig(remove_targets="fill"), recs)
+    np.testing.assert_array_equal(recs[0]["tgt"], fill_from_outside(src, changed))
+    assert (recs[1]["tgt"] == tgt).all()  # only removals
+    with pytest.raises(SystemExit, match="remove-targets"):
+        with_targets(SFTConfig(remove_targets="blur"), recs)

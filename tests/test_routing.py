@@ -143,3 +143,26 @@ def test_probe_reports_every_heads_attention_per_kind(tiny_bundle):
     shape = (len(tiny_bundle.lm.model.layers), tiny_bundle.lm.config.num_attention_heads)
     for table in res.values():
         assert table.shape == shape and (table >= 0).all() and (table <= 1).all()
+
+
+def test_a_removal_routes_only_the_cells_it_hid_to_the_nearest_unchanged_cell(tiny_bundle):
+    changed = np.zeros((8, 8), bool)
+    changed[2:5, 3:6] = True  # the removed object's cells
+    rows, cols = route_map("remove", {}, (8, 8), (8, 8), changed)
+    assert (rows[~changed] == -1).all() and (cols[~changed] == -1).all()
+    hit = np.stack([rows[changed], cols[changed]], 1)
+    assert not changed[hit[:, 0], hit[:, 1]].any()  # every routed cell reads an unchanged one
+    for (r, c), (rr, cc) in zip(np.argwhere(changed), hit, strict=True):
+        nearest = min(np.hypot(r - a, c - b) for a, b in np.argwhere(~changed))
+        assert np.hypot(r - rr, c - cc) == pytest.approx(nearest)
+    assert route_map("remove", {}, (8, 8), (8, 8)) is None  # a record without its changed cells
+    # the pairs: one per hidden cell, keyed at its source cell, which holds the code the fill copies
+    rng = np.random.default_rng(1)
+    src = rng.integers(0, 64, (8, 8)).astype(np.uint16)
+    from training.proxy_targets import fill_from_outside
+
+    tgt = fill_from_outside(src, changed).astype(np.uint16)
+    batch = _batch(tiny_bundle, [(src, tgt, "Remove the red ball.", None)])
+    pairs = route_pairs(batch.feats, batch.gather_pos, batch.valid, [(rows, cols)])
+    assert len(pairs) == int(changed.sum())
+    assert torch.equal(batch.ids[0, pairs[:, 2]], batch.ids[0, pairs[:, 1] + 1])

@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy.ndimage import binary_dilation, distance_transform_edt
+from scipy.ndimage import binary_dilation
 
 from training.edits.kinds import mask_cells
-from training.routing import zoom_cells
+from training.routing import nearest_unchanged, zoom_cells
 
 # A cell counts as changed when some pixel moved by more than this (sum over RGB, 0–765): rendering an
 # edit leaves untouched pixels exactly equal, so this only ignores rounding.
@@ -73,8 +73,20 @@ def fill_from_outside(src: np.ndarray, changed: np.ndarray) -> np.ndarray:
     ``zoom_copy``) that stands in for what a removed object hid (``--fill``)."""
     if changed.all():
         return src.copy()
-    _, (rows, cols) = distance_transform_edt(changed.astype(bool), return_indices=True)
+    rows, cols = nearest_unchanged(changed)
     return src[rows, cols]
+
+
+def apply_remove_fill(records: list[dict]) -> int:
+    """``fill_from_outside`` the targets of ``remove`` records that carry ``changed``, in place; returns
+    how many changed."""
+    n = 0
+    for r in records:
+        ch = r.get("changed")
+        if r.get("kind") == "remove" and ch is not None and r["src"].shape == r["tgt"].shape and not ch.all():
+            r["tgt"] = fill_from_outside(r["src"], ch).astype(r["tgt"].dtype)
+            n += 1
+    return n
 
 
 def apply_pin_local(records: list[dict], grow: int = 1) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt
 from transformers.models.emu3.modeling_emu3 import apply_rotary_pos_emb
 
 from training.edits.kinds import ZOOM_CENTRES
@@ -44,13 +45,24 @@ def zoom_cells(h: int, w: int, params: dict) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def route_map(kind: str, params: dict, src_hw: tuple[int, int], tgt_hw: tuple[int, int]
-              ) -> tuple[np.ndarray, np.ndarray] | None:
+def nearest_unchanged(changed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the nearest cell outside ``changed`` for every cell (itself when unchanged)."""
+    _, (rows, cols) = distance_transform_edt(changed.astype(bool), return_indices=True)
+    return rows, cols
+
+
+def route_map(kind: str, params: dict, src_hw: tuple[int, int], tgt_hw: tuple[int, int],
+              changed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """(rows, cols), each shaped like the target grid: the source cell each target cell is read from;
-    None for kinds that are not a geometric copy, or when the shapes do not fit the kind."""
+    None for kinds that are not a copy, or when the shapes do not fit the kind. ``remove`` with its
+    ``changed`` cells: those read the nearest unchanged cell (``proxy_targets.fill_from_outside``), the
+    others are not routed (-1)."""
     (hs, ws), (ht, wt) = src_hw, tgt_hw
     i, j = np.meshgrid(np.arange(ht), np.arange(wt), indexing="ij")
     same = (hs, ws) == (ht, wt)
+    if kind == "remove" and same and changed is not None and changed.any() and not changed.all():
+        rows, cols = nearest_unchanged(changed)
+        return np.where(changed, rows, -1), np.where(changed, cols, -1)
     if kind == "hflip" and same:
         return i, ws - 1 - j
     if kind == "vflip" and same:
@@ -89,7 +101,10 @@ def route_pairs(feats: torch.Tensor, gather_pos: torch.Tensor, valid: torch.Tens
         tgt = gen_pos[(image[b, gen_pos] == 2) & (col[b, gen_pos] < wt)]
         if len(tgt) != ht * wt:
             raise ValueError(f"{len(tgt)} target cells for a {ht}x{wt} route")
-        keys = pos[torch.from_numpy(rows.ravel()), torch.from_numpy(cols.ravel())]
+        r_, c_ = torch.from_numpy(rows.ravel()), torch.from_numpy(cols.ravel())
+        routed = r_ >= 0  # cells a route leaves out (-1) read nothing in particular
+        keys = pos[r_[routed], c_[routed]]
+        tgt = tgt[routed]
         out.append(torch.stack([torch.full_like(tgt, b), tgt - 1, keys], 1))
     return torch.cat(out) if out else torch.zeros(0, 3, dtype=torch.long)
 

@@ -44,7 +44,7 @@ from engine.logprobs import Collated, collate, collated_logprobs
 from engine.text_tokenizer import build_nano_tokenizer
 from engine.vq import NanoVQ
 from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
-from training.proxy_targets import apply_pin_local, apply_zoom_copy
+from training.proxy_targets import apply_pin_local, apply_remove_fill, apply_zoom_copy
 from training.routing import RouteHead, parse_head, route_loss, route_map, route_pairs
 
 
@@ -80,6 +80,9 @@ class SFTConfig:
     # "pin": local (object) edits teach the source's codes outside the cells the edit drew on (and their
     # neighbours), not the codes the tokenizer's wide receptive field changed there (training.proxy_targets).
     object_targets: str = "true"
+    # "fill": removals teach each cell the object covered as a copy of the nearest unchanged source cell
+    # (training.proxy_targets.fill_from_outside), not what the photo had there, which the source hides.
+    remove_targets: str = "true"
     # >1: in local edits (under LOCAL_EDIT of the codes differ from the source), the target codes that differ
     # from the source weigh this much more in the loss than the copied ones: they are the edit, a few
     # dozen tokens among hundreds of easy copies.
@@ -248,7 +251,7 @@ class Batcher:
             if self.rng.random() < self.cfg.keep_prob:
                 items.append((r["src"], r["src"], self.rng.choice(KEEP_PHRASINGS), r["keep_reasoning"], None))
             else:
-                route = (route_map(r["kind"], r.get("params") or {}, r["src"].shape, r["tgt"].shape)
+                route = (route_map(r["kind"], r.get("params") or {}, r["src"].shape, r["tgt"].shape, r.get("changed"))
                          if r["kind"] in self.routed else None)
                 items.append((r["src"], r["tgt"], self.rng.choice(r["instructions"]), r["reasoning"], route))
         return shape, think, items
@@ -416,15 +419,20 @@ def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, par
 
 
 def with_targets(cfg: SFTConfig, records: list[dict]) -> list[dict]:
-    """``records`` with the targets ``cfg`` trains on (``zoom_targets``, ``object_targets``), in place."""
+    """``records`` with the targets ``cfg`` trains on (``zoom_targets``, ``object_targets``,
+    ``remove_targets``), in place."""
     if cfg.zoom_targets not in ("true", "copy"):
         raise SystemExit(f"--zoom-targets must be 'true' or 'copy', got {cfg.zoom_targets!r}")
     if cfg.object_targets not in ("true", "pin"):
         raise SystemExit(f"--object-targets must be 'true' or 'pin', got {cfg.object_targets!r}")
     if cfg.zoom_targets == "copy":
         apply_zoom_copy(records)
+    if cfg.remove_targets not in ("true", "fill"):
+        raise SystemExit(f"--remove-targets must be 'true' or 'fill', got {cfg.remove_targets!r}")
     if cfg.object_targets == "pin":
         apply_pin_local(records)
+    if cfg.remove_targets == "fill":
+        apply_remove_fill(records)
     return records
 
 
