@@ -479,8 +479,9 @@ def sample(
                     ) -> Iterator[list[Sampled]]:
         """The decoding loop with guesses (``speculate``), after the prefill's ``logits``. Each pass feeds
         every candidate's last token and its guesses for the tokens after it; a candidate keeps the tokens
-        its own uniforms pick up to its first wrong guess, so candidates of a batch move at their own pace
-        (their rejected cache slots are masked out, and the next pass writes after them)."""
+        its own uniforms pick up to its first wrong guess, so candidates of a batch move at their own pace.
+        Rejected guesses' cache slots are overwritten by the next pass when every candidate kept as many
+        (always at batch 1), else masked out for good (``key_valid``) while the next pass writes after them."""
         from engine.drafts import best_draft_length
 
         step = [step_idx] * n  # index of each candidate's next uniform

@@ -42,7 +42,7 @@ from engine.grid_embed import GridEmbedding
 from engine.layout import build_prompt, build_target, special_ids
 from engine.logprobs import Collated, collate, collated_logprobs
 from engine.text_tokenizer import build_nano_tokenizer
-from engine.vq import NanoVQ
+from engine.vq import FSQ, NanoVQ
 from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
 from training.proxy_targets import apply_pin_local, apply_remove_fill, apply_zoom_copy
 from training.routing import RouteHead, parse_head, route_loss, route_map, route_pairs
@@ -298,10 +298,10 @@ def edit_weights(tok: object, batch: Collated, items: list, weight: float) -> to
 
 
 def fsq_digits(codes: torch.Tensor, levels: list[int]) -> torch.Tensor:
-    """(..., D) float digits of FSQ codes (mixed radix, first level lowest, as ``engine.vq.FSQ``)."""
-    lv = torch.tensor(levels)
-    basis = torch.cumprod(torch.tensor([1] + list(levels[:-1])), 0)
-    return ((codes.unsqueeze(-1) // basis) % lv).float()
+    """(..., D) float digits 0 … level - 1 of FSQ codes (``engine.vq.FSQ``'s, uncentred)."""
+    fsq = FSQ(levels)
+    half = fsq.levels // 2
+    return (fsq.quantized_from_codes(codes) * half + half).round()
 
 
 def soft_code_targets(codes: torch.Tensor, levels: list[int], sigma: float) -> torch.Tensor:
