@@ -447,6 +447,7 @@ def sample(
             f = torch.cat([f, torch.tensor(head_feats, dtype=torch.long).T], 1)
         feats[:, r, p_len - len(p) :] = f
     n_pad = (~valid).sum(1)
+    any_pad = bool(n_pad.any())  # prompts of different lengths: every pass needs a mask
     positions = (torch.arange(p_len)[None] - n_pad[:, None]).clamp(min=0)
     max_len = p_len + con.max_new_tokens
 
@@ -491,7 +492,6 @@ def sample(
         last_tok, last_at = [sp.pad] * n, [0] * n
         cur, pass_slot = p_len, -1
         holes = False  # whether key_valid masks out rejected slots after the prompt
-        any_pad = bool((~valid).any())
         n_u = u_all.shape[1]
         row_of_pos = con.row_of_pos.tolist()
         while True:
@@ -534,10 +534,8 @@ def sample(
                     events.append(_event(con, s, i, t, lpv, fin, before=before))
                     step[i] += 1
                     if not fin and con.only_forced_left(s):
-                        while not fin:  # EOF IMG_END EOS: forced and final, no model call
-                            ft, p_before = con.forced(s), s.pos
-                            fin = con.advance(s, ft)
-                            events.append(_event(con, s, i, ft, 0.0, fin, before=p_before))
+                        events += _forced_tail(con, s, i)
+                        fin = True
                     if fin:
                         done[i] = True
                         break
@@ -588,15 +586,10 @@ def sample(
                 pad = t_new - 1 - len(g)
                 feed_tok.append([last_tok[i] if not done[i] else sp.pad] + g + [sp.pad] * pad)
                 feed_at.append([last_at[i] if not done[i] else 0] + at + [0] * pad)
-            feed = torch.tensor(feed_tok, device=device)
-            e = F.embedding(feed, emb_w)
-            if grid_table is not None:
-                e = e + grid_table[torch.tensor(feed_at, device=device)]
+            e = _feed_embeddings(emb_w, grid_table, feed_tok, feed_at, device)
             new_pos = pos_now[:, None] + torch.arange(1, t_new + 1, device=device)
-            m2 = None  # one token per candidate over a cache without holes: attend to all of it
-            if t_new > 1 or holes or any_pad:
-                m2 = key_valid[:, None, None, : cur + t_new].expand(-1, 1, t_new, -1).clone()
-                m2[..., cur:] &= torch.ones((t_new, t_new), dtype=torch.bool, device=device).tril()
+            # one token per candidate over a cache without holes attends to all of it: no mask
+            m2 = _pass_mask(key_valid, cur, t_new) if t_new > 1 or holes or any_pad else None
             block = runner.forward(e, cur, new_pos, m2, all_positions=True)
             pass_slot = cur
             cur += t_new
@@ -613,7 +606,6 @@ def sample(
         emb = embed_inputs(bundle, ids.to(device), tuple(feats.to(device)))
         key_valid = torch.ones((rows_total, max_len), dtype=torch.bool, device=device)
         key_valid[:, :p_len] = valid.to(device)
-        any_pad = bool((~valid).any())
         if use_fast:
             runner = _FastRunner(base, rows_total, max_len, fp16=fp16)
             mask = None
@@ -686,12 +678,8 @@ def sample(
                 fin = con.advance(s, t)
                 events.append(_event(con, s, i, t, lps[i], fin, before=feed_pos[i] - 1))
                 if not fin and con.only_forced_left(s):
-                    # EOF IMG_END EOS: no model call needed for tokens that are forced and final.
-                    while not fin:
-                        ft = con.forced(s)
-                        p_before = s.pos
-                        fin = con.advance(s, ft)
-                        events.append(_event(con, s, i, ft, 0.0, fin, before=p_before))
+                    events += _forced_tail(con, s, i)
+                    fin = True
                 if fin:
                     done[i] = True
             step_idx += 1
@@ -727,17 +715,11 @@ def sample(
                 if cancel is not None and cancel.is_set():
                     return
             t_new = len(feed_tok[0])
-            feed = torch.tensor(feed_tok * nb, device=device)  # (rows, t_new)
-            e = F.embedding(feed, emb_w)
-            if grid_table is not None:
-                e = e + grid_table[torch.tensor(feed_at * nb, device=device)]
+            e = _feed_embeddings(emb_w, grid_table, feed_tok * nb, feed_at * nb, device)  # (rows, t_new, D)
             new_pos = pos_now[:, None] + torch.arange(1, t_new + 1, device=device)
             pos_now = new_pos[:, -1]
             if use_fast:
-                m2 = None
-                if any_pad or t_new > 1:
-                    m2 = key_valid[:, None, None, : cur + t_new].expand(-1, 1, t_new, -1).clone()
-                    m2[..., cur:] &= torch.ones((t_new, t_new), dtype=torch.bool, device=device).tril()
+                m2 = _pass_mask(key_valid, cur, t_new) if any_pad or t_new > 1 else None
                 logits = runner.forward(e, cur, new_pos, m2)
             else:
                 attn2d = key_valid[:, : cur + t_new].long()
@@ -770,6 +752,33 @@ def _event(con: FreeFormConstraint, s: State, cand: int, token: int, lp: float, 
     if kind in ("visual", "eol"):
         return Sampled(cand, token, lp, kind, int(con.feat_row[p]), int(con.feat_col[p]), fin)
     return Sampled(cand, token, lp, kind, -1, -1, fin)
+
+
+def _forced_tail(con: FreeFormConstraint, s: State, cand: int) -> list[Sampled]:
+    """Advance ``s`` through the EOF IMG_END EOS tail (forced and final: no model call needed)."""
+    out, fin = [], False
+    while not fin:
+        ft, p_before = con.forced(s), s.pos
+        fin = con.advance(s, ft)
+        out.append(_event(con, s, cand, ft, 0.0, fin, before=p_before))
+    return out
+
+
+def _feed_embeddings(emb_w: torch.Tensor, grid_table: torch.Tensor | None, toks: list[list[int]],
+                     at: list[list[int]], device: torch.device) -> torch.Tensor:
+    """(rows, T, D) inputs of the tokens ``toks`` fed at template positions + 1 ``at`` (0: none)."""
+    e = F.embedding(torch.tensor(toks, device=device), emb_w)
+    if grid_table is not None:
+        e = e + grid_table[torch.tensor(at, device=device)]
+    return e
+
+
+def _pass_mask(key_valid: torch.Tensor, cur: int, t_new: int) -> torch.Tensor:
+    """(rows, 1, t_new, cur + t_new) bool: a pass of ``t_new`` tokens written at slot ``cur`` sees the valid
+    cached slots and, within itself, the tokens up to its own."""
+    m = key_valid[:, None, None, : cur + t_new].expand(-1, 1, t_new, -1).clone()
+    m[..., cur:] &= torch.ones((t_new, t_new), dtype=torch.bool, device=key_valid.device).tril()
+    return m
 
 
 def fp16_default(bundle: Any) -> bool:
