@@ -23,3 +23,20 @@ def tiny_bundle(tmp_path_factory):
     path = tmp_path_factory.mktemp("bundles") / "tiny"
     make_tiny_random_bundle(path, seed=0)
     return load_bundle(path)
+
+
+@pytest.fixture
+def forward_passes(monkeypatch):
+    """A list that records the tokens per row of every forward pass of the sampler's static-cache runner
+    (speculative decoding's tests compare pass counts)."""
+    from engine.sampler import _FastRunner
+
+    seen: list[int] = []
+    orig = _FastRunner.forward
+
+    def counting(self, emb, start, positions, attn_mask, all_positions=False):
+        seen.append(emb.shape[1])
+        return orig(self, emb, start, positions, attn_mask, all_positions)
+
+    monkeypatch.setattr(_FastRunner, "forward", counting)
+    return seen

@@ -378,23 +378,10 @@ def test_forced_eol_shares_the_forward_pass_of_the_rows_last_code(gridded, grid,
     np.testing.assert_allclose(g.logprobs, ref.numpy(), atol=1e-4)
 
 
-def _count_passes(monkeypatch) -> list[int]:
-    """Record the tokens per row of every forward pass of the static-cache runner."""
-    seen: list[int] = []
-    orig = _FastRunner.forward
-
-    def counting(self, emb, start, positions, attn_mask, all_positions=False):
-        seen.append(emb.shape[1])
-        return orig(self, emb, start, positions, attn_mask, all_positions)
-
-    monkeypatch.setattr(_FastRunner, "forward", counting)
-    return seen
-
-
 @pytest.mark.parametrize("think", [False, True])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_speculative_decoding_keeps_every_token_and_logprob(gridded, grid, think, temperature, monkeypatch):
-    passes = _count_passes(monkeypatch)
+def test_speculative_decoding_keeps_every_token_and_logprob(gridded, grid, think, temperature, forward_passes):
+    passes = forward_passes
     prompts = [build_prompt(gridded.tokenizer, grid, INSTR, think)] * 3
     for n in (1, 3):
         passes.clear()
@@ -409,8 +396,8 @@ def test_speculative_decoding_keeps_every_token_and_logprob(gridded, grid, think
             assert b.finished
 
 
-def test_speculation_is_off_where_it_cannot_run(gridded, grid, monkeypatch):
-    passes = _count_passes(monkeypatch)
+def test_speculation_is_off_where_it_cannot_run(gridded, grid, forward_passes):
+    passes = forward_passes
     prompt = build_prompt(gridded.tokenizer, grid, INSTR, False)
     guidance = make_guidance(gridded.tokenizer, grid, 1, False, text_scale=2.0)
     sample_all(gridded, [prompt], H, W, [1], guidance=guidance, speculate=16)
@@ -422,7 +409,7 @@ def test_speculation_is_off_where_it_cannot_run(gridded, grid, monkeypatch):
 
 
 @pytest.mark.parametrize("think", [False, True])
-def test_right_guesses_save_passes_and_wrong_ones_change_nothing(gridded, grid, think, monkeypatch):
+def test_right_guesses_save_passes_and_wrong_ones_change_nothing(gridded, grid, think, monkeypatch, forward_passes):
     """Guesses from an oracle that knows each candidate's plain output, wrong at every 5th cell (at a
     different cell per candidate, so candidates keep different counts): same tokens, far fewer passes."""
     import engine.drafts
@@ -431,7 +418,7 @@ def test_right_guesses_save_passes_and_wrong_ones_change_nothing(gridded, grid, 
     big = np.random.RandomState(1).randint(0, 64, (hh, ww))
     prompts = [build_prompt(gridded.tokenizer, big, INSTR, think)] * 3
     seeds = [11, 12, 13]
-    passes = _count_passes(monkeypatch)
+    passes = forward_passes
     plain = sample_all(gridded, prompts, hh, ww, seeds, think=think, temperature=1.0)
     n_plain = len(passes)
     passes.clear()

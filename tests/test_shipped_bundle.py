@@ -54,18 +54,9 @@ def test_edits_a_real_photo_deterministically(nano, think):
     assert first[1].tokens == again[0].tokens
 
 
-def test_speculative_decoding_gives_the_same_edit_in_fewer_passes(nano, monkeypatch):
+def test_speculative_decoding_gives_the_same_edit_in_fewer_passes(nano, forward_passes):
     """An object edit copies most of the photo: guessed copies are kept, the tokens stay the same."""
-    from engine.sampler import _FastRunner
-
-    passes: list[int] = []
-    orig = _FastRunner.forward
-
-    def counting(self, emb, start, positions, attn_mask, all_positions=False):
-        passes.append(emb.shape[1])
-        return orig(self, emb, start, positions, attn_mask, all_positions)
-
-    monkeypatch.setattr(_FastRunner, "forward", counting)
+    passes = forward_passes
     photo = EXAMPLES / "coffee.jpg"
     kw = dict(n=1, seed=3, temperature=0.7)
     plain = edit_blocking(nano, photo, "Add a red circle in the top left corner.", speculate=0, **kw)[0]
