@@ -73,13 +73,14 @@ MAX_TIME = 40.0
 
 
 def run_hf(bundle: Bundle, prompt: list[int], batch: int, threads: int | None,
-           max_new_tokens: int | None = None) -> tuple[float, list[list[int]]]:
-    con = FreeFormConstraint(bundle.tokenizer, H, W, False, vocab_size=bundle.lm.config.vocab_size)
+           max_new_tokens: int | None = None, hw: tuple[int, int] = (H, W),
+           temperature: float = 1.0) -> tuple[float, list[list[int]]]:
+    con = FreeFormConstraint(bundle.tokenizer, *hw, False, vocab_size=bundle.lm.config.vocab_size)
     ids = torch.tensor([prompt] * batch)
     with _num_threads(threads), torch.inference_mode():
         t = time.perf_counter()
         out = bundle.lm.generate(
-            ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=2048, top_p=1.0,
+            ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature, top_k=2048, top_p=1.0,
             max_new_tokens=max_new_tokens or con.max_new_tokens, max_time=MAX_TIME, prefix_allowed_tokens_fn=con.prefix_allowed_tokens_fn(len(prompt)),
             eos_token_id=con.sp.eos, pad_token_id=con.sp.pad,
         )

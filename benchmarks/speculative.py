@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.sampler import run_hf  # noqa: E402
 from engine.bundle import load_bundle  # noqa: E402
-from engine.constraint import FreeFormConstraint  # noqa: E402
 from engine.layout import build_prompt  # noqa: E402
 from engine.sampler import fp16_default, sample_all  # noqa: E402
 from training.eval import _fit, load_samples, sample_seed  # noqa: E402
@@ -44,18 +44,6 @@ def ours(bundle, prompt, hw, seeds, speculate: int) -> tuple[float, list[list[in
                       fp16=fp16_default(bundle), speculate=speculate)
     dt = time.perf_counter() - t
     return sum(len(g.tokens) for g in gens) / dt, [g.tokens for g in gens]
-
-
-def generate(bundle, prompt, hw) -> float:
-    con = FreeFormConstraint(bundle.tokenizer, *hw, False, vocab_size=bundle.lm.config.vocab_size)
-    ids = torch.tensor([prompt])
-    with torch.inference_mode():
-        t = time.perf_counter()
-        out = bundle.lm.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=TEMPERATURE,
-                                 top_k=TOP_K, max_new_tokens=con.max_new_tokens, eos_token_id=con.sp.eos,
-                                 pad_token_id=con.sp.pad, prefix_allowed_tokens_fn=con.prefix_allowed_tokens_fn(len(prompt)))
-        dt = time.perf_counter() - t
-    return (out.shape[1] - len(prompt)) / dt
 
 
 def main() -> None:
@@ -100,7 +88,7 @@ def main() -> None:
                 rate[(cat, "spec", b)].append(r1)
             line += f"  b{b}: {r0:6.1f} -> {r1:6.1f} tok/s ({r1 / r0:.2f}x)"
         if not args.no_generate:
-            rg = generate(bundle, prompt, hw)
+            rg = run_hf(bundle, prompt, 1, None, hw=hw, temperature=TEMPERATURE)[0]
             for cat in (s["category"], "overall"):
                 rate[(cat, "generate", 1)].append(rg)
             line += f"  generate b1: {rg:6.1f}"
