@@ -77,27 +77,31 @@ def fill_from_outside(src: np.ndarray, changed: np.ndarray) -> np.ndarray:
     return src[rows, cols]
 
 
-def apply_remove_fill(records: list[dict]) -> int:
-    """``fill_from_outside`` the targets of ``remove`` records that carry ``changed``, in place; returns
-    how many changed."""
-    n = 0
+def _local_records(records: list[dict], kind: str | None = None):
+    """The records of a local edit (``kind`` only, if given) that carry ``changed`` (pretokenize writes
+    it), with the cells it changed. Global edits and flips change every cell, quarter turns the shape."""
     for r in records:
         ch = r.get("changed")
-        if r.get("kind") == "remove" and ch is not None and r["src"].shape == r["tgt"].shape and not ch.all():
-            r["tgt"] = fill_from_outside(r["src"], ch).astype(r["tgt"].dtype)
-            n += 1
+        if (kind is None or r.get("kind") == kind) and ch is not None and r["src"].shape == r["tgt"].shape \
+                and not ch.all():
+            yield r, ch
+
+
+def apply_remove_fill(records: list[dict]) -> int:
+    """``fill_from_outside`` the targets of ``remove`` records, in place; returns how many changed."""
+    n = 0
+    for r, ch in _local_records(records, "remove"):
+        r["tgt"] = fill_from_outside(r["src"], ch).astype(r["tgt"].dtype)
+        n += 1
     return n
 
 
 def apply_pin_local(records: list[dict], grow: int = 1) -> int:
-    """``pin_local`` the targets of records that carry ``changed`` (pretokenize writes it), in place;
-    returns how many changed. Global edits and flips change every cell, so only local edits move."""
+    """``pin_local`` the targets of local edits, in place; returns how many changed."""
     n = 0
-    for r in records:
-        ch = r.get("changed")
-        if ch is not None and r["src"].shape == r["tgt"].shape and not ch.all():
-            r["tgt"] = pin_local(r["src"], r["tgt"], ch, grow).astype(r["tgt"].dtype)
-            n += 1
+    for r, ch in _local_records(records):
+        r["tgt"] = pin_local(r["src"], r["tgt"], ch, grow).astype(r["tgt"].dtype)
+        n += 1
     return n
 
 
