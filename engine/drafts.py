@@ -94,15 +94,18 @@ class CopyDrafter:
         self.pending[row, col] = v
         return v if v >= 0 else None
 
-    def observe(self, row: int, col: int, code: int) -> None:
-        """The model emitted ``code`` at (row, col): score every guesser, learn the code map."""
-        for i, g in enumerate(self.guessers):
-            self.hits[i] += int(self._guess(g, row, col) == code)
+    def observe(self, row: int, col: int, code: int) -> bool:
+        """The model emitted ``code`` at (row, col): score every guesser, learn the code map. Returns
+        whether ``guess`` would have been right there."""
+        right = [self._guess(g, row, col) == code for g in self.guessers]
+        hit = right[self.best]
+        self.hits += right
         self.out[row, col] = code
         if self.sym:
             self.map[int(self.sym[self.best_sym][row, col])] = code
             self.best_sym = int(self.hits[: len(self.sym)].argmax())
         self.best = int(self.hits.argmax())  # argmax keeps the first (identity) on ties
+        return hit
 
 
 def draft_cost(k: int, rows: int) -> float:

@@ -528,8 +528,7 @@ def sample(
                     if before >= 0 and con.template[before] == VIS:
                         r_, c_ = int(con.feat_row[before]), int(con.feat_col[before])
                         code = int(sp.code_of[t])
-                        accept[i] = 0.95 * accept[i] + 0.05 * float(drafters[i].guess(r_, c_) == code)
-                        drafters[i].observe(r_, c_, code)
+                        accept[i] = 0.95 * accept[i] + 0.05 * float(drafters[i].observe(r_, c_, code))
                     fin = con.advance(s, t)
                     events.append(_event(con, s, i, t, lpv, fin, before=before))
                     step[i] += 1
