@@ -104,6 +104,18 @@ def test_fixed_sets_roundtrip(tmp_path):
     assert json.loads((base / "VERSION.json").read_text())["sizes"] == {"val": 1, "test": 1}
 
 
+def test_a_larger_set_of_a_few_kinds_starts_with_the_fixed_samples(tmp_path):
+    full = suite.load_set(suite.build_sets(tmp_path / "a", root=None, sizes={"val": 1}), "val")
+    some = suite.load_set(suite.build_sets(tmp_path / "b", root=None, sizes={"val": 2}, kinds=["vflip", "compose"]),
+                          "val")
+    assert [r["id"] for r in some] == ["val-vflip-000", "val-vflip-001", "val-compose-000", "val-compose-001"]
+    for r in some[::2]:
+        same = next(f for f in full if f["id"] == r["id"])
+        assert r["instruction"] == same["instruction"] and r["target"].tobytes() == same["target"].tobytes()
+    with pytest.raises(ValueError, match="unknown edit kind"):
+        suite.build_sets(tmp_path / "c", root=None, sizes={"val": 1}, kinds=["fold"])
+
+
 def _sample_from_set(r: dict) -> Image.Image:
     rng = np.random.default_rng([1234, suite.SPLIT_CODE["val"], list(KINDS).index(r["kind"]), 0])
     return suite.make_sample(r["kind"], suite.split_photos("val", None), rng, "x")["target"]

@@ -38,6 +38,33 @@ def test_route_map_reads_the_cell_the_real_edit_moves_there(kind, params):
         assert np.array_equal(cells[rows, cols], zoom_copy(cells, params))  # the copy targets read the same
 
 
+@pytest.mark.parametrize("steps", [["invert", "rotate180"], ["vflip", "invert"],
+                                   ["hflip", "rotate90"], ["rotate90", "vflip"]])
+def test_route_map_of_a_composition_chains_its_geometric_steps(steps):
+    h, w = 6, 6
+    rng = np.random.default_rng(1)
+    colours = rng.integers(0, 256, (h * w, 3))
+    cells = np.arange(h * w).reshape(h, w)
+    photo = Image.fromarray(colours[np.kron(cells, np.ones((8, 8), dtype=int))].astype(np.uint8))
+    params = {"steps": [{"kind": k, "params": {"dir": "clockwise"} if k == "rotate90" else {}} for k in steps]}
+    out = np.asarray(KINDS["compose"].render(photo, params).target).astype(float)
+    if "invert" in steps:
+        out = 255 - out  # a colour step that keeps the cells apart
+    seen = np.argmin(((out[4::8, 4::8][:, :, None, :] - colours[None, None]) ** 2).sum(-1), -1)
+    rows, cols = route_map("compose", params, (h, w), seen.shape)
+    assert (cells[rows, cols] == seen).mean() > 0.9
+
+
+def test_route_map_of_a_composition_needs_a_move_and_no_object():
+    flip = {"kind": "hflip", "params": {}}
+    grey = {"kind": "grayscale", "params": {}}
+    star = {"kind": "add_shape", "params": {}}
+    assert route_map("compose", {"steps": [grey, flip]}, (4, 6), (4, 6)) is not None
+    assert route_map("compose", {"steps": [grey]}, (4, 6), (4, 6)) is None  # nothing moves
+    assert route_map("compose", {"steps": [star, flip]}, (4, 6), (4, 6)) is None  # the object reads from nowhere
+    assert route_map("compose", {"steps": [flip]}, (4, 6), (6, 4)) is None  # shape does not fit
+
+
 def test_route_map_refuses_what_is_not_a_geometric_copy():
     assert route_map("grayscale", {}, (4, 4), (4, 4)) is None
     assert route_map("rotate90", {"dir": "clockwise"}, (4, 6), (4, 6)) is None  # a quarter turn swaps the sides

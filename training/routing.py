@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 from transformers.models.emu3.modeling_emu3 import apply_rotary_pos_emb
 
-from training.edits.kinds import ZOOM_CENTRES
+from training.edits.kinds import KINDS, ZOOM_CENTRES
 
 
 def zoom_cells(h: int, w: int, params: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +56,7 @@ def route_map(kind: str, params: dict, src_hw: tuple[int, int], tgt_hw: tuple[in
     """(rows, cols), each shaped like the target grid: the source cell each target cell is read from;
     None for kinds that are not a copy, or when the shapes do not fit the kind. ``remove`` with its
     ``changed`` cells: those read the nearest unchanged cell (``proxy_targets.fill_from_outside``), the
-    others are not routed (-1)."""
+    others are not routed (-1). ``compose``: its flips and turns chained, when it has one and no object step."""
     (hs, ws), (ht, wt) = src_hw, tgt_hw
     i, j = np.meshgrid(np.arange(ht), np.arange(wt), indexing="ij")
     same = (hs, ws) == (ht, wt)
@@ -74,7 +74,28 @@ def route_map(kind: str, params: dict, src_hw: tuple[int, int], tgt_hw: tuple[in
     if kind == "zoom" and same and params.get("where") in ZOOM_CENTRES:
         rows, cols = zoom_cells(hs, ws, params)
         return rows[i], cols[j]
+    if kind == "compose":
+        return _compose_route(params.get("steps") or [], src_hw, tgt_hw)
     return None
+
+
+def _compose_route(steps: list[dict], src_hw: tuple[int, int],
+                   tgt_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A composition's map: its geometric steps chained (colour steps keep every cell in place). None
+    without a geometric step (nothing moves) or with a step that is not a copy (an added object covers
+    cells that read from nowhere)."""
+    hw = tuple(src_hw)
+    rows, cols = np.meshgrid(np.arange(hw[0]), np.arange(hw[1]), indexing="ij")
+    moved = False
+    for st in steps:
+        if KINDS[st["kind"]].category == "global":
+            continue
+        out_hw = (hw[1], hw[0]) if st["kind"] == "rotate90" else hw
+        m = route_map(st["kind"], st.get("params") or {}, hw, out_hw)
+        if m is None:
+            return None
+        rows, cols, hw, moved = rows[m], cols[m], out_hw, True
+    return (rows, cols) if moved and hw == tuple(tgt_hw) else None
 
 
 def route_pairs(feats: torch.Tensor, gather_pos: torch.Tensor, valid: torch.Tensor,

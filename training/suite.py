@@ -1,6 +1,7 @@
 """The synthetic editing suite: an unlimited, seeded sample stream and fixed, versioned val/test sets.
 
     python -m training.suite build-sets --out data/suite        # data/suite/v1/{val,test}/
+    python -m training.suite build-sets --out data/suite-compose --kinds compose --per-kind 40 --splits val
     python -m training.suite preview -o sheet.png                # contact sheet, one row per kind
     python -m training.suite sanity                              # verifier sanity table
 
@@ -143,9 +144,14 @@ def rephrase(sample: dict, rng: np.random.Generator, heldout: bool = False) -> s
 
 
 def build_sets(out: str | Path, root: str | Path | None = "data/corpus", seed: int = 1234,
-               sizes: dict[str, int] | None = None) -> Path:
-    """Write ``<out>/v<SUITE_VERSION>/<split>/`` with PNGs and ``samples.jsonl`` (``n`` per kind)."""
+               sizes: dict[str, int] | None = None, kinds: Sequence[str] | None = None) -> Path:
+    """Write ``<out>/v<SUITE_VERSION>/<split>/`` with PNGs and ``samples.jsonl`` (``n`` per kind).
+    ``kinds``: only these (a sample depends on its split, kind and index alone, so a larger set of a few
+    kinds starts with the fixed sets' samples of those kinds)."""
     sizes = sizes or SET_SIZES
+    unknown = sorted(set(kinds or ()) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown edit kind(s) {unknown}; choose from {', '.join(KINDS)}")
     base = Path(out) / f"v{SUITE_VERSION}"
     for split, n in sizes.items():
         d = base / split
@@ -153,6 +159,8 @@ def build_sets(out: str | Path, root: str | Path | None = "data/corpus", seed: i
         photos = split_photos(split, root)
         lines = []
         for ki, kind in enumerate(KINDS):
+            if kinds and kind not in kinds:
+                continue
             for j in range(n):
                 rng = np.random.default_rng([seed, SPLIT_CODE[split], ki, j])
                 s = make_sample(kind, photos, rng, f"{split}-{kind}-{j:03d}")
@@ -174,7 +182,7 @@ def build_sets(out: str | Path, root: str | Path | None = "data/corpus", seed: i
         if old.get("seed") == seed and old.get("suite_version") == SUITE_VERSION:
             written = {**old.get("sizes", {}), **sizes}
     version.write_text(json.dumps({"suite_version": SUITE_VERSION, "seed": seed, "sizes": written,
-                                   "kinds": list(KINDS)}, indent=1))
+                                   "kinds": [k for k in KINDS if not kinds or k in kinds]}, indent=1))
     return base
 
 
@@ -262,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--out", default="data/suite")
     b.add_argument("--corpus", default="data/corpus")
     b.add_argument("--per-kind", type=int, default=None, help="samples per kind (default val 10, test 10)")
+    b.add_argument("--kinds", default=None, metavar="K,K,…", help="only these edit kinds (default: all)")
+    b.add_argument("--splits", default="val,test", metavar="S,S", help="which splits to write")
     p = sub.add_parser("preview", help="contact sheet PNG, one row per edit kind")
     p.add_argument("-o", "--out", default="sheet.png")
     p.add_argument("--corpus", default="data/corpus")
@@ -273,8 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("-n", type=int, default=4)
     a = ap.parse_args(argv)
     if a.cmd == "build-sets":
-        sizes = {k: a.per_kind for k in SET_SIZES} if a.per_kind else None
-        print(f"wrote {build_sets(a.out, a.corpus, sizes=sizes)}")
+        splits = [x for x in a.splits.split(",") if x]
+        if not splits or set(splits) - set(SET_SIZES):
+            ap.error(f"--splits: choose from {', '.join(SET_SIZES)}")
+        sizes = {k: a.per_kind or SET_SIZES[k] for k in splits}
+        kinds = [k for k in a.kinds.split(",") if k] if a.kinds else None
+        print(f"wrote {build_sets(a.out, a.corpus, sizes=sizes, kinds=kinds)}")
     elif a.cmd == "preview":
         print(f"wrote {preview(a.out, a.corpus, a.split, a.seed)}")
     else:
