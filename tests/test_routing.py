@@ -22,15 +22,24 @@ PARAMS = [("hflip", {}), ("vflip", {}), ("rotate180", {}), ("rotate90", {"dir": 
     ("zoom", {"where": w, "factor": 2.0}) for w in ("center", "top left", "bottom right")]
 
 
+def _cell_photo(h: int, w: int, seed: int) -> tuple[Image.Image, np.ndarray]:
+    """A photo of (h, w) flat 8x8 cells, each its own random colour, and those colours (cell index order)."""
+    colours = np.random.default_rng(seed).integers(0, 256, (h * w, 3))
+    cells = np.arange(h * w).reshape(h, w)
+    return Image.fromarray(colours[np.kron(cells, np.ones((8, 8), dtype=int))].astype(np.uint8)), colours
+
+
+def _cells_seen(out: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Which source cell's colour each 8x8 cell of ``out`` shows (at its centre)."""
+    return np.argmin(((out[4::8, 4::8][:, :, None, :] - colours[None, None]) ** 2).sum(-1), -1)
+
+
 @pytest.mark.parametrize("kind,params", PARAMS)
 def test_route_map_reads_the_cell_the_real_edit_moves_there(kind, params):
     h, w = (6, 6) if kind == "rotate90" else (6, 10)
-    rng = np.random.default_rng(0)
-    colours = rng.integers(0, 256, (h * w, 3))
+    photo, colours = _cell_photo(h, w, 0)
     cells = np.arange(h * w).reshape(h, w)
-    photo = Image.fromarray(colours[np.kron(cells, np.ones((8, 8), dtype=int))].astype(np.uint8))
-    out = np.asarray(KINDS[kind].render(photo, params).target).astype(float)
-    seen = np.argmin(((out[4::8, 4::8][:, :, None, :] - colours[None, None]) ** 2).sum(-1), -1)
+    seen = _cells_seen(np.asarray(KINDS[kind].render(photo, params).target).astype(float), colours)
     rows, cols = route_map(kind, params, (h, w), seen.shape)
     assert rows.shape == seen.shape
     assert (cells[rows, cols] == seen).mean() > 0.9  # the zoom's bicubic blends a few cells at block edges
@@ -42,15 +51,13 @@ def test_route_map_reads_the_cell_the_real_edit_moves_there(kind, params):
                                    ["hflip", "rotate90"], ["rotate90", "vflip"]])
 def test_route_map_of_a_composition_chains_its_geometric_steps(steps):
     h, w = 6, 6
-    rng = np.random.default_rng(1)
-    colours = rng.integers(0, 256, (h * w, 3))
+    photo, colours = _cell_photo(h, w, 1)
     cells = np.arange(h * w).reshape(h, w)
-    photo = Image.fromarray(colours[np.kron(cells, np.ones((8, 8), dtype=int))].astype(np.uint8))
     params = {"steps": [{"kind": k, "params": {"dir": "clockwise"} if k == "rotate90" else {}} for k in steps]}
     out = np.asarray(KINDS["compose"].render(photo, params).target).astype(float)
     if "invert" in steps:
         out = 255 - out  # a colour step that keeps the cells apart
-    seen = np.argmin(((out[4::8, 4::8][:, :, None, :] - colours[None, None]) ** 2).sum(-1), -1)
+    seen = _cells_seen(out, colours)
     rows, cols = route_map("compose", params, (h, w), seen.shape)
     assert (cells[rows, cols] == seen).mean() > 0.9
 
