@@ -114,6 +114,14 @@ def test_a_larger_set_of_a_few_kinds_starts_with_the_fixed_samples(tmp_path):
         assert r["instruction"] == same["instruction"] and r["target"].tobytes() == same["target"].tobytes()
     with pytest.raises(ValueError, match="unknown edit kind"):
         suite.build_sets(tmp_path / "c", root=None, sizes={"val": 1}, kinds=["fold"])
+    # a few kinds written over the whole suite's folder: the record no longer claims the other split whole
+    suite.build_sets(tmp_path / "a", root=None, sizes={"test": 1}, kinds=["vflip"])
+    assert json.loads((tmp_path / "a" / "v1" / "VERSION.json").read_text())["sizes"] == {"test": 1}
+    # and the evaluation's cache builds the whole suite over such a set instead of taking it for the suite
+    from training.eval import load_samples
+
+    rows = load_samples(tmp_path / "none", "test", corpus=None, cache=tmp_path / "a", n_per_kind=1)
+    assert len(rows) == len(KINDS)
 
 
 def _sample_from_set(r: dict) -> Image.Image:

@@ -68,15 +68,13 @@ def load_samples(sets: str | Path = "data/suite", split: str = "test", n_per_kin
     ``training.suite.load_set`` (``id, kind, category, source, target, mask, instruction,
     instruction_heldout, ...``) plus ``set_path``: the folder they were read from.
     """
-    from training.suite import SET_SIZES, SPLIT_CODE, SUITE_VERSION, build_sets, load_set
+    from training.suite import KINDS, SET_SIZES, SPLIT_CODE, SUITE_VERSION, build_sets, load_set
 
     if split not in SPLIT_CODE or split == "train":
         raise ValueError(f"unknown evaluation split {split!r}; use test or val")
     if n_per_kind is not None and n_per_kind < 1:
         raise ValueError(f"--n-per-kind must be at least 1 (got {n_per_kind})")
     if kinds is not None:
-        from training.suite import KINDS
-
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown or not kinds:
             raise ValueError(f"unknown edit kind(s) {unknown or kinds}; choose from {', '.join(KINDS)}")
@@ -88,7 +86,9 @@ def load_samples(sets: str | Path = "data/suite", split: str = "test", n_per_kin
         need = n_per_kind or SET_SIZES.get(split, 10)
         built = 0
         if (base / "VERSION.json").exists() and (base / split / "samples.jsonl").exists():
-            built = int(json.loads((base / "VERSION.json").read_text()).get("sizes", {}).get(split, 0))
+            version = json.loads((base / "VERSION.json").read_text())
+            if version.get("kinds") == list(KINDS):  # a set of a few kinds (build_sets(kinds=)) is not the suite
+                built = int(version.get("sizes", {}).get(split, 0))
         if built < need:
             print(f"[eval] {Path(sets) / f'v{SUITE_VERSION}' / split} not found: building {need} samples per kind "
                   f"into {base} (once)", file=sys.stderr)

@@ -174,15 +174,16 @@ def build_sets(out: str | Path, root: str | Path | None = "data/corpus", seed: i
                 rec["files"] = files
                 lines.append(json.dumps(rec))
         (d / "samples.jsonl").write_text("\n".join(lines) + "\n")
-    # keep the sizes of the splits this call did not rebuild (built before with the same seed)
+    # keep the sizes of the splits this call did not rebuild (built before with the same seed and kinds)
     written = dict(sizes)
+    built_kinds = [k for k in KINDS if not kinds or k in kinds]
     version = base / "VERSION.json"
     if version.exists():
         old = json.loads(version.read_text())
-        if old.get("seed") == seed and old.get("suite_version") == SUITE_VERSION:
+        if (old.get("seed"), old.get("suite_version"), old.get("kinds")) == (seed, SUITE_VERSION, built_kinds):
             written = {**old.get("sizes", {}), **sizes}
     version.write_text(json.dumps({"suite_version": SUITE_VERSION, "seed": seed, "sizes": written,
-                                   "kinds": [k for k in KINDS if not kinds or k in kinds]}, indent=1))
+                                   "kinds": built_kinds}, indent=1))
     return base
 
 
