@@ -361,3 +361,94 @@ def test_soft_sigma_trains_from_the_command_line_settings(tmp_path, capsys):
     cfg.soft_sigma = 0.5
     train(cfg)
     assert torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
+
+
+def _kl_to_teacher(student, teacher, cfg, kinds: set[str]) -> float:
+    """Mean KL(teacher ‖ student) over the image tokens of ``kinds`` in a few fixed batches."""
+    from engine.logprobs import collated_logprobs
+    from training.train_sft import teacher_targets
+
+    batcher = Batcher(load_cache(cfg.cache), SFTConfig(batch_size=6, keep_prob=0.0, think_prob=0.0), seed=3)
+    constraints: dict = {}
+    from training.train_sft import constraint_for, sft_batch
+
+    total, n = 0.0, 0
+    for _ in range(4):
+        shape, think, items = batcher.next()
+        con = constraint_for(constraints, student.tokenizer, *shape, think, student.lm.config.vocab_size)
+        batch = sft_batch(student.tokenizer, con, think, items)
+        soft = teacher_targets(teacher, con, batch, items, kinds)
+        if soft is None:
+            continue
+        with torch.no_grad():
+            _, full = collated_logprobs(student, batch, con, return_full=True)
+        log_s = torch.log_softmax(full[soft.mask][:, con.sp.visual_ids], -1)
+        p = soft.dist
+        total += float((p * (p.clamp_min(1e-30).log() - log_s)).sum())
+        n += len(p)
+    assert n > 0
+    return total / n
+
+
+def test_distill_from_pulls_the_chosen_kinds_to_the_teacher(tmp_path):
+    from training.train_sft import constraint_for, sft_batch, teacher_targets
+
+    cfg = _tiny_setup(tmp_path)
+    recs = torch.load(tmp_path / "cache" / "shard_00000.pt", weights_only=False)
+    for r in recs[::2]:
+        r["kind"], r["tgt"] = "grayscale", (r["src"] + 1) % 64
+    torch.save(recs, tmp_path / "cache" / "shard_00000.pt")
+    cfg.steps, cfg.lr, cfg.ckpt_every = 40, 5e-3, 100  # a teacher sure of its codes, far from a fresh student
+    train(cfg)
+    train(cfg, export=str(tmp_path / "teacher"))
+    cfg.out, cfg.seed, cfg.steps, cfg.lr = str(tmp_path / "s0"), 1, 1, 1e-3
+    train(cfg)
+    train(cfg, export=str(tmp_path / "student0"))
+    # the students' cache teaches another grayscale (+2): distillation must follow the teacher (+1) instead
+    (tmp_path / "other").mkdir()
+    torch.save([{**r, "tgt": (r["src"] + 2) % 64} if r["kind"] == "grayscale" else r for r in recs],
+               tmp_path / "other" / "shard_00000.pt")
+    students = {}
+    for name, distill in (("plain", ""), ("distilled", str(tmp_path / "teacher"))):
+        run = SFTConfig(**{**cfg.__dict__, "cache": str(tmp_path / "other"), "init": str(tmp_path / "student0"),
+                           "out": str(tmp_path / name), "distill_from": distill, "distill_kinds": "grayscale",
+                           "steps": 30, "lr": 3e-3, "keep_prob": 0.0})
+        train(run)
+        train(run, export=str(tmp_path / f"{name}-bundle"))
+        students[name] = load_bundle(tmp_path / f"{name}-bundle")
+    teacher, s0 = load_bundle(tmp_path / "teacher"), load_bundle(tmp_path / "student0")
+
+    # only the chosen kind's image tokens get the teacher's distributions, each summing to one
+    shape, think, items = Batcher(recs, SFTConfig(batch_size=8, keep_prob=0.0), seed=0).next()
+    con = constraint_for({}, teacher.tokenizer, *shape, think, teacher.lm.config.vocab_size)
+    batch = sft_batch(teacher.tokenizer, con, think, items)
+    soft = teacher_targets(teacher, con, batch, items, {"grayscale"})
+    chosen = [it[5] == "grayscale" for it in items]
+    assert soft.mask.any(1).tolist() == chosen
+    assert int(soft.mask.sum()) == 16 * sum(chosen)  # a 4x4 grid's codes per chosen item
+    assert torch.allclose(soft.dist.sum(-1), torch.ones(len(soft.dist)))
+    assert teacher_targets(teacher, con, batch, items, {"sepia"}) is None
+
+    before = _kl_to_teacher(s0, teacher, cfg, {"grayscale"})
+    plain = _kl_to_teacher(students["plain"], teacher, cfg, {"grayscale"})
+    distilled = _kl_to_teacher(students["distilled"], teacher, cfg, {"grayscale"})
+    assert distilled < 0.7 * before and distilled < 0.7 * plain, (before, plain, distilled)
+
+
+def test_distill_from_refuses_a_teacher_with_other_codes(tmp_path):
+    import shutil
+
+    cfg = _tiny_setup(tmp_path)
+    cfg.steps = 1
+    train(cfg)
+    train(cfg, export=str(tmp_path / "teacher"))
+    torch.manual_seed(5)  # another encoder: the same code numbers would mean other pictures
+    shutil.rmtree(tmp_path / "teacher" / "vq")
+    NanoVQ(block_out_channels=(16, 32, 32), fsq_levels=(4, 4, 4), norm_num_groups=8).save_pretrained(
+        str(tmp_path / "teacher" / "vq"))
+    cfg.out, cfg.distill_from, cfg.steps = str(tmp_path / "s"), str(tmp_path / "teacher"), 2
+    with pytest.raises(SystemExit, match="encoder is not the student's"):
+        train(cfg)
+    cfg.distill_from, cfg.soft_sigma = str(tmp_path / "run" / "checkpoint" / "bundle"), 0.5
+    with pytest.raises(SystemExit, match="exclusive"):
+        train(cfg)

@@ -98,6 +98,12 @@ class SFTConfig:
     route_head: str = ""
     route_weight: float = 1.0
     route_kinds: str = "geometry"
+    # A bundle to keep: samples of distill_kinds (kinds or categories) learn its image-token distributions
+    # (cross-entropy against its softmax, i.e. KL to it) instead of the cached target codes. A CPU run on a
+    # few kinds otherwise wears away what a GPU stage taught the others (the colour edits, sessions 13-15);
+    # the teacher carries that knowledge, the 23 train photos' cached targets do not.
+    distill_from: str = ""
+    distill_kinds: str = "global"
     # Render fresh samples in this many background processes during training (training.live_data) and
     # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
     live_workers: int = 0
@@ -242,18 +248,19 @@ class Batcher:
         self._reweigh()
 
     def next(self) -> tuple[tuple[int, int], bool, list[tuple]]:
-        """(grid shape, think, items): each item is (source, target, instruction, reasoning, route), route
-        being ``routing.route_map``'s source cells when ``route_head`` is set and the kind is routed, else None."""
+        """(grid shape, think, items): each item is (source, target, instruction, reasoning, route, kind),
+        route being ``routing.route_map``'s source cells when ``route_head`` is set and the kind is routed,
+        else None; kind is "keep" for a keep-it-unchanged sample."""
         shape = self.rng.choices(self.shapes, self.weights)[0]
         think = self.rng.random() < self.cfg.think_prob
         items = []
         for r in self.rng.choices(self.by_shape[shape], cum_weights=self.item_w[shape], k=self.cfg.batch_size):
             if self.rng.random() < self.cfg.keep_prob:
-                items.append((r["src"], r["src"], self.rng.choice(KEEP_PHRASINGS), r["keep_reasoning"], None))
+                items.append((r["src"], r["src"], self.rng.choice(KEEP_PHRASINGS), r["keep_reasoning"], None, "keep"))
             else:
                 route = (route_map(r["kind"], r.get("params") or {}, r["src"].shape, r["tgt"].shape, r.get("changed"))
                          if r["kind"] in self.routed else None)
-                items.append((r["src"], r["tgt"], self.rng.choice(r["instructions"]), r["reasoning"], route))
+                items.append((r["src"], r["tgt"], self.rng.choice(r["instructions"]), r["reasoning"], route, r["kind"]))
         return shape, think, items
 
     def state(self) -> object:
@@ -331,6 +338,24 @@ def soft_targets(tok: object, batch: Collated, items: list, levels: list[int], s
     return SoftTargets(mask, soft_code_targets(codes, levels, sigma))
 
 
+def teacher_targets(teacher: Bundle, constraint: FreeFormConstraint, batch: Collated, items: list,
+                    kinds: set[str]) -> SoftTargets | None:
+    """The teacher's distributions over the codes at the image tokens of the items whose kind is in
+    ``kinds``; None when the batch has none. Text tokens keep their own targets (the reasoning is
+    templated, nothing to keep)."""
+    tok = teacher.tokenizer
+    code_of = special_ids(tok).code_of
+    chosen = torch.tensor([len(it) > 5 and it[5] in kinds for it in items])
+    mask = (code_of[batch.gen] >= 0) & batch.valid & chosen[:, None]
+    if not mask.any():
+        return None
+    with torch.no_grad():
+        _, full = collated_logprobs(teacher, batch, constraint, return_full=True)
+        vis = full[mask.to(full.device)][:, special_ids(tok).visual_ids.to(full.device)]
+        dist = torch.softmax(vis, dim=-1)  # renormalised over the codes (the constraint allows only codes here)
+    return SoftTargets(mask, dist)
+
+
 def sft_batch(tok: object, constraint: FreeFormConstraint, think: bool, items: list) -> Collated:
     """The padded training batch of ``items`` (source, target, instruction, reasoning[, route])."""
     prompts = [build_prompt(tok, it[0], it[2], think) for it in items]
@@ -378,11 +403,13 @@ def constraint_for(constraints: dict, tok: object, h: int, w: int, think: bool, 
     return constraints[key]
 
 
-def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int, levels: list[int] | None = None
+def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int, levels: list[int] | None = None,
+               teacher: Bundle | None = None
                ) -> tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None, torch.Tensor, SoftTargets | None]:
     """Draw the next batch and collate it (CPU work: the loop does it while the GPU runs a step): the
     constraint, think, the batch, its loss weights, its routed (item, query, key) positions and its soft
-    targets (with ``cfg.soft_sigma`` > 0, which needs the tokenizer's FSQ ``levels``)."""
+    targets (with ``cfg.soft_sigma`` > 0, which needs the tokenizer's FSQ ``levels``; or with ``teacher``,
+    its distributions for the ``cfg.distill_kinds`` items, see ``teacher_targets``)."""
     shape, think, items = batcher.next()
     con = constraint_for(constraints, tok, *shape, think, vocab_size)
     collated = sft_batch(tok, con, think, items)
@@ -392,6 +419,10 @@ def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int
         if not levels:
             raise ValueError("soft targets need the image tokenizer's FSQ levels")
         soft = soft_targets(tok, collated, items, levels, batcher.cfg.soft_sigma)
+    if teacher is not None:
+        if soft is not None:
+            raise ValueError("--distill-from and --soft-sigma are exclusive")
+        soft = teacher_targets(teacher, con, collated, items, focus_set(batcher.cfg.distill_kinds))
     return con, think, collated, edit_weights(tok, collated, items, batcher.cfg.edit_weight), pairs, soft
 
 
@@ -434,6 +465,29 @@ def with_targets(cfg: SFTConfig, records: list[dict]) -> list[dict]:
     if cfg.remove_targets == "fill":
         apply_remove_fill(records)
     return records
+
+
+def load_teacher(cfg: SFTConfig, student: Bundle, vocab_size: int, device: torch.device) -> Bundle:
+    """``cfg.distill_from``'s bundle, frozen, after checking it speaks the student's tokens."""
+    if cfg.soft_sigma > 0:
+        raise SystemExit("--distill-from and --soft-sigma are exclusive (both set soft targets)")
+    focus_set(cfg.distill_kinds)  # unknown names fail here, not at the first batch
+    teacher = load_bundle(cfg.distill_from, dtype=torch.float32)
+    if (teacher.lm.config.vocab_size != vocab_size
+            or teacher.tokenizer.get_vocab() != student.tokenizer.get_vocab()
+            or not torch.equal(special_ids(teacher.tokenizer).visual_ids, special_ids(student.tokenizer).visual_ids)):
+        raise SystemExit(f"--distill-from {cfg.distill_from}: its tokens are not the student's (another tokenizer)")
+    enc_t = {k: v for k, v in teacher.vq.state_dict().items() if k.startswith("encoder")}
+    enc_s = {k: v for k, v in student.vq.state_dict().items() if k.startswith("encoder")}
+    # bf16 and fp32 copies of one encoder must pass, another encoder (other codes) must not
+    if enc_t.keys() != enc_s.keys() or not all(
+            torch.allclose(enc_t[k].float(), enc_s[k].float(), rtol=1e-2, atol=1e-3) for k in enc_t):
+        raise SystemExit(f"--distill-from {cfg.distill_from}: its image tokenizer's encoder is not the student's "
+                         "(its codes would mean something else)")
+    teacher.lm.to(device).eval().requires_grad_(False)
+    if teacher.grid_embed is not None:
+        teacher.grid_embed.to(device).eval().requires_grad_(False)
+    return teacher
 
 
 def cache_records(cfg: SFTConfig) -> list[dict]:
@@ -552,6 +606,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     vocab_size = accel.unwrap_model(bundle.lm).config.vocab_size
     head = parse_head(cfg.route_head)
     router = RouteHead(accel.unwrap_model(bundle.lm), *head) if head else None
+    teacher = load_teacher(cfg, bundle, vocab_size, accel.device) if cfg.distill_from else None
     levels = None
     if cfg.soft_sigma > 0:
         levels = list(getattr(getattr(bundle.vq, "config", None), "fsq_levels", None) or [])
@@ -562,7 +617,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         if live is not None and at_step % cfg.live_every == 0:
             batcher.add(with_targets(cfg, encode_records(bundle.vq, live.drain(), batch=512)))
         state = batcher.state()  # what a checkpoint saves: resuming redraws this batch
-        return state, next_batch(batcher, constraints, bundle.tokenizer, vocab_size, levels)
+        return state, next_batch(batcher, constraints, bundle.tokenizer, vocab_size, levels, teacher)
 
     pending = draw(step)
     try:
