@@ -357,7 +357,7 @@ def teacher_targets(teacher: Bundle, constraint: FreeFormConstraint, batch: Coll
 
 
 def sft_batch(tok: object, constraint: FreeFormConstraint, think: bool, items: list) -> Collated:
-    """The padded training batch of ``items`` (source, target, instruction, reasoning[, route])."""
+    """The padded training batch of ``items`` (source, target, instruction, reasoning[, route, kind])."""
     prompts = [build_prompt(tok, it[0], it[2], think) for it in items]
     gens = [build_target(tok, it[1], it[3] if think else None) for it in items]
     return collate(tok, constraint, prompts, gens)
