@@ -10,7 +10,15 @@ from engine import edit_blocking
 from engine.bundle import load_bundle
 from engine.vq import NanoVQ
 from training.pretokenize import load_cache
-from training.train_sft import Batcher, SFTConfig, digit_sum_init, train
+from training.train_sft import (
+    Batcher,
+    SFTConfig,
+    constraint_for,
+    digit_sum_init,
+    sft_batch,
+    teacher_targets,
+    train,
+)
 
 
 def _tiny_setup(tmp_path):
@@ -366,12 +374,9 @@ def test_soft_sigma_trains_from_the_command_line_settings(tmp_path, capsys):
 def _kl_to_teacher(student, teacher, cfg, kinds: set[str]) -> float:
     """Mean KL(teacher ‖ student) over the image tokens of ``kinds`` in a few fixed batches."""
     from engine.logprobs import collated_logprobs
-    from training.train_sft import teacher_targets
 
     batcher = Batcher(load_cache(cfg.cache), SFTConfig(batch_size=6, keep_prob=0.0, think_prob=0.0), seed=3)
     constraints: dict = {}
-    from training.train_sft import constraint_for, sft_batch
-
     total, n = 0.0, 0
     for _ in range(4):
         shape, think, items = batcher.next()
@@ -391,8 +396,6 @@ def _kl_to_teacher(student, teacher, cfg, kinds: set[str]) -> float:
 
 
 def test_distill_from_pulls_the_chosen_kinds_to_the_teacher(tmp_path):
-    from training.train_sft import constraint_for, sft_batch, teacher_targets
-
     cfg = _tiny_setup(tmp_path)
     recs = torch.load(tmp_path / "cache" / "shard_00000.pt", weights_only=False)
     for r in recs[::2]:

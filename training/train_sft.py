@@ -219,6 +219,7 @@ class Batcher:
         # sampling); either way the draws match those of earlier runs bit for bit
         self.focus = focus
         self.routed = focus_set(cfg.route_kinds) if cfg.route_head else set()
+        self.distilled = focus_set(cfg.distill_kinds) if cfg.distill_from else set()
         self.item_w: dict[tuple[int, int], list[float] | None] = {}
         for s in shapes:
             rs = self.by_shape[s]
@@ -343,15 +344,14 @@ def teacher_targets(teacher: Bundle, constraint: FreeFormConstraint, batch: Coll
     """The teacher's distributions over the codes at the image tokens of the items whose kind is in
     ``kinds``; None when the batch has none. Text tokens keep their own targets (the reasoning is
     templated, nothing to keep)."""
-    tok = teacher.tokenizer
-    code_of = special_ids(tok).code_of
+    sp = special_ids(teacher.tokenizer)
     chosen = torch.tensor([len(it) > 5 and it[5] in kinds for it in items])
-    mask = (code_of[batch.gen] >= 0) & batch.valid & chosen[:, None]
+    mask = (sp.code_of[batch.gen] >= 0) & batch.valid & chosen[:, None]
     if not mask.any():
         return None
     with torch.no_grad():
         _, full = collated_logprobs(teacher, batch, constraint, return_full=True)
-        vis = full[mask.to(full.device)][:, special_ids(tok).visual_ids.to(full.device)]
+        vis = full[mask.to(full.device)][:, sp.visual_ids.to(full.device)]
         dist = torch.softmax(vis, dim=-1)  # renormalised over the codes (the constraint allows only codes here)
     return SoftTargets(mask, dist)
 
@@ -409,7 +409,7 @@ def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int
     """Draw the next batch and collate it (CPU work: the loop does it while the GPU runs a step): the
     constraint, think, the batch, its loss weights, its routed (item, query, key) positions and its soft
     targets (with ``cfg.soft_sigma`` > 0, which needs the tokenizer's FSQ ``levels``; or with ``teacher``,
-    its distributions for the ``cfg.distill_kinds`` items, see ``teacher_targets``)."""
+    its distributions for the items of ``batcher.distilled``, see ``teacher_targets``)."""
     shape, think, items = batcher.next()
     con = constraint_for(constraints, tok, *shape, think, vocab_size)
     collated = sft_batch(tok, con, think, items)
@@ -422,7 +422,7 @@ def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int
     if teacher is not None:
         if soft is not None:
             raise ValueError("--distill-from and --soft-sigma are exclusive")
-        soft = teacher_targets(teacher, con, collated, items, focus_set(batcher.cfg.distill_kinds))
+        soft = teacher_targets(teacher, con, collated, items, batcher.distilled)
     return con, think, collated, edit_weights(tok, collated, items, batcher.cfg.edit_weight), pairs, soft
 
 
@@ -471,7 +471,6 @@ def load_teacher(cfg: SFTConfig, student: Bundle, vocab_size: int, device: torch
     """``cfg.distill_from``'s bundle, frozen, after checking it speaks the student's tokens."""
     if cfg.soft_sigma > 0:
         raise SystemExit("--distill-from and --soft-sigma are exclusive (both set soft targets)")
-    focus_set(cfg.distill_kinds)  # unknown names fail here, not at the first batch
     teacher = load_bundle(cfg.distill_from, dtype=torch.float32)
     if (teacher.lm.config.vocab_size != vocab_size
             or teacher.tokenizer.get_vocab() != student.tokenizer.get_vocab()
