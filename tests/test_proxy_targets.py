@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from training.edits import ops
+from training.edits import KINDS, ops
 from training.edits.kinds import ZOOM_CENTRES
 from training.proxy_targets import (
     apply_pin_local,
@@ -15,6 +16,7 @@ from training.proxy_targets import (
     changed_cells,
     fill_from_outside,
     pin_local,
+    unjittered_target,
     zoom_copy,
 )
 from training.train_sft import SFTConfig, cache_records
@@ -186,3 +188,32 @@ def test_sft_fills_removals_only_when_asked(tmp_path):
     assert (recs[1]["tgt"] == tgt).all()  # only removals
     with pytest.raises(SystemExit, match="remove-targets"):
         with_targets(SFTConfig(remove_targets="blur"), recs)
+
+
+@pytest.mark.parametrize("kind", ["add_shape", "add_stamp"])
+def test_unjittered_target_moves_only_the_added_object_back_to_its_named_position(kind):
+    photo = Image.open("assets/examples/coffee.jpg").convert("RGB").resize((128, 128))
+    res = KINDS[kind].apply(photo, np.random.default_rng(3))
+    sample = {"kind": kind, "source": res.source, "target": res.target, "params": res.params}
+    jitter = res.params["add"]["jitter"]
+    assert max(abs(j) for j in jitter) * 128 > 1  # a visible offset to undo
+    moved = np.asarray(unjittered_target(sample), dtype=np.int16)
+    true = np.asarray(res.target, dtype=np.int16)
+    src = np.asarray(res.source, dtype=np.int16)
+    assert np.abs(moved - true).max() > 50  # the object's edges moved
+    far = np.ones((128, 128), bool)  # pixels no placement within the offset range can touch stay the source's
+    for t in (true, moved):
+        ys, xs = np.nonzero(np.abs(t - src).sum(axis=2) > 0)
+        far[max(ys.min() - 8, 0):ys.max() + 9, max(xs.min() - 8, 0):xs.max() + 9] = False
+    assert far.any() and (moved[far] == src[far]).all()
+    # the same sample without an offset is its own unjittered target
+    still = {**sample, "params": {**res.params, "add": {**res.params["add"], "jitter": (0.0, 0.0)}}}
+    still["target"] = KINDS[kind].render(res.source, still["params"]).target
+    assert (np.asarray(unjittered_target(still)) == np.asarray(still["target"])).all()
+
+
+def test_unjittered_target_refuses_kinds_whose_object_is_already_in_the_photo():
+    photo = Image.open("assets/examples/coffee.jpg").convert("RGB").resize((128, 128))
+    res = KINDS["recolour"].apply(photo, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="no unsaid offset"):
+        unjittered_target({"kind": "recolour", "source": res.source, "target": res.target, "params": res.params})
