@@ -138,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default="zoom",
                     help="zoom (copy targets), or local edit kinds / the category 'object' (pinned targets)")
     ap.add_argument("--grow", type=int, default=1, help="pinned targets: cells kept around the changed ones")
-    ap.add_argument("--fill", action="store_true",
-                    help="local edits: fill the changed cells from the nearest unchanged source cell instead of pinning")
-    ap.add_argument("--no-jitter", action="store_true",
-                    help="added objects: draw them at the named position, without the unsaid random offset")
+    which = ap.add_mutually_exclusive_group()  # one proxy per run: --no-jitter would silently win over --fill
+    which.add_argument("--fill", action="store_true",
+                       help="local edits: fill the changed cells from the nearest unchanged source cell instead of pinning")
+    which.add_argument("--no-jitter", action="store_true",
+                       help="added objects: draw them at the named position, without the unsaid random offset")
     ap.add_argument("--model", action="store_true",
                     help="also edit each sample with the bundle's LM: how many of its codes equal the proxy's")
     ap.add_argument("--temperature", type=float, default=0.0, help="with --model (0: greedy); seeds as training.eval's")
