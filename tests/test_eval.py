@@ -155,3 +155,32 @@ def test_compare_table_deltas_and_mismatch():
     assert rows["overall"] == ["2.00", "3.50", "+1.50"]
     with pytest.raises(ValueError, match="different samples"):
         ev.compare_table(before, {**after, "n": 3})
+
+
+def test_guidance_uses_each_samples_own_source(tiny_bundle, samples):
+    from engine.layout import build_prompt, parse_generation
+    from engine.sampler import make_guidance, sample_all
+
+    sub = samples[:3]
+    kw = dict(progress=False, baselines=False, keep_images=True, seed=2, temperature=1.0)
+    batched = ev.evaluate(tiny_bundle, sub, batch_size=3, cfg_text=3.0, **kw)
+    alone = ev.evaluate(tiny_bundle, sub, batch_size=1, cfg_text=3.0, **kw)
+    plain = ev.evaluate(tiny_bundle, sub, batch_size=3, **kw)
+    assert batched.settings["cfg_text"] == 3.0 and plain.settings["cfg_text"] == 1.0
+    def diff(a, b) -> int:  # the tokenizer decodes a batch with float noise of one grey level
+        return int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
+
+    for s, t in zip(batched.samples, alone.samples, strict=True):
+        assert diff(s.outputs[0], t.outputs[0]) <= 1
+    assert any(diff(s.outputs[0], p.outputs[0]) > 8 for s, p in zip(batched.samples, plain.samples, strict=True))
+    # the last sample, edited through the engine's own guidance branches for one source
+    s = sub[-1]
+    grid = np.asarray(tiny_bundle.vq.encode([ev._fit(tiny_bundle, s["source"])])[0], dtype=np.int64)
+    tok = tiny_bundle.tokenizer
+    g = sample_all(tiny_bundle, [build_prompt(tok, grid, s["instruction"], False)], *grid.shape,
+                   [ev.sample_seed(2, s["id"])], temperature=1.0, top_k=ev.EARL_TOP_K,
+                   guidance=make_guidance(tok, grid, 1, False, 3.0))[0]
+    _, out = parse_generation(tok, g.tokens, expect_hw=grid.shape)
+    assert diff(tiny_bundle.vq.decode([out])[0], batched.samples[-1].outputs[0]) <= 1
+    with pytest.raises(ValueError, match="guidance"):
+        ev.evaluate(tiny_bundle, sub, cfg_text=0.0, progress=False)

@@ -455,3 +455,30 @@ def test_distill_from_refuses_a_teacher_with_other_codes(tmp_path):
     cfg.distill_from, cfg.soft_sigma = str(tmp_path / "run" / "checkpoint" / "bundle"), 0.5
     with pytest.raises(SystemExit, match="exclusive"):
         train(cfg)
+
+
+def test_cfg_dropout_empties_some_instructions_and_is_never_distilled(tmp_path):
+    cfg = _tiny_setup(tmp_path)
+    recs = load_cache(cfg.cache)
+    on = Batcher(recs, SFTConfig(batch_size=8, keep_prob=0.0, cfg_dropout=0.5), seed=0)
+    items = [it for _ in range(20) for it in on.next()[2]]
+    dropped = [it for it in items if it[5] == "dropped"]
+    assert 0.3 < len(dropped) / len(items) < 0.7
+    assert all(it[2] == "" for it in dropped) and all(it[2] for it in items if it[5] != "dropped")
+    # the targets stay the edit's: the empty instruction teaches p(target | source)
+    assert all(np.array_equal(it[1], it[0][:, ::-1]) for it in dropped)
+    # off: the draws of a run without it, bit for bit
+    a = Batcher(recs, SFTConfig(batch_size=8), seed=3).next()[2]
+    b = Batcher(recs, SFTConfig(batch_size=8, cfg_dropout=0.0), seed=3).next()[2]
+    assert [(it[2], it[5]) for it in a] == [(it[2], it[5]) for it in b]
+    # the prompt of a dropped sample is the one guidance's image-only branch builds
+    from engine.layout import build_prompt
+    from engine.text_tokenizer import build_nano_tokenizer
+
+    tok = build_nano_tokenizer(["Flip the photo horizontally.", "Mirror it."], NanoVQ.from_pretrained(cfg.vq).codebook_size,
+                               text_vocab_size=300)
+    con = constraint_for({}, tok, 4, 4, False, len(tok))
+    batch = sft_batch(tok, con, False, dropped[:1])
+    prompt = build_prompt(tok, dropped[0][0], "", False)
+    assert batch.ids[0, : len(prompt)].tolist() == prompt
+    assert build_prompt(tok, dropped[0][0], "Mirror it.", False) != prompt

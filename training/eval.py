@@ -270,6 +270,8 @@ def evaluate(
     keep_images: bool = False,
     progress: bool = True,
     fp16: bool = False,
+    cfg_text: float = 1.0,
+    cfg_image: float = 1.0,
 ) -> EvalResult:
     """Edit every sample with ``bundle`` and score it with the verifier; see the module doc.
 
@@ -283,11 +285,14 @@ def evaluate(
     used). ``keep_images`` keeps the decoded outputs on ``SampleScore.outputs`` (for contact sheets).
     The LM is switched to eval mode for the run and restored afterwards (safe to call mid-training).
     ``fp16``: decode with half-precision weights, as ``engine.edit`` does by default on a CPU (``engine.sampler``).
+    ``cfg_text`` / ``cfg_image``: classifier-free guidance scales, as ``engine.edit`` takes them (1 = off).
     """
     if candidates < 1 or batch_size < 1:
         raise ValueError("candidates and batch_size must be at least 1")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if cfg_text <= 0 or cfg_image <= 0:
+        raise ValueError(f"guidance scales must be > 0 (1 = off), got text {cfg_text}, image {cfg_image}")
     key = "instruction_heldout" if heldout_phrasing else "instruction"
     for s in samples:
         missing = [k for k in ("id", "kind", "source", "target", "mask", key) if k not in s]
@@ -303,7 +308,7 @@ def evaluate(
     if generate and n:
         n_tokens = _generate(bundle, samples, key, think, seeds, outs, reasons, errors, temperature=temperature,
                              top_k=top_k, top_p=top_p, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             progress=progress, fp16=fp16)
+                             progress=progress, fp16=fp16, cfg_text=cfg_text, cfg_image=cfg_image)
     t_gen = time.perf_counter() - t0
 
     # References: the ground truth through the tokenizer (one batched encode / decode).
@@ -336,7 +341,7 @@ def evaluate(
         # only for a bundle loaded from disk: an in-memory one may be mid-training (the hash is cached)
         "weights_hash": bundle.weights_hash() if generate and bundle.path is not None else None, "think": think, "temperature": temperature,
         "top_k": top_k, "top_p": top_p, "seed": seed, "candidates": candidates, "heldout_phrasing": heldout_phrasing,
-        "max_new_tokens": max_new_tokens, "generate": generate,
+        "max_new_tokens": max_new_tokens, "generate": generate, "cfg_text": cfg_text, "cfg_image": cfg_image,
         "set_path": samples[0].get("set_path") if samples else None,
         "generation_s": round(t_gen, 2), "total_s": round(time.perf_counter() - t0, 2),
         "tokens_per_s": round(n_tokens / max(t_gen, 1e-9), 1),
@@ -347,12 +352,12 @@ def evaluate(
 def _generate(bundle: Any, samples: Sequence[dict], key: str, think: bool, seeds: list[list[int]],
               outs: list[list[Image.Image | None]], reasons: list[list[str]], errors: list[list[str]], *,
               temperature: float, top_k: int, top_p: float, batch_size: int, max_new_tokens: int | None,
-              progress: bool, fp16: bool = False) -> int:
+              progress: bool, fp16: bool = False, cfg_text: float = 1.0, cfg_image: float = 1.0) -> int:
     """Decode every (sample, candidate) into ``outs`` / ``reasons`` / ``errors``; returns the tokens generated."""
     from tqdm import tqdm
 
     from engine.layout import build_prompt, parse_generation
-    from engine.sampler import sample_all
+    from engine.sampler import Guidance, sample_all
 
     tok = bundle.tokenizer
     # Source grids (what the model sees), grouped by shape: one constraint serves a whole batch.
@@ -372,9 +377,16 @@ def _generate(bundle: Any, samples: Sequence[dict], key: str, think: bool, seeds
             for b in range(0, len(group), batch_size):
                 chunk = group[b : b + batch_size]
                 prompts = [build_prompt(tok, grids[i], samples[i][key], think) for i, _ in chunk]
+                guidance = None
+                if cfg_text != 1.0 or cfg_image != 1.0:
+                    # each prompt has its own source, so its own no-instruction branch (make_guidance
+                    # serves candidates of one source)
+                    null = build_prompt(tok, None, "", think)
+                    guidance = Guidance([build_prompt(tok, grids[i], "", think) for i, _ in chunk],
+                                        [null] * len(chunk) if cfg_image != 1.0 else None, cfg_text, cfg_image)
                 gens = sample_all(bundle, prompts, h, w, [seeds[i][j] for i, j in chunk], think=think,
                                   temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                                  fp16=fp16)
+                                  fp16=fp16, guidance=guidance)
                 parsed = []
                 for (i, j), g in zip(chunk, gens, strict=True):
                     n_tokens += len(g.tokens)
@@ -493,6 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fp16", action="store_true",
                     help="half-precision decoding weights (the studio's default on a CPU; default here: float32)")
+    ap.add_argument("--cfg-text", type=float, default=1.0,
+                    help="classifier-free guidance on the instruction (1 = off, as EARL samples)")
+    ap.add_argument("--cfg-image", type=float, default=1.0,
+                    help="classifier-free guidance on the source image (1 = off)")
     ap.add_argument("--out", default=None, help="write per-sample scores and means as JSON")
     ap.add_argument("--compare", default=None, help="an earlier --out JSON (e.g. the parent model's): print a "
                     "before / after / delta table per kind")
@@ -537,10 +553,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'bundle' if generate else 'references only,'} {bundle.config.name}@{bundle.config.version} ({path}), "
           f"{len(samples)} {a.split} samples "
           f"from {samples[0]['set_path'] if samples else '-'}, think={a.think}, {mode}, seed={a.seed}, "
-          f"{'fp16' if a.fp16 else 'float32'} decoding")
+          f"{'fp16' if a.fp16 else 'float32'} decoding"
+          + (f", guidance text {a.cfg_text:g} image {a.cfg_image:g}" if (a.cfg_text, a.cfg_image) != (1.0, 1.0) else ""))
     res = evaluate(bundle, samples, a.think, temperature=temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
                    candidates=a.candidates, batch_size=a.batch, heldout_phrasing=a.heldout_phrasing,
-                   max_new_tokens=a.max_new_tokens, generate=generate, keep_images=bool(a.sheet), fp16=a.fp16)
+                   max_new_tokens=a.max_new_tokens, generate=generate, keep_images=bool(a.sheet), fp16=a.fp16,
+                   cfg_text=a.cfg_text, cfg_image=a.cfg_image)
     print()
     print(res.table())
     st = res.settings

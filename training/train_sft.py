@@ -104,6 +104,11 @@ class SFTConfig:
     # the teacher carries that knowledge, the 23 train photos' cached targets do not.
     distill_from: str = ""
     distill_kinds: str = "global"
+    # >0: this share of the samples lose their instruction (an empty one; kind "dropped", never distilled),
+    # so the model also learns p(target | source) and classifier-free guidance on the instruction has a
+    # branch it was trained on (engine.sampler; InstructPix2Pix drops 5 %). Without it that branch is a
+    # prompt the model never saw, and guidance made every edit worse (model card, session 18).
+    cfg_dropout: float = 0.0
     # Render fresh samples in this many background processes during training (training.live_data) and
     # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
     live_workers: int = 0
@@ -251,7 +256,8 @@ class Batcher:
     def next(self) -> tuple[tuple[int, int], bool, list[tuple]]:
         """(grid shape, think, items): each item is (source, target, instruction, reasoning, route, kind),
         route being ``routing.route_map``'s source cells when ``route_head`` is set and the kind is routed,
-        else None; kind is "keep" for a keep-it-unchanged sample."""
+        else None; kind is "keep" for a keep-it-unchanged sample and "dropped" for one whose instruction
+        ``cfg_dropout`` removed."""
         shape = self.rng.choices(self.shapes, self.weights)[0]
         think = self.rng.random() < self.cfg.think_prob
         items = []
@@ -262,6 +268,10 @@ class Batcher:
                 route = (route_map(r["kind"], r.get("params") or {}, r["src"].shape, r["tgt"].shape, r.get("changed"))
                          if r["kind"] in self.routed else None)
                 items.append((r["src"], r["tgt"], self.rng.choice(r["instructions"]), r["reasoning"], route, r["kind"]))
+            # drawn only when on, so runs without it keep the draws of earlier runs
+            if self.cfg.cfg_dropout > 0 and self.rng.random() < self.cfg.cfg_dropout:
+                src, tgt, _, why, route, _ = items[-1]
+                items[-1] = (src, tgt, "", why, route, "dropped")
         return shape, think, items
 
     def state(self) -> object:
