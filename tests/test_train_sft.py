@@ -467,6 +467,8 @@ def test_cfg_dropout_empties_some_instructions_and_is_never_distilled(tmp_path):
     assert all(it[2] == "" for it in dropped) and all(it[2] for it in items if it[5] != "dropped")
     # the targets stay the edit's: the empty instruction teaches p(target | source)
     assert all(np.array_equal(it[1], it[0][:, ::-1]) for it in dropped)
+    with pytest.raises(SystemExit, match="cfg-dropout"):
+        Batcher(recs, SFTConfig(cfg_dropout=1.0), seed=0)
     # off: the draws of a run without it, bit for bit
     a = Batcher(recs, SFTConfig(batch_size=8), seed=3).next()[2]
     b = Batcher(recs, SFTConfig(batch_size=8, cfg_dropout=0.0), seed=3).next()[2]

@@ -523,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--image-area", type=int, default=128 * 128, help="with --vq: the working area in pixels")
     a = ap.parse_args(argv)
     generate = not (a.references_only or a.vq)
+    if a.cfg_text <= 0 or a.cfg_image <= 0:
+        ap.error("--cfg-text and --cfg-image must be > 0 (1 = off)")
     if a.sheet and not generate:
         ap.error("--sheet needs the model's outputs (drop --references-only / --vq)")
 

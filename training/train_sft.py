@@ -217,6 +217,8 @@ class Batcher:
         for r in records:
             self.by_shape.setdefault(tuple(r["src"].shape), []).append(r)
         shapes = sorted(self.by_shape)
+        if not 0 <= cfg.cfg_dropout < 1:
+            raise SystemExit(f"--cfg-dropout must be in [0, 1), got {cfg.cfg_dropout}")
         focus = focus_set(cfg.focus_kinds)
         if focus and records and not focus & {r["kind"] for r in records}:
             raise SystemExit(f"--focus-kinds: no cached samples of {sorted(focus)}")
