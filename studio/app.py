@@ -86,17 +86,21 @@ def default_rater() -> str:
     return os.environ.get("EARL_RATER") or os.environ.get("USER") or "local"
 
 
-def photo_input(**kwargs: Any) -> gr.Image:
-    """gr.Image whose preprocessing turns unreadable uploads into a readable UI error, not a traceback.
+def _friendly_image_errors() -> None:
+    """Make every gr.Image input turn an unreadable upload into a readable UI error, not a traceback.
 
-    (Wrapping the instance's method instead of subclassing: Gradio writes a .pyi stub next to any
-    module that subclasses a component.)"""
-    comp = gr.Image(**kwargs)
-    inner = comp.preprocess
+    Patched on the class, once: Gradio rebuilds a component for a session from its constructor
+    arguments whenever a handler updates it (``blocks.postprocess_data``), so a per-instance patch was
+    lost after the first such update (an example picked, a result continued from) and an unreadable
+    upload then showed Gradio's raw "Could not preprocess input component" error. Subclassing is the
+    other way, but Gradio writes a .pyi stub next to any module that subclasses a component."""
+    if getattr(gr.Image.preprocess, "_friendly", False):
+        return
+    inner = gr.Image.preprocess
 
-    def preprocess(payload: Any) -> Any:
+    def preprocess(self: gr.Image, payload: Any) -> Any:
         try:
-            return inner(payload)
+            return inner(self, payload)
         except gr.Error:
             raise
         except Exception as e:
@@ -104,8 +108,14 @@ def photo_input(**kwargs: Any) -> gr.Image:
                 f"That file could not be read as an image ({type(e).__name__}). Use a PNG, JPEG or WebP photo."
             ) from e
 
-    comp.preprocess = preprocess  # type: ignore[method-assign]
-    return comp
+    preprocess._friendly = True  # type: ignore[attr-defined]
+    gr.Image.preprocess = preprocess  # type: ignore[method-assign]
+
+
+def photo_input(**kwargs: Any) -> gr.Image:
+    """gr.Image for the photo to edit: unreadable uploads get a readable UI error (``_friendly_image_errors``)."""
+    _friendly_image_errors()
+    return gr.Image(**kwargs)
 
 
 # ------------------------------------------------------------------------------------ session state

@@ -66,6 +66,22 @@ def test_browser_edit_and_rate(tmp_path: Path) -> None:
             assert page.locator("#review-gallery img").count() >= 4
             page.wait_for_function("!document.querySelector('#review-gallery .progress-text')", timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "studio-review.png"), full_page=True)
+
+            # An unreadable upload after an example photo was picked: Gradio has then rebuilt the photo
+            # box for this session, and the message must still be ours, not its preprocessing error.
+            broken = tmp_path / "notimage.png"
+            broken.write_text("this is not an image")
+            page.goto(url)
+            page.wait_for_selector("#instruction textarea", timeout=60_000)
+            page.locator(".gallery-item img").first.click()
+            page.wait_for_selector("#photo img", timeout=20_000)
+            page.locator("#photo button[aria-label='Remove Image']").first.click()
+            page.set_input_files("#photo input[type=file]", str(broken))
+            page.fill("#instruction textarea", "make it black and white")
+            page.press("#instruction textarea", "Enter")
+            toast = page.locator(".toast-body").first
+            toast.wait_for(timeout=20_000)
+            assert "could not be read as an image" in toast.inner_text(), toast.inner_text()
             assert not errors, errors
         finally:
             browser.close()
