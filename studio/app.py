@@ -30,7 +30,7 @@ from studio.imaging import PngFiles, diff_heatmap
 from studio.models import ModelRegistry
 from studio.ratings import counts_markdown, pick_pair
 from studio.runner import EditFn, EditRequest, Snapshot, stream_edit
-from studio.store import Candidate, Store, StoreError
+from studio.store import Candidate, Rating, Store, StoreError
 from studio.ui_assets import CSS, HEAD, SHORTCUTS_HELP, SHORTCUTS_JS
 
 # Modules that may add a tab: each defines ``build_finetune_tab(ctx: StudioContext) -> None`` and is
@@ -123,6 +123,10 @@ def new_state() -> dict[str, Any]:
     # cand_ids: the candidates shown (gallery order); selected: index into it; pair: [left, right]
     # ids shown as A/B; parent: candidate whose output is the current source; edits: this session's.
     return {"cand_ids": [], "selected": 0, "pair": [], "parent": None, "edits": [], "source_hash": None}
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _caption(c: Candidate) -> str:
@@ -414,7 +418,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             rows = store.recent_edits(200)
             choices = [
                 (f"{datetime.fromtimestamp(r['created_at']).strftime('%b %d %H:%M')} · “{r['instruction'][:50]}” · "
-                 f"{r['n']} candidates · {r['n_ratings']} ratings", r["edit_uid"])
+                 f"{_plural(r['n'], 'candidate')} · {_plural(r['n_ratings'], 'rating')}", r["edit_uid"])
                 for r in rows
             ]
             return gr.update(choices=choices), counts_markdown(store.counts())
@@ -537,8 +541,7 @@ def _selected_updates(ctx: StudioContext, p: SimpleNamespace, st: dict, cands: l
     heat_path = ctx.previews.path(heat)
     t = c.timings
     timing = f" · {t['total']:.2f} s" if "total" in t else ""
-    prior = store.ratings(candidate_id=c.id)
-    mine = ", ".join(_rating_label(r.kind, r.value, c.id) for r in prior[-3:])
+    mine = ", ".join(_standing_label(r, c.id) for r in _standing_ratings(store, c.id))
     info = (
         f"**#{c.idx + 1}** of {len(ids)} · seed `{c.seed}` · log-prob {c.logprob_sum:.1f} over {len(c.tokens)} tokens"
         f"{timing} · mean change {mean_diff * 100:.1f}%"
@@ -567,6 +570,23 @@ def _pair_updates(ctx: StudioContext, p: SimpleNamespace, st: dict) -> dict:
 def _clip(text: str, n: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _standing_ratings(store: Store, cid: int) -> list[Rating]:
+    """The ratings of candidate ``cid`` that stand: the newest per (rater, kind, candidate set), as the
+    training data counts them (``Store._latest``), so a changed mind shows once, and a star rating is
+    not pushed out of view by later A/B clicks."""
+    latest: dict[tuple, Rating] = {}
+    for r in store.ratings(candidate_id=cid):  # oldest first
+        latest[(r.rater, r.kind, tuple(sorted(r.candidate_ids)))] = r
+    return sorted(latest.values(), key=lambda r: r.id)
+
+
+def _standing_label(r: Rating, cid: int) -> str:
+    """A rating as seen from candidate ``cid`` (an A/B decision: did it win?)."""
+    if r.kind == "pair" and r.value in ("A", "B"):
+        return "A/B: won" if r.candidate_ids["AB".index(r.value)] == cid else "A/B: lost"
+    return _rating_label(r.kind, r.value, cid)
 
 
 def _rating_label(kind: str, value: str, cid: int) -> str:
@@ -621,7 +641,7 @@ def _wire_panel(ctx: StudioContext, p: SimpleNamespace, pstate: gr.State, rater_
             except StoreError as e:
                 gr.Warning(str(e))
                 return {p.msg: f"⚠️ {e}"}
-            out = {p.msg: f"✓ Saved {what} · rating {rid} by **{rater}**"}
+            out = {p.msg: f"✓ Saved {what} · rating {rid} by <b>{html.escape(rater)}</b>"}
             for c in counts_out:
                 out[c] = counts_markdown(store.counts())
             if kind == "pair":  # move on to a fresh pair so the rater can keep going with the keys
@@ -728,7 +748,8 @@ def _final_md(s: Snapshot) -> str:
     head = "⏹ **Cancelled**" if s.cancelled else ("✅ **Done**" if n_ok else "❌ **No result**")
     errs = "".join(f"<br>⚠️ {e}" for e in s.errors)
     kept = f"{n_ok}/{len(s.done)} candidates" if s.cancelled else f"{n_ok} candidate{'s' * (n_ok != 1)}"
-    return f"{head} — {kept} · {fp} · total **{s.elapsed_s:.2f} s** · seeds {s.seeds[0]}…{s.seeds[-1]}{errs}"
+    seeds = f"seed {s.seeds[0]}" if len(s.seeds) == 1 else f"seeds {s.seeds[0]}…{s.seeds[-1]}"
+    return f"{head} — {kept} · {fp} · total **{s.elapsed_s:.2f} s** · {seeds}{errs}"
 
 
 def _reasoning_text(s: Snapshot) -> str:

@@ -196,7 +196,7 @@ def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None
 def ab_rate(ctx: Any, rnd: dict | None, choice: str, rater: str) -> str:
     """Store the rating of the current round: choice 'left' | 'right' | 'tie'."""
     if not rnd:
-        raise ValueError("Press **Next pair** first.")
+        raise ValueError("Press “Next pair” first.")
     value = {"left": "A", "right": "B", "tie": "tie"}[choice]
     ids = [rnd["left"], rnd["right"]]
     ctx.store.add_rating(rater, "pair", value, ids, shown_order=ids)

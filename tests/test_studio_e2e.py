@@ -218,7 +218,7 @@ def test_auth_names_the_rater_and_upload_limit(tmp_path: Path) -> None:
         out = client.predict(*_edit_args(make_photo(tmp_path / "p.png", (64, 64)), "make it grey", n=2), api_name="/edit")
         assert "Done" in _status(out)
         # The typed rater name is ignored when auth is on: ratings belong to the signed-in user.
-        assert "by **alice**" in client.predict("mallory", api_name="/thumb_down")[0]
+        assert "by <b>alice</b>" in client.predict("mallory", api_name="/thumb_down")[0]
         big = tmp_path / "big.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(big)
         assert big.stat().st_size > 0.05 * 1024 * 1024
