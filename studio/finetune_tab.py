@@ -133,6 +133,16 @@ def poll(ctx: Any, job_id: str | None) -> tuple[str, pd.DataFrame, str]:
     return md, df, job.log_tail(12)
 
 
+def current_job(ctx: Any, job_id: str | None) -> str | None:
+    """The job a page shows: its own, else the newest job of the data folder, so a reloaded page (or a
+    second browser, or the page after a server restart) still sees a running job and can watch, cancel
+    or register it."""
+    if job_id:
+        return job_id
+    jobs = manager(ctx).list()
+    return jobs[0].id if jobs else None
+
+
 def cancel(ctx: Any, job_id: str | None) -> str:
     if not job_id:
         return "No job to cancel."
@@ -235,7 +245,7 @@ def ab_win_rates(ctx: Any) -> str:
 def build_finetune_tab(ctx: Any) -> None:
     """Called by ``studio.app`` inside its ``gr.Tabs()``."""
     choices = [(c.label, c.key) for c in ctx.registry.choices()]
-    with gr.Tab("Fine-tune", id="finetune"):
+    with gr.Tab("Fine-tune", id="finetune") as tab:
         data_md = gr.Markdown(counts_markdown(ctx.store.counts()), elem_id="ft-counts")
         job_id = gr.State(None)
         with gr.Row(equal_height=False):
@@ -256,8 +266,10 @@ def build_finetune_tab(ctx: Any) -> None:
                     use_btn = gr.Button("Use the new model", elem_id="ft-register")
             with gr.Column(scale=6, min_width=420):
                 status = gr.Markdown("No job running. Pick a method and press **Start**.", elem_id="ft-status")
+                # hidden until there is a point to draw (an empty plot shows an Infinity axis)
                 curve = gr.LinePlot(pd.DataFrame({"step": [], "value": [], "metric": []}), x="step", y="value",
-                                    color="metric", title="Loss and reward", height=260, elem_id="ft-curve")
+                                    color="metric", title="Loss and reward", height=260, elem_id="ft-curve",
+                                    visible=False)
                 log = gr.Textbox(label="Log (last lines)", lines=6, max_lines=12, interactive=False)
         timer = gr.Timer(2.0, active=False)
 
@@ -271,8 +283,20 @@ def build_finetune_tab(ctx: Any) -> None:
 
         def on_tick(jid):
             md, df, tail = poll(ctx, jid)
-            done = "**done**" in md or "**failed**" in md or "**cancelled**" in md
-            return md, df, tail, gr.Timer(active=not done)
+            done = not jid or "**done**" in md or "**failed**" in md or "**cancelled**" in md
+            return md, gr.LinePlot(value=df, visible=not df.empty), tail, gr.Timer(active=not done)
+
+        def on_enter(jid, b, o, n):
+            # what changed since the page was built: ratings, bundles trained since, a job started
+            # from another page or before a reload
+            jid = current_job(ctx, jid)
+            new = [(c.label, c.key) for c in ctx.registry.choices()]
+            keys = {k for _, k in new}
+            pick = lambda v: v if v in keys else None  # noqa: E731
+            md, plot, tail, timer_ = on_tick(jid)
+            return (counts_markdown(ctx.store.counts()), gr.Dropdown(choices=new, value=pick(b)),
+                    gr.Dropdown(choices=new, value=pick(o)), gr.Dropdown(choices=new, value=pick(n)),
+                    ab_win_rates(ctx), jid, md, plot, tail, timer_)
 
         def on_register(jid):
             try:
@@ -329,5 +353,7 @@ def build_finetune_tab(ctx: Any) -> None:
 
         for btn, choice in ((left_btn, "left"), (tie_btn, "tie"), (right_btn, "right")):
             btn.click(rate_as(choice), [rnd, rater_box], [rates, rnd])
+        tab.select(on_enter, [job_id, base, old_dd, new_dd],
+                   [data_md, base, old_dd, new_dd, rates, job_id, status, curve, log, timer])
         use_btn.click(on_register, [job_id], [status, old_dd, new_dd]).then(
             lambda: counts_markdown(ctx.store.counts()), None, [data_md])

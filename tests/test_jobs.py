@@ -78,7 +78,15 @@ def test_cancel_stops_the_job(env, tmp_path):
     job = jm.start("grpo", str(env.root / "tiny"), steps=10000, group_size=2, corpus="none", ckpt_every=1000)
     st = _wait(job, ("running", "failed"))
     assert st["state"] == "running", job.log_tail(40)
-    assert job.cancel() is True
+    # a page that did not start it (reloaded, another browser, a restarted server) finds it
+    from studio import finetune_tab as ft
+
+    page = SimpleNamespace(data_dir=tmp_path / "data")
+    assert ft.current_job(page, None) == job.id and ft.current_job(page, "mine") == "mine"
+    assert ft.current_job(SimpleNamespace(data_dir=tmp_path / "empty"), None) is None
+    assert "**running**" in ft.poll(page, ft.current_job(page, None))[0]
+    assert ft.cancel(page, ft.current_job(page, None)) == "Cancelled."
+    assert job.cancel() is False  # already ended (by the other page)
     st = job.status()
     assert st["state"] == "cancelled" and not st["alive"]
     assert st["step"] < 10000 and job.bundle_path() is None

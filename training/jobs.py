@@ -152,6 +152,10 @@ class Job:
             os.killpg(self.pid, signal.SIGKILL)
             if self._proc is not None:
                 self._proc.wait(5)
+            else:  # started by another manager (a restarted server): wait until it is really gone
+                deadline = time.time() + 5
+                while time.time() < deadline and self.alive():
+                    time.sleep(0.05)
         return True
 
     def bundle_path(self) -> Path | None:
