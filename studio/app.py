@@ -329,11 +329,10 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         run_inputs = [photo, instruction, n_slider, think, temperature, top_k, top_p, seed, randomize,
                       model_dd, rater_box, edit_state]
         run_outputs = [status, reasoning, seed, run_btn, cancel_btn, edit_state, history, *edit_panel.outputs]
-        run_evt = run_btn.click(run, run_inputs, run_outputs, api_name="edit", concurrency_limit=1,
-                                concurrency_id="edit", show_progress="hidden")
-        instruction.submit(run, run_inputs, run_outputs, api_visibility="private", concurrency_limit=1,
-                           concurrency_id="edit", show_progress="hidden")
-        del run_evt
+        # One event for both triggers, ignored while it runs: Enter then a click on Edit ▶ ran two edits
+        # (two events queue one after the other even with the button disabled by the first).
+        gr.on([run_btn.click, instruction.submit], run, run_inputs, run_outputs, api_name="edit",
+              concurrency_limit=1, concurrency_id="edit", show_progress="hidden", trigger_mode="once")
 
         def cancel_run(request: gr.Request) -> str:
             ev = ctx._cancels.get(request.session_hash or "local")

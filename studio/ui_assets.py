@@ -16,6 +16,8 @@ CSS = """
 .cands .caption-label { font-size: .8em; }
 /* Gallery reserves 450px by default; candidates are one or two rows of thumbnails. */
 .cands .fixed-height { min-height: 0 !important; max-height: 460px; }
+/* Always four columns: one candidate would otherwise fill the row as a square taller than the frame. */
+.cands .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
 /* Scale small model outputs up to the frame (pixelated above), instead of a stamp in the middle. */
 #edit-heatmap img, #review-heatmap img, #edit-pair-a img, #edit-pair-b img, #review-pair-a img,
 #review-pair-b img { width: 100%; height: 100%; object-fit: contain; }

@@ -42,6 +42,7 @@ def test_browser_edit_and_rate(tmp_path: Path) -> None:
             page.wait_for_selector("#photo img", timeout=20_000)
             page.fill("#instruction textarea", "make it black and white")
             page.press("#instruction textarea", "Enter")  # Enter runs the edit
+            page.locator("#run").click()  # a second trigger while it runs is ignored (4 candidates below)
             page.wait_for_selector("#status:has-text('Done —')", timeout=60_000)
             thumbs = page.locator("#edit-gallery img")
             assert thumbs.count() >= 4  # default N = 4 candidates
