@@ -169,9 +169,10 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                             label="Photo", type="filepath", format="png", image_mode=None,
                             sources=["upload", "clipboard"], height=280, elem_id="photo",
                         )
+                        example_box = None
                         if examples:
-                            gr.Examples(examples=[[p] for p in examples], inputs=[photo], label="Example photos",
-                                        examples_per_page=12)
+                            example_box = gr.Examples(examples=[[p] for p in examples], inputs=[photo],
+                                                      label="Example photos", examples_per_page=12)
                         else:
                             gr.Markdown("<span class='muted'>No example photos shipped yet — upload your own.</span>")
                         crumbs = gr.Markdown("📷 original photo", elem_id="crumbs")
@@ -411,6 +412,8 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             return st, breadcrumbs(store, None)
 
         photo.upload(new_upload, edit_state, [edit_state, crumbs], api_visibility="private")
+        if example_box is not None:  # an example is a new photo too (the breadcrumb said the old lineage)
+            example_box.load_input_event.then(new_upload, edit_state, [edit_state, crumbs], api_visibility="private")
 
         # -- review tab
         def list_edits() -> tuple:

@@ -59,6 +59,11 @@ def test_browser_edit_and_rate(tmp_path: Path) -> None:
             page.keyboard.press("a")
             page.wait_for_selector(".rate-msg:has-text('A/B: A')", timeout=20_000)
             page.screenshot(path=str(ARTIFACTS / "studio-edit-rated.png"), full_page=True)
+            # Continue from the result, then pick an example photo: the breadcrumb starts over.
+            page.get_by_role("button", name="Continue editing from this ↪").first.click()
+            page.wait_for_selector("#crumbs:has-text('make it black and white')", timeout=20_000)
+            page.locator(".gallery-item img").first.click()
+            page.wait_for_selector("#crumbs:has-text('original photo')", timeout=20_000)
 
             page.get_by_role("tab", name="Review & rate").click()
             page.wait_for_selector("#counts:has-text('1 A/B decisions')", timeout=20_000)
