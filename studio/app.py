@@ -82,6 +82,9 @@ class StudioContext:
         return [str(p) for p in sorted(self.examples_dir.iterdir()) if p.suffix.lower() in exts][:24]
 
 
+RESTORED_EDITS = 12  # edits a new page shows in its history tree
+
+
 def default_rater() -> str:
     return os.environ.get("EARL_RATER") or os.environ.get("USER") or "local"
 
@@ -412,6 +415,18 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             return st, breadcrumbs(store, None)
 
         photo.upload(new_upload, edit_state, [edit_state, crumbs], api_visibility="private")
+
+        def restore_history(st: dict, request: gr.Request) -> tuple:
+            # A new page (a reload, or the one a restarted server reloads) starts with the newest edits
+            # in its history tree, the signed-in user's with --auth, so earlier results can be continued.
+            user = getattr(request, "username", None) if request is not None else None
+            rows = store.recent_edits(RESTORED_EDITS, rater=str(user) if user else None)
+            st = dict(st)
+            st["edits"] = [r["edit_uid"] for r in reversed(rows)] + [u for u in st["edits"] if u not in
+                                                                    {r["edit_uid"] for r in rows}]
+            return st, gr.update(choices=tree_choices(store, st["edits"]), value=None)
+
+        demo.load(restore_history, edit_state, [edit_state, history], api_visibility="private")
         if example_box is not None:  # an example is a new photo too (the breadcrumb said the old lineage)
             example_box.load_input_event.then(new_upload, edit_state, [edit_state, crumbs], api_visibility="private")
 

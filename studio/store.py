@@ -510,18 +510,20 @@ class Store:
             ).fetchall()
         return [self._candidate(r) for r in rows]
 
-    def recent_edits(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        """Newest edit requests first: edit_uid, instruction, n, source_hash, created_at, n_ratings."""
+    def recent_edits(self, limit: int = 50, offset: int = 0, rater: str | None = None) -> list[dict[str, Any]]:
+        """Newest edit requests first (those ``rater`` asked for, when given): edit_uid, instruction, n,
+        source_hash, created_at, n_ratings."""
+        where, args = ("WHERE c.rater = ?", (rater,)) if rater is not None else ("", ())
         with self._lock:
             rows = self._con.execute(
-                """SELECT c.edit_uid, MIN(c.instruction) AS instruction, COUNT(*) AS n,
+                f"""SELECT c.edit_uid, MIN(c.instruction) AS instruction, COUNT(*) AS n,
                           MIN(c.source_hash) AS source_hash, MIN(c.created_at) AS created_at,
                           MIN(c.bundle_id) AS bundle_id, MIN(c.parent_id) AS parent_id,
                           (SELECT COUNT(DISTINCT rc.rating_id) FROM rating_candidates rc
                              JOIN candidates c2 ON c2.id = rc.candidate_id
                              WHERE c2.edit_uid = c.edit_uid) AS n_ratings
-                   FROM candidates c GROUP BY c.edit_uid ORDER BY MIN(c.id) DESC LIMIT ? OFFSET ?""",
-                (limit, offset),
+                   FROM candidates c {where} GROUP BY c.edit_uid ORDER BY MIN(c.id) DESC LIMIT ? OFFSET ?""",
+                (*args, limit, offset),
             ).fetchall()
         return [dict(r) for r in rows]
 

@@ -64,6 +64,9 @@ def test_browser_edit_and_rate(tmp_path: Path) -> None:
             page.wait_for_selector("#crumbs:has-text('make it black and white')", timeout=20_000)
             page.locator(".gallery-item img").first.click()
             page.wait_for_selector("#crumbs:has-text('original photo')", timeout=20_000)
+            # A reloaded page gets its history tree back from the store, so results can be continued.
+            page.reload()
+            page.wait_for_selector("#history label:has-text('make it black and white')", timeout=30_000)
 
             page.get_by_role("tab", name="Review & rate").click()
             page.wait_for_selector("#counts:has-text('1 A/B decisions')", timeout=20_000)

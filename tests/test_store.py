@@ -69,6 +69,11 @@ def test_candidates_round_trip_and_images_are_lossless(tmp_path: Path) -> None:
         assert store.integrity_check() == "ok"
         assert store._con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [e["n"] for e in store.recent_edits()] == [2]
+        other = store.candidate(_add_edit(store, seed=1, n=3)[0]).edit_uid  # asked for by "tester" too
+        assert [e["n"] for e in store.recent_edits()] == [3, 2]
+        assert [e["edit_uid"] for e in store.recent_edits(1)] == [other]
+        assert [e["n"] for e in store.recent_edits(rater="tester")] == [3, 2]
+        assert store.recent_edits(rater="someone else") == []
 
 
 def test_ratings_validation_and_training_reads(tmp_path: Path) -> None:
