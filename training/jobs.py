@@ -80,6 +80,20 @@ def build_command(method: str, job_dir: Path, data_dir: Path, bundle: str, name:
     return cmd
 
 
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` is a zombie: exited, but not reaped by a parent that is gone (or is another
+    process). A process whose main thread shows Z while its other threads still exit (right after a
+    SIGTERM) is not one yet: that state lasts until the last thread is gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]  # after "(comm)"
+        if state != "Z":
+            return False
+        threads = [ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Threads:")]
+        return not threads or int(threads[0].split()[1]) <= 1
+    except (OSError, IndexError, ValueError):
+        return False
+
+
 @dataclasses.dataclass
 class Job:
     id: str
@@ -109,11 +123,7 @@ class Job:
             return False
         except PermissionError:
             return True
-        # a zombie (exited, not reaped by a parent that is gone) is not alive
-        try:
-            return Path(f"/proc/{self.pid}/stat").read_text().split()[2] != "Z"
-        except OSError:
-            return True
+        return not _exited(self.pid)
 
     def status(self) -> dict[str, Any]:
         """Progress plus the process state: starting / running / done / failed / cancelled."""
