@@ -21,7 +21,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio.ratings import counts_markdown
+from studio.ratings import counts_markdown, readiness
 from training.jobs import JobManager
 
 METHODS = {
@@ -101,7 +101,13 @@ def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epoc
     opts.update(measured_settings(method, bundle, bool(lora)))
     clean = "".join(c for c in (name or "").strip() if c.isalnum() or c in "-_.") or None
     job = manager(ctx).start(method, bundle, name=clean, **opts)
-    return f"Started **{method.upper()}** job `{job.id}` → bundle **{job.name}**", job.id
+    msg = f"Started **{method.upper()}** job `{job.id}` → bundle **{job.name}**"
+    ready = readiness(ctx.store.counts()).get(method)
+    if ready is not None and not ready["ready"]:
+        # allowed (a first try, a demo), but say that so little data will barely move the model
+        msg += (f"\n\n⚠️ Only {ready['have']} of the {ready['need']} ratings a first useful {method.upper()} run "
+                f"wants ({ready['more']} more): expect the new model to differ little from the old one.")
+    return msg, job.id
 
 
 def poll(ctx: Any, job_id: str | None) -> tuple[str, pd.DataFrame, str]:

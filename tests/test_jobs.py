@@ -117,6 +117,10 @@ def test_finetune_tab_builds_and_ab_win_rate(env, monkeypatch):
                      "MLLM judge (OpenAI-compatible endpoint)", "", False)
     md, df, _ = ft.poll(ctx, None)
     assert "No job" in md and df.empty
+    # a run on far fewer ratings than a useful one wants starts, with a warning that says so
+    msg, jid = ft.start_job(ctx, next(iter(ft.METHODS)), f"path:{env.root / 'tiny'}", "few-pairs", 1, 1, "", "", False)
+    assert "Started **DPO**" in msg and "⚠️ Only" in msg and "of the 100 ratings" in msg, msg
+    ft.cancel(ctx, jid)
     # EARL-nano-family bundles get the learning rates measured on EARL-nano; DPO always gets the RPO term
     tiny = str(env.root / "tiny")
     assert ft.measured_settings("dpo", tiny, lora=False) == {"sft_weight": 1.0, "lr": 2e-5}
