@@ -86,6 +86,16 @@ def test_bad_inputs_are_errors(tiny_bundle, photo):
     assert isinstance(err, Error) and "top-p" in err.message
 
 
+def test_an_instruction_past_the_models_positions_is_refused(tiny_bundle, photo):
+    limit = tiny_bundle.lm.config.max_position_embeddings
+    long = "make the photo black and white, " * (limit // 4)
+    (err,) = list(edit(tiny_bundle, photo, long, n=1))
+    assert isinstance(err, Error) and "too long" in err.message and str(limit) in err.message
+    # a long instruction well inside the limit still edits
+    mid = "make it grey " * 80
+    assert isinstance(list(edit(tiny_bundle, photo, mid, n=1, seed=0))[-1], Done)
+
+
 def test_cancel_stops_the_stream(tiny_bundle, photo):
     cancel = threading.Event()
     seen = []
