@@ -145,7 +145,7 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
     prompt = build_prompt(tok, grid, instruction, think)
     limit = getattr(base_lm(bundle.lm).config, "max_position_embeddings", None)
     # the image rows with their EOLs and the structural tokens around them, plus the reasoning budget:
-    # past the positions it was built for, a model writes nonsense instead of failing
+    # past the positions it was built for, nothing it writes has been trained
     need = len(prompt) + h * (w + 1) + 16 + ((max_new_tokens or DEFAULT_MAX_REASONING) if think else 0)
     if limit and need > limit:
         yield Error(f"The instruction is too long for this model: it reads at most {limit} tokens, and this "
