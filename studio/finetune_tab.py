@@ -85,8 +85,8 @@ def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epoc
         if reward == "reward_model":
             rms = sorted((Path(ctx.data_dir) / "reward_models").glob("*/reward_model.json"))
             if not rms:
-                raise ValueError("No reward model yet: train one from your ratings first "
-                                 "(python -m training.reward_model).")
+                raise ValueError("No reward model yet: train one from your ratings first (Method ▸ "
+                                 "“Reward model” in this tab, or python -m training.reward_model).")
             opts["reward_model"] = str(rms[-1].parent)
     elif method == "reward_model":
         if ctx.store.counts().get("preference_pairs", 0) < 2:
