@@ -51,6 +51,8 @@ class StudioContext:
     no_model_message: str = ""  # shown when default_model is None
     _cancels: dict[str, threading.Event] = field(default_factory=dict)
     _previews: PngFiles | None = None
+    # the page's one "Rater" box (above the tabs), set by build_app so tabs rate under the same name
+    rater_box: Any = None
 
     @property
     def previews(self) -> PngFiles:
@@ -163,6 +165,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                 info="signed-in user" if ctx.auth_enabled else "your name, stored with ratings",
             )
 
+        ctx.rater_box = rater_box
         with gr.Tabs() as tabs:
             # ======================================================================== Edit tab
             with gr.Tab("Edit", id="edit"):

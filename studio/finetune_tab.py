@@ -333,7 +333,9 @@ def build_finetune_tab(ctx: Any) -> None:
             tie_btn = gr.Button("Tie", elem_id="ab-tie")
             right_btn = gr.Button("Right is better ▶", elem_id="ab-right")
         rates = gr.Markdown(ab_win_rates(ctx), elem_id="ab-winrates")
-        rater_box = gr.Textbox(label="Your name (rater)", value="", elem_id="ab-rater")
+        # the page's Rater box above the tabs; a box of its own when built outside the studio's page
+        rater_box = getattr(ctx, "rater_box", None) or gr.Textbox(label="Your name (rater)", value="",
+                                                                    elem_id="ab-rater")
 
         def on_next(o, n):
             try:

@@ -108,6 +108,14 @@ def test_finetune_tab_builds_and_ab_win_rate(env, monkeypatch):
     with gr.Blocks() as demo, gr.Tabs():
         ft.build_finetune_tab(ctx)
     assert any(getattr(b, "label", None) == "Fine-tune" for b in demo.blocks.values())
+    assert any(getattr(b, "label", None) == "Your name (rater)" for b in demo.blocks.values())
+    # inside the studio's page the tab rates under the page's one Rater box, not a second one
+    with gr.Blocks() as page:
+        ctx.rater_box = gr.Textbox(label="Rater")
+        with gr.Tabs():
+            ft.build_finetune_tab(ctx)
+    assert not any(getattr(b, "label", None) == "Your name (rater)" for b in page.blocks.values())
+    ctx.rater_box = None
 
     # handlers: readable refusals
     with pytest.raises(ValueError, match="in memory"):
