@@ -22,11 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.constraint import DEFAULT_MAX_REASONING
 from engine.events import Done, Error, Event, ImageRow, Preview, Text
 from engine.layout import build_prompt, parse_generation, special_ids
-from engine.logprobs import base_lm
-from engine.sampler import SAMPLING_DEFAULTS, _num_threads, fp16_default, make_guidance, sample
+from engine.sampler import SAMPLING_DEFAULTS, PromptTooLong, _num_threads, fp16_default, make_guidance, sample
 
 # Most tokens of a typical edit are copies of the source: guess up to this many per forward pass
 # (``engine.drafts``; the sampler feeds fewer when the guesses keep missing).
@@ -131,6 +129,8 @@ def edit(
     try:
         yield from _run(bundle, grid, instruction.strip(), n, think, seeds, temperature, top_k, top_p, cfg_text,
                         cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16, speculate)
+    except PromptTooLong as e:
+        yield Error(str(e))
     except Exception as e:  # noqa: BLE001
         yield Error(f"Generation failed: {type(e).__name__}: {e}")
 
@@ -143,15 +143,6 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
     sp = special_ids(tok)
     h, w = grid.shape
     prompt = build_prompt(tok, grid, instruction, think)
-    limit = getattr(base_lm(bundle.lm).config, "max_position_embeddings", None)
-    # the image rows with their EOLs and the structural tokens around them, plus the reasoning budget:
-    # past the positions it was built for, nothing it writes has been trained
-    need = len(prompt) + h * (w + 1) + 16 + ((max_new_tokens or DEFAULT_MAX_REASONING) if think else 0)
-    if limit and need > limit:
-        yield Error(f"The instruction is too long for this model: it reads at most {limit} tokens, and this "
-                    f"photo with this instruction needs {need}. Shorten the instruction by about {need - limit} "
-                    "tokens (a token is 3–5 characters).")
-        return
     guidance = make_guidance(tok, grid, n, think, cfg_text, cfg_image)
     steps = sample(bundle, [prompt] * n, h, w, seeds, think=think, temperature=temperature, top_k=top_k,
                    top_p=top_p, guidance=guidance, max_new_tokens=max_new_tokens, cancel=cancel, fp16=fp16,

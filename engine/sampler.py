@@ -81,13 +81,28 @@ class Guidance:
 def make_guidance(tok: Any, grid: Any, n: int, think: bool, text_scale: float = 1.0,
                   image_scale: float = 1.0) -> Guidance | None:
     """Guidance branches for ``n`` candidates editing ``grid``; None when both scales are 1 (off)."""
+    return batch_guidance(tok, [grid] * n, think, text_scale, image_scale)
+
+
+def batch_guidance(tok: Any, grids: Sequence[Any], think: bool, text_scale: float = 1.0,
+                   image_scale: float = 1.0) -> Guidance | None:
+    """Guidance branches for candidates that edit their own sources (``grids[i]`` is candidate i's, e.g. a
+    batch of eval samples); None when both scales are 1 (off)."""
     from engine.layout import build_prompt
 
     if text_scale == 1.0 and image_scale == 1.0:
         return None
-    image_only = build_prompt(tok, grid, "", think)
+    built: dict[int, list[int]] = {}  # one prompt per distinct source (make_guidance repeats one grid)
+    for g in grids:
+        if id(g) not in built:
+            built[id(g)] = build_prompt(tok, g, "", think)
+    image_only = [built[id(g)] for g in grids]
     null = build_prompt(tok, None, "", think) if image_scale != 1.0 else None
-    return Guidance([image_only] * n, [null] * n if null is not None else None, text_scale, image_scale)
+    return Guidance(image_only, [null] * len(grids) if null is not None else None, text_scale, image_scale)
+
+
+class PromptTooLong(ValueError):
+    """The prompt and the tokens to generate do not fit in the LM's positions (a readable message)."""
 
 
 # -- model runners -------------------------------------------------------------------------------
@@ -395,6 +410,14 @@ def sample(
             branches.append(list(map(list, guidance.null_prompts)))
     else:
         guidance = None
+    # Past the positions it was built for, nothing the LM writes has been trained: refuse instead.
+    limit = getattr(base.config, "max_position_embeddings", None)
+    need = max(len(q) for b in branches for q in b) + con.max_new_tokens
+    if limit and need > limit:
+        raise PromptTooLong(
+            f"The instruction is too long for this model: it reads at most {limit} tokens, and this photo with "
+            f"this instruction needs {need}. Shorten the instruction by about {need - limit} tokens (a token "
+            "is 3–5 characters).")
     nb = len(branches)
     rows_total = n * nb
 

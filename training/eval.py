@@ -357,7 +357,7 @@ def _generate(bundle: Any, samples: Sequence[dict], key: str, think: bool, seeds
     from tqdm import tqdm
 
     from engine.layout import build_prompt, parse_generation
-    from engine.sampler import Guidance, sample_all
+    from engine.sampler import batch_guidance, sample_all
 
     tok = bundle.tokenizer
     # Source grids (what the model sees), grouped by shape: one constraint serves a whole batch.
@@ -377,13 +377,7 @@ def _generate(bundle: Any, samples: Sequence[dict], key: str, think: bool, seeds
             for b in range(0, len(group), batch_size):
                 chunk = group[b : b + batch_size]
                 prompts = [build_prompt(tok, grids[i], samples[i][key], think) for i, _ in chunk]
-                guidance = None
-                if cfg_text != 1.0 or cfg_image != 1.0:
-                    # each prompt has its own source, so its own no-instruction branch (make_guidance
-                    # serves candidates of one source)
-                    null = build_prompt(tok, None, "", think)
-                    guidance = Guidance([build_prompt(tok, grids[i], "", think) for i, _ in chunk],
-                                        [null] * len(chunk) if cfg_image != 1.0 else None, cfg_text, cfg_image)
+                guidance = batch_guidance(tok, [grids[i] for i, _ in chunk], think, cfg_text, cfg_image)
                 gens = sample_all(bundle, prompts, h, w, [seeds[i][j] for i, j in chunk], think=think,
                                   temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                                   fp16=fp16, guidance=guidance)
