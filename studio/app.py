@@ -424,9 +424,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             # in its history tree, the signed-in user's with --auth, so earlier results can be continued.
             user = getattr(request, "username", None) if request is not None else None
             rows = store.recent_edits(RESTORED_EDITS, rater=str(user) if user else None)
-            st = dict(st)
-            st["edits"] = [r["edit_uid"] for r in reversed(rows)] + [u for u in st["edits"] if u not in
-                                                                    {r["edit_uid"] for r in rows}]
+            st = dict(st, edits=[r["edit_uid"] for r in reversed(rows)])  # a new page has none of its own yet
             return st, gr.update(choices=tree_choices(store, st["edits"]), value=None)
 
         demo.load(restore_history, edit_state, [edit_state, history], api_visibility="private")
@@ -561,7 +559,8 @@ def _selected_updates(ctx: StudioContext, p: SimpleNamespace, st: dict, cands: l
     heat_path = ctx.previews.path(heat)
     t = c.timings
     timing = f" · {t['total']:.2f} s" if "total" in t else ""
-    mine = ", ".join(_standing_label(r, c.id) for r in _standing_ratings(store, c.id))
+    # what stands, as training counts it: later A/B clicks do not push a star rating out of view
+    mine = ", ".join(_standing_label(r, c.id) for r in store.standing_ratings(candidate_id=c.id))
     info = (
         f"**#{c.idx + 1}** of {len(ids)} · seed `{c.seed}` · log-prob {c.logprob_sum:.1f} over {len(c.tokens)} tokens"
         f"{timing} · mean change {mean_diff * 100:.1f}%"
@@ -590,16 +589,6 @@ def _pair_updates(ctx: StudioContext, p: SimpleNamespace, st: dict) -> dict:
 def _clip(text: str, n: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _standing_ratings(store: Store, cid: int) -> list[Rating]:
-    """The ratings of candidate ``cid`` that stand: the newest per (rater, kind, candidate set), as the
-    training data counts them (``Store._latest``), so a changed mind shows once, and a star rating is
-    not pushed out of view by later A/B clicks."""
-    latest: dict[tuple, Rating] = {}
-    for r in store.ratings(candidate_id=cid):  # oldest first
-        latest[(r.rater, r.kind, tuple(sorted(r.candidate_ids)))] = r
-    return sorted(latest.values(), key=lambda r: r.id)
 
 
 def _standing_label(r: Rating, cid: int) -> str:

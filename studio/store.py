@@ -652,23 +652,23 @@ class Store:
         with self._lock:
             return [self._rating(r) for r in self._con.execute(q, args).fetchall()]
 
-    def _latest(self, kind: str) -> list[Rating]:
-        """Latest rating of ``kind`` per (rater, candidate set): a rater who changes their mind
-        is counted once, with the newest value (older rows stay, as history)."""
-        latest: dict[tuple[str, tuple[int, ...]], Rating] = {}
-        for r in self.ratings(kind):
-            latest[(r.rater, tuple(sorted(r.candidate_ids)))] = r
+    def standing_ratings(self, kind: str | None = None, candidate_id: int | None = None) -> list[Rating]:
+        """The ratings that stand, oldest first: the newest per (rater, kind, candidate set), so a rater
+        who changes their mind counts once, with the newest value (older rows stay, as history)."""
+        latest: dict[tuple[str, str, tuple[int, ...]], Rating] = {}
+        for r in self.ratings(kind, candidate_id):
+            latest[(r.rater, r.kind, tuple(sorted(r.candidate_ids)))] = r
         return sorted(latest.values(), key=lambda r: r.id)
 
     def thumbs(self) -> list[Thumb]:
         """Latest thumb per (rater, candidate), with the candidate's exact tokens (KTO)."""
-        rs = self._latest("thumb")
+        rs = self.standing_ratings("thumb")
         cands = {c.id: c for c in self.candidates({r.candidate_ids[0] for r in rs})} if rs else {}
         return [Thumb(cands[r.candidate_ids[0]], r.value == "up", r.rater, r.id) for r in rs]
 
     def stars(self) -> list[Star]:
         """Latest 1–5 star rating per (rater, candidate)."""
-        rs = self._latest("star")
+        rs = self.standing_ratings("star")
         cands = {c.id: c for c in self.candidates({r.candidate_ids[0] for r in rs})} if rs else {}
         return [Star(cands[r.candidate_ids[0]], int(r.value), r.rater, r.id) for r in rs]
 
@@ -679,7 +679,7 @@ class Store:
         left out); from ``best_of_n`` (if asked) the chosen candidate against each other one shown.
         Only pairs whose two candidates share source image and instruction are returned.
         """
-        rs = self._latest("pair") + (self._latest("best_of_n") if include_best_of_n else [])
+        rs = self.standing_ratings("pair") + (self.standing_ratings("best_of_n") if include_best_of_n else [])
         needed = {i for r in rs for i in r.candidate_ids}
         cands = {c.id: c for c in self.candidates(needed)} if needed else {}
         out: list[PreferencePair] = []
@@ -710,14 +710,14 @@ class Store:
                 "ratings": one("SELECT COUNT(*) FROM ratings"),
                 "raters": one("SELECT COUNT(DISTINCT rater) FROM ratings"),
             }
-        thumbs = self._latest("thumb")
+        thumbs = self.standing_ratings("thumb")
         c["thumbs_up"] = sum(t.value == "up" for t in thumbs)
         c["thumbs_down"] = sum(t.value == "down" for t in thumbs)
-        c["stars"] = len(self._latest("star"))
-        pair_rs = self._latest("pair")
+        c["stars"] = len(self.standing_ratings("star"))
+        pair_rs = self.standing_ratings("pair")
         c["pairs_decided"] = sum(r.value in ("A", "B") for r in pair_rs)
         c["pairs_undecided"] = len(pair_rs) - c["pairs_decided"]
-        bon_rs = self._latest("best_of_n")
+        bon_rs = self.standing_ratings("best_of_n")
         c["best_of_n"] = len(bon_rs)
         # Same rule as preference_pairs(), on two light columns instead of whole rows with tokens
         # (this runs after every click in the UI).

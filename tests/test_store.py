@@ -372,7 +372,7 @@ def test_unwritable_bad_inputs(tmp_path: Path) -> None:
 
 
 def test_the_rated_line_shows_the_ratings_that_stand(tmp_path: Path) -> None:
-    from studio.app import _standing_label, _standing_ratings
+    from studio.app import _standing_label
 
     with Store(tmp_path) as store:
         a, b = _add_edit(store, seed=3)
@@ -382,7 +382,7 @@ def test_the_rated_line_shows_the_ratings_that_stand(tmp_path: Path) -> None:
         for v in ("A", "tie", "both_bad", "B"):  # one A/B pair, the rater changing their mind
             store.add_rating("ann", "pair", v, [a, b])
         store.add_rating("bob", "thumb", "up", [a])
-        labels = [_standing_label(r, a) for r in _standing_ratings(store, a)]
+        labels = [_standing_label(r, a) for r in store.standing_ratings(candidate_id=a)]
         # the stars, thumb and best stay in view; the pair shows its last decision only, from a's side
         assert labels == ["★★★★", "👎", "🏆 best", "A/B: lost", "👍"]
-        assert [_standing_label(r, b) for r in _standing_ratings(store, b)] == ["not best", "A/B: won"]
+        assert [_standing_label(r, b) for r in store.standing_ratings(candidate_id=b)] == ["not best", "A/B: won"]

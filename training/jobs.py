@@ -155,18 +155,17 @@ class Job:
             os.killpg(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             return False
-        deadline = time.time() + timeout_s
-        while time.time() < deadline and self.alive():
-            time.sleep(0.1)
+        self._wait_gone(timeout_s)
         if self.alive():
             os.killpg(self.pid, signal.SIGKILL)
-            if self._proc is not None:
-                self._proc.wait(5)
-            else:  # started by another manager (a restarted server): wait until it is really gone
-                deadline = time.time() + 5
-                while time.time() < deadline and self.alive():
-                    time.sleep(0.05)
+            self._wait_gone(5.0)
         return True
+
+    def _wait_gone(self, timeout_s: float) -> None:
+        # alive() reaps our own child (Popen.poll) and sees another manager's through /proc
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and self.alive():
+            time.sleep(0.05)
 
     def bundle_path(self) -> Path | None:
         p = read_progress(self.progress_path) or {}
