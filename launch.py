@@ -65,9 +65,9 @@ def _free_port(host: str, start: int = 7860) -> int:
 
 def build(args: argparse.Namespace):  # -> tuple[gr.Blocks, StudioContext]
     from engine.bundle import default_bundle_path
+    from feedback.store import Store, default_data_dir
     from studio.app import StudioContext, build_app
     from studio.models import TINY_DEMO_KEY, ModelRegistry
-    from studio.store import Store, default_data_dir
 
     data = (args.data or default_data_dir()).expanduser()
     store = Store(data)

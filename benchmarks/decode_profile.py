@@ -1,6 +1,6 @@
 """Where a batch-1 decode step of EARL-nano spends its time, and what smaller weights buy.
 
-    python3 benchmarks/decode_profile.py [--bundle assets/earl-nano]
+    python -m benchmarks.decode_profile [--bundle assets/earl-nano]
 
 1. cProfile of one 16x16 edit through our sampler (one thread): share of the time in ``F.linear``,
    attention and the rest (small ops and Python).
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,11 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.bundle import load_bundle  # noqa: E402
-from engine.layout import build_prompt  # noqa: E402
-from engine.sampler import sample_all  # noqa: E402
+from engine.bundle import load_bundle
+from engine.layout import build_prompt
+from engine.sampler import sample_all
 
 
 def profile_edit(bundle) -> dict[str, float]:
@@ -87,11 +84,11 @@ def int8_table(bundle) -> list[tuple[str, float, float]]:
 
 def stream_table(bundle, reps: int = 30) -> dict[str, float]:
     """ms per token for all of the LM's weight matrices in turn (batch 1): float32, fp16 copies, int8."""
-    from engine.sampler import _fp16_pack
+    from engine.sampler import fp16_pack
 
     ws = [m.weight.detach() for m in bundle.lm.modules() if isinstance(m, torch.nn.Linear)]
     xs = [torch.randn(1, w.shape[1]) for w in ws]
-    half = [_fp16_pack(w) for w in ws]
+    half = [fp16_pack(w) for w in ws]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         q8 = []

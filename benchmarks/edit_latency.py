@@ -1,6 +1,6 @@
 """Latency of one 128² edit on CPU: time to the first ``Preview`` and to the last ``Done`` (ARCHITECTURE §7).
 
-    python benchmarks/edit_latency.py [--bundle PATH | --random] [--reps 3] [--threads 2] [--ns 1,4]
+    python -m benchmarks.edit_latency [--bundle PATH | --random] [--reps 3] [--threads 2] [--ns 1,4]
                                       [--instruction TEXT] [--speculate K] [--profile out.prof]
 
 Bundle: ``--bundle``, else the shipped ``assets/earl-nano`` when it exists, else a randomly initialised
@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.bundle import Bundle  # noqa: E402
+from engine.bundle import Bundle
 
 TARGET_PREVIEW_S = 0.5
 TARGET_TOTAL_S = 2.0

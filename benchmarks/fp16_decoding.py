@@ -1,8 +1,8 @@
 """Half-precision against float32 decoding weights on the shipped bundle: speed, whether the same seed
 writes the same edit, and how far the reported log-probs are from the exact ones.
 
-    python benchmarks/fp16_decoding.py [--bundle PATH] [--n-per-kind 2] [--kinds K,...] [--threads 2]
-    python benchmarks/fp16_decoding.py --group 8 --perturb 1e-3    # GRPO's rollouts (training.grpo)
+    python -m benchmarks.fp16_decoding [--bundle PATH] [--n-per-kind 2] [--kinds K,...] [--threads 2]
+    python -m benchmarks.fp16_decoding --group 8 --perturb 1e-3    # GRPO's rollouts (training.grpo)
 
 For held-out test samples (``training.eval.load_samples``; built from ``data/corpus`` if missing) each
 prompt is decoded twice with the same seed (EARL's sampling, temperature 1, top-k 2048, no think), with
@@ -23,19 +23,15 @@ Last line: ``fp16_decoding speedup=… same_tokens=… mean_abs_dlogp=… max_ab
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.bundle import default_bundle_path, load_bundle  # noqa: E402
-from engine.layout import build_prompt  # noqa: E402
-from engine.logprobs import sequence_logprobs  # noqa: E402
-from engine.sampler import fp16_available, sample_all  # noqa: E402
+from engine.bundle import default_bundle_path, load_bundle
+from engine.layout import build_prompt
+from engine.logprobs import sequence_logprobs
+from engine.sampler import fp16_available, sample_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print("this torch build has no fbgemm kernels: nothing to compare")
         return 1
     torch.set_num_threads(a.threads)
-    from training.eval import _fit, load_samples, sample_seed
+    from engine.image_io import fit_to_bundle
+    from training.eval import load_samples, sample_seed
 
     bundle = load_bundle(a.bundle or default_bundle_path())
     if a.perturb:
@@ -63,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = load_samples(n_per_kind=a.n_per_kind, kinds=a.kinds.split(",") if a.kinds else None)
     print(f"bundle {bundle.config.name}@{bundle.config.version}, {len(samples)} test samples, torch threads {a.threads}")
     tok = bundle.tokenizer
-    grids = [np.asarray(g, dtype=np.int64) for g in bundle.vq.encode([_fit(bundle, s["source"]) for s in samples])]
+    grids = [np.asarray(g, dtype=np.int64) for g in bundle.vq.encode([fit_to_bundle(bundle, s["source"]) for s in samples])]
     prompt0 = build_prompt(tok, grids[0], samples[0]["instruction"], False)
     sample_all(bundle, [prompt0], *grids[0].shape, [0], top_k=2048, fp16=True)  # packs the weights, warms up
     sample_all(bundle, [prompt0], *grids[0].shape, [0], top_k=2048)

@@ -1,6 +1,6 @@
 """Sampler speed: our KV-cached loop vs transformers' ``generate`` on the same model and constraint.
 
-    python benchmarks/sampler.py [--reps 1] [--threads N]
+    python -m benchmarks.sampler [--reps 1] [--threads N]
 
 EARL-nano as shipped (``--bundle``, default ``assets/earl-nano``: 5.9M parameters, vocab 5,399), or with
 ``--random`` the randomly initialised 18M-parameter model this benchmark used before EARL-nano's size was
@@ -20,22 +20,18 @@ Last line: the machine-readable summary.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import Emu3ForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from transformers import Emu3ForCausalLM  # noqa: E402
-
-from engine.bundle import TINY_TEXTS, Bundle, BundleConfig, tiny_lm_config  # noqa: E402
-from engine.constraint import FreeFormConstraint  # noqa: E402
-from engine.layout import build_prompt, parse_generation  # noqa: E402
-from engine.sampler import _num_threads, fp16_default, sample_all  # noqa: E402
-from engine.text_tokenizer import build_nano_tokenizer  # noqa: E402
+from engine.bundle import TINY_TEXTS, Bundle, BundleConfig, tiny_lm_config
+from engine.constraint import FreeFormConstraint
+from engine.layout import build_prompt, parse_generation
+from engine.sampler import fp16_default, num_threads, sample_all
+from engine.text_tokenizer import build_nano_tokenizer
 
 H = W = 16
 CODEBOOK = 4096
@@ -77,7 +73,7 @@ def run_hf(bundle: Bundle, prompt: list[int], batch: int, threads: int | None,
            temperature: float = 1.0) -> tuple[float, list[list[int]]]:
     con = FreeFormConstraint(bundle.tokenizer, *hw, False, vocab_size=bundle.lm.config.vocab_size)
     ids = torch.tensor([prompt] * batch)
-    with _num_threads(threads), torch.inference_mode():
+    with num_threads(threads), torch.inference_mode():
         t = time.perf_counter()
         out = bundle.lm.generate(
             ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature, top_k=2048, top_p=1.0,

@@ -1,6 +1,6 @@
 """CPU time to prepare one SFT batch: vectorised over the batch, against one sequence at a time.
 
-    python benchmarks/sft_batch_prep.py [--bundle assets/earl-nano] [--cache data/sft_cache] [--batch 256]
+    python -m benchmarks.sft_batch_prep [--bundle assets/earl-nano] [--cache data/sft_cache] [--batch 256]
                                         [--reps 5]
 
 On a GPU the step is short, so the Python that turns cached code grids into a padded batch (prompts,
@@ -11,9 +11,9 @@ targets, grid features, constraint mask rows) decides the step time. This prints
   (``layout.grid_positions``, ``FreeFormConstraint.replay``, a tensor per row), the way batches were
   built before ``collate`` (baseline, same process).
 
-For scale: a step of EARL-nano at batch 256 took about 200 ms on an H200 (``training/device_sft.sh``'s log).
+For scale: a step of EARL-nano at batch 256 took about 200 ms on an H200 (``recipes/earl_nano/device_sft.sh``'s log).
 
-Samples come from ``--cache`` (``training.pretokenize``). Medians of ``--reps`` batches after one warm-up.
+Samples come from ``--cache`` (``training.data.pretokenize``). Medians of ``--reps`` batches after one warm-up.
 Last line: ``sft_batch_prep collate_ms=… per_sequence_ms=… speedup=… batch=…``.
 """
 
@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.bundle import load_bundle  # noqa: E402
-from engine.layout import build_prompt, build_target, grid_positions  # noqa: E402
-from training.train_sft import Batcher, SFTConfig, constraint_for, sft_batch  # noqa: E402
+from engine.bundle import load_bundle
+from engine.layout import build_prompt, build_target, grid_positions
+from training.train_sft import Batcher, SFTConfig, constraint_for, sft_batch
 
 
 def per_sequence(tok: object, con: object, think: bool, items: list) -> None:
@@ -45,10 +42,10 @@ def per_sequence(tok: object, con: object, think: bool, items: list) -> None:
 
 
 def samples(cache: str) -> list[dict]:
-    from training.pretokenize import load_cache
+    from training.data.pretokenize import load_cache
 
     if not Path(cache).is_dir():
-        raise SystemExit(f"no pre-tokenised samples in {cache!r}: run python -m training.pretokenize first")
+        raise SystemExit(f"no pre-tokenised samples in {cache!r}: run python -m training.data.pretokenize first")
     return load_cache(cache)
 
 

@@ -1,6 +1,6 @@
 """Speculative decoding (``engine.drafts``) against one token per pass, on real held-out edits.
 
-    python benchmarks/speculative.py [--bundle assets/earl-nano] [--n-per-kind 1] [--batches 1,4]
+    python -m benchmarks.speculative [--bundle assets/earl-nano] [--n-per-kind 1] [--batches 1,4]
                                      [--kinds all] [--no-generate]
 
 Every sample of the held-out test suite (``--n-per-kind`` per edit kind) is decoded by ``engine.sampler``
@@ -19,7 +19,6 @@ Printed per edit category and overall; last line machine-readable::
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,13 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.sampler import run_hf  # noqa: E402
-from engine.bundle import load_bundle  # noqa: E402
-from engine.layout import build_prompt  # noqa: E402
-from engine.sampler import fp16_default, sample_all  # noqa: E402
-from training.eval import _fit, load_samples, sample_seed  # noqa: E402
+from benchmarks.sampler import run_hf
+from engine.bundle import load_bundle
+from engine.image_io import fit_to_bundle
+from engine.layout import build_prompt
+from engine.sampler import fp16_default, sample_all
+from training.eval import load_samples, sample_seed
 
 TEMPERATURE, TOP_K, SPECULATE = 0.7, 2048, 16
 
@@ -62,14 +60,14 @@ def main() -> None:
     print(f"{bundle.config.name}@{bundle.config.version}: {len(samples)} held-out edits, T={TEMPERATURE}, "
           f"top-k {TOP_K}, fp16 decoding {fp16_default(bundle)}, torch threads {torch.get_num_threads()}")
     warm = samples[0]
-    src = bundle.vq.encode([_fit(bundle, warm["source"])])[0]
+    src = bundle.vq.encode([fit_to_bundle(bundle, warm["source"])])[0]
     ours(bundle, build_prompt(bundle.tokenizer, src, warm["instruction"], False), src.shape, [0], SPECULATE)
 
     rate = defaultdict(list)  # (category, way, batch) -> tok/s
     same = runs = 0
     for s in samples:
-        src = bundle.vq.encode([_fit(bundle, s["source"])])[0]
-        tgt_hw = _fit(bundle, s["target"]).size[::-1]
+        src = bundle.vq.encode([fit_to_bundle(bundle, s["source"])])[0]
+        tgt_hw = fit_to_bundle(bundle, s["target"]).size[::-1]
         hw = (tgt_hw[0] // bundle.vq.spatial_factor, tgt_hw[1] // bundle.vq.spatial_factor)
         prompt = build_prompt(bundle.tokenizer, src, s["instruction"], False)
         line = f"{s['kind']:<16}"

@@ -1,7 +1,7 @@
 """Encode and decode time of image tokenizers on one photo, in the same process.
 
-    python3 benchmarks/vq_speed.py                      # the shipped bundle's tokenizer (equivariant since v0.5)
-    python3 benchmarks/vq_speed.py --vq A B --threads 1  # several, in one process; ratios against the first
+    python -m benchmarks.vq_speed                      # the shipped bundle's tokenizer (equivariant since v0.5)
+    python -m benchmarks.vq_speed --vq A B --threads 1  # several, in one process; ratios against the first
     # v0.4's plain tokenizer: git archive bf86a53 assets/earl-nano/vq | tar x -C /tmp/v04
 
 Issue #4 asks for encoding + decoding one image well under 0.1 s on CPU. An equivariant tokenizer
@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from engine.image_io import fit_to_area
+from engine.vq import NanoVQ
 
-from engine.image_io import fit_to_area  # noqa: E402
-from engine.vq import NanoVQ  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def median_ms(fn, reps: int) -> float:

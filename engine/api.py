@@ -24,7 +24,7 @@ from PIL import Image
 
 from engine.events import Done, Error, Event, ImageRow, Preview, Text
 from engine.layout import build_prompt, parse_generation, special_ids
-from engine.sampler import SAMPLING_DEFAULTS, PromptTooLong, _num_threads, fp16_default, make_guidance, sample
+from engine.sampler import SAMPLING_DEFAULTS, PromptTooLong, fp16_default, make_guidance, num_threads, sample
 
 # Most tokens of a typical edit are copies of the source: guess up to this many per forward pass
 # (``engine.drafts``; the sampler feeds fewer when the guesses keep missing).
@@ -111,7 +111,7 @@ def edit(
     try:
         cfg = bundle.config
         img = prepare_image(image, cfg.image_area, bundle.vq.spatial_factor)
-        with _num_threads(_vq_threads(bundle)):
+        with num_threads(_vq_threads(bundle)):
             grid = np.asarray(bundle.vq.encode([img])[0], dtype=np.int64)
     except ImageInputError as e:
         yield Error(str(e))
@@ -271,7 +271,7 @@ def _finish(bundle: Any, finished: list[int], tokens: list[list[int]], logprobs:
             yield Error(f"candidate {c + 1} produced a malformed sequence: {e}", c)
     if not parsed:
         return
-    with _num_threads(_vq_threads(bundle)):
+    with num_threads(_vq_threads(bundle)):
         images: list[Image.Image] = bundle.vq.decode([g for _, _, g in parsed])
     now = time.perf_counter() - t0
     for (c, reasoning, g), im in zip(parsed, images, strict=True):

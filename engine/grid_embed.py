@@ -12,7 +12,7 @@ Optionally (``centred_freqs > 0``) fixed sin/cos features of the *centred* coord
 x = col - (W-1)/2, y = row - (H-1)/2 are added through a learned projection. Mirroring is then x -> -x,
 which only flips the sign of the sin features, and a rotation swaps the row and column features: fixed
 linear maps an attention head can learn once for every position, where learned tables need each
-(column, mirrored column) pair matched separately (``training.grid_experiment`` measures the effect).
+(column, mirrored column) pair matched separately (``research.grid_experiment`` measures the effect).
 H and W are read off the grid itself (the EOL's column is W, the last row + 1 is H), so every call must
 hold each image grid complete — as all engine calls do: whole prompts, whole generation templates
 (``engine.sampler``) and whole sequences (``engine.logprobs``).

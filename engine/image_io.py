@@ -23,7 +23,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -283,3 +283,8 @@ def prepare_image(
     """``load_image`` then ``fit_to_area``: the picture the image tokenizer will encode."""
     im = load_image(src, max_bytes=max_bytes, max_pixels=max_pixels, _draft_area=area)
     return fit_to_area(im, area, spatial_factor, max_aspect)
+
+
+def fit_to_bundle(bundle: Any, img: Image.Image) -> Image.Image:
+    """``img`` at the area and cell size a bundle's model reads (``fit_to_area`` with its settings)."""
+    return fit_to_area(img.convert("RGB"), bundle.config.image_area, bundle.vq.spatial_factor)

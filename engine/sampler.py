@@ -108,7 +108,7 @@ class PromptTooLong(ValueError):
 # -- model runners -------------------------------------------------------------------------------
 
 
-def _fp16_pack(w: torch.Tensor) -> Any:
+def fp16_pack(w: torch.Tensor) -> Any:
     """fbgemm's packed half-precision copy of a weight, for ``quantized.linear_dynamic_fp16``."""
     return torch.ops.quantized.linear_prepack_fp16(w.detach().float().contiguous(), None)
 
@@ -170,7 +170,7 @@ class _FastRunner:
             stamp = _weights_stamp(lm)
             cached = _FP16_CACHE.get(lm)
             if cached is None or cached[0] != stamp:
-                pack = _fp16_pack
+                pack = fp16_pack
                 layers = [
                     (tuple(map(pack, qkv)) if isinstance(qkv, tuple) else pack(qkv), pack(wo),
                      tuple(map(pack, gu)) if isinstance(gu, tuple) else pack(gu), pack(wd))
@@ -288,7 +288,7 @@ class _HFRunner:
 
 
 @contextlib.contextmanager
-def _num_threads(n: int | None):
+def num_threads(n: int | None):
     if n is None or n == torch.get_num_threads():
         yield
         return
@@ -753,7 +753,7 @@ def sample(
     it = steps()
     first = True  # the first step is the prefill (and the first token choice)
     while True:
-        with torch.inference_mode(), _num_threads(prefill_threads if first else threads):
+        with torch.inference_mode(), num_threads(prefill_threads if first else threads):
             try:
                 events = next(it)
             except StopIteration:

@@ -25,12 +25,12 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from feedback.store import Candidate, Rating, Store, StoreError
 from studio.history import breadcrumbs, tree_choices
 from studio.imaging import PngFiles, diff_heatmap
 from studio.models import ModelRegistry
 from studio.ratings import counts_markdown, pick_pair
 from studio.runner import EditFn, EditRequest, Snapshot, stream_edit
-from studio.store import Candidate, Rating, Store, StoreError
 from studio.ui_assets import CSS, HEAD, SHORTCUTS_HELP, SHORTCUTS_JS
 
 # Modules that may add a tab: each defines ``build_finetune_tab(ctx: StudioContext) -> None`` and is

@@ -182,7 +182,7 @@ def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None
     from engine.api import edit_blocking
     from engine.image_io import fit_to_area
     from engine.sampler import SAMPLING_DEFAULTS
-    from studio.store import NewCandidate
+    from feedback.store import NewCandidate
 
     rng = random.Random(seed)
     s = rng.choice(heldout_samples())

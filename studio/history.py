@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from studio.store import Candidate, Store
+from feedback.store import Candidate, Store
 
 EM = "\u2003"  # em space
 

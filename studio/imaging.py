@@ -58,7 +58,7 @@ class PngFiles:
         folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, img: Image.Image) -> str:
-        from studio.store import _atomic_write, png_bytes
+        from feedback.store import _atomic_write, png_bytes
 
         data = png_bytes(img)
         h = hashlib.sha256(data).hexdigest()

@@ -16,8 +16,8 @@ from PIL import Image
 
 from engine.events import Done, Error, Preview, Text
 from engine.sampler import SAMPLING_DEFAULTS, fp16_default
+from feedback.store import NewCandidate, Store
 from studio.models import bundle_id
-from studio.store import NewCandidate, Store
 
 EditFn = Callable[..., Iterator[Any]]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.store import Store
+from feedback.store import Store
 from tests.studio_server import ROOT, make_photo, studio_server
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

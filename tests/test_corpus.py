@@ -14,7 +14,7 @@ import pytest
 import skimage
 from PIL import Image
 
-from training import corpus
+from training.data import corpus
 
 
 def _extra_candidates(folder: Path) -> list[corpus.Candidate]:
@@ -112,7 +112,7 @@ def test_photos_loader(tiny):
 
 
 def test_load_manifest_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="training.corpus build"):
+    with pytest.raises(FileNotFoundError, match="training.data.corpus build"):
         corpus.load_manifest(tmp_path)
 
 

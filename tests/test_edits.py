@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import suite
-from training.edits import KINDS, ops
-from training.edits import language as L
-from training.edits import objects as O
+from training.data import suite
+from training.data.edits import KINDS, ops
+from training.data.edits import language as L
+from training.data.edits import objects as O
 
 PHOTOS = suite.split_photos("test", root=None)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.image_io import fit_to_bundle
 from training import eval as ev
 
 KINDS = ("grayscale", "invert", "hflip", "add_shape")
@@ -31,7 +32,7 @@ def samples(built):
 
 def test_load_samples_builds_missing_set_once(built):
     cache, out = built
-    from training.edits import KINDS as ALL
+    from training.data.edits import KINDS as ALL
 
     assert [s["kind"] for s in out] == list(ALL)  # one per kind, in the suite's order
     assert (cache / "v1" / "test" / "samples.jsonl").exists()
@@ -175,7 +176,7 @@ def test_guidance_uses_each_samples_own_source(tiny_bundle, samples):
     assert any(diff(s.outputs[0], p.outputs[0]) > 8 for s, p in zip(batched.samples, plain.samples, strict=True))
     # the last sample, edited through the engine's own guidance branches for one source
     s = sub[-1]
-    grid = np.asarray(tiny_bundle.vq.encode([ev._fit(tiny_bundle, s["source"])])[0], dtype=np.int64)
+    grid = np.asarray(tiny_bundle.vq.encode([fit_to_bundle(tiny_bundle, s["source"])])[0], dtype=np.int64)
     tok = tiny_bundle.tokenizer
     g = sample_all(tiny_bundle, [build_prompt(tok, grid, s["instruction"], False)], *grid.shape,
                    [ev.sample_seed(2, s["id"])], temperature=1.0, top_k=ev.EARL_TOP_K,

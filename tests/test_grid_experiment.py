@@ -1,12 +1,12 @@
-"""The geometry analysis helpers of ``training.grid_experiment`` on hand-made code grids."""
+"""The geometry analysis helpers of ``research.grid_experiment`` on hand-made code grids."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from training.grid_experiment import transformed_copy
-from training.pretokenize import encode_arrays
+from research.grid_experiment import transformed_copy
+from training.data.pretokenize import encode_arrays
 
 
 def test_transformed_copy_finds_the_mirrored_source():
@@ -49,8 +49,8 @@ def test_an_arm_trains_and_logs_heldout_accuracy(tmp_path):
     import argparse
     import json
 
+    from research.grid_experiment import run
     from tests.test_train_sft import _tiny_setup
-    from training.grid_experiment import run
 
     cfg = _tiny_setup(tmp_path)  # 12 cached 4×4 hflip records and a tiny VQ
     a = argparse.Namespace(arm="learned", out=str(tmp_path / "arm"), cache=cfg.cache, vq=cfg.vq, corpus=None,
@@ -69,7 +69,7 @@ def test_an_arm_trains_and_logs_heldout_accuracy(tmp_path):
 def test_continuation_scores_only_the_rows_the_model_writes():
     from engine.bundle import make_tiny_random_bundle
     from engine.layout import special_ids
-    from training.grid_experiment import continuation
+    from research.grid_experiment import continuation
 
     bundle = make_tiny_random_bundle(seed=4, grid_embed=True)
     sp = special_ids(bundle.tokenizer)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from engine.bundle import load_bundle, make_tiny_random_bundle
-from studio.store import Store
-from training import suite
+from feedback.store import Store
+from training.data import suite
 from training.jobs import JobManager, build_command
 from training.simulated_raters import SimulatedRater, generate, rate
 

@@ -1,4 +1,4 @@
-"""Weight interpolation between a bundle and one fine-tuned from it (training.merge)."""
+"""Weight interpolation between a bundle and one fine-tuned from it (recipes.earl_nano.merge)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.bundle import load_bundle
-from training.merge import main, merge_bundles
+from recipes.earl_nano.merge import main, merge_bundles
 
 
 def _tuned(bundle, seed=1):

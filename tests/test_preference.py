@@ -15,8 +15,9 @@ import torch
 from engine.bundle import Bundle, load_bundle, make_tiny_random_bundle
 from engine.layout import build_prompt
 from engine.logprobs import sequence_logprobs
-from studio.store import Store
-from training import suite
+from feedback.pairs import StoreExamples, star_pairs
+from feedback.store import Store
+from training.data import suite
 from training.preference import (
     PrefConfig,
     SeqLogp,
@@ -28,7 +29,6 @@ from training.preference import (
     train,
 )
 from training.simulated_raters import SimulatedRater, generate, rate
-from training.store_data import StoreExamples, star_pairs
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Moving an LM onto another image tokenizer (training.remap_lm): rows follow the codes' co-occurrence."""
+"""Moving an LM onto another image tokenizer (recipes.earl_nano.remap_lm): rows follow the codes' co-occurrence."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from engine import edit_blocking
 from engine.bundle import load_bundle, make_tiny_random_bundle, save_bundle
 from engine.layout import special_ids
 from engine.vq import NanoVQ
-from training.remap_lm import cooccurrence, remap_bundle, remap_rows
+from recipes.earl_nano.remap_lm import cooccurrence, remap_bundle, remap_rows
 
 
 def test_a_relabelling_moves_rows_exactly():

@@ -13,9 +13,9 @@ from PIL import Image
 from engine.constraint import FreeFormConstraint
 from engine.layout import build_prompt, build_target
 from engine.logprobs import collate, embed_inputs
-from training.edits import KINDS
-from training.proxy_targets import zoom_copy
+from training.data.edits import KINDS
 from training.routing import RouteHead, parse_head, route_loss, route_map, route_pairs
+from training.targets import zoom_copy
 
 PARAMS = [("hflip", {}), ("vflip", {}), ("rotate180", {}), ("rotate90", {"dir": "clockwise"}),
           ("rotate90", {"dir": "counterclockwise"})] + [
@@ -164,7 +164,7 @@ def test_route_loss_teaches_the_head_where_a_zoom_reads_from(tiny_bundle):
 
 
 def test_probe_reports_every_heads_attention_per_kind(tiny_bundle):
-    from training.routing import probe
+    from research.routing_probe import probe
 
     rng = np.random.default_rng(2)
     recs = []
@@ -193,7 +193,7 @@ def test_a_removal_routes_only_the_cells_it_hid_to_the_nearest_unchanged_cell(ti
     # the pairs: one per hidden cell, keyed at its source cell, which holds the code the fill copies
     rng = np.random.default_rng(1)
     src = rng.integers(0, 64, (8, 8)).astype(np.uint16)
-    from training.proxy_targets import fill_from_outside
+    from training.targets import fill_from_outside
 
     tgt = fill_from_outside(src, changed).astype(np.uint16)
     batch = _batch(tiny_bundle, [(src, tgt, "Remove the red ball.", None)])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.store import NewCandidate, Store, StoreError
+from feedback.store import NewCandidate, Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"think": False, "temperature": 1.0, "top_k": 2048, "top_p": 1.0, "cfg_text": 1.0, "n": 2}
@@ -138,7 +138,7 @@ def test_history_tree(tmp_path: Path) -> None:
 
 
 def test_migrations_upgrade_old_db_and_refuse_newer(tmp_path: Path) -> None:
-    from studio import store as store_mod
+    from feedback import store as store_mod
 
     # A database at schema 1 with data in it, then code that knows a second migration.
     with Store(tmp_path, migrations=store_mod.MIGRATIONS[:1]) as s1:
@@ -174,7 +174,7 @@ WRITER = textwrap.dedent(
     """
     import sys, numpy as np
     from PIL import Image
-    from studio.store import NewCandidate, Store
+    from feedback.store import NewCandidate, Store
     store = Store(sys.argv[1])
     tag = sys.argv[2]
     settings = {"think": False, "temperature": 1.0, "top_k": 8, "top_p": 1.0}

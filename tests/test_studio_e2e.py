@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.sampler import fp16_available
-from studio.store import Store
+from feedback.store import Store
 from tests.studio_server import make_photo, studio_server
 
 gradio_client = pytest.importorskip("gradio_client")

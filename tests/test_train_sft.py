@@ -9,7 +9,7 @@ import torch
 from engine import edit_blocking
 from engine.bundle import load_bundle
 from engine.vq import NanoVQ
-from training.pretokenize import load_cache
+from training.data.pretokenize import load_cache
 from training.train_sft import (
     Batcher,
     SFTConfig,
@@ -125,7 +125,7 @@ def test_growing_pool_draws_like_a_pool_built_at_once():
 
 
 def test_live_samples_render_in_worker_processes():
-    from training.live_data import LiveSamples
+    from training.data.live_data import LiveSamples
 
     live = LiveSamples(1, seed=0, corpus="", scales=(0.3, 1.0))  # no corpus: scikit-image photos
     try:
@@ -146,7 +146,7 @@ def test_live_samples_render_in_worker_processes():
 def test_encode_records_matches_the_tokenizers_pil_path():
     from PIL import Image
 
-    from training.pretokenize import encode_records
+    from training.data.pretokenize import encode_records
 
     vq = NanoVQ(block_out_channels=(16, 32, 32), fsq_levels=(4, 4, 4), norm_num_groups=8).eval()
     rng = np.random.default_rng(0)
@@ -233,7 +233,7 @@ def test_live_workers_stop_when_the_trainer_is_killed(tmp_path):
     script = tmp_path / "trainer.py"
     script.write_text(
         "import os, signal\n"
-        "from training.live_data import LiveSamples\n"
+        "from training.data.live_data import LiveSamples\n"
         "if __name__ == '__main__':\n"
         "    live = LiveSamples(1, seed=0, corpus='', max_ready=64)\n"
         "    live.drain(wait_for=32, timeout=120)\n"

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from training import suite, verifier
-from training.edits import KINDS, render_wrong
+from training import verifier
+from training.data import suite
+from training.data.edits import KINDS, render_wrong
 
 PHOTOS = suite.split_photos("test", root=None)
 

@@ -140,7 +140,7 @@ def test_pretokenize_reencodes_another_caches_samples_for_some_kinds(tmp_path):
     vq = tiny_equivariant_vq()
     vq.save(tmp_path / "vq")
     out = tmp_path / "eq_cache"
-    cmd = [sys.executable, "-m", "training.pretokenize", "--vq", str(tmp_path / "vq"), "--out", str(out),
+    cmd = [sys.executable, "-m", "training.data.pretokenize", "--vq", str(tmp_path / "vq"), "--out", str(out),
            "--raw-from", str(rendered), "--samples", "3", "--shard-size", "3", "--kinds", "hflip"]
     subprocess.run(cmd, check=True, capture_output=True)
     shard = torch.load(out / "shard_00000.pt", weights_only=False)
@@ -193,7 +193,7 @@ def test_a_narrower_encoder_keeps_the_symmetry_and_survives_save_and_load(tmp_pa
 
 
 def test_distilled_encoder_learns_the_teachers_latents_and_resumes(tmp_path, capsys):
-    from training.distill_vq_encoder import main as distil
+    from recipes.earl_nano.distill_vq_encoder import main as distil
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -222,7 +222,7 @@ def test_distilled_encoder_learns_the_teachers_latents_and_resumes(tmp_path, cap
 
 
 def test_crop_pool_colour_edits_are_the_suites_global_edits():
-    from training.edits.kinds import GLOBAL_KINDS
+    from training.data.edits.kinds import GLOBAL_KINDS
     from training.train_vq import CropPool
 
     photo = photo_like(96, 96, seed=3)  # resized to 32² and cropped at 32²: the only crops are it and its mirror

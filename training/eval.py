@@ -4,7 +4,7 @@
                             [--n-per-kind N] [--seed S] [--greedy | --temperature T --top-k K]
                             [--candidates C] [--batch B] [--out results.json] [--sheet sheet.png]
 
-Each sample of ``<sets>/v<suite version>/<split>`` (built with ``python -m training.suite build-sets``; when
+Each sample of ``<sets>/v<suite version>/<split>`` (built with ``python -m training.data.suite build-sets``; when
 missing, the same samples are built into ``data/cache/eval-sets/``) is edited by the bundle and scored with
 ``training.verifier.score`` (0–10). Printed per edit kind, per category (global / geometry / object /
 compose) and overall, next to three references scored the same way:
@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from engine.image_io import fit_to_bundle
 from training import verifier
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,15 +61,15 @@ def load_samples(sets: str | Path = "data/suite", split: str = "test", n_per_kin
                  corpus: str | Path | None = "data/corpus", cache: str | Path | None = None,
                  kinds: Sequence[str] | None = None) -> list[dict]:
     """The fixed ``split`` of the suite: ``<sets>/v<SUITE_VERSION>/<split>`` when it exists, else the same
-    samples built with ``training.suite.build_sets`` into ``cache`` (default ``data/cache/eval-sets``).
+    samples built with ``training.data.suite.build_sets`` into ``cache`` (default ``data/cache/eval-sets``).
 
     ``n_per_kind`` keeps the first N samples of every kind (None: all); ``kinds`` keeps only those edit
     kinds (None: all; a sample's sampling seeds depend on its id alone, so its score is the same as in a
     full run). Sample dicts are those of
-    ``training.suite.load_set`` (``id, kind, category, source, target, mask, instruction,
+    ``training.data.suite.load_set`` (``id, kind, category, source, target, mask, instruction,
     instruction_heldout, ...``) plus ``set_path``: the folder they were read from.
     """
-    from training.suite import KINDS, SET_SIZES, SPLIT_CODE, SUITE_VERSION, build_sets, load_set
+    from training.data.suite import KINDS, SET_SIZES, SPLIT_CODE, SUITE_VERSION, build_sets, load_set
 
     if split not in SPLIT_CODE or split == "train":
         raise ValueError(f"unknown evaluation split {split!r}; use test or val")
@@ -238,12 +239,6 @@ class EvalResult:
 # ----------------------------------------------------------------------------------------- evaluate
 
 
-def _fit(bundle: Any, img: Image.Image) -> Image.Image:
-    from engine.image_io import fit_to_area
-
-    return fit_to_area(img.convert("RGB"), bundle.config.image_area, bundle.vq.spatial_factor)
-
-
 def _score(s: dict, output: Image.Image | np.ndarray) -> verifier.VerifierScore:
     return verifier.score(s["source"], output, s["target"], s["mask"])
 
@@ -276,7 +271,7 @@ def evaluate(
     """Edit every sample with ``bundle`` and score it with the verifier; see the module doc.
 
     ``samples``: dicts with ``id, kind, category, source, target, mask, instruction`` (``load_samples`` or
-    ``training.suite.stream``). ``temperature`` 0 is greedy. ``candidates`` edits per sample (seeds
+    ``training.data.suite.stream``). ``temperature`` 0 is greedy. ``candidates`` edits per sample (seeds
     ``sample_seed(seed, id) + j``); a sample's model score is their mean, and a candidate that fails to
     produce a well-formed image scores 0 (its error is kept). ``batch_size``: prompts decoded together
     (samples of one grid shape; candidates count). ``heldout_phrasing`` uses ``instruction_heldout``.
@@ -314,7 +309,7 @@ def evaluate(
     # References: the ground truth through the tokenizer (one batched encode / decode).
     vq_imgs: list[Image.Image | None] = [None] * n
     if baselines and n:
-        tg = bundle.vq.encode([_fit(bundle, s["target"]) for s in samples])
+        tg = bundle.vq.encode([fit_to_bundle(bundle, s["target"]) for s in samples])
         vq_imgs = list(bundle.vq.decode([np.asarray(g, dtype=np.int64) for g in tg]))
 
     nan = float("nan")
@@ -361,7 +356,7 @@ def _generate(bundle: Any, samples: Sequence[dict], key: str, think: bool, seeds
 
     tok = bundle.tokenizer
     # Source grids (what the model sees), grouped by shape: one constraint serves a whole batch.
-    grids = [np.asarray(g, dtype=np.int64) for g in bundle.vq.encode([_fit(bundle, s["source"]) for s in samples])]
+    grids = [np.asarray(g, dtype=np.int64) for g in bundle.vq.encode([fit_to_bundle(bundle, s["source"]) for s in samples])]
     by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i in range(len(samples)):
         for j in range(len(seeds[i])):

@@ -5,7 +5,7 @@
     accelerate launch --num_processes 2 --cpu -m training.grpo ...      # several processes (gloo on CPU)
     accelerate launch --config_file docs/accelerate_multigpu.yaml -m training.grpo ...   # several GPUs
 
-Per iteration and process: ``prompts_per_step`` (photo, instruction) pairs from ``training.suite``; for
+Per iteration and process: ``prompts_per_step`` (photo, instruction) pairs from ``training.data.suite``; for
 each, a group of G candidates from the engine's sampler (temperature 1.0, per-token log-probs kept);
 rewards (``training.rewards``); advantage A = (r − mean) / (std + 1e-4) within the group, applied to
 every generated token; groups whose rewards do not vary carry no signal and are dropped (counted).
@@ -147,7 +147,7 @@ class SuitePrompts:
     a resumed run sees the same data."""
 
     def __init__(self, cfg: GRPOConfig, bundle: Any, rank: int) -> None:
-        from training import suite
+        from training.data import suite
 
         self.suite, self.cfg, self.bundle, self.rank = suite, cfg, bundle, rank
         kinds = [k for k in cfg.kinds.split(",") if k] or None
@@ -396,7 +396,7 @@ def _train(cfg: GRPOConfig, accel: Any, out: Path, progress: Progress) -> Path |
         "kl_last10": _mean([h["kl"] for h in history[-10:]]),
         "dropped_groups": f"{totals['dropped']}/{totals['groups']}", "skipped_samples": totals["skipped_samples"],
     }
-    card = {"data": {"suite": "training.suite train split (synthetic edits, exact ground truth)",
+    card = {"data": {"suite": "training.data.suite train split (synthetic edits, exact ground truth)",
                      "kinds": cfg.kinds or "all", "corpus": cfg.corpus, "reward": cfg.reward},
             "settings": {k: v for k, v in asdict(cfg).items() if k in (
                 "group_size", "prompts_per_step", "beta", "temperature", "top_k", "think_prob", "clip_eps",

@@ -4,11 +4,11 @@
     python -m training.preference --method kto --data ~/.earl-studio --bundle assets/earl-nano --out runs/kto
     accelerate launch --multi_gpu --num_processes 2 -m training.preference ...      # several processes
 
-Data come from the studio's feedback store (``studio.store``), with the exact token ids each candidate
+Data come from the studio's feedback store (``feedback.store``), with the exact token ids each candidate
 was generated with: DPO uses A/B pairs, best-of-N choices (chosen vs each other shown candidate) and,
 unless ``--use-stars false``, star ratings (within one rater's ratings of the same photo and instruction,
 more stars beat fewer); KTO uses thumbs up (desirable) and down (undesirable). The prompt is rebuilt from
-the stored source image and instruction (``training.store_data``).
+the stored source image and instruction (``feedback.pairs``).
 
 Sequence log-probs are sums of ``engine.logprobs.sequence_logprobs`` (the sampler's constraint masks,
 separate text / vision softmaxes; forced tokens contribute 0). The reference is the starting model,
@@ -37,8 +37,8 @@ import torch.nn.functional as F
 
 from engine.constraint import FreeFormConstraint
 from engine.logprobs import sequence_logprobs
+from feedback.pairs import Example, StoreExamples, rated_pairs
 from training.progress import Progress
-from training.store_data import Example, StoreExamples, rated_pairs
 from training.tuning import (
     Policy,
     average_gradients,
@@ -210,7 +210,7 @@ def train(cfg: PrefConfig) -> Path | None:
 
 
 def _train(cfg: PrefConfig, accel: Any, progress: Progress) -> Path | None:
-    from studio.store import Store
+    from feedback.store import Store
 
     t_start = time.time()
     main_proc = accel.is_main_process

@@ -97,7 +97,7 @@ def train_reward_model(bundle: Any, store: Any, out: str | Path, epochs: int = 2
                        head_hidden: int = 64, val_frac: float = 0.2, seed: int = 0, use_stars: bool = True,
                        bundle_path: str | None = None) -> RewardModel:
     """Fit the head on the store's pairs; writes ``out`` and returns the model. meta holds accuracies."""
-    from training.store_data import StoreExamples, rated_pairs
+    from feedback.pairs import StoreExamples, rated_pairs
 
     ex = StoreExamples(bundle, store)
     feats: dict[int, torch.Tensor] = {}
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     from engine.bundle import load_bundle
-    from studio.store import Store
+    from feedback.store import Store
     from training.progress import Progress
 
     progress = Progress(a.progress, "reward_model", 1)

@@ -2,7 +2,7 @@
 
 Geometric edits are positional copies: a flip's target cell (i, j) reads the source cell (i, W-1-j), a
 2× zoom's reads the source cell under its centre. v0.5 learnt flips and quarter turns on a GPU, and
-``python -m training.routing --probe`` shows how: one head (layer 1, head 2) puts 0.85 of its attention
+``python -m research.routing_probe --probe`` shows how: one head (layer 1, head 2) puts 0.85 of its attention
 on the moved source cell (0.75 for quarter turns), while another (layer 0, head 4) attends to the aligned
 cell (0.95) for colour and object edits. The same head gives a zoom's source cell 0.00: the model never
 found where zooms read from, and learning that through the output loss alone took more samples than a
@@ -20,8 +20,6 @@ them. ``train_sft --route-head 1:2 --route-weight W`` turns it on.
 
 from __future__ import annotations
 
-import argparse
-import random
 from typing import Any
 
 import numpy as np
@@ -30,7 +28,7 @@ import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 from transformers.models.emu3.modeling_emu3 import apply_rotary_pos_emb
 
-from training.edits.kinds import KINDS, ZOOM_CENTRES
+from training.data.edits.kinds import KINDS, ZOOM_CENTRES
 
 
 def zoom_cells(h: int, w: int, params: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -194,78 +192,3 @@ def route_loss(head: RouteHead, pairs: torch.Tensor) -> torch.Tensor:
     if len(pairs) == 0:
         return torch.zeros((), device=head.captured[0].device if head.captured else "cpu")
     return -head.logprobs(pairs).mean()
-
-
-# -- probe ----------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def probe(bundle: Any, records: list[dict], per_kind: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Mean attention of every (layer, head) on the routed source cell, per geometric kind and for the
-    aligned cell of colour and object edits (``"aligned"``): which heads do the routing."""
-    from engine.layout import build_prompt, build_target
-    from engine.logprobs import collate, embed_inputs
-    from training.edits import KINDS
-    from training.train_sft import constraint_for
-
-    tok, lm = bundle.tokenizer, bundle.lm
-    rng = random.Random(seed)
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        category = KINDS[r["kind"]].category
-        if category == "geometry":
-            groups.setdefault(r["kind"], []).append(r)
-        elif category in ("global", "object") and r["src"].shape == r["tgt"].shape:
-            groups.setdefault("aligned", []).append(r)
-    heads = [RouteHead(lm, layer, h) for layer in range(len(lm.model.layers))
-             for h in range(lm.config.num_attention_heads)]
-    out = {}
-    try:
-        for name, pool in sorted(groups.items()):
-            acc = torch.zeros(len(heads))
-            chosen = rng.sample(pool, min(per_kind, len(pool)))
-            for r in chosen:
-                rc = route_map(r["kind"], r.get("params", {}), r["src"].shape, r["tgt"].shape)
-                if rc is None:  # aligned: the same cell
-                    rc = tuple(np.meshgrid(*(np.arange(n) for n in r["tgt"].shape), indexing="ij"))
-                con = constraint_for({}, tok, *r["tgt"].shape, False, lm.config.vocab_size)
-                batch = collate(tok, con, [build_prompt(tok, r["src"], r["instructions"][0], False)],
-                                [build_target(tok, r["tgt"], None)])
-                lm.model(inputs_embeds=embed_inputs(bundle, batch.ids, tuple(batch.feats)),
-                         attention_mask=batch.attn, use_cache=False)
-                pairs = route_pairs(batch.feats, batch.gather_pos, batch.valid, [rc])
-                acc += torch.stack([h.logprobs(pairs).exp().mean() for h in heads])
-            out[name] = acc.reshape(len(lm.model.layers), -1) / len(chosen)
-    finally:
-        for h in heads:
-            h.remove()
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    from engine.bundle import load_bundle
-    from training.pretokenize import load_cache
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", default="assets/earl-nano")
-    ap.add_argument("--cache", default="data/sft_cache", help="pretokenize folder(s) with the samples to probe")
-    ap.add_argument("--per-kind", type=int, default=12)
-    ap.add_argument("--probe", action="store_true", help="print every head's attention on the routed cells")
-    args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
-    bundle = load_bundle(args.bundle, dtype=torch.float32)
-    res = probe(bundle, load_cache(args.cache), args.per_kind)
-    best = {}
-    for name, table in res.items():
-        layer, head = divmod(int(table.argmax()), table.shape[1])
-        best[name] = f"{float(table.max()):.3f}@{layer}:{head}"
-        print(f"{name:10s} best head {layer}:{head} attention {float(table.max()):.2f}")
-        if args.probe:
-            for li, row in enumerate(table):
-                print(f"  layer {li}: " + " ".join(f"{v:.2f}" for v in row.tolist()))
-    print("routing " + " ".join(f"{n}={b}" for n, b in best.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Simulated raters: the programmatic verifier, with noise, rating candidates through the store's API.
 
-Used for the "DPO from ratings improves the model" experiment (``training.experiments dpo-simulated``)
+Used for the "DPO from ratings improves the model" experiment (``research.experiments dpo-simulated``)
 and in tests. Candidates are generated the way the studio does (``engine.edit_blocking``) and recorded
 with ``Store.add_candidates`` — exact tokens, log-probs, seeds, settings — then rated with
 ``Store.add_rating`` as A/B pairs, thumbs or stars. A rater sees the verifier's overall score (0–10) plus
@@ -41,7 +41,7 @@ def generate(store: Any, bundle: Any, samples: Sequence[dict], n: int = 4, think
     from tqdm import tqdm
 
     from engine.api import edit_blocking
-    from studio.store import NewCandidate
+    from feedback.store import NewCandidate
     from training import verifier
 
     area, sf = bundle.config.image_area, bundle.vq.spatial_factor

@@ -1,6 +1,6 @@
 """Supervised fine-tuning of EARL-nano on the pre-tokenised editing suite. Readable top to bottom.
 
-    python -m training.pretokenize --vq runs/vq/final --out data/sft_cache      # codes, once
+    python -m training.data.pretokenize --vq runs/vq/final --out data/sft_cache      # codes, once
     python -m training.train_sft --cache data/sft_cache --out runs/sft           # resumes if runs/sft exists
     python -m training.train_sft --cache data/sft_cache --out runs/sft --export assets/earl-nano
     python -m training.train_sft --init assets/earl-nano --out runs/sft2 --steps 3000     # continue a shipped model
@@ -43,9 +43,9 @@ from engine.layout import build_prompt, build_target, special_ids
 from engine.logprobs import Collated, collate, collated_logprobs
 from engine.text_tokenizer import build_nano_tokenizer
 from engine.vq import FSQ, NanoVQ
-from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
-from training.proxy_targets import apply_pin_local, apply_remove_fill, apply_zoom_copy
+from training.data.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
 from training.routing import RouteHead, parse_head, route_loss, route_map, route_pairs
+from training.targets import apply_pin_local, apply_remove_fill, apply_zoom_copy
 
 
 @dataclass
@@ -74,14 +74,14 @@ class SFTConfig:
     # (ARCHITECTURE §8), so a continued run spends its steps there.
     focus_kinds: str = ""
     focus_weight: float = 1.0
-    # "copy": zoom samples teach the source's code grid upscaled by copying cells (training.proxy_targets),
+    # "copy": zoom samples teach the source's code grid upscaled by copying cells (training.targets),
     # a positional copy the model can learn, instead of the tokenizer's codes of the upscaled photo.
     zoom_targets: str = "true"
     # "pin": local (object) edits teach the source's codes outside the cells the edit drew on (and their
-    # neighbours), not the codes the tokenizer's wide receptive field changed there (training.proxy_targets).
+    # neighbours), not the codes the tokenizer's wide receptive field changed there (training.targets).
     object_targets: str = "true"
     # "fill": removals teach each cell the object covered as a copy of the nearest unchanged source cell
-    # (training.proxy_targets.fill_from_outside), not what the photo had there, which the source hides.
+    # (training.targets.fill_from_outside), not what the photo had there, which the source hides.
     remove_targets: str = "true"
     # >1: in local edits (under LOCAL_EDIT of the codes differ from the source), the target codes that differ
     # from the source weigh this much more in the loss than the copied ones: they are the edit, a few
@@ -109,7 +109,7 @@ class SFTConfig:
     # branch it was trained on (engine.sampler; InstructPix2Pix drops 5 %). Without it that branch is a
     # prompt the model never saw, and guidance made every edit worse (model card, session 18).
     cfg_dropout: float = 0.0
-    # Render fresh samples in this many background processes during training (training.live_data) and
+    # Render fresh samples in this many background processes during training (training.data.live_data) and
     # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
     live_workers: int = 0
     live_scales: str = "0.25,0.35,0.45,0.6,0.8,1.0"  # crop sizes of live samples (more varied than the cache's)
@@ -193,7 +193,7 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
 
 def focus_set(spec: str) -> set[str]:
     """Kinds named by ``--focus-kinds``: edit kinds and/or the suite's categories."""
-    from training.edits import KINDS
+    from training.data.edits import KINDS
 
     categories = {v.category for v in KINDS.values()}
     out: set[str] = set()
@@ -515,11 +515,11 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     records = cache_records(cfg)
     if cfg.live_workers:
-        from training.suite import require_corpus
+        from training.data.suite import require_corpus
 
         require_corpus(cfg.corpus)
     if not records and not cfg.live_workers and not export:
-        raise SystemExit(f"no pre-tokenised samples in {cfg.cache!r}; run python -m training.pretokenize "
+        raise SystemExit(f"no pre-tokenised samples in {cfg.cache!r}; run python -m training.data.pretokenize "
                          "first, or render samples during training with --live-workers N")
 
     ckpt = out / "checkpoint"
@@ -570,7 +570,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         bundle.grid_embed = accel.prepare(bundle.grid_embed)
     live = None
     if cfg.live_workers:
-        from training.live_data import LiveSamples
+        from training.data.live_data import LiveSamples
 
         # TF32 would move some codes across FSQ rounding boundaries: train on the codes a CPU encodes
         torch.backends.cuda.matmul.allow_tf32 = False

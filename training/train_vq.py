@@ -90,8 +90,8 @@ class CropPool:
         self.turns = turns  # quarter turns too: equivariant codes describe every pose, so the decoder sees them all
         self.colour_edits = colour_edits
         if colour_edits:
-            from training.edits import ops
-            from training.edits.kinds import GLOBAL_KINDS
+            from training.data.edits import ops
+            from training.data.edits.kinds import GLOBAL_KINDS
 
             self.colour_fns = [k.fn for k in GLOBAL_KINDS]
             # the suite's own uint8 <-> float conversions: a crop is edited exactly as a suite target is
@@ -190,7 +190,7 @@ def train(cfg: VQTrainConfig) -> dict:
         return metrics
     train_photos, test_photos = read_split(corpus, "train"), read_split(corpus, "test")
     if not train_photos:
-        raise SystemExit(f"no train photos in {corpus}/manifest.jsonl; build it: python -m training.corpus build")
+        raise SystemExit(f"no train photos in {corpus}/manifest.jsonl; build it: python -m training.data.corpus build")
     pool = CropPool(train_photos, cfg.short_sides, cfg.crop, cfg.seed, turns=cfg.equivariant,
                     colour_edits=cfg.colour_edits)
 

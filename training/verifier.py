@@ -51,7 +51,7 @@ Y without blur)::
 
 Combined (as VIEScore): ``sc = min(success, overedit)``, ``overall = sqrt(sc · pq)``.
 
-Constants were calibrated with ``python -m training.suite sanity``: the ground truth scores 10, the
+Constants were calibrated with ``python -m training.data.suite sanity``: the ground truth scores 10, the
 ground truth degraded like a 22–24 dB VQ reconstruction (blur + JPEG + noise, see
 ``vq_like_degrade``) scores ≥ 8, the unedited source and wrong edits score low.
 """

@@ -1,6 +1,6 @@
 """Distil an equivariant image tokenizer's encoder into a narrower one: same decoder, same codes where it can.
 
-    python -m training.distill_vq_encoder --teacher <equivariant NanoVQ folder> --out runs/vq_student \\
+    python -m recipes.earl_nano.distill_vq_encoder --teacher <equivariant NanoVQ folder> --out runs/vq_student \\
         --channels 32,64,64 --crops 8000 --steps 8000           # resumes if runs/vq_student exists
 
 Why: an equivariant ``NanoVQ`` runs its encoder over the 8 symmetries of the square and averages, so the

@@ -1,11 +1,11 @@
 """Does a geometry-aware position feature make flips learnable faster? A controlled A/B from scratch.
 
-    python -m training.grid_experiment --arm learned  --out runs/gridexp/learned  --steps 400
-    python -m training.grid_experiment --arm centred  --out runs/gridexp/centred  --steps 400
-    python -m training.grid_experiment --report runs/gridexp          # table of both arms
-    python -m training.grid_experiment --score assets/earl-nano runs/x --kinds hflip,grayscale   # any bundles
-    python -m training.grid_experiment --transformed-copy            # how much of a flip is copying?
-    python -m training.grid_experiment --score assets/earl-nano --continue-rows 0,4,8,12   # started on a flip,
+    python -m research.grid_experiment --arm learned  --out runs/gridexp/learned  --steps 400
+    python -m research.grid_experiment --arm centred  --out runs/gridexp/centred  --steps 400
+    python -m research.grid_experiment --report runs/gridexp          # table of both arms
+    python -m research.grid_experiment --score assets/earl-nano runs/x --kinds hflip,grayscale   # any bundles
+    python -m research.grid_experiment --transformed-copy            # how much of a flip is copying?
+    python -m research.grid_experiment --score assets/earl-nano --continue-rows 0,4,8,12   # started on a flip,
                                                                     # does the model go on flipping?
 
 Geometry edits are the part EARL-nano has not learnt (ARCHITECTURE §8: "colour mappings are learned
@@ -39,14 +39,14 @@ from engine.grid_embed import GridEmbedding
 from engine.layout import build_prompt, build_target, parse_generation, special_ids
 from engine.logprobs import sequence_logprobs
 from engine.vq import NanoVQ, apply_d4
-from training.pretokenize import KEEP_PHRASINGS, encode_records, load_cache, raw_records
+from training.data.pretokenize import KEEP_PHRASINGS, encode_records, load_cache, raw_records
 from training.train_sft import Batcher, SFTConfig, constraint_for, new_bundle, next_batch, sft_step
 
 DEFAULT_KINDS = "hflip,vflip,rotate180,grayscale,invert"
 
 
 def heldout_records(vq: NanoVQ, kinds: list[str], n_per_kind: int, corpus: str | None) -> list[dict]:
-    from training.suite import stream
+    from training.data.suite import stream
 
     recs = []
     for kind in kinds:

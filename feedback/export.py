@@ -20,7 +20,7 @@ import datasets
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
-    from studio.store import Store
+    from feedback.store import Store
 
 CARD = """---
 configs:

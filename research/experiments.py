@@ -1,6 +1,6 @@
 """The "Must show" experiments of RL / preference training, end to end, with wall times.
 
-    python -m training.experiments dpo-simulated --bundle assets/earl-nano --prompts 200 --candidates 4 \\
+    python -m research.experiments dpo-simulated --bundle assets/earl-nano --prompts 200 --candidates 4 \\
         --eval-n 4 --out runs/dpo-sim
         # 1. edit `--prompts` train-suite photos into `--candidates` candidates each with the bundle (stored
         #    in a fresh feedback store under <out>/data, exact tokens), 2. simulated raters (the verifier +
@@ -27,8 +27,8 @@ def dpo_simulated(a: argparse.Namespace) -> dict:
     import torch
 
     from engine.bundle import load_bundle
-    from studio.store import Store
-    from training import suite
+    from feedback.store import Store
+    from training.data import suite
     from training.preference import PrefConfig, train
     from training.simulated_raters import SimulatedRater, generate, rate
 
@@ -71,7 +71,7 @@ def dpo_simulated(a: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.experiments", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m research.experiments", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dpo-simulated", help="simulated raters → store → DPO → held-out before/after")

@@ -3,7 +3,7 @@
 The pre-tokenised cache is a fixed set: on 23 training photos a long run memorises it (held-out flip NLL
 stayed flat while the training batches' fell, see the model card). On a machine with many cores the
 edits can instead be rendered during training: ``N`` worker processes each run their own seeded
-``training.suite.stream`` and hand rendered pixels to the trainer, which encodes them with the bundle's
+``training.data.suite.stream`` and hand rendered pixels to the trainer, which encodes them with the bundle's
 image tokenizer (on its GPU when it has one) and adds them to the pool it samples batches from.
 
 Workers are started with ``spawn`` so that they never inherit a CUDA context. Live samples depend on
@@ -29,8 +29,8 @@ def _worker(seed: int, corpus: str, scales: tuple[float, ...], phrasings: int, o
     import torch
 
     torch.set_num_threads(1)
-    from training.pretokenize import raw_records
-    from training.suite import stream
+    from training.data.pretokenize import raw_records
+    from training.data.suite import stream
 
     gen = stream("train", seed=seed, corpus=corpus, scales=scales)
     rng = np.random.default_rng([seed, 7])

@@ -2,7 +2,7 @@
 # Continue EARL-nano's SFT on a lent GPU machine for a fixed number of minutes, with fresh samples
 # rendered on all its cores (train_sft --live-workers). Run from the repository root:
 #
-#     OUT=runs/device MINUTES=8 bash training/device_sft.sh
+#     OUT=runs/device MINUTES=8 bash recipes/earl_nano/device_sft.sh
 #
 # Writes to $OUT: sft.log (the run's log), lm.tar.partaa, lm.tar.partab, … (the exported bf16 LM +
 # bundle.json, cut in 12 MB parts because the device tool returns files of at most 16 MiB: an 18M-parameter
@@ -14,15 +14,15 @@
 # as our 5.24 on 4 edits of the shipped bundle on the CPU (plain and think).
 # EXTRA adds train_sft flags, e.g. a capacity experiment: a new, larger LM on the bundle's tokenizers
 #     EXTRA="--fresh-lm true --hidden 384 --layers 8 --heads 6 --kv-heads 6 --intermediate 1024 --warmup 300"
-# or zooms taught as copied source cells (training.proxy_targets; later flags win over the defaults below):
+# or zooms taught as copied source cells (training.targets; later flags win over the defaults below):
 #     EXTRA="--zoom-targets copy --focus-kinds zoom --focus-weight 8"
 # VQ=<folder> swaps INIT's image tokenizer for another one with the same codebook size (e.g. an equivariant
 # one from train_vq --equivariant) before training. The codes change, so INIT's LM must be one moved onto
-# that tokenizer (training.remap_lm: v0.5's start) or be replaced (--fresh-lm). The exported LM then
+# that tokenizer (recipes.earl_nano.remap_lm: v0.5's start) or be replaced (--fresh-lm). The exported LM then
 # belongs with that tokenizer: copy it into the bundle's vq/ too. v0.5's SFT stage (session 10, H100):
-#     python -m training.remap_lm --bundle assets/earl-nano --vq assets/nanovq-equivariant --out runs/remapped
-#     INIT=runs/remapped VQ=assets/nanovq-equivariant MINUTES=8.6 LR=6e-4 SEED=3 bash training/device_sft.sh
-#     INIT=/tmp/device-sft/bundle RUN=/tmp/device-sft2 MINUTES=3.2 LR=3e-4 SEED=5 bash training/device_sft.sh
+#     python -m recipes.earl_nano.remap_lm --bundle assets/earl-nano --vq assets/nanovq-equivariant --out runs/remapped
+#     INIT=runs/remapped VQ=assets/nanovq-equivariant MINUTES=8.6 LR=6e-4 SEED=3 bash recipes/earl_nano/device_sft.sh
+#     INIT=/tmp/device-sft/bundle RUN=/tmp/device-sft2 MINUTES=3.2 LR=3e-4 SEED=5 bash recipes/earl_nano/device_sft.sh
 # (runs/remapped is 37 MB: with the tracked tree it is over the device's 64 MiB, so session 10 copied its
 # lm/ and bundle.json over assets/earl-nano's for the call and restored them after.)
 set -u -o pipefail
@@ -38,7 +38,7 @@ mkdir -p "$OUT"
 # The live samples' photos: data/ is ignored by git, so it travels only when the call carries it
 # (carry: [".whl", "data/corpus"], 5.4 MB). Without it train_sft stops (it used to fall back silently
 # to scikit-image's 4 photos, two of them test photos: see the model card, session 11).
-[ -f data/corpus/manifest.jsonl ] || { echo "no data/corpus: carry it (python -m training.corpus build here)" >&2; exit 5; }
+[ -f data/corpus/manifest.jsonl ] || { echo "no data/corpus: carry it (python -m training.data.corpus build here)" >&2; exit 5; }
 if [ -n "${VQ:-}" ]; then
   rm -rf /tmp/device-init && cp -r "$INIT" /tmp/device-init && rm -rf /tmp/device-init/vq \
     && cp -r "$VQ" /tmp/device-init/vq || exit 2

@@ -1,11 +1,11 @@
 """The synthetic editing suite: an unlimited, seeded sample stream and fixed, versioned val/test sets.
 
-    python -m training.suite build-sets --out data/suite        # data/suite/v1/{val,test}/
-    python -m training.suite build-sets --out data/suite-compose --kinds compose --per-kind 40 --splits val
-    python -m training.suite preview -o sheet.png                # contact sheet, one row per kind
-    python -m training.suite sanity                              # verifier sanity table
+    python -m training.data.suite build-sets --out data/suite        # data/suite/v1/{val,test}/
+    python -m training.data.suite build-sets --out data/suite-compose --kinds compose --per-kind 40 --splits val
+    python -m training.data.suite preview -o sheet.png                # contact sheet, one row per kind
+    python -m training.data.suite sanity                              # verifier sanity table
 
-Photos come from the corpus (``data/corpus``, see ``training.corpus``) of the requested split; without
+Photos come from the corpus (``data/corpus``, see ``training.data.corpus``) of the requested split; without
 a built corpus the bundled scikit-image photos are used (astronaut/coffee = test, chelsea/rocket = val,
 all four for train — enough for CI, not for training).
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import verifier
+from training import verifier
 from .corpus import SKIMAGE_PHOTOS, load_manifest, random_crop, skimage_candidates
 from .edits import KINDS, grid_of, render_wrong
 from .edits.kinds import cell_mask, changed_pixels
@@ -47,7 +47,7 @@ def require_corpus(root: str | Path | None) -> None:
     back to scikit-image's 4 photos, two of which are test photos. ``None`` or ``""`` pick them on purpose."""
     if root and not (Path(root) / "manifest.jsonl").exists():
         raise SystemExit(
-            f"no photo corpus at {str(root)!r} (manifest.jsonl): build it with python -m training.corpus build, or "
+            f"no photo corpus at {str(root)!r} (manifest.jsonl): build it with python -m training.data.corpus build, or "
             "on a lent GPU machine carry data/corpus; --corpus '' renders scikit-image's 4 sample photos on "
             "purpose (tests only: two of them are test photos)")
 
@@ -265,7 +265,7 @@ def print_sanity(rows: list[dict]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.suite")
+    ap = argparse.ArgumentParser(prog="python -m training.data.suite")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build-sets", help="write the fixed val/test sets")
     b.add_argument("--out", default="data/suite")

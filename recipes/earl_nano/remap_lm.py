@@ -1,6 +1,6 @@
 """Move a trained LM onto a new image tokenizer of the same codebook size, by how their codes co-occur.
 
-    python -m training.remap_lm --bundle <v0.4> --vq <equivariant tokenizer> --out runs/remapped
+    python -m recipes.earl_nano.remap_lm --bundle <v0.4> --vq <equivariant tokenizer> --out runs/remapped
 
 A new tokenizer's code c means nothing to an LM trained on the old one: the codes of the two are
 unrelated numbers (0.5 % of v0.4's and the equivariant tokenizer's codes agree on the same photos). But
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from engine.bundle import Bundle, load_bundle, save_bundle
 from engine.layout import special_ids
 from engine.vq import ImageTokenizer, NanoVQ, same_size_groups
-from training.pretokenize import encode_arrays
+from training.data.pretokenize import encode_arrays
 
 
 def cooccurrence(old: NanoVQ, new: NanoVQ, images: list[np.ndarray], k: int, batch: int = 32) -> np.ndarray:
@@ -85,7 +85,7 @@ def remap_bundle(bundle: Bundle, new: ImageTokenizer, counts: np.ndarray) -> dic
 
 
 def train_images(n: int, corpus: str | None, seed: int) -> list[np.ndarray]:
-    from training.suite import stream
+    from training.data.suite import stream
 
     gen = stream("train", seed=seed, corpus=corpus)
     images = []

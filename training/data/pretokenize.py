@@ -1,6 +1,6 @@
 """Pre-tokenise the editing suite with a trained image tokenizer, so SFT spends its time in the LM.
 
-    python -m training.pretokenize --vq runs/vq/final --out data/sft_cache --samples 8000
+    python -m training.data.pretokenize --vq runs/vq/final --out data/sft_cache --samples 8000
 
 Two stages, so the slow part (rendering edits) can run while the image tokenizer is still training:
 ``raw_XXXXX.pt`` holds rendered samples (uint8 pixels + texts), ``shard_XXXXX.pt`` their codes.
@@ -45,7 +45,7 @@ def load_cache(folder: str | Path) -> list[dict]:
 
 
 def raw_records(samples: list[dict], n_phrasings: int, rng: np.random.Generator) -> list[dict]:
-    from training.suite import rephrase
+    from training.data.suite import rephrase
 
     out = []
     for s in samples:
@@ -53,7 +53,7 @@ def raw_records(samples: list[dict], n_phrasings: int, rng: np.random.Generator)
         out.append({
             "source": np.asarray(s["source"].convert("RGB")), "target": np.asarray(s["target"].convert("RGB")),
             "instructions": sorted(set(phr), key=phr.index), "reasoning": s["reasoning"], "kind": s["kind"],
-            "params": s.get("params", {}),  # e.g. a zoom's window, for training.proxy_targets
+            "params": s.get("params", {}),  # e.g. a zoom's window, for training.targets
         })
     return out
 
@@ -69,7 +69,7 @@ def encode_arrays(vq: NanoVQ, arrays: list[np.ndarray]) -> list[np.ndarray]:
 def encode_records(vq: NanoVQ, raw: list[dict], batch: int = 64) -> list[dict]:
     """Raw records -> cache records (code grids), in the same order."""
     from engine.vq import same_size_groups
-    from training.proxy_targets import changed_cells
+    from training.targets import changed_cells
 
     factor = vq.spatial_factor
 
@@ -95,7 +95,7 @@ def encode_records(vq: NanoVQ, raw: list[dict], batch: int = 64) -> list[dict]:
 def mark_changed(folder: str | Path, factor: int = 8) -> int:
     """Give the records of a cache written before ``changed`` existed that field, from the rendered
     samples beside them (``raw_XXXXX.pt``); returns how many records got it."""
-    from training.proxy_targets import changed_cells
+    from training.targets import changed_cells
 
     n = 0
     for path in sorted(Path(folder).glob("shard_*.pt")):
@@ -143,7 +143,7 @@ def main() -> None:
         print(f"pretokenize marked {n} records in {args.out}")
         return
     torch.set_num_threads(args.threads)
-    from training.suite import require_corpus, stream
+    from training.data.suite import require_corpus, stream
 
     if not args.raw_from:
         require_corpus(args.corpus)

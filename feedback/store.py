@@ -755,14 +755,14 @@ class Store:
     def export_dataset(self, folder: str | Path) -> Path:
         """Write a Hugging Face ``datasets`` folder: ``candidates/`` and ``ratings/`` parquet files
         with the images embedded (PNG bytes) — loadable with ``datasets.load_dataset(folder, name)``."""
-        from studio.export import export_store
+        from feedback.export import export_store
 
         return export_store(self, Path(folder))
 
     def import_dataset(self, folder: str | Path) -> dict[str, int]:
         """Merge an exported folder into this store (idempotent: rows are matched by ``uid``).
         Returns how many candidates and ratings were new."""
-        from studio.export import import_store
+        from feedback.export import import_store
 
         return import_store(self, Path(folder))
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from training.edits import KINDS, ops
-from training.edits.kinds import ZOOM_CENTRES
-from training.proxy_targets import (
+from research.proxy_targets import unjittered_target
+from training.data.edits import KINDS, ops
+from training.data.edits.kinds import ZOOM_CENTRES
+from training.targets import (
     apply_pin_local,
     apply_zoom_copy,
     changed_cells,
     fill_from_outside,
     pin_local,
-    unjittered_target,
     zoom_copy,
 )
 from training.train_sft import SFTConfig, cache_records
@@ -88,7 +88,7 @@ def test_pretokenize_draws_only_the_kinds_asked_for_and_keeps_their_params(tmp_p
 
     NanoVQ(block_out_channels=(16, 32, 32), fsq_levels=(4, 4, 4), norm_num_groups=8).save(tmp_path / "vq")
     out = tmp_path / "cache"
-    subprocess.run([sys.executable, "-m", "training.pretokenize", "--vq", str(tmp_path / "vq"), "--out", str(out),
+    subprocess.run([sys.executable, "-m", "training.data.pretokenize", "--vq", str(tmp_path / "vq"), "--out", str(out),
                     "--samples", "3", "--shard-size", "3", "--kinds", "zoom", "--corpus", ""],
                    check=True, capture_output=True)
     shard = torch.load(out / "shard_00000.pt", weights_only=False)
@@ -102,12 +102,12 @@ def test_pretokenize_draws_only_the_kinds_asked_for_and_keeps_their_params(tmp_p
     for rec in shard:
         del rec["changed"]
     torch.save(shard, out / "shard_00000.pt")
-    subprocess.run([sys.executable, "-m", "training.pretokenize", "--vq", str(tmp_path / "vq"), "--out", str(out),
+    subprocess.run([sys.executable, "-m", "training.data.pretokenize", "--vq", str(tmp_path / "vq"), "--out", str(out),
                     "--mark-changed"], check=True, capture_output=True)
     marked = torch.load(out / "shard_00000.pt", weights_only=False)
     assert all(np.array_equal(m["changed"], changed_cells(r["source"], r["target"], 8))
                for m, r in zip(marked, raw, strict=True))
-    missing = subprocess.run([sys.executable, "-m", "training.pretokenize", "--vq", str(tmp_path / "vq"), "--out",
+    missing = subprocess.run([sys.executable, "-m", "training.data.pretokenize", "--vq", str(tmp_path / "vq"), "--out",
                               str(tmp_path / "c2"), "--samples", "3", "--corpus", str(tmp_path / "none")],
                              capture_output=True, text=True)
     assert missing.returncode != 0 and "no photo corpus" in missing.stderr  # no silent fallback to test photos

@@ -7,7 +7,7 @@ from the parent towards the fine-tuned weights (WiSE-FT: Wortsman et al., "Robus
 zero-shot models", 2022) keeps most of both; ``alpha`` picks the trade (model card, "Continue training",
 session 13, measures 0.5, 0.75, 0.9 and 1).
 
-    python -m training.merge --base assets/earl-nano --tuned runs/route13-bundle --alpha 0.9 --out runs/v06
+    python -m recipes.earl_nano.merge --base assets/earl-nano --tuned runs/route13-bundle --alpha 0.9 --out runs/v06
 
 Both bundles must share the tokenizer, the image tokenizer and the LM's shape (the tuned one started from
 the base); the merged bundle keeps them and records its parents.
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = merged.config
     cfg.parent = f"{base.config.name}@{base.config.version}"
     cfg.notes = {**cfg.notes, "merge": f"(1 - {args.alpha}) * {args.base} + {args.alpha} * {args.tuned} "
-                 "(training/merge.py)", "parent_weights_hash": base.weights_hash()}
+                 "(recipes/earl_nano/merge.py)", "parent_weights_hash": base.weights_hash()}
     if args.version:
         cfg.version = args.version
     save_bundle(merged, args.out)

@@ -1,0 +1,1 @@
+"""The feedback store: ratings and candidates in SQLite, images content-addressed, export, training pairs."""

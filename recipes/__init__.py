@@ -1,0 +1,1 @@
+"""How shipped models were built: scripts only those builds use."""

@@ -1,0 +1,1 @@
+"""Experiments and probes: not used by the product. Their findings: research/LOG.md."""
