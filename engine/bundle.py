@@ -322,7 +322,7 @@ def _tok_id(tok, name: str, unk: int | None = None) -> int | None:
 
 def tiny_lm_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                    intermediate: int | None = None, max_positions: int = 4096) -> Emu3TextConfig:
-    """An Emu3TextConfig sized for ``tokenizer``, with the fast settings of ARCHITECTURE §8."""
+    """An Emu3TextConfig sized for ``tokenizer``, with fast training settings (docs/ARCHITECTURE.md §9)."""
     return Emu3TextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,

@@ -1,4 +1,4 @@
-"""GRPO, EARL's RL recipe (ARCHITECTURE §6), online on the synthetic editing suite. Readable top to bottom.
+"""GRPO, EARL's RL recipe (docs/ARCHITECTURE.md §6), online on the synthetic editing suite. Readable top to bottom.
 
     python -m training.grpo --bundle assets/earl-nano --reward verifier --steps 200 --out runs/grpo \\
         --data ~/.earl-studio --name earl-nano-grpo --eval-n 2          # before/after held-out scores
@@ -97,9 +97,8 @@ class GRPOConfig:
     progress: str | None = None  # JSON progress file (training.jobs)
     # Rollouts decode with half-precision copies of the policy's weights (engine.sampler's fp16 path, the
     # studio's): "auto" where engine.edit would (a small float32 LM on a CPU with fbgemm), "true", "false".
-    # The loss recomputes every log-prob in float32, so only which tokens get sampled can differ: measured
-    # 1.30x faster rollouts; per chosen token |Δ log p| 2.5e-6 on the shipped weights and 3.1e-4 once they
-    # are off float16's grid (benchmarks/fp16_decoding.py --group 8 [--perturb 1e-3]), below one update's KL.
+    # The loss recomputes every log-prob in float32, so only which tokens get sampled can differ, and by
+    # far less than one update moves the policy (python -m benchmarks.fp16_decoding --group 8 [--perturb 1e-3]).
     fp16_rollouts: str = "auto"
 
 

@@ -15,7 +15,8 @@ Both of EARL's modes are trained in one model: plain edit ("E") and think-then-e
 batch with probability ``think_prob``. A small share of "keep it unchanged" samples teaches copying the
 aligned source position, which every edit builds on.
 
-Speed settings measured in ARCHITECTURE §8: attention_dropout 0, SDPA attention, bf16 autocast on CPU.
+Speed settings (docs/ARCHITECTURE.md §9): attention_dropout 0, SDPA attention, bf16 autocast where the
+hardware has native bf16.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class SFTConfig:
     keep_prob: float = 0.08
     # Oversample some edit kinds (comma list, or the categories "geometry"/"object"/"global"): each of
     # their samples is drawn focus_weight times as often. Geometry and object edits are learnt last
-    # (ARCHITECTURE §8), so a continued run spends its steps there.
+    # (docs/ARCHITECTURE.md §9), so a continued run spends its steps there.
     focus_kinds: str = ""
     focus_weight: float = 1.0
     # "copy": zoom samples teach the source's code grid upscaled by copying cells (training.targets),
@@ -94,20 +95,20 @@ class SFTConfig:
     soft_sigma: float = 0.0
     # "LAYER:HEAD": teach that attention head where each target cell of a geometric edit (route_kinds) reads
     # from, with an extra loss of route_weight × its negative log attention on that source cell
-    # (training.routing; v0.5 routes flips with head 1:2 and never found zooms' source cells).
+    # (training.routing; research.routing_probe finds the head a model already routes flips with).
     route_head: str = ""
     route_weight: float = 1.0
     route_kinds: str = "geometry"
     # A bundle to keep: samples of distill_kinds (kinds or categories) learn its image-token distributions
     # (cross-entropy against its softmax, i.e. KL to it) instead of the cached target codes. A CPU run on a
-    # few kinds otherwise wears away what a GPU stage taught the others (the colour edits, sessions 13-15);
-    # the teacher carries that knowledge, the 23 train photos' cached targets do not.
+    # few kinds otherwise wears away what earlier stages taught the others (the colour edits); the teacher
+    # carries that knowledge, a small cache of targets does not.
     distill_from: str = ""
     distill_kinds: str = "global"
     # >0: this share of the samples lose their instruction (an empty one; kind "dropped", never distilled),
     # so the model also learns p(target | source) and classifier-free guidance on the instruction has a
     # branch it was trained on (engine.sampler; InstructPix2Pix drops 5 %). Without it that branch is a
-    # prompt the model never saw, and guidance made every edit worse (model card, session 18).
+    # prompt the model never saw, and guidance makes edits worse (research/LOG.md).
     cfg_dropout: float = 0.0
     # Render fresh samples in this many background processes during training (training.data.live_data) and
     # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
@@ -122,7 +123,7 @@ class SFTConfig:
     grid_embed: bool = True
     centred_freqs: int = 0  # >0: centred sin/cos grid features (engine.grid_embed), for geometry edits
     # bf16 autocast pays off only with native bf16 matmuls (AVX-512 BF16/AMX, or a GPU): on an AVX2-only
-    # CPU (measured here: AMD EPYC) it made a step ~20x slower than fp32. None = decide from the hardware.
+    # CPU it makes a step many times slower than fp32. None = decide from the hardware.
     bf16: bool | None = None
     threads: int = 2
     seed: int = 0

@@ -4,8 +4,8 @@
         --channels 32,64,64 --crops 8000 --steps 8000           # resumes if runs/vq_student exists
 
 Why: an equivariant ``NanoVQ`` runs its encoder over the 8 symmetries of the square and averages, so the
-encoder costs 8 passes per image (``benchmarks/vq_speed.py``: 144 ms encode + decode against the plain
-tokenizer's 57 ms; #4 asks for well under 0.1 s). The decoder runs once. A narrower encoder whose
+encoder costs 8 passes per image (``python -m benchmarks.vq_speed``), against a target of well under
+0.1 s for encode + decode. The decoder runs once. A narrower encoder whose
 averaged latents match the teacher's keeps the decoder, the codes and the exact equivariance.
 
 Readable top to bottom:
@@ -43,7 +43,7 @@ from training.train_vq import CropPool, VQTrainConfig, lr_at, read_split
 
 @dataclass
 class DistillConfig:
-    teacher: str = ""  # an equivariant NanoVQ folder (session 9: session 8's, git 2677088)
+    teacher: str = ""  # an equivariant NanoVQ folder
     out: str = "runs/vq_student"
     corpus: str = "data/corpus"
     channels: tuple[int, ...] = (32, 64, 64)
