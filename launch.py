@@ -67,10 +67,13 @@ def build(args: argparse.Namespace):  # -> tuple[gr.Blocks, StudioContext]
     from engine.bundle import default_bundle_path
     from studio.app import StudioContext, build_app
     from studio.models import TINY_DEMO_KEY, ModelRegistry
-    from studio.store import Store, default_data_dir
+    from studio.store import Store, StoreError, default_data_dir
 
     data = (args.data or default_data_dir()).expanduser()
-    store = Store(data)
+    try:
+        store = Store(data)
+    except StoreError as e:  # read-only, missing, full or locked: say which folder and what to do
+        sys.exit(f"error: {e}")
     preloaded = {}
     default_key: str | None = None
     no_model = ""
@@ -117,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
         print(f"warning: listening on {args.host} without --auth: anyone who can reach it can use it "
               "and rate as anyone.", file=sys.stderr)
+    from studio.store import StoreError, check_data_dir, default_data_dir
+
+    try:  # before the slow imports: a data folder that cannot be written is refused at once
+        check_data_dir((args.data or default_data_dir()).expanduser())
+    except StoreError as e:
+        sys.exit(f"error: {e}")
     from studio.app import launch_kwargs
 
     demo, ctx = build(args)
