@@ -521,9 +521,18 @@ class Store:
         if not instruction.strip():
             raise StoreError("instruction is empty")
         cands = list(candidates)
-        source_hash = source if isinstance(source, str) else self.put_image(source)
-        # Image files (and their rows) land before the candidate rows that point at them.
-        out_hashes = [self.put_image(c.image) for c in cands]
+        what = f"the edit “{instruction[:60]}”"
+        # an upper bound of what its PNGs and rows take (raw RGB pixels), for a disk-full message
+        need = sum(im.width * im.height * 3 for im in [c.image for c in cands]
+                   + ([] if isinstance(source, str) else [source]))
+        need += sum(len(c.tokens) * 32 + len(c.reasoning) + 1024 for c in cands)  # JSON tokens + log-probs
+        try:
+            source_hash = source if isinstance(source, str) else self.put_image(source)
+            # Image files (and their rows) land before the candidate rows that point at them.
+            out_hashes = [self.put_image(c.image) for c in cands]
+        except StoreFullError as e:
+            raise StoreFullError(no_space_message(self.data_dir, need + (1 << 20), what,
+                                                  "Everything saved before is kept.")) from e
         edit_uid = edit_uid or uuid.uuid4().hex
         now = time.time()
         settings_json = json.dumps(settings, sort_keys=True)
@@ -570,8 +579,7 @@ class Store:
                 ids.append(int(cur.lastrowid))
             return ids
 
-        need = sum(len(c.tokens) * 32 + len(c.reasoning) + 1024 for c in cands)  # JSON tokens + log-probs
-        return self._write(insert, f"the edit “{instruction[:60]}”", need)
+        return self._write(insert, what, need)
 
     @staticmethod
     def _candidate(row: sqlite3.Row) -> Candidate:
