@@ -166,7 +166,8 @@ class Job:
     def disk_full_message(self, step: int | None = None) -> str:
         """When the disk holding the job is too full for another checkpoint: what happened, what is kept and
         what to do; else "". Measured here, since a trainer on a full disk cannot write its own message."""
-        need = max(folder_size(self.dir / "run" / "checkpoint"), 1 << 20) + (16 << 20)  # one more + slack
+        # the next checkpoint is written beside the last one before replacing it: its size again, plus slack
+        need = max(folder_size(self.dir / "run" / "checkpoint"), 1 << 20) + (1 << 20)
         free = free_bytes(self.dir)
         if free is None or free >= need:
             return ""
