@@ -12,6 +12,12 @@ Each job lives in ``<data>/jobs/<id>/``: ``job.json`` (what was started), ``log.
 (checkpoints, TensorBoard). Jobs run in their own process group (``start_new_session``), so the studio
 stays responsive, a cancel stops the trainer and its children, and a job survives a studio restart
 (its status is read back from the files and the pid).
+
+A job that stopped before finishing (killed, out of disk space, the machine restarted) can be resumed
+with ``jm.resume(job_id)``: the same command in the same folder, which continues from the last
+checkpoint in ``run/checkpoint`` (saved atomically, so a kill or a full disk leaves the previous one
+usable). A job that died on a full disk says so, with the folder and the space needed, even when the
+trainer could no longer write its own message (the watcher measures the free space itself).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from engine.diskspace import folder_size, free_bytes, human
 from training.progress import read_progress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,8 +144,40 @@ class Job:
             rc = self._proc.returncode if self._proc is not None else None
             p["state"] = "failed"
             p["message"] = f"the training process exited (code {rc}) before finishing; see the log:\n" + self.log_tail(15)
+        if p["state"] == "failed":
+            full = self.disk_full_message(p.get("step"))
+            if full:
+                p["message"] = full + ("\n\n" + p["message"] if p.get("message") else "")
         p.update(id=self.id, method=self.method, name=self.name)
         return p
+
+    def checkpoint_step(self) -> int | None:
+        """The step of the last complete checkpoint (what a resume continues from), None if there is none."""
+        import torch
+
+        for ckpt in (self.dir / "run" / "checkpoint", self.dir / "run" / "checkpoint.old"):
+            if (ckpt / "state.pt").is_file():
+                try:
+                    return int(torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")["step"])
+                except Exception:  # a damaged file: not a checkpoint to resume from
+                    continue
+        return None
+
+    def disk_full_message(self, step: int | None = None) -> str:
+        """When the disk holding the job is too full for another checkpoint: what happened, what is kept and
+        what to do; else "". Measured here, since a trainer on a full disk cannot write its own message."""
+        # the next checkpoint is written beside the last one before replacing it: its size again, plus slack
+        need = max(folder_size(self.dir / "run" / "checkpoint"), 1 << 20) + (1 << 20)
+        free = free_bytes(self.dir)
+        if free is None or free >= need:
+            return ""
+        kept = self.checkpoint_step()
+        at = f" at step {step}" if step else ""
+        keep = (f"Its last checkpoint (step {kept}, in {self.dir / 'run' / 'checkpoint'}) is kept and usable."
+                if kept is not None else "It had not saved a checkpoint yet.")
+        return (f"The disk holding {self.dir} is full: the job stopped{at}; it needs about {human(need)} free for "
+                f"its next checkpoint, and {human(free)} is free. {keep} Free some space, then press Resume "
+                "(or JobManager.resume) to continue from the checkpoint.")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -207,6 +246,33 @@ class JobManager:
                                                       "options": {k: str(v) for k, v in options.items()}}, indent=1))
         self._procs[job_id] = proc
         return job
+
+    def resume(self, job_id: str) -> Job:
+        """Run a job that stopped before finishing again, in its folder: it continues from its last
+        checkpoint (from the start when it has none). Refused while it runs or once it is done."""
+        job = self.get(job_id)
+        if job.alive():
+            raise ValueError(f"job {job_id} is still running")
+        if (read_progress(job.progress_path) or {}).get("state") == "done":
+            raise ValueError(f"job {job_id} has finished; there is nothing to resume")
+        (job.dir / "cancelled").unlink(missing_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        log = open(job.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            log.write(f"\n--- resumed {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+            log.flush()
+            proc = subprocess.Popen(job.cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        meta = json.loads((job.dir / "job.json").read_text())
+        meta.update(pid=proc.pid, resumed=[*meta.get("resumed", []), time.time()])
+        tmp = job.dir / "job.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, job.dir / "job.json")
+        self._procs[job_id] = proc
+        return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
         f = self.jobs_dir / job_id / "job.json"

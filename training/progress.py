@@ -46,10 +46,19 @@ class Progress:
     def _write(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.data))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            from engine.diskspace import is_no_space
+
+            tmp.unlink(missing_ok=True)
+            if not is_no_space(e):
+                raise
+            # A full disk must not turn a progress report into the trainer's crash (the checkpoint decides
+            # what happens); the last complete file stays, and the watcher measures the disk itself.
 
 
 def read_progress(path: str | Path) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.bundle import Bundle, load_bundle, save_bundle
+from engine.diskspace import free_bytes, is_no_space, no_space_error
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -123,13 +124,29 @@ def leave_process_group(accel: Any) -> None:
 
 
 def save_checkpoint(out: Path, policy: Policy, opt: torch.optim.Optimizer, step: int, extra: dict) -> None:
+    """Write the trainable weights and optimizer state to ``out/checkpoint`` (via ``checkpoint.tmp`` and a
+    rename). Out of disk space: ``NoSpaceError`` naming the folder and the space needed; the partial
+    ``checkpoint.tmp`` is removed and the previous checkpoint is left as it was."""
     ckpt, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in policy.named_trainable().items()},
-              str(tmp / "trainable.safetensors"))
-    torch.save({"opt": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(), **extra}, tmp / "state.pt")
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in policy.named_trainable().items()}
+    try:
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / "trainable.safetensors"))
+        torch.save({"opt": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(), **extra},
+                   tmp / "state.pt")
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # torch.save reports a full disk as a RuntimeError ("file write failed"): judge by the free space too
+        need = sum(t.numel() * 4 for t in tensors.values()) * 3 + (1 << 20)  # weights + Adam's two moments
+        free = free_bytes(out)
+        if is_no_space(e) or (free is not None and free < need):
+            prev = ckpt if (ckpt / "state.pt").exists() else None
+            kept = (f"The previous checkpoint in {prev} is kept; resume the job once space is freed."
+                    if prev else "There is no earlier checkpoint.")
+            raise no_space_error(out, need, f"the checkpoint of step {step}", kept) from e
+        raise
     if ckpt.exists():
         ckpt.rename(old)
     tmp.rename(ckpt)  # the atomic switch: before it the old checkpoint is complete, after it the new one
