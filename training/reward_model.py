@@ -144,7 +144,7 @@ def train_reward_model(bundle: Any, store: Any, out: str | Path, epochs: int = 2
     meta = {
         "dim": dim, "head_hidden": head_hidden, "bundle_path": str(bundle_path or bundle.path),
         "bundle_id": f"{bundle.config.name}@{bundle.config.version}", "weights_hash": bundle.weights_hash(),
-        "pairs_train": len(train), "pairs_val": len(val), "train_loss": float(loss),
+        "pairs_train": len(train), "pairs_val": len(val), "train_loss": float(loss.detach()),
         "train_accuracy": accuracy(train), "val_accuracy": accuracy(val), "skipped": dict(ex.skipped),
     }
     rm = RewardModel(bundle, head, meta)

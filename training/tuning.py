@@ -332,7 +332,7 @@ class FineTune:
         """Make the policy of ``base`` and its optimizer (``cfg.lr``, else ``lr_full`` / ``lr_lora``), resume
         from the run's checkpoint if there is one, write the run's config.json and open TensorBoard."""
         cfg = self.cfg
-        self.policy = Policy(self.base, cfg.lora, cfg.lora_r, cfg.lora_alpha, reference=reference or cfg.lora)
+        self.policy = Policy(self.base, cfg.lora, cfg.lora_r, cfg.lora_alpha, reference=reference)
         self.lr = cfg.lr if cfg.lr is not None else (lr_lora if cfg.lora else lr_full)
         self.opt = make_optimizer(self.policy, self.lr, cfg.weight_decay)
         self.params = list(self.policy.named_trainable().values())
