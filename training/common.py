@@ -71,9 +71,6 @@ class BoolFlag(argparse.Action):
                 parser.error(f"{option_string}: {e}")
         setattr(namespace, self.dest, value != negated)
 
-    def format_usage(self) -> str:
-        return " | ".join(self.option_strings)
-
 
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
@@ -106,9 +103,9 @@ def _comma_list(elem: type) -> Callable[[str], tuple]:
     return parse
 
 
-def config_parser(cls: type, parser: argparse.ArgumentParser | None = None, **kw: Any) -> argparse.ArgumentParser:
-    """An argparse parser (``parser``, or a new one made with ``kw``) with one flag per field of ``cls``."""
-    ap = parser or argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+def config_parser(cls: type, **kw: Any) -> argparse.ArgumentParser:
+    """An argparse parser (made with ``kw``, e.g. prog and description) with one flag per field of ``cls``."""
+    ap = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
     defaults = cls()
     for name, tp in _field_types(cls).items():
         default = getattr(defaults, name)
