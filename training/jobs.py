@@ -34,26 +34,25 @@ from pathlib import Path
 from typing import Any
 
 from engine.diskspace import folder_size, free_bytes, human
-from training.progress import read_progress
+from training.common import config_argv, read_progress
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("dpo", "kto", "grpo", "reward_model")
 
 
-def _config_fields(method: str) -> dict[str, Any]:
+def config_class(method: str) -> type:
+    """The config dataclass of ``method``'s trainer: a job's options are its fields."""
     if method in ("dpo", "kto"):
         from training.preference import PrefConfig
 
-        return {f.name: f for f in dataclasses.fields(PrefConfig)}
+        return PrefConfig
     if method == "grpo":
         from training.grpo import GRPOConfig
 
-        return {f.name: f for f in dataclasses.fields(GRPOConfig)}
-    return {"bundle": None, "epochs": None, "no_stars": None}
+        return GRPOConfig
+    from training.reward_model import RewardModelConfig
 
-
-def _flag(k: str) -> str:
-    return "--" + k.replace("_", "-")
+    return RewardModelConfig
 
 
 def build_command(method: str, job_dir: Path, data_dir: Path, bundle: str, name: str,
@@ -61,30 +60,24 @@ def build_command(method: str, job_dir: Path, data_dir: Path, bundle: str, name:
     """The trainer's command line; unknown options are refused with the list of known ones."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    fields = _config_fields(method)
+    cls = config_class(method)
+    fields = {f.name for f in dataclasses.fields(cls)}
     bad = [k for k in options if k not in fields]
     if bad:
         raise ValueError(f"unknown {method} options {bad}; known: {sorted(fields)}")
+    progress = str(job_dir / "progress.json")
     if method == "reward_model":
-        cmd = ["-m", "training.reward_model", "--data", str(data_dir), "--bundle", bundle,
-               "--out", str(data_dir / "reward_models" / name), "--progress", str(job_dir / "progress.json")]
-        for k, v in options.items():
-            if k == "no_stars":
-                if v:
-                    cmd.append("--no-stars")
-            elif k != "bundle":
-                cmd += [_flag(k), str(v)]
-        return cmd
-    module = "training.grpo" if method == "grpo" else "training.preference"
-    cmd = ["-m", module, "--bundle", bundle, "--data", str(data_dir), "--name", name, "--out", str(job_dir / "run"),
-           "--progress", str(job_dir / "progress.json")]
-    if method != "grpo":
-        cmd += ["--method", method]
-    for k, v in options.items():
-        if v is None or k in ("bundle", "data", "name", "out", "progress", "method"):
-            continue
-        cmd += [_flag(k), str(v)]
-    return cmd
+        module = "training.reward_model"
+        fixed = {"data": str(data_dir), "bundle": bundle, "out": str(data_dir / "reward_models" / name),
+                 "progress": progress}
+    else:
+        module = "training.grpo" if method == "grpo" else "training.preference"
+        fixed = {"bundle": bundle, "data": str(data_dir), "name": name, "out": str(job_dir / "run"),
+                 "progress": progress}
+        if method != "grpo":
+            fixed["method"] = method
+    rest = {k: v for k, v in options.items() if k not in ("bundle", "data", "name", "out", "progress", "method")}
+    return ["-m", module, *config_argv(cls, {**fixed, **rest})]
 
 
 def _exited(pid: int) -> bool:

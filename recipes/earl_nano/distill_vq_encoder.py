@@ -24,10 +24,9 @@ the val and test photos; PSNR / SSIM: ``python -m training.train_vq --init <out>
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from tqdm import tqdm
 
 from engine.image_io import fit_to_area
 from engine.vq import D4, NanoVQ, apply_d4, move_latents
+from training.common import parse_config, write_atomic
 from training.train_vq import CropPool, VQTrainConfig, lr_at, read_split
 
 
@@ -94,11 +94,7 @@ def code_agreement(student: NanoVQ, teacher: NanoVQ, photos: list, area: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for k, v in asdict(DistillConfig()).items():
-        ap.add_argument(f"--{k.replace('_', '-')}", default=v, type=type(v) if not isinstance(v, tuple) else str)
-    a = ap.parse_args(argv)
-    cfg = DistillConfig(**{**vars(a), "channels": tuple(int(c) for c in str(a.channels).strip("()").split(",") if c)})
+    cfg = parse_config(DistillConfig, argv, prog="python -m recipes.earl_nano.distill_vq_encoder", description=__doc__)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -164,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             writer.add_scalar("distil/mse", loss.item(), step)
             writer.add_scalar("distil/cells_same_code", agree, step)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            torch.save({"encoder": student.encoder.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+            state = {"encoder": student.encoder.state_dict(), "opt": opt.state_dict(), "step": step}
+            write_atomic(ck, lambda tmp: torch.save(state, tmp))  # noqa: B023 - called at once
     bar.close()
     writer.close()
     if losses:
