@@ -29,7 +29,7 @@ def test_finetune_job_disk_full_then_sigkill_resumes(mounts, tmp_path, report):
     from engine.bundle import load_bundle, make_tiny_random_bundle
     from feedback.store import Store
     from studio.models import ModelRegistry
-    from training import suite
+    from training.data import suite
     from training.jobs import JobManager
     from training.simulated_raters import SimulatedRater, generate, rate
 
