@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from feedback.record import bundle_id
+
 TINY_DEMO_KEY = "mem:tiny-demo"
 
 
@@ -21,10 +23,6 @@ class ModelChoice:
 
 def _is_bundle(folder: Path) -> bool:
     return folder.is_dir() and (folder / "bundle.json").is_file()
-
-
-def bundle_id(bundle: Any) -> str:
-    return f"{bundle.config.name}@{bundle.config.version}"
 
 
 class ModelRegistry:
