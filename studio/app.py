@@ -2,15 +2,11 @@
 tabs) and how it is served.
 
 ``build_app(ctx)`` returns the Blocks; ``launch_kwargs(ctx)`` the matching ``launch()`` arguments
-(theme, CSS, keyboard-shortcut JS, allowed paths); ``serve`` starts it. Extra tabs (e.g. "Fine-tune") are
-added by a module exposing ``build_finetune_tab(ctx)``, found at build time if it exists (see
-``TAB_HOOKS``).
+(theme, CSS, keyboard-shortcut JS, allowed paths); ``serve`` starts it.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import random
 from typing import Any
 
@@ -18,22 +14,11 @@ import gradio as gr
 
 from studio.context import StudioContext, default_rater
 from studio.edit_tab import EditTab
+from studio.finetune_tab import build_finetune_tab
 from studio.review_tab import ReviewTab
 from studio.ui_assets import CSS, HEAD, SHORTCUTS_HELP, SHORTCUTS_JS
 
 __all__ = ["StudioContext", "build_app", "launch_kwargs", "serve"]
-
-# Modules that may add a tab: each defines ``build_finetune_tab(ctx: StudioContext) -> None`` and is
-# called inside the app's ``gr.Tabs()`` (so it creates its own ``gr.Tab``). Missing modules are skipped.
-TAB_HOOKS = ("studio.finetune_tab", "training.studio_tab")
-
-
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # the parent package is missing
-        return False
-
 
 def build_app(ctx: StudioContext) -> gr.Blocks:
     """The whole page for ``ctx``; its events are the studio's API (``/edit``, ``/thumb_up`` …)."""
@@ -54,9 +39,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         with gr.Tabs():
             edit = EditTab(ctx)
             review = ReviewTab(ctx)
-            for hook in TAB_HOOKS:
-                if _module_exists(hook):
-                    importlib.import_module(hook).build_finetune_tab(ctx)
+            build_finetune_tab(ctx)
         gr.Markdown(SHORTCUTS_HELP, elem_id="shortcuts")
 
         edit.wire(demo, rater_box, rng)

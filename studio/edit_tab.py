@@ -2,7 +2,7 @@
 
 The side panel (``studio.side_panel``) holds the inputs and the history; the results panel
 (``studio.results``) the candidates. This module wires the run, cancel, history and continue events
-(API names ``edit``, ``cancel``, ``history_go``, ``continue_from``)."""
+(API names ``edit``, ``cancel``, ``history_go``, ``continue_from``, ``earlier_edits``, ``open_earlier``)."""
 
 from __future__ import annotations
 
@@ -70,8 +70,9 @@ class EditTab:
 
     def __init__(self, ctx: StudioContext) -> None:
         self.ctx = ctx
-        self.state = gr.State(new_state())
+        # gr.State inside the tab: a State directly under gr.Tabs shifts the tabs' labels in the browser
         with gr.Tab("Edit", id="edit"), gr.Row(equal_height=False):
+            self.state = gr.State(new_state())
             with gr.Column(scale=4, min_width=320, elem_id="controls"):
                 self.side = SidePanel(ctx)
             with gr.Column(scale=7, min_width=420, elem_id="results"):
@@ -274,4 +275,4 @@ class EditTab:
             return gr.update(choices=earlier_choices(store, EARLIER_EDITS, rater=str(user) if user else None),
                              value=None)
 
-        demo.load(list_earlier, None, side.earlier, api_visibility="private")
+        demo.load(list_earlier, None, side.earlier, api_name="earlier_edits")

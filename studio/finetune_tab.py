@@ -1,7 +1,7 @@
 """The studio's "Fine-tune" tab: train a new bundle from the collected ratings (DPO / KTO) or with a reward
 (GRPO), watch it, cancel it, use the result — then compare old and new blind.
 
-Found by ``studio.app`` through ``TAB_HOOKS`` (``build_finetune_tab(ctx)``). Training runs as a separate
+Built by ``studio.app`` (``build_finetune_tab(ctx)``). Training runs as a separate
 process (``training.jobs``); this module only starts it and reads its progress file. The handlers are
 plain functions of the context (``start_job``, ``poll``, ``ab_next``, ``ab_rate``, ``ab_win_rates``) so
 they are testable without a browser.

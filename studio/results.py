@@ -79,13 +79,13 @@ class ResultsPanel:
         with gr.Group(elem_classes=["rate-box"]):
             with gr.Row(equal_height=True, elem_classes=["rate-row"]):
                 gr.HTML("<span class='rate-label'>This one</span>", padding=False)
-                self.up = gr.Button("Thumbs up", size="sm", elem_classes=["kb-up", "rate-btn"], min_width=100,
+                self.up = gr.Button("Thumbs up", size="sm", elem_classes=["kb-up", "rate-btn"], min_width=90,
                                     scale=0)
                 self.down = gr.Button("Thumbs down", size="sm", elem_classes=["kb-down", "rate-btn"],
-                                      min_width=110, scale=0)
+                                      min_width=100, scale=0)
                 self.stars = [
                     gr.Button("★" * s, size="sm", elem_classes=[f"kb-star-{s}", "rate-btn", "star-btn"],
-                              min_width=40 + 10 * s, scale=0)
+                              min_width=34 + 8 * s, scale=0)
                     for s in range(1, 6)
                 ]
                 self.best = gr.Button("Best of all", size="sm", elem_classes=["kb-best", "rate-btn"], scale=0,

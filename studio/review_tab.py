@@ -33,8 +33,8 @@ class ReviewTab:
 
     def __init__(self, ctx: StudioContext) -> None:
         self.ctx = ctx
-        self.state = gr.State(new_state())
         with gr.Tab("Review & rate", id="review") as self.tab:
+            self.state = gr.State(new_state())  # inside the tab, as in EditTab
             self.counts = gr.Markdown(counts_markdown(ctx.store.counts()), elem_id="counts")
             with gr.Row(equal_height=True):
                 self.edits = gr.Dropdown(choices=[], value=None, label="Earlier edit", scale=5, elem_id="edits")

@@ -199,8 +199,11 @@ def test_continue_editing_builds_a_history_tree(server) -> None:
     assert Image.open(back[0]).tobytes() == Image.open(cont[0]).tobytes()
     # A new page opens an earlier edit from its folded list: it joins the page's tree, with its source.
     fresh = Client(url, verbose=False, download_files=str(root / "downloads"))
+    assert second.edit_uid in str(fresh.predict(api_name="/earlier_edits"))
     opened = fresh.predict(second.edit_uid, api_name="/open_earlier")  # photo, crumbs, status, panel…, history
-    assert "flip it" in opened[2] and opened[-1] == f"edit:{second.edit_uid}"
+    assert "flip it" in opened[2] and opened[-1]["value"] == f"edit:{second.edit_uid}"
+    # the tree: the earlier result it was made from, then the edit
+    assert [v for _, v in opened[-1]["choices"]] == [f"cand:{first.id}", f"edit:{second.edit_uid}"]
     assert Image.open(opened[0]).tobytes() == Image.open(cont[0]).tobytes()  # it was made from the first result
 
 
@@ -230,9 +233,12 @@ def test_only_images_and_exports_are_served(server) -> None:
         assert e.value.code in (403, 404), path
 
 
-def test_auth_names_the_rater_and_upload_limit(tmp_path: Path) -> None:
+def test_auth_names_the_rater_and_upload_limit(tmp_path: Path, capfd) -> None:
     data = tmp_path / "data"
     with studio_app(data, "--auth", "alice:s3cret", "--max-upload-mb", "0.05") as url:
+        # the studio says where it runs and how to share it; Gradio's hint for programmers is not shown
+        printed = capfd.readouterr().out
+        assert f"running on {url}" in printed and "--share" in printed and "share=True" not in printed, printed
         with pytest.raises(Exception):  # noqa: B017 - wrong password: the client cannot even connect
             Client(url, verbose=False, auth=("alice", "wrong"))
         client = Client(url, verbose=False, auth=("alice", "s3cret"), download_files=str(tmp_path / "dl"))
