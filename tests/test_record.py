@@ -56,3 +56,23 @@ def test_an_export_written_as_parquet_imports(tmp_path: Path, tiny_bundle) -> No
         assert b.import_dataset(legacy) == {"candidates": 2, "ratings": 1}
         (pair,) = b.preference_pairs()
         assert pair.chosen.tokens == list(done[1].tokens)
+
+
+def test_the_command_line_exports_and_imports(tmp_path: Path, tiny_bundle, capsys) -> None:
+    import datasets
+
+    from engine.api import edit_blocking
+    from feedback.__main__ import main
+
+    src = Image.new("RGB", (64, 64), (200, 20, 30))
+    done = edit_blocking(tiny_bundle, src, "make it blue", n=2, seed=5, preview_every=0)
+    with Store(tmp_path / "a") as a:
+        x, y = record_edit(a, tiny_bundle, src, "make it blue", done, {"think": False, "temperature": 1.0,
+                                                                       "top_k": 0, "top_p": 1.0})
+        a.add_rating("ann", "thumb", "up", [x])
+    main(["export", str(tmp_path / "out"), "--data", str(tmp_path / "a")])
+    printed = capsys.readouterr().out
+    assert "exported 2 candidates and 1 ratings" in printed and "load_from_disk" in printed, printed
+    assert datasets.load_from_disk(str(tmp_path / "out"))["candidates"].num_rows == 2
+    main(["import", str(tmp_path / "out"), "--data", str(tmp_path / "b")])
+    assert "imported 2 candidates and 1 ratings" in capsys.readouterr().out
