@@ -127,7 +127,8 @@ def test_streamed_edit_then_ratings_land_in_store(server) -> None:
 
 def test_reasoning_streams_and_cancel_stops_the_edit(server) -> None:
     url, data, root = server
-    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+    # status and reasoning text only: the streamed previews are not downloaded
+    client = Client(url, verbose=False, download_files=False)
     photo = make_photo(root / "photo5.png", size=(64, 64))
     # 8 candidates of a 32x32 grid (~1,000 image tokens each, after the reasoning) on the slow bundle run
     # long enough to see reasoning text arrive and to cancel the edit before it finishes.
