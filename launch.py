@@ -126,17 +126,12 @@ def main(argv: list[str] | None = None) -> None:
         check_data_dir((args.data or default_data_dir()).expanduser())
     except StoreError as e:
         sys.exit(f"error: {e}")
-    from studio.app import launch_kwargs
+    from studio.app import serve
 
     demo, ctx = build(args)
     port = args.port or _free_port(args.host)
     print(f"EARL Studio: data in {ctx.data_dir}; model {ctx.default_model or '(none)'}", flush=True)
-    demo.queue(default_concurrency_limit=4)
-    demo.launch(
-        server_name=args.host, server_port=port, share=args.share, auth=auth,
-        auth_message="EARL Studio — sign in; your ratings are stored under your username." if auth else None,
-        show_error=True, **launch_kwargs(ctx),
-    )
+    serve(demo, ctx, host=args.host, port=port, share=args.share, auth=auth)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Export the feedback store to a Hugging Face ``datasets`` folder (parquet, images embedded) and back.
+"""Export the feedback store to a Hugging Face ``datasets`` folder (Arrow, images embedded) and back.
 
-Folder layout (``datasets.load_dataset(folder, "candidates")`` / ``"ratings"`` read it)::
+The folder is a ``DatasetDict`` saved with ``save_to_disk`` whose card declares each part as a config, so
+both ``datasets.load_from_disk(folder)["ratings"]`` and ``datasets.load_dataset(folder, "ratings",
+split="train")`` open it::
 
-    README.md                               dataset card; its YAML header declares the two configs
-    candidates/train-00000-of-00001.parquet one row per candidate, source/output images as PNG bytes
-    ratings/train-00000-of-00001.parquet    one row per rating; candidates referred to by uid
+    README.md, dataset_dict.json            dataset card (its YAML header declares the two configs), splits
+    candidates/data-00000-of-00001.arrow    one row per candidate, source/output images as PNG bytes
+    ratings/data-00000-of-00001.arrow       one row per rating; candidates referred to by uid
 
 Rows carry their ``uid``, so importing is idempotent and ids can differ between stores.
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
@@ -31,9 +34,9 @@ if TYPE_CHECKING:
 CARD = """---
 configs:
 - config_name: candidates
-  data_files: candidates/*.parquet
+  data_files: candidates/*.arrow
 - config_name: ratings
-  data_files: ratings/*.parquet
+  data_files: ratings/*.arrow
 ---
 # EARL Studio feedback export
 
@@ -88,7 +91,6 @@ RATING_FEATURES = datasets.Features(
     }
 )
 
-SHARD = "train-00000-of-00001.parquet"
 SKIPPED = "skipped.json"
 
 
@@ -200,16 +202,9 @@ def _export(store: Store, folder: Path) -> Path:
         }
         for k, v in rec.items():
             rrows[k].append(v)
-    for name, data, feats in (("candidates", rows, CANDIDATE_FEATURES), ("ratings", rrows, RATING_FEATURES)):
-        (folder / name).mkdir(exist_ok=True)
-        ds = datasets.Dataset.from_dict(data, features=feats)
-        tmp = folder / name / f".{SHARD}.tmp"
-        try:
-            ds.to_parquet(str(tmp))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(folder / name / SHARD)
+    parts = datasets.DatasetDict({"candidates": datasets.Dataset.from_dict(rows, features=CANDIDATE_FEATURES),
+                                  "ratings": datasets.Dataset.from_dict(rrows, features=RATING_FEATURES)})
+    parts.save_to_disk(str(folder))
     (folder / "README.md").write_text(CARD)
     if skipped:
         (folder / SKIPPED).write_text(json.dumps(skipped, indent=1))
@@ -220,14 +215,19 @@ def _export(store: Store, folder: Path) -> Path:
 
 def _read(folder: Path, name: str) -> list[dict[str, Any]]:
     # pyarrow directly: no datasets cache is written, and image columns arrive as raw PNG bytes.
-    files = sorted((folder / name).glob("*.parquet"))
+    # Exports are Arrow streams; earlier ones were parquet files.
+    files = sorted((folder / name).glob("*.arrow")) or sorted((folder / name).glob("*.parquet"))
     if not files:
         raise FileNotFoundError(
-            f"{folder / name} holds no parquet files — is {folder} an EARL Studio export?"
+            f"{folder / name} holds no data files — is {folder} an EARL Studio export?"
         )
     out: list[dict[str, Any]] = []
     for f in files:
-        out.extend(pq.read_table(f).to_pylist())
+        if f.suffix == ".arrow":
+            with pa.memory_map(str(f)) as src:
+                out.extend(pa.ipc.open_stream(src).read_all().to_pylist())
+        else:
+            out.extend(pq.read_table(f).to_pylist())
     return out
 
 

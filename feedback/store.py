@@ -882,8 +882,8 @@ class Store:
 
     # -- export / import
     def export_dataset(self, folder: str | Path) -> Path:
-        """Write a Hugging Face ``datasets`` folder: ``candidates/`` and ``ratings/`` parquet files
-        with the images embedded (PNG bytes) — loadable with ``datasets.load_dataset(folder, name)``."""
+        """Write a Hugging Face ``datasets`` folder: ``candidates`` and ``ratings``, images embedded (PNG
+        bytes) — opened by ``datasets.load_from_disk(folder)`` and ``datasets.load_dataset(folder, name)``."""
         from feedback.export import export_store
 
         return export_store(self, Path(folder))

@@ -1,7 +1,7 @@
 """The studio's "Fine-tune" tab: train a new bundle from the collected ratings (DPO / KTO) or with a reward
 (GRPO), watch it, cancel it, use the result — then compare old and new blind.
 
-Found by ``studio.app`` through ``TAB_HOOKS`` (``build_finetune_tab(ctx)``). Training runs as a separate
+Built by ``studio.app`` (``build_finetune_tab(ctx)``). Training runs as a separate
 process (``training.jobs``); this module only starts it and reads its progress file. The handlers are
 plain functions of the context (``start_job``, ``poll``, ``ab_next``, ``ab_rate``, ``ab_win_rates``) so
 they are testable without a browser.
@@ -96,7 +96,7 @@ def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epoc
         if method == "dpo" and data.get("preference_pairs", 0) == 0 and data.get("stars", 0) < 2:
             raise ValueError("No preference pairs yet: rate some A/B pairs or best-of-N first.")
         if method == "kto" and (data.get("thumbs_up", 0) == 0 or data.get("thumbs_down", 0) == 0):
-            raise ValueError("KTO needs thumbs of both kinds (some 👍 and some 👎).")
+            raise ValueError("KTO needs thumbs of both kinds (some up and some down).")
         opts["epochs"] = int(epochs)
     opts.update(measured_settings(method, bundle, bool(lora)))
     clean = "".join(c for c in (name or "").strip() if c.isalnum() or c in "-_.") or None
@@ -131,11 +131,11 @@ def poll(ctx: Any, job_id: str | None) -> tuple[str, pd.DataFrame, str]:
         parts.append(f"about {int(eta // 60)} min {int(eta % 60)} s left")
     md = " · ".join(parts)
     if st["state"] == "done" and st.get("reward_model"):
-        md += f"\n\n✅ Reward model: `{st['reward_model']}` — GRPO with the reward-model reward now uses it."
+        md += f"\n\n**Reward model:** `{st['reward_model']}` — GRPO with the reward-model reward now uses it."
     elif st["state"] == "done":
-        md += f"\n\n✅ New bundle: `{st.get('bundle')}` — press **Use the new model** to register it."
+        md += f"\n\n**New bundle:** `{st.get('bundle')}` — press **Use the new model** to register it."
     elif st["state"] in ("failed",) and st.get("message"):
-        md += f"\n\n❌ {st['message'][:2000]}"
+        md += f"\n\n**Failed:** {st['message'][:2000]}"
     return md, df, job.log_tail(12)
 
 
@@ -192,7 +192,7 @@ def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None
     from engine.api import edit_blocking
     from engine.image_io import fit_to_area
     from engine.sampler import SAMPLING_DEFAULTS
-    from feedback.store import NewCandidate
+    from feedback.record import record_edit
 
     rng = random.Random(seed)
     s = rng.choice(heldout_samples())
@@ -206,11 +206,7 @@ def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None
         src = fit_to_area(s["source"], b.config.image_area, b.vq.spatial_factor)
         (d,) = edit_blocking(b, src, s["instruction"], n=1, seed=sd, temperature=settings["temperature"],
                              top_k=int(settings["top_k"]), top_p=settings["top_p"], preview_every=0)
-        (cid,) = ctx.store.add_candidates(
-            source=src, instruction=s["instruction"], bundle_id=f"{b.config.name}@{b.config.version}",
-            weights_hash=b.weights_hash(), settings=settings,
-            candidates=[NewCandidate(d.image, d.tokens, d.logprobs, d.seed, 0, d.reasoning, tuple(d.grid.shape),
-                                     d.timings)])
+        (cid,) = record_edit(ctx.store, b, src, s["instruction"], [d], settings)
         ids[key], images[key] = cid, d.image
     order = [old_key, new_key]
     rng.shuffle(order)

@@ -1,15 +1,20 @@
-"""The edit history as a tree: sources → edits → candidates → (continued) edits → …
+"""The edit history: this page's tree (photos → edits → results continued from → their edits → …), the
+breadcrumb of the current source, and one-line labels of earlier edits.
 
-Built from the store's ``parent_id`` links, restricted to the edits a session made (or reviewed)."""
+Built from the store's ``parent_id`` links. An edit is one row (its candidates are in the results
+panel); a result is a row of its own only when it was continued from, or is the current source, so the
+tree stays as short as the path the user actually took."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 from feedback.store import Candidate, Store
 
-EM = "\u2003"  # em space
+EM = "\u2003"  # em space: HTML keeps it, so the indentation shows the tree
 
 
 def _short(text: str, n: int = 38) -> str:
@@ -17,52 +22,88 @@ def _short(text: str, n: int = 38) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def tree_choices(store: Store, edit_uids: Sequence[str]) -> list[tuple[str, str]]:
-    """Dropdown choices ``(label, value)`` in tree order. Values: ``src:<hash>`` for an uploaded
-    photo, ``cand:<id>`` for a result. Labels are indented with box-drawing characters."""
-    cands: list[Candidate] = []
-    for uid in dict.fromkeys(edit_uids):
-        cands.extend(store.edit_candidates(uid))
-    if not cands:
-        return []
-    by_id = {c.id: c for c in cands}
-    n_of = {c.edit_uid: sum(x.edit_uid == c.edit_uid for x in cands) for c in cands}
-    children: dict[str, list[Candidate]] = defaultdict(list)
-    roots: list[str] = []
-    for c in sorted(cands, key=lambda c: c.id):
-        if c.parent_id is not None and c.parent_id in by_id:
-            key = f"cand:{c.parent_id}"
-        elif c.parent_id is not None:
-            key = f"cand:{c.parent_id}"  # parent outside this session: show it as a root
-            if key not in roots:
-                roots.append(key)
-        else:
-            key = f"src:{c.source_hash}"
-            if key not in roots:
-                roots.append(key)
-        children[key].append(c)
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
+
+def tree_choices(store: Store, edit_uids: Sequence[str], current: int | None = None) -> list[tuple[str, str]]:
+    """Radio choices ``(label, value)`` in tree order for the edits ``edit_uids`` of one page.
+
+    Values: ``src:<hash>`` for an uploaded photo, ``edit:<uid>`` for an edit (its results),
+    ``cand:<id>`` for a result that was continued from or is the ``current`` source."""
+    edits: dict[str, list[Candidate]] = {}
+    for uid in dict.fromkeys(edit_uids):
+        cands = store.edit_candidates(uid)
+        if cands:
+            edits[uid] = cands
+    if not edits and current is None:
+        return []
+    # results shown as nodes: the parents of this page's edits, and the current source
+    anchors = {cs[0].parent_id for cs in edits.values() if cs[0].parent_id is not None}
+    if current is not None:
+        anchors.add(int(current))
+    shown = {c.id: c for c in store.candidates(sorted(anchors))} if anchors else {}
+    children: dict[str, list[tuple[str, str]]] = defaultdict(list)  # node → [(kind, key)] in order
+    roots: list[str] = []
+
+    def attach(node: str, parent: str | None) -> None:
+        if parent is None:
+            if node not in roots:
+                roots.append(node)
+        elif node not in [k for _, k in children[parent]]:
+            children[parent].append(("node", node))
+
+    for c in sorted(shown.values(), key=lambda c: c.id):
+        attach(f"cand:{c.id}", f"edit:{c.edit_uid}" if c.edit_uid in edits else None)
+    for uid, cs in sorted(edits.items(), key=lambda kv: kv[1][0].id):
+        first = cs[0]
+        if first.parent_id is not None:
+            attach(f"edit:{uid}", f"cand:{first.parent_id}")
+        else:
+            attach(f"src:{first.source_hash}", None)
+            attach(f"edit:{uid}", f"src:{first.source_hash}")
+
+    photo_no = {k: i for i, k in enumerate((r for r in roots if r.startswith("src:")), 1)}
     out: list[tuple[str, str]] = []
 
-    def walk(key: str, depth: int) -> None:
-        for c in children.get(key, []):
-            # em spaces: HTML keeps them, so the indentation shows the tree
-            label = f"{EM * (depth - 1)}└ #{c.id} “{_short(c.instruction)}” · {c.idx + 1} of {n_of[c.edit_uid]}"
-            out.append((label, f"cand:{c.id}"))
-            walk(f"cand:{c.id}", depth + 1)
+    def label(node: str) -> str:
+        kind, _, key = node.partition(":")
+        if kind == "src":
+            return f"Photo {photo_no[node]} ({key[:8]})"
+        if kind == "edit":
+            cs = edits[key]
+            return f"“{_short(cs[0].instruction)}” · {_plural(len(cs), 'result')}"
+        c = shown[int(key)]
+        where = "" if c.edit_uid in edits else f" of “{_short(c.instruction, 24)}” (earlier)"
+        return f"result #{c.id}{where} · {c.idx + 1} of {len(store.edit_candidates(c.edit_uid))}"
 
-    for n, root in enumerate(roots, 1):
-        if root.startswith("src:"):
-            out.append((f"📷 photo {n} ({root[4:12]})", root))
-        else:
-            out.append((f"📷 result #{root[5:]} (earlier session)", root))
-        walk(root, 1)
+    def walk(node: str, depth: int) -> None:
+        prefix = f"{EM * (depth - 1)}└ " if depth else ""
+        out.append((prefix + label(node), node))
+        for _, child in children.get(node, []):
+            walk(child, depth + 1)
+
+    for root in roots:
+        walk(root, 0)
     return out
 
 
 def breadcrumbs(store: Store, candidate_id: int | None) -> str:
     """"photo → “make it grey” #3 → “flip it” #9" for the current source."""
     if candidate_id is None:
-        return "📷 original photo"
-    parts = ["📷 photo"] + [f"“{_short(c.instruction, 24)}” #{c.id}" for c in store.lineage(candidate_id)]
+        return "original photo"
+    parts = ["photo"] + [f"“{_short(c.instruction, 24)}” #{c.id}" for c in store.lineage(candidate_id)]
     return " → ".join(parts)
+
+
+def edit_label(row: dict[str, Any], ratings: bool = False) -> str:
+    """One line for an edit of ``Store.recent_edits``: when, the instruction, how many results (and ratings)."""
+    when = datetime.fromtimestamp(row["created_at"]).strftime("%b %d %H:%M")
+    rated = f" · {_plural(row['n_ratings'], 'rating')}" if ratings else ""
+    return f"{when} · “{_short(row['instruction'], 50)}” · {_plural(row['n'], 'candidate')}{rated}"
+
+
+def earlier_choices(store: Store, limit: int, rater: str | None = None) -> list[tuple[str, str]]:
+    """Radio choices ``(label, edit_uid)`` of the newest ``limit`` edits, newest first (``rater``'s only
+    when given)."""
+    return [(edit_label(r), r["edit_uid"]) for r in store.recent_edits(limit, rater=rater)]

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from feedback.record import bundle_id
+
 TINY_DEMO_KEY = "mem:tiny-demo"
 
 
@@ -33,10 +35,6 @@ def _skip_reason(folder: Path) -> str | None:
 
     problem = bundle_problem(folder)
     return None if problem is None else f"incomplete: {problem}"
-
-
-def bundle_id(bundle: Any) -> str:
-    return f"{bundle.config.name}@{bundle.config.version}"
 
 
 class ModelRegistry:

@@ -16,8 +16,8 @@ from PIL import Image
 
 from engine.events import Done, Error, Preview, Text
 from engine.sampler import SAMPLING_DEFAULTS, fp16_default
-from feedback.store import NewCandidate, Store
-from studio.models import bundle_id
+from feedback.record import record_edit
+from feedback.store import Store
 
 EditFn = Callable[..., Iterator[Any]]
 
@@ -130,22 +130,10 @@ def stream_edit(
     snap.cancelled = bool(cancel is not None and cancel.is_set() and len(finished) < n)
     if finished:
         order = sorted(finished)
-        ids = store.add_candidates(
-            source=req.source, instruction=req.instruction, bundle_id=bundle_id(bundle),
-            weights_hash=bundle.weights_hash(), settings=req.settings(bundle), parent_id=req.parent_id,
-            rater=rater, edit_uid=snap.edit_uid,
-            candidates=[
-                NewCandidate(
-                    image=finished[i].image, tokens=list(finished[i].tokens), logprobs=list(finished[i].logprobs),
-                    seed=finished[i].seed, idx=i, reasoning=finished[i].reasoning,
-                    grid_shape=tuple(finished[i].grid.shape),
-                    timings={
-                        **{k: float(v) for k, v in finished[i].timings.items()},
-                        "studio_first_preview": snap.first_preview_s or 0.0, "studio_total": snap.elapsed_s,
-                    },
-                )
-                for i in order
-            ],
+        ids = record_edit(
+            store, bundle, req.source, req.instruction, [finished[i] for i in order], req.settings(bundle),
+            parent_id=req.parent_id, rater=rater, edit_uid=snap.edit_uid,
+            extra_timings={"studio_first_preview": snap.first_preview_s or 0.0, "studio_total": snap.elapsed_s},
         )
         for i, cid in zip(order, ids, strict=True):
             snap.candidate_ids[i] = cid

@@ -26,6 +26,8 @@ CSS = """
 .rate-box, .pair-box { padding: 6px; margin-top: 6px; }
 .rate-row { align-items: center; gap: 6px; flex-wrap: wrap; }
 .rate-label { font-weight: 600; padding: 0 6px; white-space: nowrap; }
+/* the label's block takes the width of its text, so the buttons beside it never cover it */
+.rate-row > .block:has(.rate-label) { flex: 0 0 5.5em !important; min-width: 5.5em !important; }
 .star-btn { color: #d08a00 !important; letter-spacing: -1px; }
 .rate-btn.flash { outline: 2px solid var(--color-accent); }
 .rate-msg { min-height: 1.6em; font-size: .92em; }

@@ -1,5 +1,6 @@
-"""A real browser (Debian's Chromium driven by Playwright) against ``launch.py --tiny-demo``: open the
-page, upload a photo, run an edit, rate by click and by keyboard, screenshot to test-artifacts/."""
+"""A real browser (Debian's Chromium driven by Playwright) against ``python launch.py --tiny-demo`` started
+as a user would: open the page, upload a photo, run an edit, rate by click and by keyboard, screenshot to
+test-artifacts/; what the command printed."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_browser_edit_and_rate(tmp_path: Path) -> None:
             thumbs.nth(1).click()
             page.wait_for_selector(".cand-info:has-text('#2 of 4')", timeout=20_000)
             page.locator(".kb-up").first.click()
-            page.wait_for_selector(".rate-msg:has-text('Saved 👍')", timeout=20_000)
+            page.wait_for_selector(".rate-msg:has-text('Saved thumbs up')", timeout=20_000)
             page.locator("body").click(position={"x": 5, "y": 5})  # focus out of any text field
             page.keyboard.press("4")
             page.wait_for_selector(".rate-msg:has-text('★★★★')", timeout=20_000)
@@ -64,9 +65,15 @@ def test_browser_edit_and_rate(tmp_path: Path) -> None:
             page.wait_for_selector("#crumbs:has-text('make it black and white')", timeout=20_000)
             page.locator(".gallery-item img").first.click()
             page.wait_for_selector("#crumbs:has-text('original photo')", timeout=20_000)
-            # A reloaded page gets its history tree back from the store, so results can be continued.
+            # A reloaded page starts with an empty tree and the earlier edits folded away; one click on
+            # an earlier edit brings it into the tree, so its results can be continued.
             page.reload()
+            page.wait_for_selector("#instruction textarea", timeout=60_000)
+            assert page.locator("#history label").count() == 0
+            page.locator("#earlier-box button").first.click()
+            page.locator("#earlier label:has-text('make it black and white')").click()
             page.wait_for_selector("#history label:has-text('make it black and white')", timeout=30_000)
+            page.wait_for_selector(".cand-info:has-text('#1 of 4')", timeout=20_000)
 
             page.get_by_role("tab", name="Review & rate").click()
             page.wait_for_selector("#counts:has-text('1 A/B decisions')", timeout=20_000)
@@ -94,6 +101,11 @@ def test_browser_edit_and_rate(tmp_path: Path) -> None:
             assert not errors, errors
         finally:
             browser.close()
+
+    printed = (tmp_path / "studio.log").read_text()
+    assert "--share" in printed and "share=True" not in printed, printed
+    # the unreadable upload: one line in the log, no traceback
+    assert printed.count("upload rejected: ") == 1 and "Traceback" not in printed, printed
 
     with Store(data) as store:
         cands = store.candidates()

@@ -237,8 +237,8 @@ def test_sampling_settings_validated_and_used_by_the_studio(tmp_path):
     from types import SimpleNamespace
 
     from engine.bundle import SAMPLING_DEFAULTS, make_tiny_random_bundle, sampling_defaults
-    from studio.app import _sampling_for
     from studio.models import ModelRegistry
+    from studio.side_panel import sampling_for as _sampling_for
 
     assert sampling_defaults(BundleConfig()) == SAMPLING_DEFAULTS  # EARL's when a bundle says nothing
     for bad, msg in (({"temp": 0.7}, "unknown sampling setting 'temp'"), ({"top_p": 1.5}, "out of range"),

@@ -306,6 +306,8 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(ds[0]["source_image"].convert("RGB")), np.asarray(_img(0)))
     rds = datasets.load_dataset(str(out), "ratings", split="train", cache_dir=str(tmp_path / "hf"))
     assert sorted(rds["kind"]) == ["best_of_n", "pair", "star", "thumb"]
+    disk = datasets.load_from_disk(str(out))  # the same folder as saved splits
+    assert disk["candidates"]["uid"] == ds["uid"] and disk["ratings"].num_rows == 4
 
     # Into a store that already has other data, so ids differ.
     dst = Store(tmp_path / "b")
@@ -372,7 +374,7 @@ def test_unwritable_bad_inputs(tmp_path: Path) -> None:
 
 
 def test_the_rated_line_shows_the_ratings_that_stand(tmp_path: Path) -> None:
-    from studio.app import _standing_label
+    from studio.ratings import standing_label as _standing_label
 
     with Store(tmp_path) as store:
         a, b = _add_edit(store, seed=3)
@@ -384,5 +386,5 @@ def test_the_rated_line_shows_the_ratings_that_stand(tmp_path: Path) -> None:
         store.add_rating("bob", "thumb", "up", [a])
         labels = [_standing_label(r, a) for r in store.standing_ratings(candidate_id=a)]
         # the stars, thumb and best stay in view; the pair shows its last decision only, from a's side
-        assert labels == ["★★★★", "👎", "🏆 best", "A/B: lost", "👍"]
+        assert labels == ["★★★★", "thumbs down", "best of all", "A/B: lost", "thumbs up"]
         assert [_standing_label(r, b) for r in store.standing_ratings(candidate_id=b)] == ["not best", "A/B: won"]

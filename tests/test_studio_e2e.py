@@ -1,5 +1,6 @@
-"""End-to-end through gradio_client against a running ``launch.py --tiny-demo``: upload, streamed edit
-with N=2 (intermediate previews observed), ratings, and the ratings in the store with their tokens."""
+"""End-to-end through gradio_client against the studio as ``launch.py --tiny-demo`` builds it (served in
+this process): upload, streamed edit with N=2 (intermediate previews observed), ratings, and the ratings in
+the store with their tokens."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 from engine.sampler import fp16_available
 from feedback.store import Store
-from tests.studio_server import make_photo, studio_server
+from tests.studio_server import make_photo, studio_app
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -33,7 +34,7 @@ def server(tmp_path_factory):
     # request's round trip on a fast idle machine too, not only on a loaded one.
     make_tiny_random_bundle(data / "bundles" / "tiny-slow", seed=2, name="tiny-slow", image_area=256 * 256,
                             hidden=128, layers=4)
-    with studio_server(data) as url:
+    with studio_app(data) as url:
         yield url, data, root
 
 
@@ -113,10 +114,21 @@ def test_streamed_edit_then_ratings_land_in_store(server) -> None:
         # the studio decodes with half-precision weights on a CPU by default, and records it
         assert all(c.settings["fp16"] is fp16_available() for c in cands)
 
+    # The export names the commands that open it, and both do.
+    import datasets
+
+    msg = client.predict(api_name="/export_dataset")
+    assert "load_from_disk" in msg and "load_dataset" in msg, msg
+    folder = msg.split("`")[1]
+    assert datasets.load_from_disk(folder)["ratings"].num_rows == 4
+    ratings = datasets.load_dataset(folder, "ratings", split="train", cache_dir=str(root / "hf"))
+    assert sorted(ratings["kind"]) == ["best_of_n", "pair", "star", "thumb"]
+
 
 def test_reasoning_streams_and_cancel_stops_the_edit(server) -> None:
     url, data, root = server
-    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+    # status and reasoning text only: the streamed previews are not downloaded
+    client = Client(url, verbose=False, download_files=False)
     photo = make_photo(root / "photo5.png", size=(64, 64))
     # 8 candidates of a 32x32 grid (~1,000 image tokens each, after the reasoning) on the slow bundle run
     # long enough to see reasoning text arrive and to cancel the edit before it finishes.
@@ -139,8 +151,9 @@ def test_reasoning_streams_and_cancel_stops_the_edit(server) -> None:
         assert not [c for c in store.candidates() if c.instruction == "make it sepia"]
 
 
-def test_bad_input_gets_a_clear_message(server) -> None:
+def test_bad_input_gets_a_clear_message(server, caplog, capfd) -> None:
     url, data, root = server
+    caplog.set_level("WARNING", logger="studio.uploads")
     client = Client(url, verbose=False, download_files=str(root / "downloads"))
     photo = make_photo(root / "photo2.png")
     out = client.predict(*_edit_args(photo, "   "), api_name="/edit")
@@ -160,6 +173,10 @@ def test_bad_input_gets_a_clear_message(server) -> None:
         assert "could not be read as an image" in str(e)
     # Nothing to rate yet in this fresh session: a message, not an exception.
     assert "Nothing to rate" in client.predict("x", api_name="/thumb_up")[0]
+    # The server logs each refused upload in one line, and prints no traceback for them.
+    logged = [r.getMessage() for r in caplog.records if r.name == "studio.uploads"]
+    assert len(logged) == 2 and all(m.startswith("upload rejected: ") and "\n" not in m for m in logged)
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_continue_editing_builds_a_history_tree(server) -> None:
@@ -181,6 +198,14 @@ def test_continue_editing_builds_a_history_tree(server) -> None:
     back = client.predict(f"cand:{first.id}", api_name="/history_go")  # photo, crumbs, status, panel…
     assert f"result #{first.id}" in back[2] and "make it warmer" in back[1]
     assert Image.open(back[0]).tobytes() == Image.open(cont[0]).tobytes()
+    # A new page opens an earlier edit from its folded list: it joins the page's tree, with its source.
+    fresh = Client(url, verbose=False, download_files=str(root / "downloads"))
+    assert second.edit_uid in str(fresh.predict(api_name="/earlier_edits"))
+    opened = fresh.predict(second.edit_uid, api_name="/open_earlier")  # photo, crumbs, status, panel…, history
+    assert "flip it" in opened[2] and opened[-1]["value"] == f"edit:{second.edit_uid}"
+    # the tree: the earlier result it was made from, then the edit
+    assert [v for _, v in opened[-1]["choices"]] == [f"cand:{first.id}", f"edit:{second.edit_uid}"]
+    assert Image.open(opened[0]).tobytes() == Image.open(cont[0]).tobytes()  # it was made from the first result
 
 
 def test_model_picker_finds_fine_tuned_bundles(server) -> None:
@@ -209,9 +234,12 @@ def test_only_images_and_exports_are_served(server) -> None:
         assert e.value.code in (403, 404), path
 
 
-def test_auth_names_the_rater_and_upload_limit(tmp_path: Path) -> None:
+def test_auth_names_the_rater_and_upload_limit(tmp_path: Path, capfd) -> None:
     data = tmp_path / "data"
-    with studio_server(data, "--auth", "alice:s3cret", "--max-upload-mb", "0.05") as url:
+    with studio_app(data, "--auth", "alice:s3cret", "--max-upload-mb", "0.05") as url:
+        # the studio says where it runs and how to share it; Gradio's hint for programmers is not shown
+        printed = capfd.readouterr().out
+        assert f"running on {url}" in printed and "--share" in printed and "share=True" not in printed, printed
         with pytest.raises(Exception):  # noqa: B017 - wrong password: the client cannot even connect
             Client(url, verbose=False, auth=("alice", "wrong"))
         client = Client(url, verbose=False, auth=("alice", "s3cret"), download_files=str(tmp_path / "dl"))

@@ -2,7 +2,7 @@
 
 Used for the "DPO from ratings improves the model" experiment (``research.experiments dpo-simulated``)
 and in tests. Candidates are generated the way the studio does (``engine.edit_blocking``) and recorded
-with ``Store.add_candidates`` — exact tokens, log-probs, seeds, settings — then rated with
+with ``feedback.record.record_edit`` — exact tokens, log-probs, seeds, settings — then rated with
 ``Store.add_rating`` as A/B pairs, thumbs or stars. A rater sees the verifier's overall score (0–10) plus
 Gaussian noise of ``noise`` points (people disagree and make mistakes), so preferences are right most
 of the time, not always.
@@ -41,11 +41,10 @@ def generate(store: Any, bundle: Any, samples: Sequence[dict], n: int = 4, think
     from tqdm import tqdm
 
     from engine.api import edit_blocking
-    from feedback.store import NewCandidate
+    from feedback.record import record_edit
     from training import verifier
 
     area, sf = bundle.config.image_area, bundle.vq.spatial_factor
-    bid, wh = f"{bundle.config.name}@{bundle.config.version}", bundle.weights_hash()
     settings = {"think": think, "temperature": temperature, "top_k": top_k, "top_p": 1.0, "source": "simulated",
                 "fp16": False}
     out = []
@@ -54,10 +53,7 @@ def generate(store: Any, bundle: Any, samples: Sequence[dict], n: int = 4, think
         src = fit_to_area(s["source"], area, sf)  # the image the model sees, as the studio stores it
         done = edit_blocking(bundle, src, s["instruction"], n=n, think=think, seed=seed + 1000 * k,
                              temperature=temperature, top_k=top_k, preview_every=0, fp16=False)
-        cands = [NewCandidate(image=d.image, tokens=d.tokens, logprobs=d.logprobs, seed=d.seed, idx=d.candidate,
-                              reasoning=d.reasoning, grid_shape=tuple(d.grid.shape), timings=d.timings) for d in done]
-        ids = store.add_candidates(source=src, instruction=s["instruction"], bundle_id=bid, weights_hash=wh,
-                                   settings=settings, candidates=cands)
+        ids = record_edit(store, bundle, src, s["instruction"], done, settings)
         scores = [verifier.score(s["source"], d.image, s["target"], s["mask"]).overall for d in done]
         out.append(RatedEdit(s, ids, scores))
     return out

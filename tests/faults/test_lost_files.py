@@ -61,24 +61,28 @@ def test_export_goes_on_and_lists_what_it_skipped(damaged, tmp_path, report):
 
 
 def test_page_shows_a_placeholder(damaged):
-    from studio.app import StudioContext, _panel_updates, export_message
+    import gradio as gr
+
+    from studio.context import StudioContext
     from studio.models import ModelRegistry
+    from studio.results import ResultsPanel
+    from studio.review_tab import export_message
 
     store = damaged.store
     ctx = StudioContext(store=store, registry=ModelRegistry(store.data_dir), default_model=None)
-    keys = ("gallery", "slider", "heatmap", "info", "download", "pair_a", "pair_b", "msg")
-    p = SimpleNamespace(**{k: k for k in keys})  # the handlers only use the components as dict keys
+    with gr.Blocks():
+        p = ResultsPanel(ctx, "faults")
     ids = damaged.edits[0]
     st = {"cand_ids": ids, "selected": 1, "pair": ids[:2]}
-    out = _panel_updates(ctx, p, st)
-    shown = [path for path, _ in out["gallery"]["value"]]
+    out = p.updates(st)
+    shown = [path for path, _ in out[p.gallery]["value"]]
     assert shown[0] == str(store.image_path(store.candidate(ids[0]).output_hash))  # the intact one as is
     assert shown[1].startswith(str(ctx.previews.folder)) and shown[1] != shown[0]  # the lost one: placeholder
-    assert "missing or damaged" in out["info"] and CHECK_COMMAND in out["info"]
-    assert out["pair_b"]["value"] == shown[1] and out["download"]["interactive"] is False
+    assert "missing or damaged" in out[p.info] and CHECK_COMMAND in out[p.info]
+    assert out[p.pair_b]["value"] == shown[1] and out[p.download]["interactive"] is False
     # the truncated source: both sides of the compare slider of every candidate of that edit
-    out2 = _panel_updates(ctx, p, {"cand_ids": damaged.edits[2], "selected": 0, "pair": []})
-    assert out2["slider"][0].startswith(str(ctx.previews.folder))
+    out2 = p.updates({"cand_ids": damaged.edits[2], "selected": 0, "pair": []})
+    assert out2[p.slider][0].startswith(str(ctx.previews.folder))
     with pytest.raises(StoreError, match="damaged"):
         store.load_image(damaged.cut.source_hash)
     msg = export_message(ctx)

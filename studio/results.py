@@ -1,0 +1,272 @@
+"""The results panel, one per tab (Edit, Review): the candidates' gallery, the selected candidate compared
+with its source (before/after slider, difference heatmap), its download, and the rating buttons.
+
+A candidate is shown through its views (``candidate_views``): each is a labelled (before, after) pair of
+image files, the first one the model's output; the compare widgets and the download show the first
+view."""
+
+from __future__ import annotations
+
+import html
+import os
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image, ImageDraw
+
+from feedback.store import CHECK_COMMAND, Candidate, StoreError
+from studio.context import StudioContext
+from studio.imaging import diff_heatmap
+from studio.ratings import counts_markdown, pick_pair, save_rating, standing_label
+
+
+@dataclass
+class CandidateView:
+    """One way to look at a candidate: the image it was made from and the image it became."""
+
+    label: str
+    before: Path
+    after: Path
+
+
+def lost_image() -> Image.Image:
+    """What the page shows in place of a stored image that is missing or damaged."""
+    im = Image.new("RGB", (256, 256), (236, 226, 226))
+    d = ImageDraw.Draw(im)
+    d.line([(0, 0), (255, 255)], fill=(190, 150, 150), width=3)
+    d.line([(0, 255), (255, 0)], fill=(190, 150, 150), width=3)
+    d.rectangle([(40, 108), (216, 148)], fill=(255, 255, 255))
+    d.text((128, 128), "image missing", fill=(140, 40, 40), anchor="mm")
+    return im
+
+
+def stored(ctx: StudioContext, image_hash: str) -> str:
+    """The stored image's file, or a placeholder's when the file is missing or damaged: one lost file
+    must not take the page (gallery, compare, A/B) down with it."""
+    if ctx.store.image_problem(image_hash) is None:
+        return str(ctx.store.image_path(image_hash))
+    return ctx.previews.path(lost_image())
+
+
+def lost_note(ctx: StudioContext, hashes: list[str]) -> str:
+    """A line for the page when some of these stored images are missing or damaged ("" when none)."""
+    lost = [h for h in hashes if ctx.store.image_problem(h) is not None]
+    if not lost:
+        return ""
+    what = "1 stored image of this candidate is" if len(lost) == 1 else f"{len(lost)} stored images of this candidate are"
+    return (f"<br>Warning: {what} missing or damaged in {ctx.store.images_dir} (shown as a placeholder). "
+            f"`{CHECK_COMMAND} --data {ctx.data_dir}` lists every such file.")
+
+
+def candidate_views(ctx: StudioContext, c: Candidate) -> list[CandidateView]:
+    """The views of a candidate, the model's output first."""
+    return [CandidateView("model output", Path(stored(ctx, c.source_hash)), Path(stored(ctx, c.output_hash)))]
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """The download's file under a readable name: a hard link (no second copy of a stored image on disk),
+    a copy where the file system has no links."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        pass
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def caption(c: Candidate) -> str:
+    return f"#{c.idx + 1} · seed {c.seed}"
+
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def new_state() -> dict[str, Any]:
+    """A panel's session state. cand_ids: the candidates shown (gallery order); selected: index into
+    it; pair: [left, right] ids shown as A/B; parent: candidate whose output is the current source;
+    edits: the edits of this page."""
+    return {"cand_ids": [], "selected": 0, "pair": [], "parent": None, "edits": [], "source_hash": None}
+
+
+class ResultsPanel:
+    """Builds the panel's components where it is created (inside a tab); ``prefix`` names their ids."""
+
+    def __init__(self, ctx: StudioContext, prefix: str) -> None:
+        self.ctx, self.prefix = ctx, prefix
+        self.gallery = gr.Gallery(
+            label="Candidates — click one to compare and rate it", columns=4, height=None, format="png",
+            object_fit="contain", allow_preview=False, elem_id=f"{prefix}-gallery", elem_classes=["cands"],
+            buttons=["download"], interactive=False,
+        )
+        with gr.Row(equal_height=True):
+            self.slider = gr.ImageSlider(label="Before / after", format="png", type="pil",
+                                         elem_id=f"{prefix}-slider", max_height=360, buttons=["fullscreen"],
+                                         interactive=False)
+            self.heatmap = gr.Image(label="What changed (difference)", format="png", type="pil", interactive=False,
+                                    elem_id=f"{prefix}-heatmap", height=360, buttons=["fullscreen"])
+        with gr.Row(equal_height=True, elem_classes=["cand-bar"]):
+            self.info = gr.Markdown("", elem_classes=["cand-info"])
+            self.download = gr.DownloadButton("Download PNG", value=None, size="sm", scale=0, min_width=130,
+                                              elem_id=f"{prefix}-download", interactive=False)
+            self.continue_btn = gr.Button("Continue editing from this ↪", size="sm", scale=0, min_width=200,
+                                          visible=prefix == "edit", elem_id=f"{prefix}-continue")
+        with gr.Group(elem_classes=["rate-box"]):
+            with gr.Row(equal_height=True, elem_classes=["rate-row"]):
+                gr.HTML("<span class='rate-label'>This one</span>", padding=False)
+                self.up = gr.Button("Thumbs up", size="sm", elem_classes=["kb-up", "rate-btn"], min_width=90,
+                                    scale=0)
+                self.down = gr.Button("Thumbs down", size="sm", elem_classes=["kb-down", "rate-btn"],
+                                      min_width=100, scale=0)
+                self.stars = [
+                    gr.Button("★" * s, size="sm", elem_classes=[f"kb-star-{s}", "rate-btn", "star-btn"],
+                              min_width=34 + 8 * s, scale=0)
+                    for s in range(1, 6)
+                ]
+                self.best = gr.Button("Best of all", size="sm", elem_classes=["kb-best", "rate-btn"], scale=0,
+                                      min_width=110)
+        with gr.Group(elem_classes=["pair-box"]):
+            with gr.Row(equal_height=True):
+                self.pair_a = gr.Image(label="A", format="png", type="pil", interactive=False, height=220,
+                                       elem_id=f"{prefix}-pair-a", buttons=[])
+                self.pair_b = gr.Image(label="B", format="png", type="pil", interactive=False, height=220,
+                                       elem_id=f"{prefix}-pair-b", buttons=[])
+            with gr.Row(equal_height=True, elem_classes=["rate-row"]):
+                self.pa = gr.Button("A is better", size="sm", elem_classes=["kb-a", "rate-btn"])
+                self.pb = gr.Button("B is better", size="sm", elem_classes=["kb-b", "rate-btn"])
+                self.tie = gr.Button("Tie", size="sm", elem_classes=["kb-tie", "rate-btn"])
+                self.both_bad = gr.Button("Both bad", size="sm", elem_classes=["kb-bad", "rate-btn"])
+                self.next_pair = gr.Button("Another pair ⟳", size="sm", elem_classes=["kb-next"])
+        self.msg = gr.Markdown("", elem_classes=["rate-msg"])
+        self.outputs = [self.gallery, self.slider, self.heatmap, self.info, self.download, self.pair_a,
+                        self.pair_b, self.msg]
+
+    # -- values for a state
+    def updates(self, st: dict) -> dict:
+        """Every component's value for state ``st`` (after a run, on select, on opening an edit)."""
+        store = self.ctx.store
+        ids = st.get("cand_ids") or []
+        if not ids:
+            return {self.gallery: [], self.slider: None, self.heatmap: None, self.info: "",
+                    self.download: gr.update(value=None, interactive=False), self.pair_a: None, self.pair_b: None,
+                    self.msg: ""}
+        cands = store.candidates(ids)
+        out = {self.gallery: gr.update(value=[(stored(self.ctx, c.output_hash), caption(c)) for c in cands],
+                                       selected_index=st.get("selected", 0))}
+        out.update(self.selected_updates(st, cands))
+        out.update(self.pair_updates(st))
+        out[self.msg] = ""
+        return out
+
+    def selected_updates(self, st: dict, cands: list[Candidate] | None = None) -> dict:
+        store = self.ctx.store
+        ids = st["cand_ids"]
+        i = min(max(0, int(st.get("selected", 0))), len(ids) - 1)
+        c = cands[i] if cands is not None else store.candidate(ids[i])
+        view = candidate_views(self.ctx, c)[0]
+        lost = lost_note(self.ctx, [c.source_hash, c.output_hash])
+        if lost:
+            heat, mean_diff = lost_image(), 0.0
+        else:
+            heat, mean_diff = diff_heatmap(store.load_image(c.source_hash), store.load_image(c.output_hash))
+        t = c.timings
+        timing = f" · {t['total']:.2f} s" if "total" in t else ""
+        # what stands, as training counts it: later A/B clicks do not push a star rating out of view
+        mine = ", ".join(standing_label(r, c.id) for r in store.standing_ratings(candidate_id=c.id))
+        info = (
+            f"**#{c.idx + 1}** of {len(ids)} · seed `{c.seed}` · log-prob {c.logprob_sum:.1f} over "
+            f"{len(c.tokens)} tokens{timing}" + ("" if lost else f" · mean change {mean_diff * 100:.1f}%")
+            + lost
+            + (f"<br><span class='muted'>rated: {mine}</span>" if mine else "")
+            + (f"<br><span class='muted'>reasoning: {html.escape(_clip(c.reasoning, 300))}</span>"
+               if c.reasoning.strip() else "")
+        )
+        slider, heat_path = (str(view.before), str(view.after)), self.ctx.previews.path(heat)
+        if lost:
+            return {self.slider: slider, self.heatmap: heat_path, self.info: info,
+                    self.download: gr.update(value=None, interactive=False)}
+        export = self.ctx.exports_dir / f"earl-edit-{c.id}-seed{c.seed}.png"
+        if not export.exists():
+            link_or_copy(view.after, export)
+        return {self.slider: slider, self.heatmap: heat_path, self.info: info,
+                self.download: gr.update(value=str(export), interactive=True)}
+
+    def pair_updates(self, st: dict) -> dict:
+        pair = st.get("pair") or []
+        if len(pair) != 2:
+            return {self.pair_a: None, self.pair_b: None}
+        store = self.ctx.store
+        a, b = store.candidates(pair)
+        return {
+            self.pair_a: gr.update(value=stored(self.ctx, a.output_hash), label=f"A (#{a.idx + 1})"),
+            self.pair_b: gr.update(value=stored(self.ctx, b.output_hash), label=f"B (#{b.idx + 1})"),
+        }
+
+    # -- events
+    def wire(self, pstate: gr.State, rater_box: gr.Textbox, counts_out: list, rng: random.Random,
+             api_prefix: str) -> None:
+        """Gallery selection, the rating buttons (API names ``<api_prefix>thumb_up`` …) and another pair."""
+        ctx, store = self.ctx, self.ctx.store
+
+        def select(st: dict, evt: gr.SelectData) -> dict:
+            st = dict(st)
+            if not st.get("cand_ids"):
+                return {}
+            st["selected"] = int(evt.index)
+            return {pstate: st, **self.selected_updates(st)}
+
+        self.gallery.select(select, pstate, [pstate, self.slider, self.heatmap, self.info, self.download],
+                            api_visibility="private")
+
+        def rate(kind: str, value: Any) -> Callable:
+            def handler(st: dict, typed: str, request: gr.Request) -> dict:
+                ids = st.get("cand_ids") or []
+                if not ids:
+                    gr.Warning("Nothing to rate yet — run an edit first.")
+                    return {self.msg: "⚠️ Nothing to rate yet."}
+                sel = ids[min(int(st.get("selected", 0)), len(ids) - 1)]
+                rater = ctx.rater(request, typed)
+                try:
+                    rid, what = save_rating(store, rater, kind, value, ids, sel, st.get("pair") or [])
+                except StoreError as e:
+                    gr.Warning(str(e))
+                    return {self.msg: f"⚠️ {e}"}
+                except ValueError as e:  # the click needs more candidates than are shown
+                    return {self.msg: f"⚠️ {e}"}
+                out = {self.msg: f"✓ Saved {what} · rating {rid} by <b>{html.escape(rater)}</b>"}
+                for c in counts_out:
+                    out[c] = counts_markdown(store.counts())
+                if kind == "pair":  # move on to a fresh pair so the rater can keep going with the keys
+                    st = dict(st, pair=pick_pair(ids, rng, avoid=st.get("pair")))
+                    out[pstate] = st
+                    out.update(self.pair_updates(st))
+                else:
+                    out.update(self.selected_updates(st))
+                return out
+
+            return handler
+
+        outs = [self.msg, pstate, self.pair_a, self.pair_b, self.slider, self.heatmap, self.info, self.download,
+                *counts_out]
+        common = dict(inputs=[pstate, rater_box], outputs=outs)
+        self.up.click(rate("thumb", "up"), api_name=f"{api_prefix}thumb_up", **common)
+        self.down.click(rate("thumb", "down"), api_name=f"{api_prefix}thumb_down", **common)
+        for s, btn in enumerate(self.stars, 1):
+            btn.click(rate("star", s), api_name=f"{api_prefix}star_{s}", **common)
+        self.best.click(rate("best_of_n", None), api_name=f"{api_prefix}best_of_n", **common)
+        self.pa.click(rate("pair", "A"), api_name=f"{api_prefix}pair_a", **common)
+        self.pb.click(rate("pair", "B"), api_name=f"{api_prefix}pair_b", **common)
+        self.tie.click(rate("pair", "tie"), api_name=f"{api_prefix}pair_tie", **common)
+        self.both_bad.click(rate("pair", "both_bad"), api_name=f"{api_prefix}pair_both_bad", **common)
+
+        def next_pair(st: dict) -> dict:
+            st = dict(st, pair=pick_pair(st.get("cand_ids") or [], rng, avoid=st.get("pair")))
+            return {pstate: st, **self.pair_updates(st)}
+
+        self.next_pair.click(next_pair, pstate, [pstate, self.pair_a, self.pair_b], api_visibility="private")

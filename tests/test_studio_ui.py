@@ -1,0 +1,89 @@
+"""The studio's page without a server: the history tree, the labels of earlier edits, and the rule that its
+text uses characters ordinary text fonts have (no emoji)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from feedback.store import NewCandidate, Store
+from studio.history import EM, breadcrumbs, earlier_choices, tree_choices
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = {"think": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+# Non-ASCII characters the studio may show: each has a glyph in DejaVu Sans, the text font Debian and
+# Ubuntu install by default, so none falls back to an emoji font that may be missing. U+FE0F (emoji
+# presentation) is invisible and falls back to the text glyph before it.
+TEXT_CHARS = set("·×–—“”‘’…→←↩↪↻≈└▶▸◀◧★⚠✓⟳") | {EM, "\ufe0f"}
+
+
+def _edit(store: Store, instruction: str, n: int = 4, parent: int | None = None, shade: int = 0) -> list[int]:
+    src = store.load_image(store.candidate(parent).output_hash) if parent else Image.new("RGB", (16, 16), shade)
+    cands = [NewCandidate(Image.new("RGB", (16, 16), (shade, i * 40, 0)), [i], [-1.0], i, i) for i in range(n)]
+    return store.add_candidates(source=src, instruction=instruction, bundle_id="t@0", weights_hash="h",
+                                settings=SETTINGS, candidates=cands, parent_id=parent)
+
+
+def test_history_tree_is_the_path_taken(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        grey = _edit(store, "make it grey")
+        flip = _edit(store, "flip it", parent=grey[1])
+        pink = _edit(store, "make it pink")  # the same photo again
+        other = _edit(store, "add a hat", n=2, shade=200)  # another photo
+        uid = {c: store.candidate(c[0]).edit_uid for c in map(tuple, (grey, flip, pink, other))}
+        rows = tree_choices(store, [uid[tuple(e)] for e in (grey, flip, pink, other)])
+        # one row per edit, one per result continued from: 14 candidates make 7 rows
+        assert [v for _, v in rows] == [
+            f"src:{store.candidate(grey[0]).source_hash}", f"edit:{uid[tuple(grey)]}", f"cand:{grey[1]}",
+            f"edit:{uid[tuple(flip)]}", f"edit:{uid[tuple(pink)]}",
+            f"src:{store.candidate(other[0]).source_hash}", f"edit:{uid[tuple(other)]}",
+        ]
+        labels = [label for label, _ in rows]
+        assert labels[0].startswith("Photo 1 (") and labels[5].startswith("Photo 2 (")
+        assert labels[1] == "└ “make it grey” · 4 results"
+        assert labels[2] == f"{EM}└ result #{grey[1]} · 2 of 4"
+        assert labels[3] == f"{EM * 2}└ “flip it” · 4 results"
+        assert labels[4] == "└ “make it pink” · 4 results" and labels[6] == "└ “add a hat” · 2 results"
+
+        # the current source is a node too, under its edit; a new page has no tree at all
+        rows = tree_choices(store, [uid[tuple(pink)]], current=pink[3])
+        assert [v for _, v in rows][1:] == [f"edit:{uid[tuple(pink)]}", f"cand:{pink[3]}"]
+        assert tree_choices(store, []) == []
+        # an edit whose source came from a result of another page hangs under that result, marked earlier
+        rows = tree_choices(store, [uid[tuple(flip)]])
+        assert rows[0] == (f"result #{grey[1]} of “make it grey” (earlier) · 2 of 4", f"cand:{grey[1]}")
+        assert breadcrumbs(store, flip[0]) == f"photo → “make it grey” #{grey[1]} → “flip it” #{flip[0]}"
+
+        # earlier edits: one line each, newest first
+        earlier = earlier_choices(store, 3)
+        assert [v for _, v in earlier] == [uid[tuple(other)], uid[tuple(pink)], uid[tuple(flip)]]
+        assert re.fullmatch(r"\w{3} \d\d \d\d:\d\d · “add a hat” · 2 candidates", earlier[0][0]), earlier[0][0]
+
+
+def _studio_text() -> dict[str, set[str]]:
+    return {p.name: {ch for ch in p.read_text() if ord(ch) > 127} for p in sorted((ROOT / "studio").glob("*.py"))}
+
+
+def test_studio_text_has_no_emoji() -> None:
+    """Buttons and messages read the same on a machine without an emoji font."""
+    stray = {name: "".join(sorted(chars - TEXT_CHARS)) for name, chars in _studio_text().items()}
+    assert not {k: v for k, v in stray.items() if v}, stray
+
+
+@pytest.mark.skipif(shutil.which("fc-query") is None, reason="fontconfig is not installed")
+def test_text_chars_are_in_dejavu_sans() -> None:
+    font = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    if not font.is_file():
+        pytest.skip("DejaVu Sans is not installed")
+    charset = subprocess.run(["fc-query", "--format=%{charset}", str(font)], capture_output=True, text=True,
+                             check=True).stdout
+    ranges = [tuple(int(x, 16) for x in (r.split("-") * 2)[:2]) for r in charset.split()]
+    missing = [ch for ch in TEXT_CHARS - {EM, "\ufe0f"} if not any(a <= ord(ch) <= b for a, b in ranges)]
+    assert not missing, missing
+    # and the rule has teeth: the emoji it keeps out are not in the font
+    assert not any(a <= ord("👍") <= b for a, b in ranges)
