@@ -199,7 +199,7 @@ def _cmd(out: Path, bundle: Path, steps: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
-    from engine.bundle import make_tiny_random_bundle
+    from engine.tiny import make_tiny_random_bundle
 
     p = tmp_path_factory.mktemp("grpo") / "tiny"
     make_tiny_random_bundle(p, seed=0)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from engine import tokens as T
-from engine.bundle import TINY_TEXTS
 from engine.constraint import TEXT_ROW, VISUAL_ROW, FreeFormConstraint
 from engine.layout import (
     SpecialIds,
@@ -18,6 +17,7 @@ from engine.layout import (
     parse_generation,
 )
 from engine.text_tokenizer import build_nano_tokenizer
+from engine.tiny import TINY_TEXTS
 
 
 @pytest.fixture(scope="module")

@@ -320,7 +320,8 @@ def test_soft_sigma_changes_the_loss_on_the_edit_codes_only():
     tok = build_nano_tokenizer(["Add a red ball.", "Make it grey.", "Reasoning text here."], 64, 300)
     from transformers import Emu3ForCausalLM
 
-    from engine.bundle import Bundle, BundleConfig, tiny_lm_config
+    from engine.bundle import Bundle, BundleConfig
+    from engine.tiny import tiny_lm_config
 
     torch.manual_seed(0)
     lm = Emu3ForCausalLM(tiny_lm_config(tok, 64, 1, 2, 2, 128)).eval()

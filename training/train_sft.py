@@ -36,12 +36,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import Emu3ForCausalLM
 
-from engine.bundle import Bundle, BundleConfig, load_bundle, save_bundle, tiny_lm_config
+from engine.bundle import Bundle, BundleConfig, load_bundle, save_bundle
 from engine.constraint import FreeFormConstraint
 from engine.grid_embed import GridEmbedding
 from engine.layout import build_prompt, build_target, special_ids
 from engine.logprobs import Collated, collate, collated_logprobs
 from engine.text_tokenizer import build_nano_tokenizer
+from engine.tiny import tiny_lm_config
 from engine.vq import FSQ, NanoVQ
 from training.data.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
 from training.routing import RouteHead, parse_head, route_loss, route_map, route_pairs
