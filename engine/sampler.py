@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.constraint import VIS, FreeFormConstraint, State
+from engine.constraint import VIS, FreeFormConstraint, State, constraint_for
 from engine.layout import grid_positions
 from engine.logprobs import base_lm
 
@@ -392,8 +392,7 @@ def sample(
     base = base_lm(lm)
     device = next(lm.parameters()).device
     vocab = base.config.vocab_size
-    con = FreeFormConstraint(bundle.tokenizer, h, w, think, vocab_size=vocab, max_new_tokens=max_new_tokens,
-                             device=device)
+    con = constraint_for(bundle.tokenizer, h, w, think, vocab, max_new_tokens, device)
     sp = con.sp
     masks = con.masks
     tok = bundle.tokenizer
