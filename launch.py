@@ -65,12 +65,15 @@ def _free_port(host: str, start: int = 7860) -> int:
 
 def build(args: argparse.Namespace):  # -> tuple[gr.Blocks, StudioContext]
     from engine.bundle import default_bundle_path
-    from feedback.store import Store, default_data_dir
+    from feedback.store import Store, StoreError, default_data_dir
     from studio.app import StudioContext, build_app
     from studio.models import TINY_DEMO_KEY, ModelRegistry
 
     data = (args.data or default_data_dir()).expanduser()
-    store = Store(data)
+    try:
+        store = Store(data)
+    except StoreError as e:  # read-only, missing, full or locked: say which folder and what to do
+        sys.exit(f"error: {e}")
     preloaded = {}
     default_key: str | None = None
     no_model = ""
@@ -117,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
         print(f"warning: listening on {args.host} without --auth: anyone who can reach it can use it "
               "and rate as anyone.", file=sys.stderr)
+    from feedback.store import StoreError, check_data_dir, default_data_dir
+
+    try:  # before the slow imports: a data folder that cannot be written is refused at once
+        check_data_dir((args.data or default_data_dir()).expanduser())
+    except StoreError as e:
+        sys.exit(f"error: {e}")
     from studio.app import launch_kwargs
 
     demo, ctx = build(args)

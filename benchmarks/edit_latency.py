@@ -1,4 +1,4 @@
-"""Latency of one 128² edit on CPU: time to the first ``Preview`` and to the last ``Done`` (ARCHITECTURE §7).
+"""Latency of one 128² edit on CPU: time to the first ``Preview`` and to the last ``Done`` (docs/ARCHITECTURE.md §8).
 
     python -m benchmarks.edit_latency [--bundle PATH | --random] [--reps 3] [--threads 2] [--ns 1,4]
                                       [--instruction TEXT] [--speculate K] [--profile out.prof]

@@ -1,10 +1,9 @@
 """Encode and decode time of image tokenizers on one photo, in the same process.
 
-    python -m benchmarks.vq_speed                      # the shipped bundle's tokenizer (equivariant since v0.5)
+    python -m benchmarks.vq_speed                      # the shipped bundle's tokenizer
     python -m benchmarks.vq_speed --vq A B --threads 1  # several, in one process; ratios against the first
-    # v0.4's plain tokenizer: git archive bf86a53 assets/earl-nano/vq | tar x -C /tmp/v04
 
-Issue #4 asks for encoding + decoding one image well under 0.1 s on CPU. An equivariant tokenizer
+The target is encoding + decoding one image well under 0.1 s on CPU. An equivariant tokenizer
 (``NanoVQ(equivariant=True)``) runs its encoder once per symmetry of the square, 8 times; this prints
 what that costs against the plain one (median of ``--reps`` after a warm-up).
 """

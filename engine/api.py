@@ -37,9 +37,9 @@ SMALL_VQ_PARAMS = 50_000_000  # image tokenizers below this run on one thread on
 def _vq_threads(bundle: Any) -> int | None:
     """Torch threads for the image tokenizer's encode / decode: 1 for a small one on CPU, else unchanged.
 
-    The same reasoning as the sampler's one-thread decoding: on a 2-core machine shared with other work
-    (measured here beside a training job, benchmarks/edit_latency.py) a ~4M-parameter NanoVQ decode took
-    3-4x longer on two threads than on one, and previews decode up to H/preview_every times per edit.
+    The same reasoning as the sampler's one-thread decoding: on a small machine shared with other work a
+    second thread makes a small tokenizer's many small ops wait (``benchmarks.edit_latency`` shows it),
+    and previews decode up to H/preview_every times per edit.
     """
     vq = bundle.vq
     if not isinstance(vq, torch.nn.Module):

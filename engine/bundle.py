@@ -226,6 +226,56 @@ def read_bundle_config(path: str | Path) -> BundleConfig:
     return BundleConfig.from_json(cfg_file.read_text(), where=str(cfg_file))
 
 
+def _safetensors_problem(f: Path) -> str | None:
+    """Why the safetensors file ``f`` is cut short or garbled (its header says where every tensor ends),
+    or None. Reads only the header, so the model picker can check every bundle cheaply."""
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or 8 + n > size:
+                return f"{f.name} is cut short ({size} bytes)"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return f"{f.name} cannot be read ({e})"
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    if 8 + n + max(ends, default=0) > size:
+        return f"{f.name} is cut short ({size} of {8 + n + max(ends)} bytes)"
+    return None
+
+
+def bundle_problem(path: str | Path) -> str | None:
+    """None when ``path`` looks like a complete bundle, else why not (no bundle.json, a missing part, a
+    weight file cut short by an interrupted copy or save). Cheap: reads bundle.json and file headers."""
+    path = Path(path)
+    try:
+        read_bundle_config(path)
+    except BundleError as e:
+        return str(e)
+    except (OSError, ValueError) as e:
+        return f"its {BUNDLE_JSON} cannot be read ({e})"
+    for sub in ("lm", "tokenizer", "vq"):
+        if not (path / sub).is_dir():
+            return f"the {sub}/ folder is missing"
+    index = path / "lm" / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError) as e:
+            return f"lm/{index.name} cannot be read ({e})"
+        missing = sorted(s for s in shards if not (path / "lm" / s).is_file())
+        if missing:
+            return f"lm/ lacks the weight file(s) {', '.join(missing)}"
+    elif not _weight_files(path / "lm"):
+        return "lm/ holds no weights (*.safetensors)"
+    for f in sorted(path.glob("*/*.safetensors")):
+        problem = _safetensors_problem(f)
+        if problem is not None:
+            return f"{f.parent.name}/{problem}"
+    return None
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Bundle:
     """Load the bundle folder ``path``; the LM (and grid embedding) in ``dtype``, in eval mode.
 

@@ -1,6 +1,6 @@
 """The free-form output constraint of EARL as a small state machine with precomputed additive masks.
 
-What may be generated after the prompt (ARCHITECTURE §2-3):
+What may be generated after the prompt (docs/ARCHITECTURE.md §2):
 - think mode: free text (any token that is neither visual nor structural) until THINK_END; when the
   reasoning budget runs out, THINK_END is forced;
 - then IMG_START, the "H*W" header and IMG_TOKEN, forced (without think: right away);

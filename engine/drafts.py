@@ -8,9 +8,8 @@ keeps the output's shape, and uses the symmetry whose guesses matched the most c
 have chosen anyway, so a draft only changes speed, never the output (``engine.sampler``).
 
 ``draft_gain`` picks how many tokens to feed from the running share of correct guesses: a forward pass
-of k tokens per candidate costs more than one (EARL-nano on one thread of this project's CPU, 600 cached
-tokens: 8 tokens cost 1.5x one at batch 1, 2.4x at batch 4, 2.7x at batch 8), so colour edits, where
-guesses rarely match, decode about one token at a time as before.
+of k tokens per candidate costs more than one, and more so at larger batches (``benchmarks.speculative``),
+so colour edits, where guesses rarely match, decode about one token at a time.
 """
 
 from __future__ import annotations

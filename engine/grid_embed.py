@@ -1,6 +1,6 @@
 """Learned 2-D position embeddings (row, column, which image) added to the LM's token embeddings.
 
-Our CPU measurements (ARCHITECTURE §8) showed they speed up learning of every edit kind. The LM stays a
+They speed up learning of every edit kind (docs/ARCHITECTURE.md §9). The LM stays a
 plain ``Emu3ForCausalLM`` called with ``inputs_embeds``; bundles without a grid embedding (real
 Emu3/EARL) run the same code path with nothing added.
 

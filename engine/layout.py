@@ -4,7 +4,7 @@
 BOS  IMG_START "H*W" IMG_TOKEN  (W visual + EOL) x H  EOF IMG_END  instruction [COT_OPENER THINK_START]
      [reasoning THINK_END]  IMG_START "H*W" IMG_TOKEN  (W visual + EOL) x H  EOF IMG_END  EOS
 ```
-(ARCHITECTURE §2). The "H*W" header is text, tokenized with the bundle's own tokenizer. Ids are looked
+(docs/ARCHITECTURE.md §2). The "H*W" header is text, tokenized with the bundle's own tokenizer. Ids are looked
 up by name, so Emu3's tokenizer (where the think markers are plain text, several tokens each) and the
 nano tokenizer (single special tokens) go through the same code.
 """
@@ -301,7 +301,7 @@ def grid_positions(tok: Any, ids: list[int] | torch.Tensor) -> tuple[torch.Tenso
 def grid_positions_batch(tok: Any, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``grid_positions`` of every row of a (B, T) id tensor (padding is neither visual nor EOL)."""
     # Vectorised with running maxima of "last index where …", so a batch costs a few tensor ops
-    # instead of a Python loop per token (it was most of a GPU training step's preparation).
+    # instead of a Python loop per token (which would dominate a GPU training step's preparation).
     sp = special_ids(tok)
     ids = ids.long()
     n_t = ids.shape[1]

@@ -1,4 +1,4 @@
-"""Our own KV-cached decoding loop for the EARL sequence (not ``generate``; ARCHITECTURE §3).
+"""Our own KV-cached decoding loop for the EARL sequence (not ``generate``; docs/ARCHITECTURE.md §4).
 
 - A batch of N candidates, each with its own seed: candidate i draws one uniform number per generated
   token from ``torch.Generator().manual_seed(seeds[i])`` (drawn up front), and picks its token by
@@ -132,12 +132,11 @@ class _FastRunner:
     """Decoder forward on the LM's own weights with a static KV cache (plain Emu3ForCausalLM).
 
     ``fp16``: decoding steps (after the prefill) read half-precision copies of the weights, which fbgemm
-    widens to float32 inside its matrix product (activations and sums stay float32). One decoding step
-    of an 18M-parameter LM streams its 65 MB of float32 matrices from memory, which is what bounds it on
-    a CPU; half of that is read instead. Bundles are stored in bfloat16, and every bfloat16 weight of
-    ordinary size is exactly a float16: for them the products are the float32 ones, up to summation
-    order. (int8 weights, tried too, were as fast at batch 1 but changed log-probs by 0.04 per token
-    and needed one call per row to keep candidates independent.)
+    widens to float32 inside its matrix product (activations and sums stay float32). A decoding step of
+    a small LM on a CPU is bound by streaming its float32 matrices from memory; half of that is read
+    instead. Bundles are stored in bfloat16, and every bfloat16 weight of ordinary size is exactly a
+    float16: for them the products are the float32 ones, up to summation order. (int8 weights would
+    change the log-probs and need one call per row to keep candidates independent.)
     """
 
     def __init__(self, lm: Any, batch: int, max_len: int, fp16: bool = False):

@@ -1,8 +1,8 @@
 """Image tokenizers: the protocol the engine codes against, and EARL-nano's FSQ tokenizer.
 
 ``NanoVQ`` is a diffusers ``ModelMixin`` built from diffusers' VAE encoder/decoder blocks with a
-finite-scalar quantizer (FSQ) in the middle. FSQ was ahead of a learned codebook at every step in our
-CPU measurements (ARCHITECTURE §8) and cannot collapse, so it needs no codebook loss.
+finite-scalar quantizer (FSQ) in the middle. FSQ reconstructs better than a learned codebook of the same
+size (docs/ARCHITECTURE.md §9) and cannot collapse, so it needs no codebook loss.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ class NanoVQ(ModelMixin, ConfigMixin):
 
         where g moves the code grid and ρ(g) turns the last two FSQ digits as a vector (``code_permutation``).
         Why: a plain encoder gives a mirrored 8×8 cell an unrelated code, so most of a flip's target
-        tokens could not be predicted from the source tokens at all (about 3/4 for hflip on v0.4's tokenizer).
+        tokens could not be predicted from the source tokens at all (``research.grid_experiment --transformed-copy``).
         Equivariant codes make every flip or rotation a copy from the moved position plus a fixed code
         permutation. FSQ's bound is odd for odd levels, so rounding keeps the symmetry.
         """

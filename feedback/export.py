@@ -7,12 +7,18 @@ Folder layout (``datasets.load_dataset(folder, "candidates")`` / ``"ratings"`` r
     ratings/train-00000-of-00001.parquet    one row per rating; candidates referred to by uid
 
 Rows carry their ``uid``, so importing is idempotent and ids can differ between stores.
+
+A candidate whose stored image is missing or damaged is left out (with the ratings that refer to it)
+instead of stopping the export; what was left out, and why, is listed in ``skipped.json``. Running
+out of disk space ends in a message naming the folder and the space needed; the shards are written
+to temp files and renamed, so an export cut short never looks complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,21 +89,74 @@ RATING_FEATURES = datasets.Features(
 )
 
 SHARD = "train-00000-of-00001.parquet"
+SKIPPED = "skipped.json"
+
+
+def _image_bytes(store: Store, image_hash: str) -> tuple[bytes | None, str]:
+    """The stored PNG's bytes, or None and why they cannot be exported (missing, or not what its name says)."""
+    try:
+        data = store.image_path(image_hash).read_bytes()
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    if hashlib.sha256(data).hexdigest() != image_hash:
+        return None, "damaged (its bytes do not match its name)" if data else "empty"
+    return data, ""
+
+
+def read_skipped(folder: Path) -> list[dict[str, Any]]:
+    """What an export left out (``[{"kind": "candidate"|"rating", "id", "uid", "why"}]``), [] if nothing."""
+    f = Path(folder) / SKIPPED
+    return json.loads(f.read_text()) if f.is_file() else []
 
 
 def export_store(store: Store, folder: Path) -> Path:
+    from engine.diskspace import is_no_space
+    from feedback.store import StoreFullError
+
+    created = not folder.exists()
+    try:
+        return _export(store, folder)
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        if created:  # half an export is worse than none: it loads, and silently lacks the ratings
+            shutil.rmtree(folder, ignore_errors=True)
+        # What the images and tokens take, plus room for the parquet encoding: what to free before retrying.
+        need = sum(store.image_path(h).stat().st_size for c in store.candidates()
+                   for h in {c.source_hash, c.output_hash} if store.image_path(h).exists())
+        for tmp in folder.glob("*/.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        from engine.diskspace import no_space_message
+
+        raise StoreFullError(no_space_message(folder, need * 2, "the dataset export",
+                                              "The feedback store itself is untouched.")) from e
+
+
+def _export(store: Store, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cands = store.candidates()
     uid_of = {c.id: c.uid for c in cands}
     rows: dict[str, list[Any]] = {k: [] for k in CANDIDATE_FEATURES}
+    skipped: list[dict[str, Any]] = []
+    left_out: set[int] = set()
     for c in cands:
+        src, why_src = _image_bytes(store, c.source_hash)
+        out, why_out = _image_bytes(store, c.output_hash)
+        if src is None or out is None:
+            why = f"source image {c.source_hash[:12]}… {why_src}" if src is None else \
+                f"output image {c.output_hash[:12]}… {why_out}"
+            skipped.append({"kind": "candidate", "id": c.id, "uid": c.uid, "why": why})
+            left_out.add(c.id)
+            continue
         rec = {
             "uid": c.uid,
             "edit_uid": c.edit_uid,
             "idx": c.idx,
             "parent_uid": uid_of.get(c.parent_id) if c.parent_id is not None else None,
-            "source_image": {"bytes": store.image_path(c.source_hash).read_bytes(), "path": None},
-            "output_image": {"bytes": store.image_path(c.output_hash).read_bytes(), "path": None},
+            "source_image": {"bytes": src, "path": None},
+            "output_image": {"bytes": out, "path": None},
             "source_hash": c.source_hash,
             "output_hash": c.output_hash,
             "instruction": c.instruction,
@@ -124,6 +183,11 @@ def export_store(store: Store, folder: Path) -> Path:
     ratings = store.ratings()
     rrows: dict[str, list[Any]] = {k: [] for k in RATING_FEATURES}
     for r in ratings:
+        lost = sorted(set(r.candidate_ids) & left_out)
+        if lost:  # a rating is only meaningful with every candidate it compared
+            skipped.append({"kind": "rating", "id": r.id, "uid": r.uid,
+                            "why": f"refers to candidate(s) {lost}, left out above"})
+            continue
         value = uid_of[int(r.value)] if r.kind == "best_of_n" else r.value
         rec = {
             "uid": r.uid,
@@ -140,9 +204,17 @@ def export_store(store: Store, folder: Path) -> Path:
         (folder / name).mkdir(exist_ok=True)
         ds = datasets.Dataset.from_dict(data, features=feats)
         tmp = folder / name / f".{SHARD}.tmp"
-        ds.to_parquet(str(tmp))
+        try:
+            ds.to_parquet(str(tmp))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(folder / name / SHARD)
     (folder / "README.md").write_text(CARD)
+    if skipped:
+        (folder / SKIPPED).write_text(json.dumps(skipped, indent=1))
+    else:
+        (folder / SKIPPED).unlink(missing_ok=True)
     return folder
 
 

@@ -14,17 +14,25 @@ Durability rules (a process may be killed at any instant, ``kill -9`` included):
 - several processes/threads may write at once: SQLite's lock serializes them (``busy_timeout``), and
   rows are only ever inserted, never rewritten, so raters in two tabs cannot clobber each other.
 
+Faults of the machine end in a ``StoreError`` subclass whose message says what to do: ``StoreFullError``
+(the disk is full: folder, space needed, space free), ``StoreBusyError`` (another program held the write
+lock past ``busy_timeout``), ``StoreUnavailableError`` (the folder is read-only, missing or unreadable).
+A failed write leaves every committed row as it was. ``python -m feedback.store check --data DIR
+[--prune]`` finds stored images that are missing or damaged (see ``Store.check``).
+
 The public reading API (``preference_pairs``, ``thumbs``, ``stars``) returns the exact generated
 token ids, so training can compute log-probs of precisely what the rater saw.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -36,6 +44,8 @@ from typing import Any
 
 from PIL import Image
 
+from engine.diskspace import is_no_space, no_space_message
+
 DB_NAME = "feedback.sqlite3"
 RATING_KINDS = ("thumb", "star", "pair", "best_of_n")
 PAIR_VALUES = ("A", "B", "tie", "both_bad")
@@ -44,6 +54,40 @@ THUMB_VALUES = ("up", "down")
 
 class StoreError(RuntimeError):
     """The data folder or database cannot be used (newer schema, bad arguments, …)."""
+
+
+class StoreFullError(StoreError):
+    """The disk holding the data folder is full; the message names the folder and the space needed."""
+
+
+class StoreBusyError(StoreError):
+    """Another connection held the database's write lock for longer than ``busy_timeout``."""
+
+
+class StoreUnavailableError(StoreError):
+    """The data folder cannot be written (read-only, missing, no permission) or read."""
+
+
+def unavailable_message(folder: Path, reason: object) -> str:
+    """Why the data folder cannot be used, and how to choose another one."""
+    return (f"The data folder {folder} cannot be used ({reason}). Make it writable, or choose another "
+            "folder with --data DIR (or the EARL_STUDIO_DATA environment variable).")
+
+
+def check_data_dir(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove that files can be written there; the folder, or
+    ``StoreUnavailableError`` naming it (read-only mount, missing parent, no permission)."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if is_no_space(e):
+            raise StoreFullError(no_space_message(folder, None, "anything")) from e
+        raise StoreUnavailableError(unavailable_message(folder, e.strerror or e)) from e
+    return folder
 
 
 def default_data_dir() -> Path:
@@ -275,13 +319,22 @@ class Store:
         busy_timeout_s: float = 30.0,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.images_dir = self.data_dir / "images"
-        self.images_dir.mkdir(exist_ok=True)
-        (self.data_dir / "bundles").mkdir(exist_ok=True)
         self.db_path = self.data_dir / DB_NAME
         self._migrations = list(MIGRATIONS if migrations is None else migrations)
         self._lock = threading.RLock()
+        self._busy_timeout_s = busy_timeout_s
+        check_data_dir(self.data_dir)
+        try:
+            self.images_dir.mkdir(exist_ok=True)
+            (self.data_dir / "bundles").mkdir(exist_ok=True)
+            self._open(busy_timeout_s)
+        except sqlite3.Error as e:
+            raise self._explain(e, f"the database {self.db_path}", action="open") from e
+        except OSError as e:
+            raise StoreUnavailableError(unavailable_message(self.data_dir, e.strerror or e)) from e
+
+    def _open(self, busy_timeout_s: float) -> None:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the write lock
         # up front instead of failing with SQLITE_BUSY when upgrading a read transaction.
         self._con = sqlite3.connect(
@@ -327,19 +380,57 @@ class Store:
                     self._con.execute(f"PRAGMA user_version = {i + 1}")
                 self._con.execute("COMMIT")
             except BaseException:
-                self._con.execute("ROLLBACK")
+                if self._con.in_transaction:  # see _write
+                    self._con.execute("ROLLBACK")
                 raise
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], what: str = "this change", need: int = 0) -> Any:
+        """Run ``fn`` in one write transaction. A machine fault (disk full, lock held too long, read-only
+        folder) becomes a ``StoreError`` saying so; nothing of the transaction is kept, earlier commits are.
+        ``what``/``need``: what is being saved and roughly how many bytes, for that message."""
         with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
             try:
+                self._con.execute("BEGIN IMMEDIATE")
                 out = fn(self._con)
                 self._con.execute("COMMIT")
                 return out
-            except BaseException:
-                self._con.execute("ROLLBACK")
+            except BaseException as e:
+                # SQLite has already rolled back after SQLITE_FULL/IOERR: a second ROLLBACK would fail with
+                # "cannot rollback - no transaction is active" and hide the real cause.
+                if self._con.in_transaction:
+                    try:
+                        self._con.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(e, (sqlite3.OperationalError, OSError)) and not isinstance(e, StoreError):
+                    raise self._explain(e, what, need) from e
                 raise
+
+    def _explain(self, e: BaseException, what: str, need: int = 0, action: str = "save") -> StoreError:
+        """The ``StoreError`` a person can act on for a low-level failure while saving ``what``."""
+        text = str(e).lower()
+        head = f"Could not {action} {what}"
+        if is_no_space(e):
+            # the WAL grows by whole pages and is checkpointed into the database file: ask for slack
+            return StoreFullError(no_space_message(self.data_dir, need + (1 << 20), what,
+                                                   "Everything saved before is kept."))
+        if "locked" in text or "busy" in text:
+            return StoreBusyError(
+                f"{head}: another program kept the database "
+                f"{self.db_path} locked for more than {self._busy_timeout_s:g} s (another EARL Studio or a "
+                "training job on the same data folder?). Everything saved before is kept; try again."
+            )
+        if "readonly" in text or "read-only" in text or "unable to open" in text or (
+            isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT)
+        ):
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            return StoreUnavailableError(unavailable_message(self.data_dir, reason))
+        if "disk i/o" in text or (isinstance(e, OSError) and e.errno == errno.EIO):
+            return StoreUnavailableError(
+                f"{head}: the disk holding {self.data_dir} reported an "
+                f"I/O error ({e}). Check that the disk is still connected and healthy."
+            )
+        return StoreError(f"{head}: {e}")
 
     def integrity_check(self) -> str:
         with self._lock:
@@ -355,7 +446,10 @@ class Store:
         h = hashlib.sha256(data).hexdigest()
         path = self.image_path(h)
         if not path.exists():
-            _atomic_write(path, data)
+            try:
+                _atomic_write(path, data)
+            except OSError as e:
+                raise self._explain(e, "an image", len(data)) from e
         if isinstance(img, Image.Image):
             w, hgt = img.size
         else:
@@ -365,7 +459,8 @@ class Store:
             lambda con: con.execute(
                 "INSERT OR IGNORE INTO images(hash, width, height, created_at) VALUES (?,?,?,?)",
                 (h, w, hgt, time.time()),
-            )
+            ),
+            "an image",
         )
         return h
 
@@ -373,8 +468,33 @@ class Store:
         path = self.image_path(image_hash)
         if not path.exists():
             raise StoreError(f"image {image_hash} is missing from {self.images_dir}")
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated or not an image at all
+            raise StoreError(f"image {image_hash} in {self.images_dir} is damaged ({e})") from e
+
+    def image_problem(self, image_hash: str, verify_hash: bool = False) -> str | None:
+        """None when the stored image is there and readable, else why not (``"missing"``, ``"empty"``,
+        ``"damaged: …"``). ``verify_hash`` also compares the bytes with their name (reads the file)."""
+        path = self.image_path(image_hash)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        except OSError as e:
+            return f"unreadable: {e.strerror or e}"
+        if size == 0:
+            return "empty"
+        try:
+            if verify_hash:
+                if hashlib.sha256(path.read_bytes()).hexdigest() != image_hash:
+                    return "damaged: its bytes do not match its name"
+            with Image.open(path) as im:
+                im.verify()  # reads every chunk and checks the CRCs: a truncated PNG fails here
+        except (OSError, SyntaxError, ValueError) as e:
+            return f"damaged: {e}"
+        return None
 
     # -- candidates
     def add_candidates(
@@ -401,9 +521,18 @@ class Store:
         if not instruction.strip():
             raise StoreError("instruction is empty")
         cands = list(candidates)
-        source_hash = source if isinstance(source, str) else self.put_image(source)
-        # Image files (and their rows) land before the candidate rows that point at them.
-        out_hashes = [self.put_image(c.image) for c in cands]
+        what = f"the edit “{instruction[:60]}”"
+        # an upper bound of what its PNGs and rows take (raw RGB pixels), for a disk-full message
+        need = sum(im.width * im.height * 3 for im in [c.image for c in cands]
+                   + ([] if isinstance(source, str) else [source]))
+        need += sum(len(c.tokens) * 32 + len(c.reasoning) + 1024 for c in cands)  # JSON tokens + log-probs
+        try:
+            source_hash = source if isinstance(source, str) else self.put_image(source)
+            # Image files (and their rows) land before the candidate rows that point at them.
+            out_hashes = [self.put_image(c.image) for c in cands]
+        except StoreFullError as e:
+            raise StoreFullError(no_space_message(self.data_dir, need + (1 << 20), what,
+                                                  "Everything saved before is kept.")) from e
         edit_uid = edit_uid or uuid.uuid4().hex
         now = time.time()
         settings_json = json.dumps(settings, sort_keys=True)
@@ -450,7 +579,7 @@ class Store:
                 ids.append(int(cur.lastrowid))
             return ids
 
-        return self._write(insert)
+        return self._write(insert, what, need)
 
     @staticmethod
     def _candidate(row: sqlite3.Row) -> Candidate:
@@ -583,7 +712,7 @@ class Store:
             )
             return rid
 
-        return self._write(insert)
+        return self._write(insert, f"the {kind} rating", 4096)
 
     @staticmethod
     def _normalize_value(kind: str, value: str | int | bool, ids: list[int]) -> str:
@@ -786,3 +915,135 @@ class Store:
     def rating_uid_exists(self, uid: str) -> bool:
         with self._lock:
             return self._con.execute("SELECT 1 FROM ratings WHERE uid=?", (uid,)).fetchone() is not None
+
+    # -- checking for files lost under the store
+    def check(self, verify_hash: bool = True, prune: bool = False) -> CheckReport:
+        """Find stored images that are missing or damaged, the candidates and ratings that depend on them,
+        and temp files left by killed writes. ``prune``: delete those temp files, move damaged image files
+        to ``<data>/damaged/`` (storing the same image again then heals it), and remove the affected
+        candidates and ratings after writing them to ``<data>/damaged/pruned-<time>.json``."""
+        with self._lock:
+            hashes = {r[0] for r in self._con.execute("SELECT hash FROM images")}
+            rows = self._con.execute("SELECT id, source_hash, output_hash FROM candidates").fetchall()
+        hashes |= {h for r in rows for h in (r[1], r[2])}
+        problems = {h: p for h in sorted(hashes) if (p := self.image_problem(h, verify_hash)) is not None}
+        cand_ids = sorted(r[0] for r in rows if r[1] in problems or r[2] in problems)
+        rating_ids: list[int] = []
+        if cand_ids:
+            q = f"SELECT DISTINCT rating_id FROM rating_candidates WHERE candidate_id IN ({','.join('?' * len(cand_ids))})"
+            with self._lock:
+                rating_ids = sorted(r[0] for r in self._con.execute(q, cand_ids))
+        temps = sorted(self.images_dir.rglob(".tmp-*"))
+        report = CheckReport(self.data_dir, len(hashes), problems, cand_ids, rating_ids, temps)
+        if prune:
+            self._prune(report)
+        return report
+
+    def _prune(self, report: CheckReport) -> None:
+        damaged = self.data_dir / "damaged"
+        for t in report.temp_files:
+            t.unlink(missing_ok=True)
+        if not report.problems:
+            return
+        damaged.mkdir(exist_ok=True)
+        for h, why in report.problems.items():
+            if why != "missing" and self.image_path(h).exists():
+                os.replace(self.image_path(h), damaged / f"{h}.png")
+        cids, rids = report.candidates, report.ratings
+        with self._lock:
+            cand_rows = [dict(r) for r in self._con.execute(
+                f"SELECT * FROM candidates WHERE id IN ({','.join('?' * len(cids))})", cids)] if cids else []
+            rating_rows = [dict(r) for r in self._con.execute(
+                f"SELECT * FROM ratings WHERE id IN ({','.join('?' * len(rids))})", rids)] if rids else []
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        backup = damaged / f"pruned-{stamp}-{uuid.uuid4().hex[:6]}.json"
+        backup.write_text(json.dumps({"problems": report.problems, "candidates": cand_rows,
+                                      "ratings": rating_rows}, indent=1))
+        report.backup = backup
+
+        def delete(con: sqlite3.Connection) -> None:
+            for rid in rids:
+                con.execute("DELETE FROM rating_candidates WHERE rating_id=?", (rid,))
+                con.execute("DELETE FROM ratings WHERE id=?", (rid,))
+            for cid in cids:  # a kept child of a pruned candidate loses only its link (kept in the backup)
+                con.execute("UPDATE candidates SET parent_id=NULL WHERE parent_id=?", (cid,))
+            for cid in cids:
+                con.execute("DELETE FROM candidates WHERE id=?", (cid,))
+            for h in report.problems:
+                con.execute("DELETE FROM images WHERE hash=?", (h,))
+
+        self._write(delete, "the pruning")
+        report.pruned = True
+
+
+@dataclass
+class CheckReport:
+    """What ``Store.check`` found (and, with ``prune``, removed)."""
+
+    data_dir: Path
+    images_checked: int
+    problems: dict[str, str]  # image hash -> "missing" / "empty" / "damaged: …"
+    candidates: list[int]  # candidate ids whose source or output image has a problem
+    ratings: list[int]  # rating ids that touch those candidates
+    temp_files: list[Path]  # leftovers of writes that were killed (never referenced by a row)
+    pruned: bool = False
+    backup: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.temp_files
+
+    def text(self) -> str:
+        """The report as a person reads it (the CLI prints this)."""
+        lines = [f"{self.data_dir}: {self.images_checked} stored images checked"]
+        if self.ok:
+            return lines[0] + "; all present and readable."
+        for h, why in list(self.problems.items())[:50]:
+            lines.append(f"  image {h[:16]}… {why}")
+        if len(self.problems) > 50:
+            lines.append(f"  … and {len(self.problems) - 50} more")
+        lines.append(f"{len(self.problems)} image(s) missing or damaged; {len(self.candidates)} candidate(s) and "
+                     f"{len(self.ratings)} rating(s) depend on them; {len(self.temp_files)} leftover temp file(s).")
+        if self.pruned:
+            lines.append(f"Pruned: those candidates and ratings are removed (their rows are kept in {self.backup}); "
+                         "damaged files moved to damaged/; temp files deleted.")
+        else:
+            lines.append(f"Run `{CHECK_COMMAND} --data {self.data_dir} --prune` to remove them "
+                         "(their rows are written to damaged/ first), or restore the files from a backup.")
+        return "\n".join(lines)
+
+
+# The module as `python -m` names it (it stays right if this file moves to another package).
+CHECK_COMMAND = f"python -m {__spec__.name if __spec__ is not None else __name__} check"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``check --data DIR [--prune] [--quick]``: exit 0 when the store is sound (or was pruned), 1 when
+    problems remain, 2 when the data folder cannot be opened."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=CHECK_COMMAND.removesuffix(" check"),
+                                 description="check the feedback store for missing or damaged images")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="report stored images that are missing or damaged (and prune them)")
+    c.add_argument("--data", type=Path, default=None, help="data folder (default: ~/.earl-studio)")
+    c.add_argument("--prune", action="store_true",
+                   help="remove the candidates and ratings whose images are lost (rows backed up to damaged/)")
+    c.add_argument("--quick", action="store_true", help="do not re-hash every image (presence and PNG check only)")
+    a = ap.parse_args(argv)
+    data = (a.data or default_data_dir()).expanduser()
+    if not (data / DB_NAME).is_file():
+        print(f"error: {data} holds no feedback store ({DB_NAME}); pass the folder with --data DIR", file=sys.stderr)
+        return 2
+    try:
+        with Store(data) as store:
+            report = store.check(verify_hash=not a.quick, prune=a.prune)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.text())
+    return 0 if report.ok or report.pruned else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,8 +8,8 @@
     python -m research.grid_experiment --score assets/earl-nano --continue-rows 0,4,8,12   # started on a flip,
                                                                     # does the model go on flipping?
 
-Geometry edits are the part EARL-nano has not learnt (ARCHITECTURE §8: "colour mappings are learned
-first, geometry later"). A flip asks the target token at (r, c) to copy the source token at
+Geometry edits are learnt after colour mappings (docs/ARCHITECTURE.md §9: "colour mappings are learnt
+first, copying from a transformed position later"); results in research/LOG.md. A flip asks the target token at (r, c) to copy the source token at
 (r, W-1-c). With learned row/column tables that is a match between unrelated random vectors the model
 must discover column by column. The ``centred`` arm adds ``engine.grid_embed``'s fixed sin/cos features
 of the *centred* coordinates x = c - (W-1)/2, y = r - (H-1)/2 through a learned projection: mirroring is

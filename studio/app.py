@@ -142,6 +142,38 @@ def _placeholder(ctx: StudioContext, size: tuple[int, int]) -> str:
     return ctx.previews.path(Image.new("RGB", size, (226, 228, 234)))
 
 
+def _lost_image() -> Image.Image:
+    """What the page shows in place of a stored image that is missing or damaged."""
+    from PIL import ImageDraw
+
+    im = Image.new("RGB", (256, 256), (236, 226, 226))
+    d = ImageDraw.Draw(im)
+    d.line([(0, 0), (255, 255)], fill=(190, 150, 150), width=3)
+    d.line([(0, 255), (255, 0)], fill=(190, 150, 150), width=3)
+    d.rectangle([(40, 108), (216, 148)], fill=(255, 255, 255))
+    d.text((128, 128), "image missing", fill=(140, 40, 40), anchor="mm")
+    return im
+
+
+def _stored(ctx: StudioContext, image_hash: str) -> str:
+    """The stored image's file, or a placeholder's when the file is missing or damaged: one lost file
+    must not take the page (gallery, compare, A/B) down with it."""
+    if ctx.store.image_problem(image_hash) is None:
+        return str(ctx.store.image_path(image_hash))
+    return ctx.previews.path(_lost_image())
+
+
+def _lost_note(ctx: StudioContext, hashes: list[str]) -> str:
+    from feedback.store import CHECK_COMMAND
+
+    lost = [h for h in hashes if ctx.store.image_problem(h) is not None]
+    if not lost:
+        return ""
+    return (f"<br>⚠️ {_plural(len(lost), 'stored image')} of this candidate {'is' if len(lost) == 1 else 'are'} "
+            f"missing or damaged in {ctx.store.images_dir} (shown as a placeholder). "
+            f"`{CHECK_COMMAND} --data {ctx.data_dir}` lists every such file.")
+
+
 # --------------------------------------------------------------------------------------------- app
 def build_app(ctx: StudioContext) -> gr.Blocks:
     store, registry = ctx.store, ctx.registry
@@ -218,7 +250,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                                 path_box = gr.Textbox(label="…or a bundle folder on this machine",
                                                       placeholder="/path/to/bundle (holds bundle.json)", scale=3)
                                 load_btn = gr.Button("Use it", scale=1)
-                            model_info = gr.Markdown(_model_md(ctx, ctx.default_model))
+                            model_info = gr.Markdown(_model_md(ctx, ctx.default_model) + registry.skipped_message())
                         with gr.Accordion("History", open=True, elem_id="history-box"):
                             history = gr.Radio(
                                 choices=[], value=None, label="Edit tree — click a node to go back to it",
@@ -371,9 +403,10 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
 
         def rescan(current: str | None) -> dict:
             """Pick up bundles added to <data>/bundles/ since start (e.g. by a fine-tuning job)."""
-            return gr.update(choices=[(c.label, c.key) for c in registry.choices()], value=current)
+            choices = [(c.label, c.key) for c in registry.choices()]
+            return gr.update(choices=choices, value=current), _model_md(ctx, current) + registry.skipped_message()
 
-        rescan_btn.click(rescan, model_dd, model_dd, api_name="rescan_models")
+        rescan_btn.click(rescan, model_dd, [model_dd, model_info], api_name="rescan_models")
 
         # -- history / continue
         def go_to(node: str | None, st: dict) -> dict:
@@ -383,13 +416,13 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             if node.startswith("src:"):
                 h = node[4:]
                 st["parent"] = None
-                return {photo: str(store.image_path(h)), crumbs: breadcrumbs(store, None), edit_state: st}
+                return {photo: _stored(ctx, h), crumbs: breadcrumbs(store, None), edit_state: st}
             cid = int(node[5:])
             c = store.candidate(cid)
             siblings = store.edit_candidates(c.edit_uid)
             st.update(parent=cid, cand_ids=[s.id for s in siblings], selected=[s.id for s in siblings].index(cid))
             st["pair"] = pick_pair(st["cand_ids"], rng)
-            out = {photo: str(store.image_path(c.output_hash)), crumbs: breadcrumbs(store, cid), edit_state: st,
+            out = {photo: _stored(ctx, c.output_hash), crumbs: breadcrumbs(store, cid), edit_state: st,
                    status: f"↩︎ Source is now result #{cid} — type the next instruction."}
             out.update(_panel_updates(ctx, edit_panel, st))
             return out
@@ -468,10 +501,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         refresh_btn.click(list_edits, None, [edits_dd, counts_md], api_name="list_edits")
 
         def export() -> str:
-            folder = ctx.data_dir / "datasets" / f"dataset-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-            store.export_dataset(folder)
-            c = store.counts()
-            return f"✓ Exported {c['candidates']} candidates and {c['ratings']} ratings to `{folder}`"
+            return export_message(ctx)
 
         export_btn.click(export, None, export_msg, api_name="export_dataset")
         review_tab.select(open_latest, [edits_dd, review_state],
@@ -541,7 +571,7 @@ def _panel_updates(ctx: StudioContext, p: SimpleNamespace, st: dict) -> dict:
         return {p.gallery: [], p.slider: None, p.heatmap: None, p.info: "", p.download: gr.update(value=None, interactive=False),
                 p.pair_a: None, p.pair_b: None, p.msg: ""}
     cands = store.candidates(ids)
-    out = {p.gallery: gr.update(value=[(str(store.image_path(c.output_hash)), _caption(c)) for c in cands],
+    out = {p.gallery: gr.update(value=[(_stored(ctx, c.output_hash), _caption(c)) for c in cands],
                                 selected_index=st.get("selected", 0))}
     out.update(_selected_updates(ctx, p, st, cands))
     out.update(_pair_updates(ctx, p, st))
@@ -554,25 +584,43 @@ def _selected_updates(ctx: StudioContext, p: SimpleNamespace, st: dict, cands: l
     ids = st["cand_ids"]
     i = min(max(0, int(st.get("selected", 0))), len(ids) - 1)
     c = cands[i] if cands is not None else store.candidate(ids[i])
-    before, after = store.load_image(c.source_hash), store.load_image(c.output_hash)
-    heat, mean_diff = diff_heatmap(before, after)
-    heat_path = ctx.previews.path(heat)
+    lost = _lost_note(ctx, [c.source_hash, c.output_hash])
+    if lost:
+        heat_path, mean_diff = ctx.previews.path(_lost_image()), 0.0
+    else:
+        before, after = store.load_image(c.source_hash), store.load_image(c.output_hash)
+        heat, mean_diff = diff_heatmap(before, after)
+        heat_path = ctx.previews.path(heat)
     t = c.timings
     timing = f" · {t['total']:.2f} s" if "total" in t else ""
     # what stands, as training counts it: later A/B clicks do not push a star rating out of view
     mine = ", ".join(_standing_label(r, c.id) for r in store.standing_ratings(candidate_id=c.id))
     info = (
         f"**#{c.idx + 1}** of {len(ids)} · seed `{c.seed}` · log-prob {c.logprob_sum:.1f} over {len(c.tokens)} tokens"
-        f"{timing} · mean change {mean_diff * 100:.1f}%"
+        f"{timing}" + ("" if lost else f" · mean change {mean_diff * 100:.1f}%")
+        + lost
         + (f"<br><span class='muted'>rated: {mine}</span>" if mine else "")
         + (f"<br><span class='muted'>💭 {html.escape(_clip(c.reasoning, 300))}</span>" if c.reasoning.strip() else "")
     )
+    slider = (_stored(ctx, c.source_hash), _stored(ctx, c.output_hash))
+    if lost:
+        return {p.slider: slider, p.heatmap: heat_path, p.info: info, p.download: gr.update(value=None, interactive=False)}
     export = ctx.exports_dir / f"earl-edit-{c.id}-seed{c.seed}.png"
     if not export.exists():
-        shutil.copyfile(store.image_path(c.output_hash), export)
-    slider = (str(store.image_path(c.source_hash)), str(store.image_path(c.output_hash)))
+        _link_or_copy(store.image_path(c.output_hash), export)
     return {p.slider: slider, p.heatmap: heat_path, p.info: info,
             p.download: gr.update(value=str(export), interactive=True)}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """The download's file under a readable name: a hard link (no second copy of a stored image on disk),
+    a copy where the file system has no links."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        pass
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _pair_updates(ctx: StudioContext, p: SimpleNamespace, st: dict) -> dict:
@@ -581,8 +629,8 @@ def _pair_updates(ctx: StudioContext, p: SimpleNamespace, st: dict) -> dict:
         return {p.pair_a: None, p.pair_b: None}
     a, b = ctx.store.candidates(pair)
     return {
-        p.pair_a: gr.update(value=str(ctx.store.image_path(a.output_hash)), label=f"A (#{a.idx + 1})"),
-        p.pair_b: gr.update(value=str(ctx.store.image_path(b.output_hash)), label=f"B (#{b.idx + 1})"),
+        p.pair_a: gr.update(value=_stored(ctx, a.output_hash), label=f"A (#{a.idx + 1})"),
+        p.pair_b: gr.update(value=_stored(ctx, b.output_hash), label=f"B (#{b.idx + 1})"),
     }
 
 
@@ -764,6 +812,33 @@ def _final_md(s: Snapshot) -> str:
 def _reasoning_text(s: Snapshot) -> str:
     parts = [f"[{i + 1}] {t.strip()}" for i, t in enumerate(s.reasoning) if t.strip()]
     return "\n".join(parts)
+
+
+def export_message(ctx: StudioContext) -> str:
+    """Export every candidate and rating to a new dataset folder; what the page says about it (what
+    was written, what was skipped because its images are lost, or why nothing could be written)."""
+    from feedback.export import read_skipped
+
+    folder = ctx.data_dir / "datasets" / f"dataset-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    try:
+        ctx.store.export_dataset(folder)
+    except StoreError as e:
+        gr.Warning(str(e))
+        return f"⚠️ {e}"
+    skipped = read_skipped(folder)
+    c = ctx.store.counts()
+    n_c = c["candidates"] - sum(s["kind"] == "candidate" for s in skipped)
+    n_r = c["ratings"] - sum(s["kind"] == "rating" for s in skipped)
+    msg = f"✓ Exported {n_c} candidates and {n_r} ratings to `{folder}`"
+    if skipped:
+        from feedback.store import CHECK_COMMAND
+
+        lines = "".join(f"<br>· {s['kind']} {s['id']}: {html.escape(s['why'])}" for s in skipped[:10])
+        more = f"<br>· … and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        msg += (f"<br>⚠️ Skipped {len(skipped)} whose stored images are missing or damaged (listed in "
+                f"`{folder / 'skipped.json'}`):{lines}{more}<br>`{CHECK_COMMAND} --data {ctx.data_dir}` "
+                "reports them and can prune them.")
+    return msg
 
 
 def launch_kwargs(ctx: StudioContext) -> dict[str, Any]:

@@ -155,6 +155,16 @@ def cancel(ctx: Any, job_id: str | None) -> str:
     return "Cancelled." if manager(ctx).get(job_id).cancel() else "The job had already ended."
 
 
+def resume(ctx: Any, job_id: str | None) -> str:
+    """Continue a job that stopped (killed, disk full) from its last checkpoint."""
+    if not job_id:
+        return "No job to resume."
+    job = manager(ctx).get(job_id)
+    step = job.checkpoint_step()
+    manager(ctx).resume(job_id)
+    return f"▶ Resumed `{job_id}` from " + (f"its checkpoint at step {step}." if step else "the start (no checkpoint).")
+
+
 def register(ctx: Any, job_id: str | None) -> tuple[str, str]:
     """Register a finished job's bundle; returns (message, registry key)."""
     if not job_id:
@@ -269,6 +279,7 @@ def build_finetune_tab(ctx: Any) -> None:
                 with gr.Row():
                     start_btn = gr.Button("Start ▶", variant="primary", elem_id="ft-start")
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
+                    resume_btn = gr.Button("Resume", elem_id="ft-resume")
                     use_btn = gr.Button("Use the new model", elem_id="ft-register")
             with gr.Column(scale=6, min_width=420):
                 status = gr.Markdown("No job running. Pick a method and press **Start**.", elem_id="ft-status")
@@ -316,6 +327,15 @@ def build_finetune_tab(ctx: Any) -> None:
         start_btn.click(on_start, [method, base, name, epochs, steps, reward, judge_url, lora], [status, job_id, timer])
         timer.tick(on_tick, [job_id], [status, curve, log, timer])
         cancel_btn.click(lambda j: cancel(ctx, j), [job_id], [status])
+
+        def on_resume(jid):
+            try:
+                return resume(ctx, jid), gr.Timer(active=True)
+            except ValueError as err:
+                gr.Warning(str(err))
+                return f"⚠️ {err}", gr.Timer(active=False)
+
+        resume_btn.click(on_resume, [job_id], [status, timer])
 
         gr.Markdown("### Blind A/B — old vs new on held-out photos")
         rnd = gr.State(None)

@@ -23,6 +23,18 @@ def _is_bundle(folder: Path) -> bool:
     return folder.is_dir() and (folder / "bundle.json").is_file()
 
 
+def _skip_reason(folder: Path) -> str | None:
+    """Why a folder in ``<data>/bundles/`` is not offered in the picker (None: it is offered)."""
+    if folder.name.startswith("."):
+        # save_bundle writes into ".<name>.<random>" and renames it into place at the end; a folder
+        # still named so is what a killed save left (".<name>.old": a replaced bundle not yet deleted).
+        return "left by an interrupted save (a temporary folder); safe to delete, then save or export again"
+    from engine.bundle import bundle_problem
+
+    problem = bundle_problem(folder)
+    return None if problem is None else f"incomplete: {problem}"
+
+
 def bundle_id(bundle: Any) -> str:
     return f"{bundle.config.name}@{bundle.config.version}"
 
@@ -45,6 +57,8 @@ class ModelRegistry:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._extra: list[Path] = []  # folders the user pointed at in this process
+        # folders in bundles_dir left out of the last choices(), with why (shown under the picker)
+        self.skipped: list[tuple[Path, str]] = []
 
     def choices(self) -> list[ModelChoice]:
         out: list[ModelChoice] = []
@@ -52,15 +66,26 @@ class ModelRegistry:
             out.append(ModelChoice(key, f"{bundle_id(b)} (in memory{', random weights' if 'tiny' in key else ''})"))
         if self.default_path is not None and _is_bundle(self.default_path):
             out.append(ModelChoice(f"path:{self.default_path.resolve()}", f"{self.default_path.name} (shipped)"))
+        skipped: list[tuple[Path, str]] = []
         if self.bundles_dir.is_dir():
             for folder in sorted(self.bundles_dir.iterdir()):
-                if _is_bundle(folder):
+                if not folder.is_dir():
+                    continue
+                why = _skip_reason(folder)
+                if why is None:
                     out.append(ModelChoice(f"path:{folder.resolve()}", f"{folder.name} (fine-tuned)"))
+                else:
+                    skipped.append((folder, why))
+        self.skipped = skipped
         for folder in self._extra:
             key = f"path:{folder}"
             if all(c.key != key for c in out):
                 out.append(ModelChoice(key, f"{folder.name} ({folder})"))
         return out
+
+    def skipped_message(self) -> str:
+        """Markdown naming the bundle folders the last ``choices()`` left out, and why ("" if none)."""
+        return "".join(f"<br>⚠️ Not offered: `{f.name}` in {f.parent} — {why}" for f, why in self.skipped)
 
     def add_path(self, path: str | Path) -> str:
         """Register a bundle folder typed by the user; returns its key. Raises ValueError if it isn't one."""

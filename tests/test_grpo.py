@@ -238,9 +238,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_path):
 
     # the same run, uninterrupted (in this process)
     ref = tmp_path / "ref"
-    from training.grpo import config_parser
+    from training.common import parse_config
 
-    cfg = GRPOConfig(**vars(config_parser(GRPOConfig).parse_args(_cmd(ref, tiny_path, steps)[2:])))
+    cfg = parse_config(GRPOConfig, _cmd(ref, tiny_path, steps)[2:])
     train(cfg)
     a = load_file(str(killed / "checkpoint" / "trainable.safetensors"))
     b = load_file(str(ref / "checkpoint" / "trainable.safetensors"))

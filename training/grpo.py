@@ -1,4 +1,4 @@
-"""GRPO, EARL's RL recipe (ARCHITECTURE §6), online on the synthetic editing suite. Readable top to bottom.
+"""GRPO, EARL's RL recipe, online on the synthetic editing suite. Readable top to bottom.
 
     python -m training.grpo --bundle assets/earl-nano --reward verifier --steps 200 --out runs/grpo \\
         --data ~/.earl-studio --name earl-nano-grpo --eval-n 2          # before/after held-out scores
@@ -18,13 +18,12 @@ averaged over each sequence's chosen (non-forced) tokens, then over sequences; o
 iteration (π_old = π: the ratio is 1 but carries the gradient). ``--clip-eps`` turns on PPO's clipped
 ratio, useful with ``--updates-per-batch`` > 1. The run resumes from ``<out>/checkpoint`` exactly
 (sampling seeds and the data stream are functions of the step). At the end the LoRA (if any) is merged
-and the model is written as a new bundle version with a README card.
+and the model is written as a new bundle version with a README card. The base model, policy, reference,
+optimizer, checkpoints and output bundle are ``training.tuning.FineTune``'s, shared with DPO and KTO.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -39,36 +38,22 @@ from engine.generate import generate
 from engine.image_io import fit_to_area
 from engine.logprobs import sequence_logprobs
 from engine.sampler import fp16_default
-from training.progress import Progress
+from training.common import parse_config
 from training.rewards import Reward, RewardSample, make_reward
-from training.tuning import (
-    Policy,
-    average_gradients,
-    global_sum,
-    leave_process_group,
-    load_base,
-    load_checkpoint,
-    make_optimizer,
-    output_path,
-    save_checkpoint,
-    write_bundle,
-    write_card,
-)
+from training.tuning import FineTune, Policy, TuneConfig, global_sum
+
+# default learning rates (cfg.lr None): full fine-tuning, LoRA
+LR = (1e-5, 1e-4)
 
 
 @dataclass
-class GRPOConfig:
-    bundle: str = "assets/earl-nano"
-    out: str = "runs/grpo"  # checkpoints, TensorBoard logs, metrics
-    data: str | None = None  # studio data folder: the new bundle goes to <data>/bundles/<name>
-    name: str = ""  # new bundle's name (default: <parent name>-grpo)
-    bundle_out: str | None = None  # explicit folder for the new bundle (overrides data/name)
+class GRPOConfig(TuneConfig):
+    out: str = "runs/grpo"
     reward: str = "verifier"  # verifier | judge | reward_model | mix "verifier:0.7,judge:0.3"
     judge_url: str | None = None  # OpenAI-compatible endpoint root, e.g. http://localhost:8000/v1
     judge_model: str = "Qwen/Qwen2.5-VL-72B-Instruct"
     judge_path: str | None = None  # local transformers VLM folder
     reward_model: str | None = None  # folder written by training.reward_model
-    corpus: str | None = "data/corpus"  # photos for the suite (missing: scikit-image's)
     kinds: str = ""  # comma-separated edit kinds (default: all)
     steps: int = 200
     group_size: int = 8
@@ -80,26 +65,12 @@ class GRPOConfig:
     max_new_tokens: int | None = None  # think mode: reasoning budget + image
     clip_eps: float = 0.0  # 0: no ratio clipping (EARL); e.g. 0.2 for PPO-style clipping
     updates_per_batch: int = 1
-    lr: float | None = None  # default 1e-5 full fine-tuning, 1e-4 LoRA
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    seed: int = 0
-    ckpt_every: int = 20
     log_every: int = 1
     image_every: int = 10
-    eval_n: int = 0  # held-out samples per kind scored before and after (0: skip)
-    eval_split: str = "val"
-    eval_sets: str = "data/suite"
-    threads: int = 1
-    progress: str | None = None  # JSON progress file (training.jobs)
     # Rollouts decode with half-precision copies of the policy's weights (engine.sampler's fp16 path, the
     # studio's): "auto" where engine.edit would (a small float32 LM on a CPU with fbgemm), "true", "false".
-    # The loss recomputes every log-prob in float32, so only which tokens get sampled can differ: measured
-    # 1.30x faster rollouts; per chosen token |Δ log p| 2.5e-6 on the shipped weights and 3.1e-4 once they
-    # are off float16's grid (benchmarks/fp16_decoding.py --group 8 [--perturb 1e-3]), below one update's KL.
+    # The loss recomputes every log-prob in float32, so only which tokens get sampled can differ, by far
+    # less than one update moves the policy (benchmarks.fp16_decoding --group 8 measures it).
     fp16_rollouts: str = "auto"
 
 
@@ -244,65 +215,26 @@ def tb_image(grp: dict) -> np.ndarray:
     return row.transpose(2, 0, 1)
 
 
-def evaluate_heldout(bundle: Any, cfg: GRPOConfig) -> Any:
-    from training.eval import evaluate, load_samples
-
-    samples = load_samples(cfg.eval_sets, cfg.eval_split, n_per_kind=cfg.eval_n, corpus=cfg.corpus)
-    return evaluate(bundle, samples, think=cfg.think_prob >= 0.5, seed=cfg.seed, progress=False)
-
-
 def train(cfg: GRPOConfig) -> Path | None:
-    from accelerate import Accelerator
-
-    torch.set_num_threads(cfg.threads)
-    accel = Accelerator(cpu=not torch.cuda.is_available())
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    main_proc = accel.is_main_process
-    progress = Progress(cfg.progress if main_proc else None, "grpo", cfg.steps)
-    try:
-        return _train(cfg, accel, out, progress)
-    except BaseException as e:
-        progress.finish("cancelled" if isinstance(e, KeyboardInterrupt) else "failed", f"{type(e).__name__}: {e}")
-        raise
+    """Run GRPO as configured; the new bundle's folder (None on processes other than the main one)."""
+    ft = FineTune(cfg, "grpo", steps=cfg.steps)
+    return ft.run(lambda: _train(cfg, ft))
 
 
-def _train(cfg: GRPOConfig, accel: Any, out: Path, progress: Progress) -> Path | None:
-    main_proc = accel.is_main_process
-    t_start = time.time()
-    parent = load_base(cfg.bundle, accel.device)
-    bundle = load_base(cfg.bundle, accel.device)
-    bundle.path = None
-    policy = Policy(bundle, cfg.lora, cfg.lora_r, cfg.lora_alpha)
-    lr = cfg.lr if cfg.lr is not None else (1e-4 if cfg.lora else 1e-5)
-    opt = make_optimizer(policy, lr, cfg.weight_decay)
-    params = list(policy.named_trainable().values())
+def _train(cfg: GRPOConfig, ft: FineTune) -> Path | None:
+    accel, main_proc = ft.accel, ft.main
+    data = SuitePrompts(cfg, ft.base, accel.process_index)
+    ft.eval_before(think=cfg.think_prob >= 0.5)
+    policy = ft.start(*LR)
     reward = make_reward(cfg.reward, None, cfg.judge_url, cfg.judge_model, cfg.judge_path, cfg.reward_model)
-    data = SuitePrompts(cfg, bundle, accel.process_index)
-
-    state = load_checkpoint(out, policy, opt)
-    step = state["step"] if state else 0
-    totals = state["totals"] if state else {"groups": 0, "dropped": 0, "skipped_samples": 0}
-    history = state.get("history", []) if state else []
-    metrics_before = state.get("eval_before") if state else None
-    if state:
-        accel.print(f"resumed from step {step}")
-        progress.data["history"] = list(history)
-        progress.start_step = step
-    if main_proc and cfg.eval_n and metrics_before is None and step == 0:
-        res = evaluate_heldout(parent, cfg)
-        metrics_before = {"overall": res.overall, "by_kind": res.by_kind(), "n": res.n}
-        accel.print("held-out before:\n" + res.table())
-    n_params = sum(p.numel() for p in params)
+    totals = ft.state.get("totals", {"groups": 0, "dropped": 0, "skipped_samples": 0})
+    n_params = sum(p.numel() for p in ft.params)
     accel.print(f"GRPO: {'LoRA' if cfg.lora else 'full'} fine-tuning, {n_params / 1e6:.2f}M trainable params, "
                 f"G={cfg.group_size}, beta={cfg.beta}, reward={cfg.reward}, {accel.num_processes} process(es)")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(out / "tb")) if main_proc else None
-    policy.train_mode(True)
+    writer, opt = ft.writer, ft.opt
     t0 = time.time()
-    while step < cfg.steps:
+    while ft.step < cfg.steps:
+        step = ft.step
         groups = []
         for j in range(cfg.prompts_per_step):
             s = data.get(step, j)
@@ -327,10 +259,8 @@ def _train(cfg: GRPOConfig, accel: Any, out: Path, progress: Progress) -> Path |
                     stats_acc.setdefault(k, []).append(v)
             if n_seq == 0:
                 break  # nothing to learn from anywhere this iteration: no step (AdamW would still move)
-            average_gradients(accel, params)
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-        step += 1
+            ft.update()
+        step = ft.step = step + 1
         r_all = [r for g in groups for r in g["rewards"] if r is not None]
         n_groups, n_drop = len(groups), len(groups) - len(kept)
         totals["groups"] += int(global_sum(accel, n_groups))
@@ -343,7 +273,7 @@ def _train(cfg: GRPOConfig, accel: Any, out: Path, progress: Progress) -> Path |
         drop_frac = global_sum(accel, n_drop) / max(global_sum(accel, n_groups), 1)
         rec = {"step": step, "loss": round(loss_val, 6), "reward": round(r_mean, 4), "reward_std": round(r_std, 4),
                "kl": kl, "dropped_frac": drop_frac}
-        history.append(rec)
+        ft.record(rec, loss=rec["loss"], reward=rec["reward"], kl=kl, dropped_frac=drop_frac)
         if writer and step % cfg.log_every == 0:
             writer.add_scalar("reward/mean", r_mean, step)
             writer.add_scalar("reward/std", r_std, step)
@@ -355,28 +285,16 @@ def _train(cfg: GRPOConfig, accel: Any, out: Path, progress: Progress) -> Path |
                 writer.add_scalar("train/logprob_mismatch", max(stats_acc["logprob_mismatch"]), step)
             if cfg.clip_eps > 0 and stats_acc.get("clip_frac"):
                 writer.add_scalar("train/clip_frac", float(np.mean(stats_acc["clip_frac"])), step)
-            writer.add_scalar("train/sec_per_step", (time.time() - t0) / max(1, len(history)), step)
+            writer.add_scalar("train/sec_per_step", (time.time() - t0) / max(1, len(ft.history)), step)
         if writer and cfg.image_every and step % cfg.image_every == 0:
             writer.add_image("samples/source_target_best_worst", tb_image(groups[0]), step)
         if main_proc:
-            progress.step(step, loss=rec["loss"], reward=rec["reward"], kl=kl, dropped_frac=drop_frac)
             accel.print(f"step {step}/{cfg.steps} loss {loss_val:.4f} reward {r_mean:.3f}±{r_std:.3f} kl {kl:.2e} "
                         f"dropped {n_drop}/{n_groups}")
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            if main_proc:
-                save_checkpoint(out, policy, opt, step, {"totals": totals, "history": history,
-                                                         "eval_before": metrics_before})
-            accel.wait_for_everyone()
-    if writer:
-        writer.close()
-    leave_process_group(accel)
-    if not main_proc:
-        return None
-    name = cfg.name or f"{parent.config.name}-grpo"
-    path = output_path(cfg.bundle_out, cfg.data, name, out)
-    wall = time.time() - t_start
+        ft.checkpoint(cfg.steps, {"totals": totals})
+    history = ft.history
     metrics: dict[str, Any] = {
-        "steps": step, "wall_time_s": round(wall, 1),
+        "steps": ft.step, "wall_time_s": round(time.time() - ft.t_start, 1),
         "reward_first10": _mean([h["reward"] for h in history[:10]]),
         "reward_last10": _mean([h["reward"] for h in history[-10:]]),
         "kl_last10": _mean([h["kl"] for h in history[-10:]]),
@@ -386,22 +304,9 @@ def _train(cfg: GRPOConfig, accel: Any, out: Path, progress: Progress) -> Path |
                      "kinds": cfg.kinds or "all", "corpus": cfg.corpus, "reward": cfg.reward},
             "settings": {k: v for k, v in asdict(cfg).items() if k in (
                 "group_size", "prompts_per_step", "beta", "temperature", "top_k", "think_prob", "clip_eps",
-                "updates_per_batch", "lora", "lora_r", "seed")} | {"lr": lr, "processes": accel.num_processes},
+                "updates_per_batch", "lora", "lora_r", "seed")} | {"lr": ft.lr, "processes": accel.num_processes},
             "metrics": metrics}
-    write_bundle(policy, path, name, "grpo", parent, card)
-    if cfg.eval_n:
-        from engine.bundle import load_bundle
-
-        res = evaluate_heldout(load_bundle(path), cfg)
-        after = {"overall": res.overall, "by_kind": res.by_kind(), "n": res.n}
-        print("held-out after:\n" + res.table())
-        metrics["eval_before"], metrics["eval_after"] = metrics_before, after
-        print_before_after(metrics_before, after)
-        write_card(path, card)  # the card now with the held-out scores
-    print(f"GRPO done: {step} steps in {wall:.0f} s; bundle written to {path}")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    progress.finish("done", f"bundle written to {path}", bundle=str(path))
-    return path
+    return ft.finish(cfg.data, card, think=cfg.think_prob >= 0.5)
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -409,35 +314,8 @@ def _mean(xs: list[float]) -> float | None:
     return round(float(np.mean(xs)), 4) if xs else None
 
 
-def print_before_after(before: dict | None, after: dict) -> None:
-    if not before:
-        return
-    print(f"{'kind':18s} {'before':>7s} {'after':>7s} {'delta':>7s}")
-    for k, v in after["by_kind"].items():
-        b = before["by_kind"].get(k, float("nan"))
-        print(f"{k:18s} {b:7.3f} {v:7.3f} {v - b:+7.3f}")
-    print(f"{'overall':18s} {before['overall']:7.3f} {after['overall']:7.3f} {after['overall'] - before['overall']:+7.3f}")
-
-
-def config_parser(dc: Any, **kw: Any) -> argparse.ArgumentParser:
-    """An argparse parser with one --flag per field of the config dataclass ``dc``."""
-    ap = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
-    for name, value in asdict(dc()).items():
-        flag = f"--{name.replace('_', '-')}"
-        if isinstance(value, bool):
-            ap.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value, nargs="?",
-                            const=True)
-        elif value is None:
-            typ = {"max_new_tokens": int, "lr": float}.get(name, str)
-            ap.add_argument(flag, type=typ, default=None)
-        else:
-            ap.add_argument(flag, type=type(value), default=value)
-    return ap
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = config_parser(GRPOConfig, prog="python -m training.grpo", description=__doc__)
-    train(GRPOConfig(**vars(ap.parse_args(argv))))
+    train(parse_config(GRPOConfig, argv, prog="python -m training.grpo", description=__doc__))
     return 0
 
 

@@ -12,6 +12,12 @@ Each job lives in ``<data>/jobs/<id>/``: ``job.json`` (what was started), ``log.
 (checkpoints, TensorBoard). Jobs run in their own process group (``start_new_session``), so the studio
 stays responsive, a cancel stops the trainer and its children, and a job survives a studio restart
 (its status is read back from the files and the pid).
+
+A job that stopped before finishing (killed, out of disk space, the machine restarted) can be resumed
+with ``jm.resume(job_id)``: the same command in the same folder, which continues from the last
+checkpoint in ``run/checkpoint`` (saved atomically, so a kill or a full disk leaves the previous one
+usable). A job that died on a full disk says so, with the folder and the space needed, even when the
+trainer could no longer write its own message (the watcher measures the free space itself).
 """
 
 from __future__ import annotations
@@ -27,26 +33,26 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from training.progress import read_progress
+from engine.diskspace import folder_size, free_bytes, human
+from training.common import config_argv, read_progress
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("dpo", "kto", "grpo", "reward_model")
 
 
-def _config_fields(method: str) -> dict[str, Any]:
+def config_class(method: str) -> type:
+    """The config dataclass of ``method``'s trainer: a job's options are its fields."""
     if method in ("dpo", "kto"):
         from training.preference import PrefConfig
 
-        return {f.name: f for f in dataclasses.fields(PrefConfig)}
+        return PrefConfig
     if method == "grpo":
         from training.grpo import GRPOConfig
 
-        return {f.name: f for f in dataclasses.fields(GRPOConfig)}
-    return {"bundle": None, "epochs": None, "no_stars": None}
+        return GRPOConfig
+    from training.reward_model import RewardModelConfig
 
-
-def _flag(k: str) -> str:
-    return "--" + k.replace("_", "-")
+    return RewardModelConfig
 
 
 def build_command(method: str, job_dir: Path, data_dir: Path, bundle: str, name: str,
@@ -54,30 +60,24 @@ def build_command(method: str, job_dir: Path, data_dir: Path, bundle: str, name:
     """The trainer's command line; unknown options are refused with the list of known ones."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    fields = _config_fields(method)
+    cls = config_class(method)
+    fields = {f.name for f in dataclasses.fields(cls)}
     bad = [k for k in options if k not in fields]
     if bad:
         raise ValueError(f"unknown {method} options {bad}; known: {sorted(fields)}")
+    progress = str(job_dir / "progress.json")
     if method == "reward_model":
-        cmd = ["-m", "training.reward_model", "--data", str(data_dir), "--bundle", bundle,
-               "--out", str(data_dir / "reward_models" / name), "--progress", str(job_dir / "progress.json")]
-        for k, v in options.items():
-            if k == "no_stars":
-                if v:
-                    cmd.append("--no-stars")
-            elif k != "bundle":
-                cmd += [_flag(k), str(v)]
-        return cmd
-    module = "training.grpo" if method == "grpo" else "training.preference"
-    cmd = ["-m", module, "--bundle", bundle, "--data", str(data_dir), "--name", name, "--out", str(job_dir / "run"),
-           "--progress", str(job_dir / "progress.json")]
-    if method != "grpo":
-        cmd += ["--method", method]
-    for k, v in options.items():
-        if v is None or k in ("bundle", "data", "name", "out", "progress", "method"):
-            continue
-        cmd += [_flag(k), str(v)]
-    return cmd
+        module = "training.reward_model"
+        fixed = {"data": str(data_dir), "bundle": bundle, "out": str(data_dir / "reward_models" / name),
+                 "progress": progress}
+    else:
+        module = "training.grpo" if method == "grpo" else "training.preference"
+        fixed = {"bundle": bundle, "data": str(data_dir), "name": name, "out": str(job_dir / "run"),
+                 "progress": progress}
+        if method != "grpo":
+            fixed["method"] = method
+    rest = {k: v for k, v in options.items() if k not in ("bundle", "data", "name", "out", "progress", "method")}
+    return ["-m", module, *config_argv(cls, {**fixed, **rest})]
 
 
 def _exited(pid: int) -> bool:
@@ -137,8 +137,40 @@ class Job:
             rc = self._proc.returncode if self._proc is not None else None
             p["state"] = "failed"
             p["message"] = f"the training process exited (code {rc}) before finishing; see the log:\n" + self.log_tail(15)
+        if p["state"] == "failed":
+            full = self.disk_full_message(p.get("step"))
+            if full:
+                p["message"] = full + ("\n\n" + p["message"] if p.get("message") else "")
         p.update(id=self.id, method=self.method, name=self.name)
         return p
+
+    def checkpoint_step(self) -> int | None:
+        """The step of the last complete checkpoint (what a resume continues from), None if there is none."""
+        import torch
+
+        for ckpt in (self.dir / "run" / "checkpoint", self.dir / "run" / "checkpoint.old"):
+            if (ckpt / "state.pt").is_file():
+                try:
+                    return int(torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")["step"])
+                except Exception:  # a damaged file: not a checkpoint to resume from
+                    continue
+        return None
+
+    def disk_full_message(self, step: int | None = None) -> str:
+        """When the disk holding the job is too full for another checkpoint: what happened, what is kept and
+        what to do; else "". Measured here, since a trainer on a full disk cannot write its own message."""
+        # the next checkpoint is written beside the last one before replacing it: its size again, plus slack
+        need = max(folder_size(self.dir / "run" / "checkpoint"), 1 << 20) + (1 << 20)
+        free = free_bytes(self.dir)
+        if free is None or free >= need:
+            return ""
+        kept = self.checkpoint_step()
+        at = f" at step {step}" if step else ""
+        keep = (f"Its last checkpoint (step {kept}, in {self.dir / 'run' / 'checkpoint'}) is kept and usable."
+                if kept is not None else "It had not saved a checkpoint yet.")
+        return (f"The disk holding {self.dir} is full: the job stopped{at}; it needs about {human(need)} free for "
+                f"its next checkpoint, and {human(free)} is free. {keep} Free some space, then press Resume "
+                "(or JobManager.resume) to continue from the checkpoint.")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -207,6 +239,33 @@ class JobManager:
                                                       "options": {k: str(v) for k, v in options.items()}}, indent=1))
         self._procs[job_id] = proc
         return job
+
+    def resume(self, job_id: str) -> Job:
+        """Run a job that stopped before finishing again, in its folder: it continues from its last
+        checkpoint (from the start when it has none). Refused while it runs or once it is done."""
+        job = self.get(job_id)
+        if job.alive():
+            raise ValueError(f"job {job_id} is still running")
+        if (read_progress(job.progress_path) or {}).get("state") == "done":
+            raise ValueError(f"job {job_id} has finished; there is nothing to resume")
+        (job.dir / "cancelled").unlink(missing_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        log = open(job.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            log.write(f"\n--- resumed {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+            log.flush()
+            proc = subprocess.Popen(job.cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        meta = json.loads((job.dir / "job.json").read_text())
+        meta.update(pid=proc.pid, resumed=[*meta.get("resumed", []), time.time()])
+        tmp = job.dir / "job.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, job.dir / "job.json")
+        self._procs[job_id] = proc
+        return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
         f = self.jobs_dir / job_id / "job.json"

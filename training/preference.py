@@ -6,7 +6,7 @@
 
 Data come from the studio's feedback store (``feedback.store``), with the exact token ids each candidate
 was generated with: DPO uses A/B pairs, best-of-N choices (chosen vs each other shown candidate) and,
-unless ``--use-stars false``, star ratings (within one rater's ratings of the same photo and instruction,
+unless ``--no-use-stars``, star ratings (within one rater's ratings of the same photo and instruction,
 more stars beat fewer); KTO uses thumbs up (desirable) and down (undesirable). The prompt is rebuilt from
 the stored source image and instruction (``feedback.pairs``).
 
@@ -19,16 +19,16 @@ frozen; its log-probs are computed once before training (as TRL's ``precompute_r
 - KTO (TRL's formulation): z = max(0, mean over the batch of π − ref on *mismatched* (prompt, completion)
   pairs), detached; desirable: λ_D·(1 − σ(β·(π − ref − z))), undesirable: λ_U·(1 − σ(β·(z − (π − ref)))).
 
-Output: a new bundle version (LoRA merged) with a README card, like ``training.grpo``.
+Output: a new bundle version (LoRA merged) with a README card, like ``training.grpo``: both run on
+``training.tuning.FineTune`` (base model, policy, reference, optimizer, checkpoints, output bundle).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,54 +37,28 @@ import torch.nn.functional as F
 
 from engine.logprobs import sequence_logprobs
 from feedback.pairs import Example, StoreExamples, rated_pairs
-from training.progress import Progress
-from training.tuning import (
-    Policy,
-    average_gradients,
-    global_sum,
-    leave_process_group,
-    load_base,
-    load_checkpoint,
-    make_optimizer,
-    output_path,
-    save_checkpoint,
-    write_bundle,
-    write_card,
-)
+from training.common import parse_config
+from training.tuning import FineTune, Policy, TuneConfig, global_sum
 
 
 @dataclass
-class PrefConfig:
+class PrefConfig(TuneConfig):
     method: str = "dpo"  # dpo | kto
-    bundle: str = "assets/earl-nano"
-    data: str | None = None  # studio data folder holding the store (default $EARL_STUDIO_DATA or ~/.earl-studio)
     out: str = "runs/dpo"
-    name: str = ""  # new bundle's name (default <parent>-dpo / -kto)
-    bundle_out: str | None = None
     beta: float = 0.1
     # DPO only: + sft_weight x per-token NLL of the chosen candidate (RPO, Pang et al. 2024). Plain DPO can
     # lower the likelihood of chosen and rejected alike, which spreads probability over worse images.
     sft_weight: float = 0.0
     epochs: int = 3
     batch_size: int = 8
-    lr: float | None = None  # default 5e-6 full fine-tuning, 5e-5 LoRA
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
     use_stars: bool = True
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    seed: int = 0
-    ckpt_every: int = 20
-    threads: int = 1
-    eval_n: int = 0  # held-out samples per kind scored before and after (0: skip)
-    eval_split: str = "val"
-    eval_sets: str = "data/suite"
-    corpus: str | None = "data/corpus"
-    think_eval: bool = False
-    progress: str | None = None
+    think_eval: bool = False  # the held-out scores before / after in think-then-edit mode
+
+
+# default learning rates (cfg.lr None): full fine-tuning, LoRA
+LR = (5e-6, 5e-5)
 
 
 # -- losses -----------------------------------------------------------------------------------------
@@ -185,76 +159,48 @@ def kl_pairs(exs: list[Example]) -> list[tuple[Example, Example]]:
 
 
 def train(cfg: PrefConfig) -> Path | None:
-    from accelerate import Accelerator
-
+    """Run DPO or KTO as configured; the new bundle's folder (None on processes other than the main one)."""
     if cfg.method not in ("dpo", "kto"):
         raise ValueError(f"unknown method {cfg.method!r}; use dpo or kto")
-    torch.set_num_threads(cfg.threads)
-    accel = Accelerator(cpu=not torch.cuda.is_available())
-    progress = Progress(cfg.progress if accel.is_main_process else None, cfg.method, 0)
-    try:
-        return _train(cfg, accel, progress)
-    except BaseException as e:
-        progress.finish("cancelled" if isinstance(e, KeyboardInterrupt) else "failed", f"{type(e).__name__}: {e}")
-        raise
+    ft = FineTune(cfg, cfg.method)
+    return ft.run(lambda: _train(cfg, ft))
 
 
-def _train(cfg: PrefConfig, accel: Any, progress: Progress) -> Path | None:
+def _train(cfg: PrefConfig, ft: FineTune) -> Path | None:
     from feedback.store import Store
 
-    t_start = time.time()
-    main_proc = accel.is_main_process
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    accel, main_proc = ft.accel, ft.main
     store = Store(cfg.data)
-    parent = load_base(cfg.bundle, accel.device)
-    bundle = load_base(cfg.bundle, accel.device)
-    bundle.path = None
+    base = ft.base
     if cfg.method == "dpo":
-        items, data_info = load_dpo_data(store, parent, cfg.use_stars)
+        items, data_info = load_dpo_data(store, base, cfg.use_stars)
         need = 1
     else:
-        items, data_info = load_kto_data(store, parent)
+        items, data_info = load_kto_data(store, base)
         need = 2
     if len(items) < need:
         raise SystemExit(f"not enough ratings for {cfg.method.upper()}: {data_info}")
     accel.print(f"{cfg.method.upper()} data: {data_info}")
 
-    # reference log-probs, once (the reference never changes)
+    # reference log-probs, once, from the base before training starts (the reference never changes)
     seq = SeqLogp()
     flat = [e for it in items for e in ((it[0], it[1]) if cfg.method == "dpo" else (it[0],))]
     ref_lp: dict[int, float] = {}
     with torch.no_grad():
         for i in range(0, len(flat), 16):
             chunk = flat[i : i + 16]
-            for e, v in zip(chunk, seq.examples(parent, chunk).tolist(), strict=True):
+            for e, v in zip(chunk, seq.examples(base, chunk).tolist(), strict=True):
                 ref_lp[e.candidate_id] = v
+    ft.eval_before(think=cfg.think_eval)
 
-    policy = Policy(bundle, cfg.lora, cfg.lora_r, cfg.lora_alpha)
-    lr = cfg.lr if cfg.lr is not None else (5e-5 if cfg.lora else 5e-6)
-    opt = make_optimizer(policy, lr, cfg.weight_decay)
-    params = list(policy.named_trainable().values())
+    # KTO's reference point reads the reference during training; DPO's needs only ref_lp
+    policy = ft.start(*LR, reference=cfg.method == "kto")
     per_epoch = math.ceil(math.ceil(len(items) / accel.num_processes) / cfg.batch_size)
     total = per_epoch * cfg.epochs
-    progress.data["steps"] = total
-    state = load_checkpoint(out, policy, opt)
-    step = state["step"] if state else 0
-    history = state.get("history", []) if state else []
-    metrics_before = state.get("eval_before") if state else None
-    if state:
-        accel.print(f"resumed from step {step}")
-        progress.data["history"] = list(history)
-        progress.start_step = step
-    if main_proc and cfg.eval_n and metrics_before is None and step == 0:
-        metrics_before = heldout(parent, cfg)
-    del parent.lm  # only its config/tokenizer/vq are needed from here on (the card, the new bundle)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(out / "tb")) if main_proc else None
-    policy.train_mode(True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    while step < total:
-        epoch, b = divmod(step, per_epoch)
+    ft.progress.data["steps"] = total
+    writer, opt = ft.writer, ft.opt
+    while ft.step < total:
+        epoch, b = divmod(ft.step, per_epoch)
         batches = batches_for_epoch(len(items), cfg.batch_size, cfg.seed, epoch, accel.process_index,
                                     accel.num_processes)
         batch = [items[i] for i in batches[b]] if b < len(batches) else []
@@ -271,33 +217,19 @@ def _train(cfg: PrefConfig, accel: Any, progress: Progress) -> Path | None:
             loss_val = float(loss_sum.detach()) / len(batch)
         else:
             loss_val = float("nan")
-        average_gradients(accel, params)
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        step += 1
+        ft.update()
+        step = ft.step = ft.step + 1
         rec = {"step": step, "loss": round(loss_val, 6), **{k: round(v, 5) for k, v in stats.items()}}
-        history.append(rec)
+        ft.record(rec, loss=rec["loss"], reward=stats.get("reward_margin", stats.get("reward")))
         if writer:
             writer.add_scalar("train/loss", loss_val, step)
             for k, v in stats.items():
                 writer.add_scalar(f"train/{k}", v, step)
         if main_proc:
-            progress.step(step, loss=rec["loss"], reward=stats.get("reward_margin", stats.get("reward")))
             accel.print(f"step {step}/{total} loss {loss_val:.4f} " + " ".join(f"{k} {v:.3f}" for k, v in stats.items()))
-        if step % cfg.ckpt_every == 0 or step == total:
-            if main_proc:
-                save_checkpoint(out, policy, opt, step, {"history": history, "eval_before": metrics_before})
-            accel.wait_for_everyone()
-    if writer:
-        writer.close()
-    leave_process_group(accel)
-    if not main_proc:
-        return None
-    parent_cfg = load_base_config(cfg.bundle)
-    name = cfg.name or f"{parent_cfg.config.name}-{cfg.method}"
-    path = output_path(cfg.bundle_out, cfg.data or str(store.data_dir), name, out)
-    wall = time.time() - t_start
-    metrics: dict[str, Any] = {"steps": step, "epochs": cfg.epochs, "wall_time_s": round(wall, 1),
+        ft.checkpoint(total)
+    history = ft.history
+    metrics: dict[str, Any] = {"steps": ft.step, "epochs": cfg.epochs, "wall_time_s": round(time.time() - ft.t_start, 1),
                                "loss_first": history[0]["loss"] if history else None,
                                "loss_last": history[-1]["loss"] if history else None}
     for k in ("reward_accuracy", "reward_margin"):
@@ -305,32 +237,11 @@ def _train(cfg: PrefConfig, accel: Any, progress: Progress) -> Path | None:
         if vals:
             metrics[f"{k}_last_epoch"] = round(sum(vals) / len(vals), 4)
     card = {"data": {"store": str(store.data_dir), **data_info},
-            "settings": {"method": cfg.method, "beta": cfg.beta, "lr": lr, "epochs": cfg.epochs,
+            "settings": {"method": cfg.method, "beta": cfg.beta, "lr": ft.lr, "epochs": cfg.epochs,
                          "batch_size": cfg.batch_size, "lora": cfg.lora, "use_stars": cfg.use_stars,
                          "processes": accel.num_processes},
             "metrics": metrics}
-    write_bundle(policy, path, name, cfg.method, parent_cfg, card)
-    if cfg.eval_n:
-        from engine.bundle import load_bundle
-
-        after = heldout(load_bundle(path), cfg)
-        metrics["eval_before"], metrics["eval_after"] = metrics_before, after
-        from training.grpo import print_before_after
-
-        print_before_after(metrics_before, after)
-        write_card(path, card)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"{cfg.method.upper()} done: {step} steps in {wall:.0f} s; bundle written to {path}")
-    progress.finish("done", f"bundle written to {path}", bundle=str(path))
-    return path
-
-
-def load_base_config(path: str) -> Any:
-    """The parent bundle's config and weights hash, for the card (without keeping its LM in memory)."""
-    from engine.bundle import Bundle, read_bundle_config
-
-    # a Bundle with a path hashes its weight files; the LM itself is not needed for that
-    return Bundle(config=read_bundle_config(path), lm=None, tokenizer=None, vq=None, path=Path(path))
+    return ft.finish(cfg.data or str(store.data_dir), card, think=cfg.think_eval)
 
 
 def _dpo_batch(policy: Policy, seq: SeqLogp, batch: list, ref_lp: dict, cfg: PrefConfig) -> tuple[torch.Tensor, dict]:
@@ -368,20 +279,8 @@ def _kto_batch(policy: Policy, seq: SeqLogp, batch: list, ref_lp: dict, cfg: Pre
     return losses.sum(), {"kl": float(kl), "reward": float(rewards.mean())}
 
 
-def heldout(bundle: Any, cfg: PrefConfig) -> dict:
-    from training.eval import evaluate, load_samples
-
-    samples = load_samples(cfg.eval_sets, cfg.eval_split, n_per_kind=cfg.eval_n, corpus=cfg.corpus)
-    res = evaluate(bundle, samples, think=cfg.think_eval, seed=cfg.seed, progress=False)
-    print(res.table())
-    return {"overall": res.overall, "by_kind": res.by_kind(), "n": res.n}
-
-
 def main(argv: list[str] | None = None) -> int:
-    from training.grpo import config_parser
-
-    ap = config_parser(PrefConfig, prog="python -m training.preference", description=__doc__)
-    train(PrefConfig(**vars(ap.parse_args(argv))))
+    train(parse_config(PrefConfig, argv, prog="python -m training.preference", description=__doc__))
     return 0
 
 

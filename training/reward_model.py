@@ -16,10 +16,10 @@ Loss: -log σ(r(chosen) − r(rejected)) over A/B pairs, best-of-N pairs and sta
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from torch import nn
 
 from engine.layout import grid_positions
 from engine.logprobs import base_lm, embed_inputs
+from training.common import Progress, parse_config
 
 
 class RewardHead(nn.Module):
@@ -143,7 +144,7 @@ def train_reward_model(bundle: Any, store: Any, out: str | Path, epochs: int = 2
     meta = {
         "dim": dim, "head_hidden": head_hidden, "bundle_path": str(bundle_path or bundle.path),
         "bundle_id": f"{bundle.config.name}@{bundle.config.version}", "weights_hash": bundle.weights_hash(),
-        "pairs_train": len(train), "pairs_val": len(val), "train_loss": float(loss),
+        "pairs_train": len(train), "pairs_val": len(val), "train_loss": float(loss.detach()),
         "train_accuracy": accuracy(train), "val_accuracy": accuracy(val), "skipped": dict(ex.skipped),
     }
     rm = RewardModel(bundle, head, meta)
@@ -151,26 +152,29 @@ def train_reward_model(bundle: Any, store: Any, out: str | Path, epochs: int = 2
     return rm
 
 
+@dataclass
+class RewardModelConfig:
+    data: str | None = None  # studio data folder (default $EARL_STUDIO_DATA or ~/.earl-studio)
+    bundle: str = "assets/earl-nano"  # the bundle whose frozen LM gives the features
+    out: str = ""  # the reward model's folder
+    epochs: int = 200
+    stars: bool = True  # learn from star ratings too (--no-stars: pairs only)
+    progress: str | None = None  # JSON progress file (training.jobs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.reward_model", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None, help="studio data folder (default $EARL_STUDIO_DATA or ~/.earl-studio)")
-    ap.add_argument("--bundle", default="assets/earl-nano", help="bundle whose frozen LM gives the features")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--epochs", type=int, default=200)
-    ap.add_argument("--no-stars", action="store_true", help="ignore star ratings")
-    ap.add_argument("--progress", default=None, help="JSON progress file (training.jobs)")
-    a = ap.parse_args(argv)
+    a = parse_config(RewardModelConfig, argv, prog="python -m training.reward_model", description=__doc__)
+    if not a.out:
+        raise SystemExit("--out: the folder to write the reward model to")
     torch.set_num_threads(1)
     from engine.bundle import load_bundle
     from feedback.store import Store
-    from training.progress import Progress
 
     progress = Progress(a.progress, "reward_model", 1)
     try:
         bundle = load_bundle(a.bundle)
         bundle.lm.requires_grad_(False)
-        rm = train_reward_model(bundle, Store(a.data), a.out, epochs=a.epochs, use_stars=not a.no_stars,
+        rm = train_reward_model(bundle, Store(a.data), a.out, epochs=a.epochs, use_stars=a.stars,
                                 bundle_path=str(Path(a.bundle).resolve()))
     except BaseException as e:
         progress.finish("failed", f"{type(e).__name__}: {e}")

@@ -1,12 +1,11 @@
 """Routing supervision: teach one attention head *where* each target cell's content comes from.
 
 Geometric edits are positional copies: a flip's target cell (i, j) reads the source cell (i, W-1-j), a
-2× zoom's reads the source cell under its centre. v0.5 learnt flips and quarter turns on a GPU, and
-``python -m research.routing_probe --probe`` shows how: one head (layer 1, head 2) puts 0.85 of its attention
-on the moved source cell (0.75 for quarter turns), while another (layer 0, head 4) attends to the aligned
-cell (0.95) for colour and object edits. The same head gives a zoom's source cell 0.00: the model never
-found where zooms read from, and learning that through the output loss alone took more samples than a
-CPU session sees (session 11: 3,500 zooms, no progress).
+2× zoom's reads the source cell under its centre. A model that has learnt flips does it with one
+attention head that puts most of its attention on the moved source cell (``python -m
+research.routing_probe --probe`` finds it), while another attends to the aligned cell for colour and
+object edits. Where the output loss alone never leads a head to an edit's source cells (zoom, on a CPU
+budget of samples), the route can be taught directly.
 
 The position a target cell reads from is known exactly for every geometric edit, so it can be taught
 directly: an extra loss, the negative log of the chosen head's attention on that source cell, from the

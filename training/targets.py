@@ -1,17 +1,16 @@
 """SFT targets an editing model can learn where the true target codes are out of its reach.
 
 A 2× zoom's true target is the tokenizer's code for each *upscaled quarter* of a source cell: a code the
-source grid does not contain, so it is not a copy from anywhere, and EARL-nano learnt none of it (held-out
-zoom 0.00 after every stage up to v0.5, ceiling 7.45). Copying each source cell into the 2×2 block of
-target cells it turns into (nearest-neighbour upscaling of the code grid) is a positional copy, the kind
-of mapping the model did learn for flips and quarter turns, and through the tokenizer it already scores
-3.8 of the ceiling's 7.5 on the held-out zooms (``python -m research.proxy_targets``). SFT on those
-targets, then RL on the true verifier reward, is the plan (``train_sft --zoom-targets copy``).
+source grid does not contain, so it is not a copy from anywhere, and hard for the LM to learn.
+Copying each source cell into the 2×2 block of target cells it turns into (nearest-neighbour upscaling
+of the code grid) is a positional copy, the kind of mapping the model does learn for flips and quarter
+turns, and through the tokenizer it scores about half of the ceiling on held-out zooms (``python -m
+research.proxy_targets``). SFT on those targets: ``train_sft --zoom-targets copy``.
 
 Local edits (objects) have the opposite problem: the tokenizer's encoder sees past its 8×8 cell, so drawing
-a shape changes the codes of cells whose pixels did not change. On the held-out object edits 27 % of the
-target's codes differ from the source's where only 9 % of the cells' pixels changed: the other codes are
-changes the LM has to guess and that the picture does not need. ``pin_local`` keeps the target's codes
+a shape changes the codes of cells whose pixels did not change. On object edits many more of the
+target's codes differ from the source's than cells whose pixels changed: the extra codes are changes the
+LM has to guess and that the picture does not need. ``pin_local`` keeps the target's codes
 on the cells whose pixels changed (and their 8 neighbours) and the source's everywhere else, which through
 the tokenizer scores as the true target does (``python -m research.proxy_targets --kinds object``):
 everything outside the edit becomes an exact copy (``train_sft --object-targets pin``).

@@ -15,16 +15,14 @@ Both of EARL's modes are trained in one model: plain edit ("E") and think-then-e
 batch with probability ``think_prob``. A small share of "keep it unchanged" samples teaches copying the
 aligned source position, which every edit builds on.
 
-Speed settings measured in ARCHITECTURE §8: attention_dropout 0, SDPA attention, bf16 autocast on CPU.
+Mixed precision: bf16 autocast where the hardware has native bf16 matrix products (``native_bf16``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from itertools import accumulate
@@ -44,6 +42,7 @@ from engine.logprobs import Collated, collate, collated_logprobs
 from engine.text_tokenizer import build_nano_tokenizer
 from engine.tiny import tiny_lm_config
 from engine.vq import FSQ, NanoVQ
+from training.common import config_from, config_parser, latest, write_atomic
 from training.data.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
 from training.routing import RouteHead, parse_head, route_loss, route_map, route_pairs
 from training.targets import apply_pin_local, apply_remove_fill, apply_zoom_copy
@@ -51,85 +50,90 @@ from training.targets import apply_pin_local, apply_remove_fill, apply_zoom_copy
 
 @dataclass
 class SFTConfig:
+    """One SFT run. The shipped model's recipe (``recipes/earl_nano/device_sft.sh``) sets the run, data and
+    schedule groups; the last group holds the optional extra losses, each off by default."""
+
+    # -- where: data in, run folder out ---------------------------------------------------------------
     cache: str = "data/sft_cache"  # a pretokenize folder, or several: "a,b"
-    vq: str = "runs/vq/final"
-    out: str = "runs/sft"
+    vq: str = "runs/vq/final"  # the image tokenizer of a new model (without init)
+    out: str = "runs/sft"  # checkpoint/, config.json, tb/; a run resumes from its checkpoint
     init: str = ""  # start from this bundle's weights, tokenizer and image tokenizer (when out has no checkpoint)
     fresh_lm: bool = False  # with init: keep its tokenizer and image tokenizer, start a new LM of the size below
+    # -- a new LM's size (without init, or with fresh_lm) ---------------------------------------------
     hidden: int = 256
     layers: int = 4
     heads: int = 4
     kv_heads: int = 4
     intermediate: int = 688
     text_vocab_size: int = 1024
+    centred_freqs: int = 0  # >0: centred sin/cos grid features (engine.grid_embed), for geometry edits
+    image_area: int = 128 * 128
+    # -- schedule: AdamW, linear warm-up then cosine decay to min_lr_ratio × lr ---------------------
     batch_size: int = 8
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup: int = 100
     weight_decay: float = 0.01
     steps: int = 20000
-    think_prob: float = 0.5
-    keep_prob: float = 0.08
+    # >0: fit the schedule into this many minutes of wall time (from start-up): the step count is set
+    # from the measured step rate, so the learning rate still decays to its end. For lent GPU time.
+    max_minutes: float = 0.0
+    # -- the batches ----------------------------------------------------------------------------------
+    think_prob: float = 0.5  # share of batches in think-then-edit mode
+    keep_prob: float = 0.08  # share of "keep it unchanged" samples (the source as its own target)
     # Oversample some edit kinds (comma list, or the categories "geometry"/"object"/"global"): each of
-    # their samples is drawn focus_weight times as often. Geometry and object edits are learnt last
-    # (ARCHITECTURE §8), so a continued run spends its steps there.
+    # their samples is drawn focus_weight times as often, so a continued run spends its steps on the
+    # kinds it has learnt least.
     focus_kinds: str = ""
     focus_weight: float = 1.0
-    # "copy": zoom samples teach the source's code grid upscaled by copying cells (training.targets),
-    # a positional copy the model can learn, instead of the tokenizer's codes of the upscaled photo.
+    # Render fresh samples in this many background processes during training (training.data.live_data) and
+    # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
+    live_workers: int = 0
+    corpus: str = "data/corpus"  # the live samples' photos
+    # -- which targets some kinds teach (training.targets) ------------------------------------------
+    # "copy": zoom samples teach the source's code grid upscaled by copying cells, a positional copy the
+    # model can learn, instead of the tokenizer's codes of the upscaled photo.
     zoom_targets: str = "true"
     # "pin": local (object) edits teach the source's codes outside the cells the edit drew on (and their
-    # neighbours), not the codes the tokenizer's wide receptive field changed there (training.targets).
+    # neighbours), not the codes the tokenizer's wide receptive field changed there.
     object_targets: str = "true"
     # "fill": removals teach each cell the object covered as a copy of the nearest unchanged source cell
     # (training.targets.fill_from_outside), not what the photo had there, which the source hides.
     remove_targets: str = "true"
+    # -- optional extra losses (off by default) -------------------------------------------------------
     # >1: in local edits (under LOCAL_EDIT of the codes differ from the source), the target codes that differ
     # from the source weigh this much more in the loss than the copied ones: they are the edit, a few
     # dozen tokens among hundreds of easy copies.
     edit_weight: float = 1.0
     # >0: those same edit codes are taught as a distribution over codes, exp(-d² / 2σ²) with d the
-    # distance between FSQ digit vectors, instead of the one exact code. Codes one digit apart decode to
-    # cells ~6/255 apart (39/255 for a random code), so a near miss is nearly right; the hard target gives
-    # it no credit, and the edge cells of drawn objects are rarely hit exactly.
+    # distance between FSQ digit vectors, instead of the one exact code: a code one digit away decodes
+    # to a nearly identical cell, which the hard target gives no credit.
     soft_sigma: float = 0.0
     # "LAYER:HEAD": teach that attention head where each target cell of a geometric edit (route_kinds) reads
     # from, with an extra loss of route_weight × its negative log attention on that source cell
-    # (training.routing; v0.5 routes flips with head 1:2 and never found zooms' source cells).
+    # (training.routing).
     route_head: str = ""
     route_weight: float = 1.0
     route_kinds: str = "geometry"
     # A bundle to keep: samples of distill_kinds (kinds or categories) learn its image-token distributions
-    # (cross-entropy against its softmax, i.e. KL to it) instead of the cached target codes. A CPU run on a
-    # few kinds otherwise wears away what a GPU stage taught the others (the colour edits, sessions 13-15);
-    # the teacher carries that knowledge, the 23 train photos' cached targets do not.
+    # (cross-entropy against its softmax, i.e. KL to it) instead of the cached target codes, so a run on
+    # a few kinds keeps what the teacher knows about the others.
     distill_from: str = ""
     distill_kinds: str = "global"
     # >0: this share of the samples lose their instruction (an empty one; kind "dropped", never distilled),
-    # so the model also learns p(target | source) and classifier-free guidance on the instruction has a
-    # branch it was trained on (engine.sampler; InstructPix2Pix drops 5 %). Without it that branch is a
-    # prompt the model never saw, and guidance made every edit worse (model card, session 18).
+    # so the model also learns p(target | source) and classifier-free guidance on the instruction
+    # (engine.sampler) has an unconditional branch it was trained on.
     cfg_dropout: float = 0.0
-    # Render fresh samples in this many background processes during training (training.data.live_data) and
-    # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
-    live_workers: int = 0
-    live_scales: str = "0.25,0.35,0.45,0.6,0.8,1.0"  # crop sizes of live samples (more varied than the cache's)
-    live_every: int = 10  # steps between hand-overs from the workers
-    corpus: str = "data/corpus"
-    # >0: fit the schedule into this many minutes of wall time (from start-up): the step count is set
-    # from the measured step rate, so the learning rate still decays to its end. For lent GPU time.
-    max_minutes: float = 0.0
-    digit_init: bool = True  # visual-token embeddings start as sums of per-FSQ-digit embeddings
-    grid_embed: bool = True
-    centred_freqs: int = 0  # >0: centred sin/cos grid features (engine.grid_embed), for geometry edits
-    # bf16 autocast pays off only with native bf16 matmuls (AVX-512 BF16/AMX, or a GPU): on an AVX2-only
-    # CPU (measured here: AMD EPYC) it made a step ~20x slower than fp32. None = decide from the hardware.
-    bf16: bool | None = None
+    # -- the process ----------------------------------------------------------------------------------
     threads: int = 2
     seed: int = 0
     ckpt_every: int = 100
     log_every: int = 10
-    image_area: int = 128 * 128
+
+
+# live samples: crop sizes (more varied than the cache's) and steps between hand-overs from the workers
+LIVE_SCALES = (0.25, 0.35, 0.45, 0.6, 0.8, 1.0)
+LIVE_EVERY = 10
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -153,15 +157,14 @@ def digit_sum_init(weight: torch.Tensor, visual_ids: torch.Tensor, levels: list[
         weight[visual_ids] = rows.to(weight.dtype)
 
 
-def new_lm(cfg: SFTConfig, tok: object, vq: NanoVQ) -> tuple[Emu3ForCausalLM, GridEmbedding | None]:
-    """A randomly initialised LM of the configured size (and grid embedding) for ``tok`` and ``vq``."""
+def new_lm(cfg: SFTConfig, tok: object, vq: NanoVQ) -> tuple[Emu3ForCausalLM, GridEmbedding]:
+    """A randomly initialised LM of the configured size and its grid embedding, for ``tok`` and ``vq``;
+    the visual-token embeddings start as sums of per-FSQ-digit embeddings (``digit_sum_init``)."""
     lm = Emu3ForCausalLM(tiny_lm_config(tok, cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.intermediate))
-    if cfg.digit_init:
-        vis = special_ids(tok).visual_ids
-        digit_sum_init(lm.get_input_embeddings().weight, vis, list(vq.config.fsq_levels))
-        digit_sum_init(lm.lm_head.weight, vis, list(vq.config.fsq_levels))
-    ge = GridEmbedding(cfg.hidden, centred_freqs=cfg.centred_freqs) if cfg.grid_embed else None
-    return lm, ge
+    vis = special_ids(tok).visual_ids
+    digit_sum_init(lm.get_input_embeddings().weight, vis, list(vq.config.fsq_levels))
+    digit_sum_init(lm.lm_head.weight, vis, list(vq.config.fsq_levels))
+    return lm, GridEmbedding(cfg.hidden, centred_freqs=cfg.centred_freqs)
 
 
 def new_bundle(cfg: SFTConfig, texts: list[str]) -> Bundle:
@@ -177,6 +180,8 @@ def new_bundle(cfg: SFTConfig, texts: list[str]) -> Bundle:
 
 
 def native_bf16() -> bool:
+    """Whether bf16 autocast pays off here: on a GPU with bf16 support, or a CPU with native bf16 matrix
+    products (AVX-512 BF16, AMX). Elsewhere bf16 is emulated and far slower than float32."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX", "AVX512_AMX")
@@ -502,8 +507,7 @@ def cache_records(cfg: SFTConfig) -> list[dict]:
 def train(cfg: SFTConfig, export: str | None = None) -> None:
     t_start = time.time()
     torch.set_num_threads(cfg.threads)
-    bf16 = cfg.bf16 if cfg.bf16 is not None else native_bf16()
-    accel = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
+    accel = Accelerator(mixed_precision="bf16" if native_bf16() else "no", cpu=not torch.cuda.is_available())
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     records = cache_records(cfg)
@@ -515,8 +519,8 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         raise SystemExit(f"no pre-tokenised samples in {cfg.cache!r}; run python -m training.data.pretokenize "
                          "first, or render samples during training with --live-workers N")
 
-    ckpt = out / "checkpoint"
-    if (ckpt / "bundle" / "bundle.json").exists():
+    ckpt = latest(out / "checkpoint", marker="state.pt")
+    if ckpt is not None:
         bundle = load_bundle(ckpt / "bundle", dtype=torch.float32)
         state = torch.load(ckpt / "state.pt", weights_only=False)
     elif cfg.init:  # continue from a shipped bf16 bundle (new optimizer state: a warm restart)
@@ -569,11 +573,10 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         bundle.vq.to(accel.device).eval()
-        scales = [float(x) for x in cfg.live_scales.split(",")]
         # a stream per process and per (re)start, so neither ranks nor resumed runs repeat samples
         live_seed = (cfg.seed * 1000 + accel.process_index) * 1_000_003 + step
-        live = LiveSamples(cfg.live_workers, live_seed, cfg.corpus, scales,
-                           max_ready=max(8 * cfg.batch_size, 2 * cfg.batch_size * cfg.live_every))
+        live = LiveSamples(cfg.live_workers, live_seed, cfg.corpus, list(LIVE_SCALES),
+                           max_ready=max(8 * cfg.batch_size, 2 * cfg.batch_size * LIVE_EVERY))
         batcher.add(with_targets(cfg, encode_records(bundle.vq, live.drain(wait_for=8 * cfg.batch_size), batch=512)))
     n_params = sum(p.numel() for p in params)
     accel.print(f"EARL-nano LM {n_params / 1e6:.2f}M params, {len(batcher)} samples"
@@ -584,23 +587,16 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
     def save_checkpoint() -> None:
         if not accel.is_main_process:
             return
-        tmp = out / "checkpoint.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
         lm = accel.unwrap_model(bundle.lm)
         ge = accel.unwrap_model(bundle.grid_embed) if bundle.grid_embed is not None else None
         snapshot = Bundle(bundle.config, lm, bundle.tokenizer, bundle.vq, ge, None)
-        save_bundle(snapshot, tmp / "bundle", dtype=torch.float32)  # fp32: resume must be exact
-        torch.save(
-            {"opt": opt.state_dict(), "step": step, "batcher": pending[0], "torch_rng": torch.get_rng_state()},
-            tmp / "state.pt",
-        )
-        old = out / "checkpoint.old"
-        if ckpt.exists():
-            ckpt.rename(old)
-        tmp.rename(ckpt)  # a kill at any point leaves a complete checkpoint (or .old) behind
-        if old.exists():
-            shutil.rmtree(old)
+
+        def write(tmp: Path) -> None:
+            save_bundle(snapshot, tmp / "bundle", dtype=torch.float32)  # fp32: resume must be exact
+            state = {"opt": opt.state_dict(), "step": step, "batcher": pending[0], "torch_rng": torch.get_rng_state()}
+            torch.save(state, tmp / "state.pt")  # last: a folder with state.pt is complete
+
+        write_atomic(out / "checkpoint", write)
 
     bar = tqdm(total=cfg.steps, initial=step, desc="sft", dynamic_ncols=True, disable=not accel.is_main_process)
     t0, ema, step0 = time.time(), None, step
@@ -617,7 +613,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
             raise SystemExit("--soft-sigma needs an FSQ image tokenizer (EARL-nano's); this bundle's has no levels")
 
     def draw(at_step: int) -> tuple:
-        if live is not None and at_step % cfg.live_every == 0:
+        if live is not None and at_step % LIVE_EVERY == 0:
             batcher.add(with_targets(cfg, encode_records(bundle.vq, live.drain(), batch=512)))
         state = batcher.state()  # what a checkpoint saves: resuming redraws this batch
         return state, next_batch(batcher, bundle.tokenizer, vocab_size, levels, teacher)
@@ -667,18 +663,11 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
             live.close()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, value in asdict(SFTConfig()).items():
-        flag = f"--{name.replace('_', '-')}"
-        if isinstance(value, bool) or value is None:
-            ap.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
-        else:
-            ap.add_argument(flag, type=type(value), default=value)
+def main(argv: list[str] | None = None) -> None:
+    ap = config_parser(SFTConfig, prog="python -m training.train_sft", description=__doc__)
     ap.add_argument("--export", default=None, help="write the latest checkpoint as a bf16 bundle here and exit")
-    args = vars(ap.parse_args())
-    export = args.pop("export")
-    train(SFTConfig(**args), export=export)
+    args = ap.parse_args(argv)
+    train(config_from(SFTConfig, args), export=args.export)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ cropped. Everything is held in memory as uint8, so a step costs only the model.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from engine.image_io import fit_to_area
 from engine.vq import NanoVQ, pil_to_tensor, tensor_to_pil
+from training.common import parse_config, write_atomic
 
 
 @dataclass
@@ -227,18 +227,9 @@ def train(cfg: VQTrainConfig) -> dict:
           + (", equivariant" if model.config.equivariant else ""))
 
     def save_checkpoint() -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "step": step,
-                "pool_rng": pool.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            },
-            tmp,
-        )
-        tmp.replace(ckpt_path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                 "pool_rng": pool.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        write_atomic(ckpt_path, lambda tmp: torch.save(state, tmp))
 
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="vq", dynamic_ncols=True)
@@ -281,21 +272,8 @@ def train(cfg: VQTrainConfig) -> dict:
     return metrics
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = VQTrainConfig()
-    for name, value in asdict(defaults).items():
-        if isinstance(value, bool):
-            ap.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=value)
-        elif isinstance(value, (int, float, str)):
-            ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    ap.add_argument("--fsq-levels", type=str, default=",".join(map(str, defaults.fsq_levels)))
-    ap.add_argument("--decoder-extra", type=str, default="", metavar="N,N,N",
-                    help="with --init: more residual blocks per decoder up block, low resolution first")
-    args = vars(ap.parse_args())
-    args["decoder_extra"] = tuple(int(x) for x in args["decoder_extra"].split(",") if x.strip())
-    args["fsq_levels"] = tuple(int(x) for x in args["fsq_levels"].split(","))
-    train(VQTrainConfig(**{k: v for k, v in args.items()}))
+def main(argv: list[str] | None = None) -> None:
+    train(parse_config(VQTrainConfig, argv, prog="python -m training.train_vq", description=__doc__))
 
 
 if __name__ == "__main__":

@@ -281,7 +281,7 @@ def _luma_cells(a: np.ndarray, grid: int, dtype: type = np.float64) -> np.ndarra
 def layout_closeness(source, output, target, grid: int = 4) -> float:
     """Like ``closeness``, but on the layout alone, −10…10: luminance averaged over a ``grid``×``grid``
     partition of the image, minus its mean (so brightness and colour do not count). ``closeness``
-    rewarded keeping the photo's palette before its layout (model card, "Continue training")."""
+    rewarded keeping the photo's palette before its layout (research/LOG.md)."""
 
     d_out, d_src = _coarse_distances(source, output, target, lambda a: _luma_cells(a, grid, np.float32))
     return 10.0 * float(np.clip(1 - d_out / max(d_src, 0.02), -1, 1))
@@ -297,8 +297,8 @@ def layout_correlation(source, output, target, grid: int = 8) -> float:
     scores 10, a copy of the source −10, a flat image 0. (``layout_closeness`` rated flat grey halfway
     between source and target on a flip, and GRPO found it.) Meant for geometry edits: where an edit
     keeps the layout (colour edits, 1 − corr(s, t) < ``LAYOUT_KEPT``), the score is 0 for every output:
-    there the ratio only multiplies noise, and a GRPO run on 18 kinds that paid for it lost 0.75 on the
-    colour edits (model card, "Continue training")."""
+    there the ratio only multiplies noise, and GRPO paid for it lost ground on the colour edits
+    (research/LOG.md)."""
 
     def layout(a: np.ndarray) -> np.ndarray:
         y = _luma_cells(a, grid).ravel()

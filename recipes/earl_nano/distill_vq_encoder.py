@@ -4,8 +4,8 @@
         --channels 32,64,64 --crops 8000 --steps 8000           # resumes if runs/vq_student exists
 
 Why: an equivariant ``NanoVQ`` runs its encoder over the 8 symmetries of the square and averages, so the
-encoder costs 8 passes per image (``benchmarks/vq_speed.py``: 144 ms encode + decode against the plain
-tokenizer's 57 ms; #4 asks for well under 0.1 s). The decoder runs once. A narrower encoder whose
+encoder costs 8 passes per image (``python -m benchmarks.vq_speed``), against a target of well under
+0.1 s for encode + decode. The decoder runs once. A narrower encoder whose
 averaged latents match the teacher's keeps the decoder, the codes and the exact equivariance.
 
 Readable top to bottom:
@@ -24,10 +24,9 @@ the val and test photos; PSNR / SSIM: ``python -m training.train_vq --init <out>
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +37,13 @@ from tqdm import tqdm
 
 from engine.image_io import fit_to_area
 from engine.vq import D4, NanoVQ, apply_d4, move_latents
+from training.common import parse_config, write_atomic
 from training.train_vq import CropPool, VQTrainConfig, lr_at, read_split
 
 
 @dataclass
 class DistillConfig:
-    teacher: str = ""  # an equivariant NanoVQ folder (session 9: session 8's, git 2677088)
+    teacher: str = ""  # an equivariant NanoVQ folder
     out: str = "runs/vq_student"
     corpus: str = "data/corpus"
     channels: tuple[int, ...] = (32, 64, 64)
@@ -94,11 +94,7 @@ def code_agreement(student: NanoVQ, teacher: NanoVQ, photos: list, area: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for k, v in asdict(DistillConfig()).items():
-        ap.add_argument(f"--{k.replace('_', '-')}", default=v, type=type(v) if not isinstance(v, tuple) else str)
-    a = ap.parse_args(argv)
-    cfg = DistillConfig(**{**vars(a), "channels": tuple(int(c) for c in str(a.channels).strip("()").split(",") if c)})
+    cfg = parse_config(DistillConfig, argv, prog="python -m recipes.earl_nano.distill_vq_encoder", description=__doc__)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -164,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             writer.add_scalar("distil/mse", loss.item(), step)
             writer.add_scalar("distil/cells_same_code", agree, step)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            torch.save({"encoder": student.encoder.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+            state = {"encoder": student.encoder.state_dict(), "opt": opt.state_dict(), "step": step}
+            write_atomic(ck, lambda tmp: torch.save(state, tmp))  # noqa: B023 - called at once
     bar.close()
     writer.close()
     if losses:

@@ -1,11 +1,10 @@
 """Interpolate the weights of two bundles of the same model: ``(1 - alpha) · base + alpha · tuned``.
 
-Fine-tuning a model on a narrow mix teaches it something new and costs some of what it knew. Session 13's
-CPU run taught EARL-nano zoom (0.00 → 3.56 held out) while its colour edits fell (6.50 → 5.99): the
-run's 2,250-sample cache cannot hold everything the GPU stages showed it. Moving only part of the way
-from the parent towards the fine-tuned weights (WiSE-FT: Wortsman et al., "Robust fine-tuning of
-zero-shot models", 2022) keeps most of both; ``alpha`` picks the trade (model card, "Continue training",
-session 13, measures 0.5, 0.75, 0.9 and 1).
+Fine-tuning a model on a narrow mix teaches it something new and costs some of what it knew: a small
+CPU cache cannot hold everything the earlier stages showed it. Moving only part of the way from the
+parent towards the fine-tuned weights (WiSE-FT: Wortsman et al., "Robust fine-tuning of zero-shot
+models", 2022) keeps most of both; ``alpha`` picks the trade, chosen on the val split
+(recipes/earl_nano/README.md; the measurements are in research/LOG.md).
 
     python -m recipes.earl_nano.merge --base assets/earl-nano --tuned runs/route13-bundle --alpha 0.9 --out runs/v06
 

@@ -3,7 +3,7 @@
     python -m recipes.earl_nano.remap_lm --bundle <v0.4> --vq <equivariant tokenizer> --out runs/remapped
 
 A new tokenizer's code c means nothing to an LM trained on the old one: the codes of the two are
-unrelated numbers (0.5 % of v0.4's and the equivariant tokenizer's codes agree on the same photos). But
+unrelated numbers (few codes agree on the same photos). But
 both describe the same 8×8 cells. Encoding the same photos with both gives, for each new code c, the old
 codes seen in its cells, P(old | c). The new code's input embedding and output row become the
 P(old | c)-weighted means of the old ones, so the LM starts from what it knew about such cells (colours

@@ -1,7 +1,7 @@
 """Fresh training samples rendered in background processes while SFT runs (``train_sft --live-workers N``).
 
 The pre-tokenised cache is a fixed set: on 23 training photos a long run memorises it (held-out flip NLL
-stayed flat while the training batches' fell, see the model card). On a machine with many cores the
+stayed flat while the training batches' fell, research/LOG.md). On a machine with many cores the
 edits can instead be rendered during training: ``N`` worker processes each run their own seeded
 ``training.data.suite.stream`` and hand rendered pixels to the trainer, which encodes them with the bundle's
 image tokenizer (on its GPU when it has one) and adds them to the pool it samples batches from.
@@ -86,7 +86,7 @@ class LiveSamples:
 
     def _pump(self) -> None:
         # Read the pipe continuously: a worker's chunk only moves while someone reads, so reading just at
-        # hand-over time left the workers blocked most of the time (measured: ~58 samples/s from 14 workers).
+        # hand-over time left the workers blocked most of the time.
         while not self._stop.is_set():
             with self._lock:
                 full = len(self._ready) >= self.max_ready

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from engine.vq import NanoVQ
+from training.common import write_atomic
 
 # Identity edits: copying the aligned source position underlies every edit.
 KEEP_PHRASINGS = [
@@ -115,9 +116,7 @@ def mark_changed(folder: str | Path, factor: int = 8) -> int:
 
 
 def _save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ASSET_STAMPS = REPO / "assets" / "stamps"
 CACHE_STAMPS = REPO / "data" / "cache" / "unpacked" / "tuxpaint-stamps-default" / "usr/share/tuxpaint/stamps"
 
