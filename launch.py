@@ -79,7 +79,7 @@ def build(args: argparse.Namespace):  # -> tuple[gr.Blocks, StudioContext]
     no_model = ""
     shipped = default_bundle_path()
     if args.tiny_demo:
-        from engine.bundle import make_tiny_random_bundle
+        from engine.tiny import make_tiny_random_bundle
 
         preloaded[TINY_DEMO_KEY] = make_tiny_random_bundle(name="tiny-demo")
         default_key = TINY_DEMO_KEY

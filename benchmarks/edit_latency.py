@@ -43,9 +43,10 @@ def random_nano_bundle(seed: int = 0) -> Bundle:
     """A randomly initialised bundle of EARL-nano's shape (training.train_sft / train_vq defaults)."""
     from transformers import Emu3ForCausalLM
 
-    from engine.bundle import TINY_TEXTS, BundleConfig, tiny_lm_config
+    from engine.bundle import BundleConfig
     from engine.grid_embed import GridEmbedding
     from engine.text_tokenizer import build_nano_tokenizer
+    from engine.tiny import TINY_TEXTS, tiny_lm_config
     from engine.vq import NanoVQ
 
     with torch.random.fork_rng(devices=[]):

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from transformers import Emu3ForCausalLM
 
-from engine.bundle import TINY_TEXTS, Bundle, BundleConfig, tiny_lm_config
+from engine.bundle import Bundle, BundleConfig
 from engine.constraint import FreeFormConstraint
 from engine.layout import build_prompt, parse_generation
 from engine.sampler import fp16_default, num_threads, sample_all
 from engine.text_tokenizer import build_nano_tokenizer
+from engine.tiny import TINY_TEXTS, tiny_lm_config
 
 H = W = 16
 CODEBOOK = 4096

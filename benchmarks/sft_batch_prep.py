@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from engine.bundle import load_bundle
+from engine.constraint import constraint_for
 from engine.layout import build_prompt, build_target, grid_positions
-from training.train_sft import Batcher, SFTConfig, constraint_for, sft_batch
+from training.train_sft import Batcher, SFTConfig, sft_batch
 
 
 def per_sequence(tok: object, con: object, think: bool, items: list) -> None:
@@ -60,11 +61,10 @@ def main() -> None:
     bundle = load_bundle(args.bundle, dtype=torch.float32)
     tok, vocab = bundle.tokenizer, bundle.lm.config.vocab_size
     batcher = Batcher(samples(args.cache), SFTConfig(batch_size=args.batch), seed=0)
-    constraints: dict = {}
     t_col, t_seq = [], []
     for rep in range(args.reps + 1):
         shape, think, items = batcher.next()
-        con = constraint_for(constraints, tok, *shape, think, vocab)
+        con = constraint_for(tok, *shape, think, vocab)
         t0 = time.perf_counter()
         sft_batch(tok, con, think, items)
         t1 = time.perf_counter()

@@ -16,6 +16,9 @@ replays a finished sequence into the same row indices (``replay``), so both use 
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -269,3 +272,37 @@ class FreeFormConstraint:
             return pad_only if done else self._allowed[self.mask_row(s)]
 
         return fn
+
+
+# -- one shared cache ----------------------------------------------------------------------------------
+
+_CACHE_PER_TOKENIZER = 32  # most recent constraints kept per tokenizer (a mask table is rows × vocab floats)
+_cache: weakref.WeakKeyDictionary[Any, OrderedDict[tuple, FreeFormConstraint]] = weakref.WeakKeyDictionary()
+_cache_lock = threading.Lock()
+
+
+def constraint_for(tok: Any, h: int, w: int, think: bool, vocab_size: int | None = None,
+                   max_new_tokens: int | None = None, device: torch.device | str | None = None
+                   ) -> FreeFormConstraint:
+    """``FreeFormConstraint(tok, h, w, think, ...)``, built once and shared by every caller.
+
+    A constraint holds no per-candidate state (that is ``State``), so the sampler, log-probs, training
+    and the feedback pairs all reuse one per request shape. Kept while ``tok`` lives, the most recent
+    ones per tokenizer; safe to call from several threads.
+    """
+    key = (int(h), int(w), bool(think), vocab_size and int(vocab_size), max_new_tokens and int(max_new_tokens),
+           None if device is None else str(torch.device(device)))
+    with _cache_lock:
+        per_tok = _cache.setdefault(tok, OrderedDict())
+        con = per_tok.get(key)
+        if con is not None:
+            per_tok.move_to_end(key)
+            return con
+    con = FreeFormConstraint(tok, h, w, think, vocab_size=vocab_size, max_new_tokens=max_new_tokens, device=device)
+    with _cache_lock:
+        per_tok = _cache.setdefault(tok, OrderedDict())
+        con = per_tok.setdefault(key, con)
+        per_tok.move_to_end(key)
+        while len(per_tok) > _CACHE_PER_TOKENIZER:
+            per_tok.popitem(last=False)
+    return con

@@ -4,8 +4,8 @@ Format supported: a folder written by transformers' ``Emu3VQVAE.save_pretrained`
 ``model_type: emu3_vqgan`` + safetensors), optionally with an ``Emu3ImageProcessor``
 ``preprocessor_config.json`` whose ``image_mean``/``image_std``/``rescale_factor`` we honour. The
 original ``BAAI/Emu3-VisionTokenizer`` repository uses its own remote-code format, which this class
-does not read; ``engine.bundle.assemble_emu3_bundle`` translates its config (same weight names) and
-``engine.bundle.extract_emu3_hf_parts`` takes the ``vqmodel`` out of an ``Emu3-*-hf`` checkpoint.
+does not read; ``engine.emu3_convert.assemble_emu3_bundle`` translates its config (same weight names) and
+``engine.emu3_convert.extract_emu3_hf_parts`` takes the ``vqmodel`` out of an ``Emu3-*-hf`` checkpoint.
 
 Pixels: RGB in [0, 255] -> ``x / 255`` -> ``(x - mean) / std``. Emu3's processor configs use mean = std
 = 0.5 (pixels in [-1, 1]), which is the default when no processor config is present. ``decode`` returns

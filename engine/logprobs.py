@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.constraint import FreeFormConstraint
+from engine.constraint import FreeFormConstraint, constraint_for
 from engine.layout import grid_positions_batch
 
 
@@ -168,8 +168,8 @@ def sequence_logprobs(
         raise ValueError(f"{len(prompts)} prompts but {len(gens)} generations")
     if constraint is None:
         vocab = base_lm(bundle.lm).config.vocab_size
-        constraint = FreeFormConstraint(bundle.tokenizer, h, w, think, vocab_size=vocab,
-                                        max_new_tokens=max_new_tokens or (max(len(g) for g in gens) if think else None))
+        constraint = constraint_for(bundle.tokenizer, h, w, think, vocab,
+                                    max_new_tokens or (max(len(g) for g in gens) if think else None))
     batch = collate(bundle.tokenizer, constraint, prompts, gens)
     res = collated_logprobs(bundle, batch, constraint, return_argmax=return_argmax)
     if not (batched or batched_g):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.constraint import VIS, FreeFormConstraint, State
+from engine.constraint import VIS, FreeFormConstraint, State, constraint_for
 from engine.layout import grid_positions
 from engine.logprobs import base_lm
 
@@ -380,126 +380,313 @@ def sample(
     summation order); candidates of a batch keep their own runs. Used on the static-cache path without
     guidance or forced prefixes; elsewhere it is off.
     """
-    n = len(prompts)
-    if n == 0:
+    if len(prompts) == 0:
         return
-    if len(seeds) != n:
-        raise ValueError(f"{n} prompts but {len(seeds)} seeds")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise ValueError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
-    lm = bundle.lm
-    base = base_lm(lm)
-    device = next(lm.parameters()).device
-    vocab = base.config.vocab_size
-    con = FreeFormConstraint(bundle.tokenizer, h, w, think, vocab_size=vocab, max_new_tokens=max_new_tokens,
-                             device=device)
-    sp = con.sp
-    masks = con.masks
-    tok = bundle.tokenizer
+    d = _Decoding(bundle, prompts, h, w, seeds, think, temperature, top_k, top_p, guidance, max_new_tokens, cancel,
+                  threads, fast, forced_prefix, fp16, speculate)
+    # The model runs inside inference mode (and with ``threads``) only while this generator computes:
+    # never across a ``yield``, so the caller's own code (e.g. training between steps) is unaffected.
+    it = d.steps()
+    first = True  # the first step is the prefill (and the first token choice)
+    while True:
+        with torch.inference_mode(), num_threads(d.prefill_threads if first else d.threads):
+            try:
+                events = next(it)
+            except StopIteration:
+                return
+        first = False
+        yield events
 
-    # Branches of classifier-free guidance (row blocks of N): cond [, image-only [, null]].
-    branches = [list(map(list, prompts))]
-    if guidance is not None and (guidance.text_scale != 1.0 or guidance.image_scale != 1.0):
-        if len(guidance.image_prompts) != n:
-            raise ValueError("guidance needs one image-only prompt per candidate")
-        branches.append(list(map(list, guidance.image_prompts)))
-        if guidance.image_scale != 1.0:
-            if guidance.null_prompts is None or len(guidance.null_prompts) != n:
-                raise ValueError("image guidance needs one null prompt per candidate")
-            branches.append(list(map(list, guidance.null_prompts)))
-    else:
-        guidance = None
-    # Past the positions it was built for, nothing the LM writes has been trained: refuse instead.
-    limit = getattr(base.config, "max_position_embeddings", None)
-    need = max(len(q) for b in branches for q in b) + con.max_new_tokens
-    if limit and need > limit:
-        raise PromptTooLong(
-            f"The instruction is too long for this model: it reads at most {limit} tokens, and this photo with "
-            f"this instruction needs {need}. Shorten the instruction by about {need - limit} tokens (a token "
-            "is 3–5 characters).")
-    nb = len(branches)
-    rows_total = n * nb
 
-    # Uniforms for every token of every candidate, from the candidate's own generator.
-    u_all = torch.stack([
-        torch.rand(con.max_new_tokens, generator=torch.Generator().manual_seed(int(s))) for s in seeds
-    ]).to(device)
+class _Decoding:
+    """One ``sample`` call: the constraint, each candidate's state and uniforms, the prompt batch and the
+    model runner. ``steps`` runs the prefill and then one of two loops, ``plain`` (a token per candidate
+    per forward pass, optionally with guidance) or ``speculative``; both choose tokens with ``_pick`` and
+    move candidates on with ``_take``."""
 
-    states = [con.start() for _ in range(n)]
-    done = [False] * n
-    step_idx = 0  # index of the next generated token (the same for every candidate)
-    prefixes = [list(map(int, p)) for p in forced_prefix] if forced_prefix is not None else [[] for _ in range(n)]
-    if len(prefixes) != n:
-        raise ValueError(f"{n} prompts but {len(prefixes)} forced prefixes")
+    def __init__(self, bundle: Any, prompts: Sequence[Sequence[int]], h: int, w: int, seeds: Sequence[int],
+                 think: bool, temperature: float, top_k: int, top_p: float, guidance: Guidance | None,
+                 max_new_tokens: int | None, cancel: threading.Event | None, threads: int | None,
+                 fast: bool | None, forced_prefix: Sequence[Sequence[int]] | None, fp16: bool, speculate: int):
+        n = self.n = len(prompts)
+        if len(seeds) != n:
+            raise ValueError(f"{n} prompts but {len(seeds)} seeds")
+        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise ValueError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+        self.bundle, self.temperature, self.top_k, self.top_p, self.cancel = bundle, temperature, top_k, top_p, cancel
+        lm = self.lm = bundle.lm
+        base = base_lm(lm)
+        device = self.device = next(lm.parameters()).device
+        con = self.con = constraint_for(bundle.tokenizer, h, w, think, base.config.vocab_size, max_new_tokens, device)
+        self.sp = con.sp
 
-    def prefix_token(i: int, s: State) -> int | None:
+        # Branches of classifier-free guidance (row blocks of N): cond [, image-only [, null]].
+        branches = [list(map(list, prompts))]
+        if guidance is not None and (guidance.text_scale != 1.0 or guidance.image_scale != 1.0):
+            if len(guidance.image_prompts) != n:
+                raise ValueError("guidance needs one image-only prompt per candidate")
+            branches.append(list(map(list, guidance.image_prompts)))
+            if guidance.image_scale != 1.0:
+                if guidance.null_prompts is None or len(guidance.null_prompts) != n:
+                    raise ValueError("image guidance needs one null prompt per candidate")
+                branches.append(list(map(list, guidance.null_prompts)))
+        else:
+            guidance = None
+        self.text_scale = guidance.text_scale if guidance else 1.0
+        self.image_scale = guidance.image_scale if guidance else 1.0
+        # Past the positions it was built for, nothing the LM writes has been trained: refuse instead.
+        limit = getattr(base.config, "max_position_embeddings", None)
+        need = max(len(q) for b in branches for q in b) + con.max_new_tokens
+        if limit and need > limit:
+            raise PromptTooLong(
+                f"The instruction is too long for this model: it reads at most {limit} tokens, and this photo with "
+                f"this instruction needs {need}. Shorten the instruction by about {need - limit} tokens (a token "
+                "is 3–5 characters).")
+        self.nb = len(branches)
+
+        # Uniforms for every token of every candidate, from the candidate's own generator.
+        self.u_all = torch.stack([
+            torch.rand(con.max_new_tokens, generator=torch.Generator().manual_seed(int(s))) for s in seeds
+        ]).to(device)
+        self.states = [con.start() for _ in range(n)]
+        self.done = [False] * n
+        self.step_idx = 0  # index of the next generated token (the same for every candidate)
+        self.prefixes = ([list(map(int, p)) for p in forced_prefix] if forced_prefix is not None
+                         else [[] for _ in range(n)])
+        if len(self.prefixes) != n:
+            raise ValueError(f"{n} prompts but {len(self.prefixes)} forced prefixes")
+        head, head_feats = self._forced_head()
+        self._prompt_batch(branches, head, head_feats)
+
+        # Grid-embedding rows of every template position (index 0: none), gathered per step.
+        self.ge = getattr(bundle, "grid_embed", None)
+        self.emb_w = lm.get_input_embeddings().weight
+        if self.ge is not None:
+            from engine.logprobs import _check_grid_range
+
+            _check_grid_range(self.ge, con.feat_row, con.feat_col)
+        self.use_fast = _FastRunner.supports(lm) if fast is None else fast
+        if fp16 and not self.use_fast:
+            raise ValueError("fp16 decoding needs the static-cache path (a plain Emu3ForCausalLM, fast not False)")
+        self.fp16, self.speculate = fp16, speculate
+        self.drafters: list[Any] | None = None
+        if speculate > 1 and self.use_fast and self.nb == 1 and forced_prefix is None:
+            from engine.drafts import CopyDrafter, code_permutations, source_grid
+
+            srcs = [source_grid(bundle.tokenizer, list(p)) for p in prompts]
+            if all(g is not None for g in srcs):
+                perms = code_permutations(getattr(bundle, "vq", None))
+                self.drafters = [CopyDrafter(g, (h, w), perms) for g in srcs]
+                # rejected guesses leave unused cache slots behind: room for as many again
+                self.max_len += con.max_new_tokens
+        self.prefill_threads = self.threads = threads
+        if threads is None and sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS and device.type == "cpu":
+            self.threads = 1  # prefill_threads stays None: the caller's setting
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def _forced_head(self) -> tuple[list[int], list[tuple[int, int, int]]]:
+        """Forced tokens common to all candidates at the start (no-think: IMG_START "H*W" IMG_TOKEN): they
+        go into the prefill instead of one decoding step each; their events come with the first step."""
+        con, states = self.con, self.states
+        head: list[int] = []
+        head_feats: list[tuple[int, int, int]] = []
+        self.first_events: list[Sampled] = []
+        while all(con.forced(s) is not None for s in states) and not con.only_forced_left(states[0]):
+            t = con.forced(states[0])
+            for i, s in enumerate(states):
+                self.prefix_token(i, s)  # a prefix must agree with the template's forced tokens
+            head.append(t)
+            head_feats.append(con.features(states[0]))
+            for i, s in enumerate(states):
+                self.first_events.append(_event(con, s, i, t, 0.0, False))
+                con.advance(s, t)
+            self.step_idx += 1
+        return head, head_feats
+
+    def _prompt_batch(self, branches: list[list[list[int]]], head: list[int],
+                      head_feats: list[tuple[int, int, int]]) -> None:
+        """Left-padded ids, validity, grid features and rotary positions of every branch's prompts + head."""
+        tok = self.bundle.tokenizer
+        all_prompts = [p + head for br in branches for p in br]
+        self.ids, self.valid = _left_pad(all_prompts, self.sp.pad)
+        p_len = self.p_len = self.ids.shape[1]
+        self.feats = torch.zeros((3, len(all_prompts), p_len), dtype=torch.long)
+        for r, p in enumerate(all_prompts):
+            gp = grid_positions(tok, p[: len(p) - len(head)])
+            f = torch.stack(gp) if gp[0].numel() else torch.zeros((3, 0), dtype=torch.long)
+            if head:
+                f = torch.cat([f, torch.tensor(head_feats, dtype=torch.long).T], 1)
+            self.feats[:, r, p_len - len(p) :] = f
+        n_pad = (~self.valid).sum(1)
+        self.any_pad = bool(n_pad.any())  # prompts of different lengths: every pass needs a mask
+        self.positions = (torch.arange(p_len)[None] - n_pad[:, None]).clamp(min=0)
+        self.max_len = p_len + self.con.max_new_tokens
+
+    # -- shared by both loops -----------------------------------------------------------------------
+
+    def prefix_token(self, i: int, s: State) -> int | None:
         """Candidate i's forced-prefix token at this step (checked against the constraint), if any."""
-        if step_idx >= len(prefixes[i]):
+        if self.step_idx >= len(self.prefixes[i]):
             return None
-        t = prefixes[i][step_idx]
+        t = self.prefixes[i][self.step_idx]
+        con = self.con
         if not con.allows(con.mask_row(s), t):
-            raise ValueError(f"forced prefix of candidate {i}: token {t} at position {step_idx} is not allowed "
-                             "by the constraint")
+            raise ValueError(f"forced prefix of candidate {i}: token {t} at position {self.step_idx} is not "
+                             "allowed by the constraint")
         return t
 
-    # Forced tokens common to all candidates at the start (no-think: IMG_START "H*W" IMG_TOKEN) go
-    # into the prefill instead of one decoding step each.
-    head: list[int] = []
-    head_feats: list[tuple[int, int, int]] = []
-    first_events: list[Sampled] = []
-    while all(con.forced(s) is not None for s in states) and not con.only_forced_left(states[0]):
-        t = con.forced(states[0])
-        for i, s in enumerate(states):
-            prefix_token(i, s)  # a prefix must agree with the template's forced tokens
-        head.append(t)
-        head_feats.append(con.features(states[0]))
-        for i, s in enumerate(states):
-            first_events.append(_event(con, s, i, t, 0.0, False))
-            con.advance(s, t)
-        step_idx += 1
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
-    all_prompts = [p + head for br in branches for p in br]
-    ids, valid = _left_pad(all_prompts, sp.pad)
-    p_len = ids.shape[1]
-    feats = torch.zeros((3, rows_total, p_len), dtype=torch.long)
-    for r, p in enumerate(all_prompts):
-        gp = grid_positions(tok, p[: len(p) - len(head)])
-        f = torch.stack(gp) if gp[0].numel() else torch.zeros((3, 0), dtype=torch.long)
-        if head:
-            f = torch.cat([f, torch.tensor(head_feats, dtype=torch.long).T], 1)
-        feats[:, r, p_len - len(p) :] = f
-    n_pad = (~valid).sum(1)
-    any_pad = bool(n_pad.any())  # prompts of different lengths: every pass needs a mask
-    positions = (torch.arange(p_len)[None] - n_pad[:, None]).clamp(min=0)
-    max_len = p_len + con.max_new_tokens
+    def _pick(self, scores: torch.Tensor, lp_scores: torch.Tensor, u: torch.Tensor) -> tuple[list[int], list[float]]:
+        """Tokens chosen from masked ``scores`` (rows, V) with uniforms ``u`` (rows,), and their log-probs
+        under ``lp_scores`` (the conditional branch, masked: ``engine.logprobs``' definition)."""
+        lp = torch.log_softmax(lp_scores, dim=-1)
+        chosen = choose_tokens(scores, u, self.temperature, self.top_k, self.top_p)
+        return chosen.tolist(), lp.gather(-1, chosen.unsqueeze(-1)).squeeze(-1).tolist()
 
-    # Grid-embedding rows of every template position (index 0: none), gathered per step.
-    ge = getattr(bundle, "grid_embed", None)
-    emb_w = lm.get_input_embeddings().weight
-    if ge is not None:
-        from engine.logprobs import _check_grid_range
+    def _take(self, i: int, t: int, lp: float, events: list[Sampled]) -> bool:
+        """Candidate i writes token ``t``: its events (plus the forced EOF IMG_END EOS tail once nothing else
+        is left) go to ``events``; returns whether it finished."""
+        con, s = self.con, self.states[i]
+        before = s.pos
+        fin = con.advance(s, t)
+        events.append(_event(con, s, i, t, lp, fin, before=before))
+        if not fin and con.only_forced_left(s):
+            events += _forced_tail(con, s, i)
+            fin = True
+        if fin:
+            self.done[i] = True
+        return fin
 
-        _check_grid_range(ge, con.feat_row, con.feat_col)
-    use_fast = _FastRunner.supports(lm) if fast is None else fast
-    if fp16 and not use_fast:
-        raise ValueError("fp16 decoding needs the static-cache path (a plain Emu3ForCausalLM, fast not False)")
-    drafters: list[Any] | None = None
-    if speculate > 1 and use_fast and nb == 1 and forced_prefix is None:
-        from engine.drafts import CopyDrafter, code_permutations, source_grid
+    def _feed(self, toks: list[list[int]], at: list[list[int]]) -> torch.Tensor:
+        return _feed_embeddings(self.emb_w, self.grid_table, toks, at, self.device)
 
-        srcs = [source_grid(tok, list(p)) for p in prompts]
-        if all(g is not None for g in srcs):
-            perms = code_permutations(getattr(bundle, "vq", None))
-            drafters = [CopyDrafter(g, (h, w), perms) for g in srcs]
-            # rejected guesses leave unused cache slots behind: room for as many again
-            max_len += con.max_new_tokens
-    prefill_threads = threads
-    if threads is None and sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS and device.type == "cpu":
-        threads = 1  # prefill_threads stays None: the caller's setting
+    # -- prefill and the loops ------------------------------------------------------------------------
 
-    def speculative(runner: _FastRunner, logits: torch.Tensor, emb_w: torch.Tensor,
-                    grid_table: torch.Tensor | None, key_valid: torch.Tensor, pos_now: torch.Tensor
-                    ) -> Iterator[list[Sampled]]:
+    def steps(self) -> Iterator[list[Sampled]]:
+        from engine.logprobs import embed_inputs
+
+        con, device, p_len = self.con, self.device, self.p_len
+        if self.ge is not None:
+            gtab = self.ge(con.feat_image[None].to(device), con.feat_row[None].to(device),
+                           con.feat_col[None].to(device))[0]
+            self.grid_table = torch.cat([torch.zeros_like(gtab[:1]), gtab]).to(self.emb_w.dtype)
+        else:
+            self.grid_table = None
+        emb = embed_inputs(self.bundle, self.ids.to(device), tuple(self.feats.to(device)))
+        self.key_valid = torch.ones((self.n * self.nb, self.max_len), dtype=torch.bool, device=device)
+        self.key_valid[:, :p_len] = self.valid.to(device)
+        valid = self.valid.to(device)
+        if self.use_fast:
+            self.runner = _FastRunner(base_lm(self.lm), self.n * self.nb, self.max_len, fp16=self.fp16)
+            mask = None
+            if self.any_pad:
+                qpos = torch.arange(p_len, device=device)
+                causal = qpos[None, :] <= qpos[:, None]
+                mask = (causal[None] & valid[:, None, :]) | torch.eye(p_len, dtype=torch.bool, device=device)[None]
+                mask = mask[:, None]
+            logits = self.runner.forward(emb, 0, self.positions.to(device), mask)
+        else:
+            self.runner = _HFRunner(self.lm)
+            logits = self.runner.forward(emb, self.positions.to(device), valid.long())
+        if self.first_events:
+            yield self.first_events
+        pos_now = self.positions[:, -1].to(device)  # rotary position of the last token fed, per row
+        if self.drafters is not None:
+            yield from self.speculative(logits, pos_now)
+        else:
+            yield from self.plain(logits, pos_now)
+
+    def plain(self, logits: torch.Tensor, pos_now: torch.Tensor) -> Iterator[list[Sampled]]:
+        """One token per candidate per forward pass (two when the next one is forced for all), with
+        guidance when its branches are there."""
+        con, sp, n, device = self.con, self.sp, self.n, self.device
+        states, done = self.states, self.done
+        cur = self.p_len  # next cache slot
+        while True:
+            if self.cancelled():
+                return
+            active = [i for i in range(n) if not done[i]]
+            if not active:
+                return
+            forced = [sp.pad if done[i] else con.forced(s) for i, s in enumerate(states)]
+            for i in active:
+                pt = self.prefix_token(i, states[i])
+                if pt is not None:
+                    forced[i] = pt
+            if all(forced[i] is not None for i in active):
+                toks = [forced[i] if forced[i] is not None else sp.pad for i in range(n)]
+                lps = [0.0] * n
+            else:
+                rows_idx = [0 if done[i] else con.mask_row(s) for i, s in enumerate(states)]
+                chosen, lp_chosen = self._pick(*self._guided(logits, rows_idx), self.u_all[:, self.step_idx])
+                toks = [forced[i] if forced[i] is not None else chosen[i] for i in range(n)]
+                lps = [0.0 if forced[i] is not None else lp_chosen[i] for i in range(n)]
+            events: list[Sampled] = []
+            feed_pos = [0] * n  # template position + 1 of each fed token (0: text / none)
+            for i in active:
+                s = states[i]
+                feed_pos[i] = s.pos + 1 if s.pos >= 0 else 0
+                self._take(i, toks[i], lps[i], events)
+            self.step_idx += 1
+            yield events
+            if all(done) or self.cancelled() or cur >= self.max_len:
+                return
+            # Feed this step's tokens (finished candidates get PAD; their rows are ignored).
+            feed_tok = [[sp.pad] if done[i] else [toks[i]] for i in range(n)]
+            feed_at = [[0] if done[i] else [feed_pos[i]] for i in range(n)]
+            live = [i for i in range(n) if not done[i]]
+            if cur + 2 <= self.max_len and all(
+                con.forced(states[i]) is not None and not con.only_forced_left(states[i]) for i in live
+            ):
+                # The next token is forced for every candidate still going (the EOL after a row's last
+                # code): it goes into the same forward pass, which costs about what one token costs.
+                extra: list[Sampled] = []
+                for i in range(n):
+                    if done[i]:
+                        feed_tok[i].append(sp.pad)
+                        feed_at[i].append(0)
+                        continue
+                    st = states[i]
+                    ft = con.forced(st)
+                    self.prefix_token(i, st)  # a forced prefix must agree with the template here too
+                    p_before = st.pos
+                    extra.append(_event(con, st, i, ft, 0.0, con.advance(st, ft), before=p_before))
+                    feed_tok[i].append(ft)
+                    feed_at[i].append(p_before + 1)
+                self.step_idx += 1
+                yield extra
+                if self.cancelled():
+                    return
+            t_new = len(feed_tok[0])
+            e = self._feed(feed_tok * self.nb, feed_at * self.nb)  # (rows, t_new, D)
+            new_pos = pos_now[:, None] + torch.arange(1, t_new + 1, device=device)
+            pos_now = new_pos[:, -1]
+            if self.use_fast:
+                m2 = _pass_mask(self.key_valid, cur, t_new) if self.any_pad or t_new > 1 else None
+                logits = self.runner.forward(e, cur, new_pos, m2)
+            else:
+                logits = self.runner.forward(e, new_pos, self.key_valid[:, : cur + t_new].long())
+            cur += t_new
+
+    def _guided(self, logits: torch.Tensor, rows_idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores to sample from, masked conditional logits for the log-probs) of a plain step."""
+        n = self.n
+        cond = logits[:n].float()
+        m = self.con.masks[torch.tensor(rows_idx, device=self.device)]
+        if self.nb == 1:
+            return cond + m, cond + m
+        l_img = logits[n : 2 * n].float()
+        if self.nb == 3:
+            l_null = logits[2 * n :].float()
+            guided = l_null + self.image_scale * (l_img - l_null) + self.text_scale * (cond - l_img)
+        else:
+            guided = l_img + self.text_scale * (cond - l_img)
+        return guided + m, cond + m
+
+    def speculative(self, logits: torch.Tensor, pos_now: torch.Tensor) -> Iterator[list[Sampled]]:
         """The decoding loop with guesses (``speculate``), after the prefill's ``logits``. Each pass feeds
         every candidate's last token and its guesses for the tokens after it; a candidate keeps the tokens
         its own uniforms pick up to its first wrong guess, so candidates of a batch move at their own pace.
@@ -507,17 +694,20 @@ def sample(
         (always at batch 1), else masked out for good (``key_valid``) while the next pass writes after them."""
         from engine.drafts import best_draft_length
 
-        step = [step_idx] * n  # index of each candidate's next uniform
+        con, sp, n, device = self.con, self.sp, self.n, self.device
+        states, done, drafters, key_valid = self.states, self.done, self.drafters, self.key_valid
+        assert drafters is not None
+        step = [self.step_idx] * n  # index of each candidate's next uniform
         accept = [0.3] * n  # running share of each candidate's right guesses: guess once they prove right
         block = logits[:, None]  # (n, T, V): the last pass's logits at every position it fed
         guesses: list[list[int]] = [[] for _ in range(n)]  # what each candidate fed after its token
         last_tok, last_at = [sp.pad] * n, [0] * n
-        cur, pass_slot = p_len, -1
+        cur, pass_slot = self.p_len, -1
         holes = False  # whether key_valid masks out rejected slots after the prompt
-        n_u = u_all.shape[1]
+        n_u = self.u_all.shape[1]
         row_of_pos = con.row_of_pos.tolist()
         while True:
-            if cancel is not None and cancel.is_set():
+            if self.cancelled():
                 return
             live = [i for i in range(n) if not done[i]]
             if not live:
@@ -533,32 +723,23 @@ def sample(
                 if m:
                     rows_idx[i][1 : m + 1] = row_of_pos[s.pos + 1 : s.pos + 1 + m]
                 u_idx[i] = [min(step[i] + j, n_u - 1) for j in range(t_blk)]
-            scores = block.float() + masks[torch.tensor(rows_idx, device=device)]
-            lp = torch.log_softmax(scores, dim=-1)
-            u = torch.gather(u_all, 1, torch.tensor(u_idx, device=device))
-            chosen = choose_tokens(scores.view(n * t_blk, -1), u.reshape(-1), temperature, top_k, top_p).view(n, t_blk)
-            lp_chosen = lp.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
-            chosen_l, lp_l = chosen.tolist(), lp_chosen.tolist()
+            scores = (block.float() + con.masks[torch.tensor(rows_idx, device=device)]).view(n * t_blk, -1)
+            u = torch.gather(self.u_all, 1, torch.tensor(u_idx, device=device)).reshape(-1)
+            flat_tok, flat_lp = self._pick(scores, scores, u)
             events: list[Sampled] = []
             kept = [0] * n
             for i in live:
                 s, g, j = states[i], guesses[i], 0
                 while True:
                     ft = con.forced(s)
-                    t, lpv = (ft, 0.0) if ft is not None else (chosen_l[i][j], lp_l[i][j])
+                    t, lpv = (ft, 0.0) if ft is not None else (flat_tok[i * t_blk + j], flat_lp[i * t_blk + j])
                     before = s.pos
                     if before >= 0 and con.template[before] == VIS:
                         r_, c_ = int(con.feat_row[before]), int(con.feat_col[before])
                         code = int(sp.code_of[t])
                         accept[i] = 0.95 * accept[i] + 0.05 * float(drafters[i].observe(r_, c_, code))
-                    fin = con.advance(s, t)
-                    events.append(_event(con, s, i, t, lpv, fin, before=before))
                     step[i] += 1
-                    if not fin and con.only_forced_left(s):
-                        events += _forced_tail(con, s, i)
-                        fin = True
-                    if fin:
-                        done[i] = True
+                    if self._take(i, t, lpv, events):
                         break
                     last_tok[i], last_at[i] = t, (before + 1 if before >= 0 else 0)
                     if j < len(g) and t == g[j]:
@@ -567,7 +748,7 @@ def sample(
                     break
                 kept[i] = j
             yield events
-            if all(done) or (cancel is not None and cancel.is_set()):
+            if all(done) or self.cancelled():
                 return
             live = [i for i in range(n) if not done[i]]
             if pass_slot >= 0:  # keep each candidate's token and right guesses of the last pass
@@ -579,7 +760,7 @@ def sample(
                     holes = True
                 pos_now = pos_now + 1 + torch.tensor(kept, device=device)
             # every live candidate gets a token per pass, so the one whose guesses miss most sets the pace
-            k = best_draft_length(min(accept[i] for i in live), n, speculate)
+            k = best_draft_length(min(accept[i] for i in live), n, self.speculate)
             n_g = [0] * n
             for i in live:
                 s = states[i]
@@ -587,7 +768,7 @@ def sample(
                     n_g[i] = min(k - 1, con.last_free_pos - s.pos + 1)
                     if n_g[i] == 0 and con.forced(s) is not None:
                         n_g[i] = 1  # a forced EOL shares the pass, as in the plain loop
-            t_new = 1 + min(max(n_g), max_len - cur - 1)
+            t_new = 1 + min(max(n_g), self.max_len - cur - 1)
             if t_new < 1:
                 return
             feed_tok, feed_at = [], []
@@ -607,158 +788,13 @@ def sample(
                 pad = t_new - 1 - len(g)
                 feed_tok.append([last_tok[i] if not done[i] else sp.pad] + g + [sp.pad] * pad)
                 feed_at.append([last_at[i] if not done[i] else 0] + at + [0] * pad)
-            e = _feed_embeddings(emb_w, grid_table, feed_tok, feed_at, device)
+            e = self._feed(feed_tok, feed_at)
             new_pos = pos_now[:, None] + torch.arange(1, t_new + 1, device=device)
             # one token per candidate over a cache without holes attends to all of it: no mask
-            m2 = _pass_mask(key_valid, cur, t_new) if t_new > 1 or holes or any_pad else None
-            block = runner.forward(e, cur, new_pos, m2, all_positions=True)
+            m2 = _pass_mask(key_valid, cur, t_new) if t_new > 1 or holes or self.any_pad else None
+            block = self.runner.forward(e, cur, new_pos, m2, all_positions=True)
             pass_slot = cur
             cur += t_new
-
-    def steps() -> Iterator[list[Sampled]]:
-        nonlocal step_idx
-        from engine.logprobs import embed_inputs
-
-        if ge is not None:
-            gtab = ge(con.feat_image[None].to(device), con.feat_row[None].to(device), con.feat_col[None].to(device))[0]
-            grid_table = torch.cat([torch.zeros_like(gtab[:1]), gtab]).to(emb_w.dtype)
-        else:
-            grid_table = None
-        emb = embed_inputs(bundle, ids.to(device), tuple(feats.to(device)))
-        key_valid = torch.ones((rows_total, max_len), dtype=torch.bool, device=device)
-        key_valid[:, :p_len] = valid.to(device)
-        if use_fast:
-            runner = _FastRunner(base, rows_total, max_len, fp16=fp16)
-            mask = None
-            if any_pad:
-                qpos = torch.arange(p_len, device=device)
-                causal = qpos[None, :] <= qpos[:, None]
-                mask = (causal[None] & valid.to(device)[:, None, :]) | torch.eye(p_len, dtype=torch.bool, device=device)[None]
-                mask = mask[:, None]
-            logits = runner.forward(emb, 0, positions.to(device), mask)
-        else:
-            runner = _HFRunner(lm)
-            attn2d = valid.to(device).long()
-            logits = runner.forward(emb, positions.to(device), attn2d)
-        if first_events:
-            yield first_events
-        if drafters is not None:
-            yield from speculative(runner, logits, emb_w, grid_table, key_valid, positions[:, -1].to(device))
-            return
-
-        pos_now = positions[:, -1].to(device)  # rotary position of the last token fed, per row
-        cur = p_len  # next cache slot
-        cond_scale = guidance.text_scale if guidance else 1.0
-        img_scale = guidance.image_scale if guidance else 1.0
-        while True:
-            if cancel is not None and cancel.is_set():
-                return
-            active = [i for i in range(n) if not done[i]]
-            if not active:
-                return
-            forced = [sp.pad if done[i] else con.forced(s) for i, s in enumerate(states)]
-            for i in active:
-                pt = prefix_token(i, states[i])
-                if pt is not None:
-                    forced[i] = pt
-            rows_idx = [0 if done[i] else con.mask_row(s) for i, s in enumerate(states)]
-            if all(forced[i] is not None for i in active):
-                toks = [forced[i] if forced[i] is not None else sp.pad for i in range(n)]
-                lps = [0.0] * n
-            else:
-                cond = logits[:n].float()
-                m = masks[torch.tensor(rows_idx, device=device)]
-                lp = torch.log_softmax(cond + m, dim=-1)
-                if nb == 1:
-                    scores = cond + m
-                else:
-                    l_img = logits[n : 2 * n].float()
-                    if nb == 3:
-                        l_null = logits[2 * n :].float()
-                        guided = l_null + img_scale * (l_img - l_null) + cond_scale * (cond - l_img)
-                    else:
-                        guided = l_img + cond_scale * (cond - l_img)
-                    scores = guided + m
-                chosen = choose_tokens(scores, u_all[:, step_idx], temperature, top_k, top_p)
-                lp_chosen = lp.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
-                chosen_l, lp_l = chosen.tolist(), lp_chosen.tolist()
-                toks, lps = [], []
-                for i in range(n):
-                    if forced[i] is not None:
-                        toks.append(forced[i])
-                        lps.append(0.0)
-                    else:
-                        toks.append(chosen_l[i])
-                        lps.append(lp_l[i])
-            events: list[Sampled] = []
-            feed_pos = [0] * n  # template position + 1 of each fed token (0: text / none)
-            for i in active:
-                s = states[i]
-                t = toks[i]
-                feed_pos[i] = s.pos + 1 if s.pos >= 0 else 0
-                fin = con.advance(s, t)
-                events.append(_event(con, s, i, t, lps[i], fin, before=feed_pos[i] - 1))
-                if not fin and con.only_forced_left(s):
-                    events += _forced_tail(con, s, i)
-                    fin = True
-                if fin:
-                    done[i] = True
-            step_idx += 1
-            yield events
-            if all(done) or (cancel is not None and cancel.is_set()):
-                return
-            if cur >= max_len:
-                return
-            # Feed this step's tokens (finished candidates get PAD; their rows are ignored).
-            feed_tok = [[sp.pad] if done[i] else [toks[i]] for i in range(n)]
-            feed_at = [[0] if done[i] else [feed_pos[i]] for i in range(n)]
-            live = [i for i in range(n) if not done[i]]
-            if cur + 2 <= max_len and all(
-                con.forced(states[i]) is not None and not con.only_forced_left(states[i]) for i in live
-            ):
-                # The next token is forced for every candidate still going (the EOL after a row's last
-                # code): it goes into the same forward pass, which costs about what one token costs.
-                extra: list[Sampled] = []
-                for i in range(n):
-                    if done[i]:
-                        feed_tok[i].append(sp.pad)
-                        feed_at[i].append(0)
-                        continue
-                    st = states[i]
-                    ft = con.forced(st)
-                    prefix_token(i, st)  # a forced prefix must agree with the template here too
-                    p_before = st.pos
-                    extra.append(_event(con, st, i, ft, 0.0, con.advance(st, ft), before=p_before))
-                    feed_tok[i].append(ft)
-                    feed_at[i].append(p_before + 1)
-                step_idx += 1
-                yield extra
-                if cancel is not None and cancel.is_set():
-                    return
-            t_new = len(feed_tok[0])
-            e = _feed_embeddings(emb_w, grid_table, feed_tok * nb, feed_at * nb, device)  # (rows, t_new, D)
-            new_pos = pos_now[:, None] + torch.arange(1, t_new + 1, device=device)
-            pos_now = new_pos[:, -1]
-            if use_fast:
-                m2 = _pass_mask(key_valid, cur, t_new) if any_pad or t_new > 1 else None
-                logits = runner.forward(e, cur, new_pos, m2)
-            else:
-                attn2d = key_valid[:, : cur + t_new].long()
-                logits = runner.forward(e, new_pos, attn2d)
-            cur += t_new
-
-    # The model runs inside inference mode (and with ``threads``) only while this generator computes:
-    # never across a ``yield``, so the caller's own code (e.g. training between steps) is unaffected.
-    it = steps()
-    first = True  # the first step is the prefill (and the first token choice)
-    while True:
-        with torch.inference_mode(), num_threads(prefill_threads if first else threads):
-            try:
-                events = next(it)
-            except StopIteration:
-                return
-        first = False
-        yield events
 
 
 def _event(con: FreeFormConstraint, s: State, cand: int, token: int, lp: float, fin: bool,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.constraint import FreeFormConstraint
+from engine.constraint import constraint_for
 from engine.layout import build_prompt
 
 
@@ -43,7 +43,6 @@ class StoreExamples:
         self.bundle, self.store = bundle, store
         self._grids: dict[str, np.ndarray] = {}
         self._examples: dict[int, Example | None] = {}
-        self._constraints: dict[tuple[int, int, bool, int], FreeFormConstraint] = {}
         self.skipped: Counter[str] = Counter()
 
     def source_grid(self, source_hash: str) -> np.ndarray:
@@ -77,13 +76,10 @@ class StoreExamples:
             return None
         think = bool(cand.think)
         n = len(cand.tokens)
-        key = (h, w, think, n)
-        if key not in self._constraints:
-            # think mode: the sampler's budget must at least cover this generation
-            self._constraints[key] = FreeFormConstraint(tok, h, w, think, vocab_size=vocab,
-                                                        max_new_tokens=n if think else None)
+        # think mode: the sampler's budget must at least cover this generation
+        con = constraint_for(tok, h, w, think, vocab, n if think else None)
         try:
-            self._constraints[key].replay(list(cand.tokens))
+            con.replay(list(cand.tokens))
         except ValueError:
             self.skipped["tokens break the constraint (other tokenizer or unfinished)"] += 1
             return None

@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from engine.constraint import constraint_for
 from engine.grid_embed import GridEmbedding
-from engine.layout import build_prompt, build_target, parse_generation, special_ids
+from engine.layout import build_prompt, build_target, special_ids
 from engine.logprobs import sequence_logprobs
 from engine.vq import NanoVQ, apply_d4
 from training.data.pretokenize import KEEP_PHRASINGS, encode_records, load_cache, raw_records
-from training.train_sft import Batcher, SFTConfig, constraint_for, new_bundle, next_batch, sft_step
+from training.train_sft import Batcher, SFTConfig, new_bundle, next_batch, sft_step
 
 DEFAULT_KINDS = "hflip,vflip,rotate180,grayscale,invert"
 
@@ -57,7 +58,7 @@ def heldout_records(vq: NanoVQ, kinds: list[str], n_per_kind: int, corpus: str |
 
 
 @torch.no_grad()
-def evaluate(bundle, recs: list[dict], constraints: dict) -> dict[str, dict[str, float]]:
+def evaluate(bundle, recs: list[dict]) -> dict[str, dict[str, float]]:
     """Per kind: mean NLL of the target image tokens and the share of them that are the model's argmax."""
     tok = bundle.tokenizer
     sp = special_ids(tok)
@@ -67,7 +68,7 @@ def evaluate(bundle, recs: list[dict], constraints: dict) -> dict[str, dict[str,
     nll: dict[str, list[float]] = {}
     for r in recs:
         h, w = r["src"].shape
-        con = constraint_for(constraints, tok, h, w, False, bundle.lm.config.vocab_size)
+        con = constraint_for(tok, h, w, False, bundle.lm.config.vocab_size)
         p = build_prompt(tok, r["src"].astype(np.int64), r["instructions"][0], False)
         g = build_target(tok, r["tgt"].astype(np.int64), None)
         logp, pred = sequence_logprobs(bundle, p, g, h, w, False, constraint=con, return_argmax=True)
@@ -99,15 +100,14 @@ def run(a: argparse.Namespace) -> None:
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     batcher = Batcher(records, cfg, cfg.seed)
     accel = Accelerator(cpu=True)  # fp32, one process: the same step as train_sft's on this machine
-    constraints: dict = {}
     log = []
     t0 = time.time()
     bundle.lm.train()
     for step in range(1, cfg.steps + 1):
-        batch = next_batch(batcher, constraints, bundle.tokenizer, bundle.lm.config.vocab_size)
+        batch = next_batch(batcher, bundle.tokenizer, bundle.lm.config.vocab_size)
         loss, _ = sft_step(accel, bundle, opt, params, batch, cfg, step - 1)
         if step % a.eval_every == 0 or step == cfg.steps:
-            ev = evaluate(bundle, held, constraints)
+            ev = evaluate(bundle, held)
             rec = {"step": step, "train_loss": loss.item(), "wall_s": round(time.time() - t0, 1), "heldout": ev}
             log.append(rec)
             (out / "log.json").write_text(json.dumps({"arm": a.arm, "kinds": kinds, "vq": a.vq, "log": log}, indent=1))
@@ -219,7 +219,7 @@ def score_bundles(paths: list[str], a: argparse.Namespace) -> None:
             held = heldout_records(bundle.vq, kinds, a.heldout, a.corpus)
             copy = copy_baseline(held)
             print(f"{'copy the source':<28}" + _copy_cells(copy, kinds))
-        print(f"{Path(path).name[-28:]:<28}" + _cells(evaluate(bundle, held, {}), kinds), flush=True)
+        print(f"{Path(path).name[-28:]:<28}" + _cells(evaluate(bundle, held), kinds), flush=True)
 
 
 def continuation(bundle, recs: list[dict], rows: list[int], temperature: float = 0.7,
@@ -229,7 +229,7 @@ def continuation(bundle, recs: list[dict], rows: list[int], temperature: float =
 
     Teacher-forced accuracy gives the true left neighbour of every token; this asks whether the model
     continues a correct flip once it has been started on one (exposure bias), or not at all."""
-    from engine.sampler import sample_all
+    from engine.generate import generate
 
     tok = bundle.tokenizer
     sp = special_ids(tok)
@@ -237,15 +237,16 @@ def continuation(bundle, recs: list[dict], rows: list[int], temperature: float =
     for r in recs:
         src, tgt = r["src"].astype(np.int64), r["tgt"].astype(np.int64)
         h, w = tgt.shape
-        prompt = build_prompt(tok, src, r["instructions"][0], False)
         target = build_target(tok, tgt, None)
         head = target.index(sp.img_token) + 1
         ks = [k for k in rows if k < h]
-        gens = sample_all(bundle, [prompt] * len(ks), h, w, [seed] * len(ks), temperature=temperature,
-                          forced_prefix=[target[: head + k * (w + 1)] for k in ks])
-        for k, gen in zip(ks, gens, strict=True):
-            grid = parse_generation(tok, gen.tokens, expect_hw=(h, w))[1]
-            out.setdefault(r["kind"], {}).setdefault(k, []).append(float((grid[k:] == tgt[k:]).mean()))
+        edits = generate(bundle, [src] * len(ks), [r["instructions"][0]] * len(ks), [seed] * len(ks),
+                         temperature=temperature, top_k=0, forced_prefix=[target[: head + k * (w + 1)] for k in ks],
+                         target_hw=[(h, w)] * len(ks), decode=False)
+        for k, e in zip(ks, edits, strict=True):
+            if e.grid is None:
+                raise ValueError(e.error)
+            out.setdefault(r["kind"], {}).setdefault(k, []).append(float((e.grid[k:] == tgt[k:]).mean()))
     return {kind: {k: float(np.mean(v)) for k, v in by_k.items()} for kind, by_k in out.items()}
 
 

@@ -95,15 +95,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _model_grid(bundle, src: np.ndarray, sample: dict, temperature: float) -> np.ndarray:
-    from engine.layout import build_prompt, parse_generation
-    from engine.sampler import fp16_default, sample_all
+    from engine.generate import generate
+    from engine.sampler import fp16_default
     from training.eval import EARL_TOP_K, sample_seed
 
-    h, w = src.shape
-    prompt = build_prompt(bundle.tokenizer, src, sample["instruction"], False)
-    gen = sample_all(bundle, [prompt], h, w, [sample_seed(0, sample["id"])], temperature=temperature,
-                     top_k=EARL_TOP_K, fp16=fp16_default(bundle))[0]
-    return parse_generation(bundle.tokenizer, gen.tokens, expect_hw=(h, w))[1]
+    e = generate(bundle, [src], [sample["instruction"]], [sample_seed(0, sample["id"])], temperature=temperature,
+                 top_k=EARL_TOP_K, fp16=fp16_default(bundle), decode=False)[0]
+    if e.grid is None:
+        raise ValueError(e.error)
+    return e.grid
 
 
 if __name__ == "__main__":

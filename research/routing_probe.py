@@ -20,10 +20,10 @@ from training.routing import RouteHead, route_map, route_pairs
 def probe(bundle: Any, records: list[dict], per_kind: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
     """Mean attention of every (layer, head) on the routed source cell, per geometric kind and for the
     aligned cell of colour and object edits (``"aligned"``): which heads do the routing."""
+    from engine.constraint import constraint_for
     from engine.layout import build_prompt, build_target
     from engine.logprobs import collate, embed_inputs
     from training.data.edits import KINDS
-    from training.train_sft import constraint_for
 
     tok, lm = bundle.tokenizer, bundle.lm
     rng = random.Random(seed)
@@ -45,7 +45,7 @@ def probe(bundle: Any, records: list[dict], per_kind: int = 12, seed: int = 0) -
                 rc = route_map(r["kind"], r.get("params", {}), r["src"].shape, r["tgt"].shape)
                 if rc is None:  # aligned: the same cell
                     rc = tuple(np.meshgrid(*(np.arange(n) for n in r["tgt"].shape), indexing="ij"))
-                con = constraint_for({}, tok, *r["tgt"].shape, False, lm.config.vocab_size)
+                con = constraint_for(tok, *r["tgt"].shape, False, lm.config.vocab_size)
                 batch = collate(tok, con, [build_prompt(tok, r["src"], r["instructions"][0], False)],
                                 [build_target(tok, r["tgt"], None)])
                 lm.model(inputs_embeds=embed_inputs(bundle, batch.ids, tuple(batch.feats)),

@@ -18,7 +18,8 @@ def tiny_bundle(tmp_path_factory):
     8x8 code grid at its 64x64 image area, 64 FSQ codes, hidden 64, 2 layers, with a grid embedding.
     Session-scoped: treat it as read-only (copy.deepcopy the LM before training it).
     """
-    from engine.bundle import load_bundle, make_tiny_random_bundle
+    from engine.bundle import load_bundle
+    from engine.tiny import make_tiny_random_bundle
 
     path = tmp_path_factory.mktemp("bundles") / "tiny"
     make_tiny_random_bundle(path, seed=0)

@@ -13,16 +13,9 @@ from safetensors import safe_open
 from transformers import Emu3ForCausalLM
 
 from engine import tokens as T
-from engine.bundle import (
-    Bundle,
-    BundleConfig,
-    BundleError,
-    default_bundle_path,
-    load_bundle,
-    make_tiny_random_bundle,
-    save_bundle,
-)
+from engine.bundle import Bundle, BundleConfig, BundleError, default_bundle_path, load_bundle, save_bundle
 from engine.grid_embed import GridEmbedding
+from engine.tiny import make_tiny_random_bundle
 from engine.vq import NanoVQ
 
 
@@ -236,7 +229,8 @@ def test_centred_grid_features_mirror_and_round_trip(tmp_path):
 def test_sampling_settings_validated_and_used_by_the_studio(tmp_path):
     from types import SimpleNamespace
 
-    from engine.bundle import SAMPLING_DEFAULTS, make_tiny_random_bundle, sampling_defaults
+    from engine.bundle import SAMPLING_DEFAULTS, sampling_defaults
+    from engine.tiny import make_tiny_random_bundle
     from studio.models import ModelRegistry
     from studio.side_panel import sampling_for as _sampling_for
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    from engine.bundle import make_tiny_random_bundle
+    from engine.tiny import make_tiny_random_bundle
 
     path = tmp_path_factory.mktemp("cli") / "tiny"
     make_tiny_random_bundle(path, seed=1)

@@ -19,9 +19,11 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import Emu3ForCausalLM, Emu3VQVAE
 
 from engine import tokens as T
-from engine.bundle import BundleError, assemble_emu3_bundle, load_bundle, tiny_lm_config
+from engine.bundle import BundleError, load_bundle
+from engine.emu3_convert import assemble_emu3_bundle
 from engine.emu3_vq import Emu3VisionTokenizer, tiny_emu3_vqvae_config
 from engine.text_tokenizer import token_id
+from engine.tiny import tiny_lm_config
 
 CODEBOOK = 64
 # Emu3's tokenizer: Qwen's <|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0..204|>, then the image
@@ -130,7 +132,7 @@ def test_tokenizer_gets_emu3_qwen_pre_tokenizer(emu3_parts, tmp_path):
     import regex
     from transformers import AutoTokenizer
 
-    from engine.bundle import QWEN_PRETOKENIZE_REGEX
+    from engine.emu3_convert import QWEN_PRETOKENIZE_REGEX
 
     root, _ = emu3_parts
     before = AutoTokenizer.from_pretrained(str(root / "tok"))
@@ -196,7 +198,7 @@ def test_extract_parts_from_hf_multimodal_checkpoint(tmp_path):
     """Emu3ForConditionalGeneration (-hf) checkpoint -> lm/vq/tokenizer parts -> bundle, same numbers."""
     from transformers import AutoTokenizer, Emu3Config, Emu3ForConditionalGeneration
 
-    from engine.bundle import extract_emu3_hf_parts
+    from engine.emu3_convert import extract_emu3_hf_parts
 
     _write_emu3_tokenizer(tmp_path / "tok")
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))

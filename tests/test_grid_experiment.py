@@ -67,8 +67,8 @@ def test_an_arm_trains_and_logs_heldout_accuracy(tmp_path):
 
 
 def test_continuation_scores_only_the_rows_the_model_writes():
-    from engine.bundle import make_tiny_random_bundle
     from engine.layout import special_ids
+    from engine.tiny import make_tiny_random_bundle
     from research.grid_experiment import continuation
 
     bundle = make_tiny_random_bundle(seed=4, grid_embed=True)

@@ -84,7 +84,7 @@ def test_step_moves_policy_toward_better_candidate(tiny_bundle):
     # sampler log-probs equal the training recomputation (same constraint, same softmaxes)
     adv = [1.5, -0.5, -0.5, -0.5]
     opt = make_optimizer(policy, lr=3e-3)
-    loss, n, st = group_loss(policy, grp, adv, cfg, {})
+    loss, n, st = group_loss(policy, grp, adv, cfg)
     assert n == 4 and st["logprob_mismatch"] < 1e-3
     before = _seq_logp(policy.bundle, grp)
     (loss / n).backward()
@@ -114,7 +114,7 @@ def test_lora_step_and_merge(tiny_bundle):
     opt = make_optimizer(policy, lr=1e-2)
     for _ in range(2):
         opt.zero_grad()
-        loss, n, _ = group_loss(policy, grp, [1.0, -1.0, 0.5, -0.5], cfg, {})
+        loss, n, _ = group_loss(policy, grp, [1.0, -1.0, 0.5, -0.5], cfg)
         (loss / n).backward()
         opt.step()
     trained = _seq_logp(policy.bundle, grp)
@@ -162,7 +162,7 @@ def test_grpo_loop_raises_reward(tiny_bundle):
         if adv is None:
             continue
         opt.zero_grad()
-        loss, n, _ = group_loss(policy, g, adv, cfg, {})
+        loss, n, _ = group_loss(policy, g, adv, cfg)
         (loss / n).backward()
         opt.step()
     after = mean_reward()
@@ -199,7 +199,7 @@ def _cmd(out: Path, bundle: Path, steps: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
-    from engine.bundle import make_tiny_random_bundle
+    from engine.tiny import make_tiny_random_bundle
 
     p = tmp_path_factory.mktemp("grpo") / "tiny"
     make_tiny_random_bundle(p, seed=0)

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.bundle import load_bundle, make_tiny_random_bundle
+from engine.bundle import load_bundle
+from engine.tiny import make_tiny_random_bundle
 from feedback.store import Store
 from training.data import suite
 from training.jobs import JobManager, build_command

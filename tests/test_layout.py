@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from engine import tokens as T
-from engine.bundle import TINY_TEXTS
 from engine.constraint import TEXT_ROW, VISUAL_ROW, FreeFormConstraint
 from engine.layout import (
     SpecialIds,
@@ -18,6 +17,7 @@ from engine.layout import (
     parse_generation,
 )
 from engine.text_tokenizer import build_nano_tokenizer
+from engine.tiny import TINY_TEXTS
 
 
 @pytest.fixture(scope="module")
@@ -344,3 +344,18 @@ def test_multi_token_think_markers(grid):
     seq = [tok.encode("Make", add_special_tokens=False)[0]] + end + build_target(tok, grid, None)
     assert con.replay(seq)[0].shape == (len(seq),)
     assert parse_generation(tok, seq)[0] == "Make"
+
+
+def test_constraint_for_shares_one_constraint_per_request_shape(tok):
+    from engine.constraint import _CACHE_PER_TOKENIZER, constraint_for
+
+    a = constraint_for(tok, 3, 4, True, max_new_tokens=64)
+    assert constraint_for(tok, 3, 4, True, max_new_tokens=64) is a
+    assert (a.h, a.w, a.think, a.max_new_tokens) == (3, 4, True, 64)
+    others = [constraint_for(tok, 3, 4, False), constraint_for(tok, 4, 3, True, max_new_tokens=64),
+              constraint_for(tok, 3, 4, True, max_new_tokens=80), constraint_for(tok, 3, 4, True, len(tok) + 8, 64)]
+    assert len({id(c) for c in [a, *others]}) == 5
+    assert others[3].masks.shape[1] == len(tok) + 8
+    for w in range(1, _CACHE_PER_TOKENIZER + 1):  # the oldest ones give way to newer shapes
+        constraint_for(tok, 1, w, False)
+    assert constraint_for(tok, 3, 4, True, max_new_tokens=64) is not a

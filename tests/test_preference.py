@@ -12,9 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.bundle import Bundle, load_bundle, make_tiny_random_bundle
+from engine.bundle import Bundle, load_bundle
 from engine.layout import build_prompt
 from engine.logprobs import sequence_logprobs
+from engine.tiny import make_tiny_random_bundle
 from feedback.pairs import StoreExamples, star_pairs
 from feedback.store import Store
 from training.data import suite

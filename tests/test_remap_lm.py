@@ -6,8 +6,9 @@ import numpy as np
 import torch
 
 from engine import edit_blocking
-from engine.bundle import load_bundle, make_tiny_random_bundle, save_bundle
+from engine.bundle import load_bundle, save_bundle
 from engine.layout import special_ids
+from engine.tiny import make_tiny_random_bundle
 from engine.vq import NanoVQ
 from recipes.earl_nano.remap_lm import cooccurrence, remap_bundle, remap_rows
 

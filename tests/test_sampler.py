@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.bundle import make_tiny_random_bundle
 from engine.constraint import FreeFormConstraint
 from engine.layout import build_prompt, build_target, parse_generation, special_ids
 from engine.logprobs import sequence_logprobs
 from engine.sampler import _FastRunner, fp16_available, fp16_default, make_guidance, sample, sample_all
+from engine.tiny import make_tiny_random_bundle
 
 H, W = 4, 5
 INSTR = "Make the photo grayscale."
@@ -221,7 +221,8 @@ def test_multi_token_think_markers_match_generate(grid):
     """Emu3's tokenizer writes the think markers as plain text: the sampler still matches generate."""
     from transformers import Emu3ForCausalLM
 
-    from engine.bundle import Bundle, BundleConfig, tiny_lm_config
+    from engine.bundle import Bundle, BundleConfig
+    from engine.tiny import tiny_lm_config
     from tests.test_layout import emu3_like_tokenizer
 
     tok = emu3_like_tokenizer()

@@ -24,7 +24,7 @@ MODEL = "mem:tiny-demo"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from engine.bundle import make_tiny_random_bundle
+    from engine.tiny import make_tiny_random_bundle
 
     root = tmp_path_factory.mktemp("studio-e2e")
     data = root / "data"

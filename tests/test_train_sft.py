@@ -8,12 +8,12 @@ import torch
 
 from engine import edit_blocking
 from engine.bundle import load_bundle
+from engine.constraint import constraint_for
 from engine.vq import NanoVQ
 from training.data.pretokenize import load_cache
 from training.train_sft import (
     Batcher,
     SFTConfig,
-    constraint_for,
     digit_sum_init,
     sft_batch,
     teacher_targets,
@@ -320,7 +320,8 @@ def test_soft_sigma_changes_the_loss_on_the_edit_codes_only():
     tok = build_nano_tokenizer(["Add a red ball.", "Make it grey.", "Reasoning text here."], 64, 300)
     from transformers import Emu3ForCausalLM
 
-    from engine.bundle import Bundle, BundleConfig, tiny_lm_config
+    from engine.bundle import Bundle, BundleConfig
+    from engine.tiny import tiny_lm_config
 
     torch.manual_seed(0)
     lm = Emu3ForCausalLM(tiny_lm_config(tok, 64, 1, 2, 2, 128)).eval()
@@ -376,11 +377,10 @@ def _kl_to_teacher(student, teacher, cfg, kinds: set[str]) -> float:
     from engine.logprobs import collated_logprobs
 
     batcher = Batcher(load_cache(cfg.cache), SFTConfig(batch_size=6, keep_prob=0.0, think_prob=0.0), seed=3)
-    constraints: dict = {}
     total, n = 0.0, 0
     for _ in range(4):
         shape, think, items = batcher.next()
-        con = constraint_for(constraints, student.tokenizer, *shape, think, student.lm.config.vocab_size)
+        con = constraint_for(student.tokenizer, *shape, think, student.lm.config.vocab_size)
         batch = sft_batch(student.tokenizer, con, think, items)
         soft = teacher_targets(teacher, con, batch, items, kinds)
         if soft is None:
@@ -423,7 +423,7 @@ def test_distill_from_pulls_the_chosen_kinds_to_the_teacher(tmp_path):
 
     # only the chosen kind's image tokens get the teacher's distributions, each summing to one
     shape, think, items = Batcher(recs, SFTConfig(batch_size=8, keep_prob=0.0), seed=0).next()
-    con = constraint_for({}, teacher.tokenizer, *shape, think, teacher.lm.config.vocab_size)
+    con = constraint_for(teacher.tokenizer, *shape, think, teacher.lm.config.vocab_size)
     batch = sft_batch(teacher.tokenizer, con, think, items)
     soft = teacher_targets(teacher, con, batch, items, {"grayscale"})
     chosen = [it[5] == "grayscale" for it in items]
@@ -479,7 +479,7 @@ def test_cfg_dropout_empties_some_instructions_and_is_never_distilled(tmp_path):
 
     tok = build_nano_tokenizer(["Flip the photo horizontally.", "Mirror it."], NanoVQ.from_pretrained(cfg.vq).codebook_size,
                                text_vocab_size=300)
-    con = constraint_for({}, tok, 4, 4, False, len(tok))
+    con = constraint_for(tok, 4, 4, False, len(tok))
     batch = sft_batch(tok, con, False, dropped[:1])
     prompt = build_prompt(tok, dropped[0][0], "", False)
     assert batch.ids[0, : len(prompt)].tolist() == prompt

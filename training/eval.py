@@ -351,48 +351,28 @@ def _generate(bundle: Any, samples: Sequence[dict], key: str, think: bool, seeds
     """Decode every (sample, candidate) into ``outs`` / ``reasons`` / ``errors``; returns the tokens generated."""
     from tqdm import tqdm
 
-    from engine.layout import build_prompt, parse_generation
-    from engine.sampler import batch_guidance, sample_all
+    from engine.generate import encode_sources, generate
 
-    tok = bundle.tokenizer
-    # Source grids (what the model sees), grouped by shape: one constraint serves a whole batch.
-    grids = [np.asarray(g, dtype=np.int64) for g in bundle.vq.encode([fit_to_bundle(bundle, s["source"]) for s in samples])]
-    by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for i in range(len(samples)):
-        for j in range(len(seeds[i])):
-            by_shape.setdefault(tuple(grids[i].shape), []).append((i, j))
-    n_tokens = 0
+    grids = encode_sources(bundle, [s["source"] for s in samples])  # what the model sees
+    which = [(i, j) for i in range(len(samples)) for j in range(len(seeds[i]))]
     lm = bundle.lm
     was_training = lm.training
     lm.eval()
-    total = sum(len(g) for g in by_shape.values())
-    bar = tqdm(total=total, desc="eval", unit="edit", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=len(which), desc="eval", unit="edit", disable=not progress, dynamic_ncols=True, file=sys.stderr)
     try:
-        for (h, w), group in by_shape.items():
-            for b in range(0, len(group), batch_size):
-                chunk = group[b : b + batch_size]
-                prompts = [build_prompt(tok, grids[i], samples[i][key], think) for i, _ in chunk]
-                guidance = batch_guidance(tok, [grids[i] for i, _ in chunk], think, cfg_text, cfg_image)
-                gens = sample_all(bundle, prompts, h, w, [seeds[i][j] for i, j in chunk], think=think,
-                                  temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                                  fp16=fp16, guidance=guidance)
-                parsed = []
-                for (i, j), g in zip(chunk, gens, strict=True):
-                    n_tokens += len(g.tokens)
-                    try:
-                        r, grid = parse_generation(tok, g.tokens, expect_hw=(h, w))
-                        parsed.append((i, j, grid))
-                        reasons[i][j] = r
-                    except ValueError as e:  # unfinished (token budget) or malformed: scored 0
-                        errors[i].append(f"candidate {j}: {e}")
-                if parsed:
-                    for (i, j, _), im in zip(parsed, bundle.vq.decode([g for _, _, g in parsed]), strict=True):
-                        outs[i][j] = im
-                bar.update(len(chunk))
+        edits = generate(bundle, [grids[i] for i, _ in which], [samples[i][key] for i, _ in which],
+                         [seeds[i][j] for i, j in which], think=think, temperature=temperature, top_k=top_k,
+                         top_p=top_p, max_new_tokens=max_new_tokens, cfg_text=cfg_text, cfg_image=cfg_image,
+                         fp16=fp16, batch_size=batch_size, on_batch=bar.update)
     finally:
         bar.close()
         lm.train(was_training)
-    return n_tokens
+    for (i, j), e in zip(which, edits, strict=True):
+        if e.error is not None:  # unfinished (token budget) or malformed: scored 0
+            errors[i].append(f"candidate {j}: {e.error}")
+        else:
+            outs[i][j], reasons[i][j] = e.image, e.reasoning
+    return sum(len(e.tokens) for e in edits)
 
 
 # ----------------------------------------------------------------------------------------- sheet

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.constraint import FreeFormConstraint
+from engine.constraint import constraint_for
+from engine.generate import generate
 from engine.image_io import fit_to_area
-from engine.layout import build_prompt, parse_generation
 from engine.logprobs import sequence_logprobs
-from engine.sampler import fp16_default, sample_all
+from engine.sampler import fp16_default
 from training.common import parse_config
 from training.rewards import Reward, RewardSample, make_reward
 from training.tuning import FineTune, Policy, TuneConfig, global_sum
@@ -154,23 +154,15 @@ def rollout_fp16(bundle: Any, cfg: GRPOConfig) -> bool:
 def run_group(policy: Policy, s: dict, seeds: list[int], cfg: GRPOConfig, reward: Reward) -> dict:
     """Sample a group for one suite sample and score it."""
     bundle = policy.bundle
-    tok = bundle.tokenizer
     grid = np.asarray(bundle.vq.encode([s["source"]])[0], dtype=np.int64)
     h, w = grid.shape
-    prompt = build_prompt(tok, grid, s["instruction"], s["think"])
     policy.train_mode(False)
-    gens = sample_all(bundle, [prompt] * len(seeds), h, w, seeds, think=s["think"], temperature=cfg.temperature,
-                      top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, fp16=rollout_fp16(bundle, cfg))
+    gens = generate(bundle, [grid] * len(seeds), [s["instruction"]] * len(seeds), seeds, think=s["think"],
+                    temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+                    fp16=rollout_fp16(bundle, cfg))
     policy.train_mode(True)
-    grids: list[np.ndarray | None] = []
-    for g in gens:
-        try:
-            grids.append(parse_generation(tok, g.tokens, expect_hw=(h, w))[1])
-        except ValueError:
-            grids.append(None)  # unfinished or malformed: the edit failed (reward 0 from the verifier)
-    ok = [g for g in grids if g is not None]
-    decoded = iter(bundle.vq.decode(ok)) if ok else iter(())
-    outputs = [next(decoded) if g is not None else None for g in grids]
+    prompt = gens[0].prompt
+    outputs = [g.image for g in gens]  # None: unfinished or malformed, a failed edit (reward 0 from the verifier)
     samples = [RewardSample(source=s["source"], output=o, instruction=s["instruction"], target=s["target"],
                             mask=s["mask"], kind=s["kind"], prompt_ids=prompt, gen_ids=g.tokens, grid_hw=(h, w),
                             think=s["think"]) for o, g in zip(outputs, gens, strict=True)]
@@ -179,20 +171,15 @@ def run_group(policy: Policy, s: dict, seeds: list[int], cfg: GRPOConfig, reward
             "outputs": outputs, "sample": s}
 
 
-def group_loss(policy: Policy, grp: dict, adv: list[float | None], cfg: GRPOConfig,
-               constraints: dict) -> tuple[torch.Tensor, int, dict]:
+def group_loss(policy: Policy, grp: dict, adv: list[float | None],
+               cfg: GRPOConfig) -> tuple[torch.Tensor, int, dict]:
     """Loss of one group's scored members (sum over sequences, divided by the caller)."""
     keep = [i for i, a in enumerate(adv) if a is not None]
     gens = [grp["gens"][i].tokens for i in keep]
     h, w, think = grp["h"], grp["w"], grp["think"]
     bundle = policy.bundle
     n_max = max(len(g) for g in gens)
-    key = (h, w, think, cfg.max_new_tokens if think else None)
-    if key not in constraints:
-        vocab = bundle.lm.config.vocab_size
-        constraints[key] = FreeFormConstraint(bundle.tokenizer, h, w, think, vocab_size=vocab,
-                                              max_new_tokens=cfg.max_new_tokens)
-    con = constraints[key]
+    con = constraint_for(bundle.tokenizer, h, w, think, bundle.lm.config.vocab_size, cfg.max_new_tokens)
     # chosen tokens: mask rows 0 (text) and 1 (visual); forced tokens (rows >= 2) have log-prob 0
     mask = torch.zeros((len(gens), n_max), dtype=torch.bool)
     for b, g in enumerate(gens):
@@ -245,7 +232,6 @@ def _train(cfg: GRPOConfig, ft: FineTune) -> Path | None:
     accel.print(f"GRPO: {'LoRA' if cfg.lora else 'full'} fine-tuning, {n_params / 1e6:.2f}M trainable params, "
                 f"G={cfg.group_size}, beta={cfg.beta}, reward={cfg.reward}, {accel.num_processes} process(es)")
     writer, opt = ft.writer, ft.opt
-    constraints: dict = {}
     t0 = time.time()
     while ft.step < cfg.steps:
         step = ft.step
@@ -265,7 +251,7 @@ def _train(cfg: GRPOConfig, ft: FineTune) -> Path | None:
             loss_val = 0.0
             for g, a in kept:
                 # each process divides by the global count, so the summed gradients are the global mean
-                loss, _, st = group_loss(policy, g, a, cfg, constraints)
+                loss, _, st = group_loss(policy, g, a, cfg)
                 loss = loss * accel.num_processes / max(n_seq, 1)
                 loss.backward()
                 loss_val += float(loss.detach()) / accel.num_processes

@@ -35,7 +35,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engine.constraint import FreeFormConstraint
 from engine.logprobs import sequence_logprobs
 from feedback.pairs import Example, StoreExamples, rated_pairs
 from training.common import parse_config
@@ -88,24 +87,15 @@ def kto_loss(pi: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, kl: t
 class SeqLogp:
     """Summed sequence log-probs of ``Example``s, one ``sequence_logprobs`` call per (H, W, think) group."""
 
-    def __init__(self) -> None:
-        self.constraints: dict[tuple, FreeFormConstraint] = {}
-
     def __call__(self, bundle: Any, prompts: list[list[int]], gens: list[list[int]],
                  keys: list[tuple[int, int, bool]]) -> torch.Tensor:
         out: list[torch.Tensor | None] = [None] * len(gens)
         groups: dict[tuple, list[int]] = {}
         for i, k in enumerate(keys):
             groups.setdefault(k, []).append(i)
-        vocab = bundle.lm.config.vocab_size
         for (h, w, think), idx in groups.items():
-            n_max = max(len(gens[i]) for i in idx)
-            ck = (h, w, think, n_max if think else None)
-            if ck not in self.constraints:
-                self.constraints[ck] = FreeFormConstraint(bundle.tokenizer, h, w, think, vocab_size=vocab,
-                                                          max_new_tokens=n_max if think else None)
-            lp = sequence_logprobs(bundle, [prompts[i] for i in idx], [gens[i] for i in idx], h, w, think,
-                                   constraint=self.constraints[ck])
+            # the constraint is engine.constraint's shared one (think: budget = the longest generation)
+            lp = sequence_logprobs(bundle, [prompts[i] for i in idx], [gens[i] for i in idx], h, w, think)
             for j, i in enumerate(idx):
                 out[i] = lp[j].sum()
         return torch.stack(out)  # type: ignore[arg-type]

@@ -34,12 +34,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import Emu3ForCausalLM
 
-from engine.bundle import Bundle, BundleConfig, load_bundle, save_bundle, tiny_lm_config
-from engine.constraint import FreeFormConstraint
+from engine.bundle import Bundle, BundleConfig, load_bundle, save_bundle
+from engine.constraint import FreeFormConstraint, constraint_for
 from engine.grid_embed import GridEmbedding
 from engine.layout import build_prompt, build_target, special_ids
 from engine.logprobs import Collated, collate, collated_logprobs
 from engine.text_tokenizer import build_nano_tokenizer
+from engine.tiny import tiny_lm_config
 from engine.vq import FSQ, NanoVQ
 from training.common import config_from, config_parser, latest, write_atomic
 from training.data.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
@@ -412,15 +413,7 @@ def sft_loss(bundle: Bundle, constraint: FreeFormConstraint, batch: Collated,
     return loss, stats
 
 
-def constraint_for(constraints: dict, tok: object, h: int, w: int, think: bool, vocab_size: int) -> FreeFormConstraint:
-    """The (cached) constraint of one grid shape and mode: its mask table serves a whole batch."""
-    key = (h, w, think)
-    if key not in constraints:
-        constraints[key] = FreeFormConstraint(tok, h, w, think, vocab_size=vocab_size)
-    return constraints[key]
-
-
-def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int, levels: list[int] | None = None,
+def next_batch(batcher: Batcher, tok: object, vocab_size: int, levels: list[int] | None = None,
                teacher: Bundle | None = None
                ) -> tuple[FreeFormConstraint, bool, Collated, torch.Tensor | None, torch.Tensor, SoftTargets | None]:
     """Draw the next batch and collate it (CPU work: the loop does it while the GPU runs a step): the
@@ -428,7 +421,7 @@ def next_batch(batcher: Batcher, constraints: dict, tok: object, vocab_size: int
     targets (with ``cfg.soft_sigma`` > 0, which needs the tokenizer's FSQ ``levels``; or with ``teacher``,
     its distributions for the items of ``batcher.distilled``, see ``teacher_targets``)."""
     shape, think, items = batcher.next()
-    con = constraint_for(constraints, tok, *shape, think, vocab_size)
+    con = constraint_for(tok, *shape, think, vocab_size)  # one mask table serves the whole batch
     collated = sft_batch(tok, con, think, items)
     pairs = route_pairs(collated.feats, collated.gather_pos, collated.valid, [it[4] for it in items])
     soft = None
@@ -590,7 +583,6 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
                 f"{f' (+ live, {cfg.live_workers} workers)' if live else ''}, {len(batcher.shapes)} grid shapes")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     writer = SummaryWriter(str(out / "tb")) if accel.is_main_process else None
-    constraints: dict[tuple[int, int, bool], FreeFormConstraint] = {}
 
     def save_checkpoint() -> None:
         if not accel.is_main_process:
@@ -624,7 +616,7 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         if live is not None and at_step % LIVE_EVERY == 0:
             batcher.add(with_targets(cfg, encode_records(bundle.vq, live.drain(), batch=512)))
         state = batcher.state()  # what a checkpoint saves: resuming redraws this batch
-        return state, next_batch(batcher, constraints, bundle.tokenizer, vocab_size, levels, teacher)
+        return state, next_batch(batcher, bundle.tokenizer, vocab_size, levels, teacher)
 
     pending = draw(step)
     try:

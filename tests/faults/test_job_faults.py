@@ -26,7 +26,8 @@ def test_finetune_job_disk_full_then_sigkill_resumes(mounts, tmp_path, report):
     import torch
     from safetensors.torch import load_file
 
-    from engine.bundle import load_bundle, make_tiny_random_bundle
+    from engine.bundle import load_bundle
+    from engine.tiny import make_tiny_random_bundle
     from feedback.store import Store
     from studio.models import ModelRegistry
     from training.data import suite
