@@ -20,8 +20,9 @@ KILLED_SAVE = """
 import os, signal, sys
 from pathlib import Path
 import engine.bundle as eb
+from engine.tiny import make_tiny_random_bundle
 out, when = Path(sys.argv[1]), sys.argv[2]
-b = eb.make_tiny_random_bundle(name="tiny")
+b = make_tiny_random_bundle(name="tiny")
 if when == "vq":
     eb.save_bundle(b, out / "good")
     b.vq.save = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
