@@ -56,11 +56,13 @@ FALLBACK_FRACTION = 0.5
 # Colour models: a more complex one must cut the inlier RMS error by this factor and this much (0..1).
 MODEL_GAIN = 0.75
 MODEL_MARGIN = 1.0 / 255
+LOCAL_GAIN = 0.6  # the bilateral grid is slower to apply: it must explain clearly more
 # Bilateral grid: cells along the longer side / the shorter side, intensity bins, ridge towards global.
 GRID_CELLS = 8
 GRID_BINS = 8
 GRID_RIDGE = 8.0
-COLOUR_RIDGE = 2e-3  # ridge (per pixel, 0..1 units squared) on channel mixing, towards per-channel maps
+# ridges (per pixel, 0..1 units squared) on channel mixing tried by cross-validation, weakest first
+COLOUR_RIDGES = (1e-6, 1e-4, 5e-4, 2e-3, 1e-2)
 FIT_BLUR = 1.5  # Gaussian sigma (model pixels) of the copies the global colour model is fitted on
 STRIP_PIXELS = 1 << 20  # pixels per strip when slicing the grid at full resolution
 
@@ -340,29 +342,50 @@ class _Colour:
         return _slice(self.grid, g, np.broadcast_to(xs, (h, w)), np.broadcast_to(ys[:, None], (h, w)))
 
 
-def _fit_affine(p: np.ndarray, o: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _fit_affine(p: np.ndarray, o: np.ndarray, w: np.ndarray, blocks: np.ndarray | None = None) -> np.ndarray:
     """Weighted least squares o_c ≈ M_c · [p, 1] per channel (weights (P, 3)).
 
     Cross-channel terms are ridge-regularised towards the per-channel fit (o_c ≈ a_c p_c + b_c): in a
-    photo with little colour the channels are nearly collinear, and without the ridge the tokenizer's
-    small colour errors turn into large spurious channel mixing.
+    photo with little colour the channels are nearly collinear, and the tokenizer's small colour errors
+    would turn into large spurious channel mixing. The ridge's strength is chosen per channel by
+    two-fold cross-validation over ``blocks`` (a 0/1 label per pixel, spatial blocks), so a colourful
+    photo keeps the exact mixing of, say, a sepia edit.
     """
     x = np.hstack([p, np.ones((len(p), 1), np.float32)]).astype(np.float64)
     m = np.zeros((3, 4))
     for c in range(3):
         wc = w[:, c].astype(np.float64)
-        n = max(float(wc.sum()), 1.0)
-        xc = x[:, [c, 3]]
-        a2 = (xc * wc[:, None]).T @ xc + 1e-6 * n * np.eye(2)
-        gain, off = np.linalg.solve(a2, (xc * wc[:, None]).T @ o[:, c])
-        prior = np.zeros(4)
-        prior[c], prior[3] = gain, off
-        reg = np.full(4, COLOUR_RIDGE * n)
-        reg[c] = reg[3] = 1e-6 * n
-        a = (x * wc[:, None]).T @ x + np.diag(reg)
-        b = (x * wc[:, None]).T @ o[:, c] + reg * prior
-        m[c] = np.linalg.solve(a, b)
+        best = None
+        for lam in COLOUR_RIDGES if blocks is not None else (COLOUR_RIDGES[-1],):
+            if blocks is None:
+                sol = _ridge_solve(x, o[:, c], wc, c, lam)
+                best = (0.0, sol)
+                break
+            err = 0.0
+            for fold in (0, 1):
+                train = wc * (blocks != fold)
+                test = wc * (blocks == fold)
+                sol = _ridge_solve(x, o[:, c], train, c, lam)
+                err += float((test * (x @ sol - o[:, c]) ** 2).sum())
+            if best is None or err < best[0] * (1 - 1e-3):
+                best = (err, lam)
+        lam = best[1] if blocks is not None else COLOUR_RIDGES[-1]
+        m[c] = _ridge_solve(x, o[:, c], wc, c, lam)
     return m.astype(np.float32)
+
+
+def _ridge_solve(x: np.ndarray, y: np.ndarray, wc: np.ndarray, c: int, lam: float) -> np.ndarray:
+    """o_c ≈ x · m with the cross-channel coefficients pulled towards the per-channel fit by ``lam``."""
+    n = max(float(wc.sum()), 1.0)
+    xw = x * wc[:, None]
+    xc = x[:, [c, 3]]
+    a2 = (xc * wc[:, None]).T @ xc + 1e-6 * n * np.eye(2)
+    gain, off = np.linalg.solve(a2, (xc * wc[:, None]).T @ y)
+    prior = np.zeros(4)
+    prior[c], prior[3] = gain, off
+    reg = np.full(4, lam * n)
+    reg[c] = reg[3] = 1e-6 * n
+    return np.linalg.solve(xw.T @ x + np.diag(reg), xw.T @ y + reg * prior)
 
 
 def _fit_lut(g: np.ndarray, o: np.ndarray, inl: np.ndarray) -> np.ndarray:
@@ -468,16 +491,18 @@ def _fit_colour(p: np.ndarray, o: np.ndarray) -> tuple[_Colour, np.ndarray, dict
     clip = (o <= 2 / 255) | (o >= 253 / 255)
     r = int(math.ceil(2 * FIT_BLUR))
     unclipped = ~ndimage.maximum_filter(clip, size=(2 * r + 1, 2 * r + 1, 1)).reshape(-1, 3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    blocks = (((yy // 16) + (xx // 16)) % 2).reshape(-1)
     glob = _Colour("global")
     for _ in range(3):
         # fit the matrix where the target is not clipped (the tone curve learns the clipping)
         wts = (inl[:, None] & unclipped).astype(np.float32)
         if wts.sum() < 12:
             wts = np.repeat(inl[:, None], 3, 1).astype(np.float32)
-        glob.matrix = _fit_affine(pb, ob, wts)
+        glob.matrix = _fit_affine(pb, ob, wts, blocks)
         glob.lut = None
-        g8 = np.clip(np.floor((pb @ glob.matrix[:, :3].T + glob.matrix[:, 3]) * 255 + 0.5), 0, 255).astype(np.uint8)
-        glob.lut = _fit_lut(g8, ob, inl)
+        g8 = np.clip(np.floor((pf @ glob.matrix[:, :3].T + glob.matrix[:, 3]) * 255 + 0.5), 0, 255).astype(np.uint8)
+        glob.lut = _fit_lut(g8, of, inl)
         err = _rms(of - glob.global_low(pf))
         thr = max(CHANGE_THRESHOLD, 3.0 * float(np.median(err[inl])))
         new = err < thr
@@ -498,7 +523,7 @@ def _fit_colour(p: np.ndarray, o: np.ndarray) -> tuple[_Colour, np.ndarray, dict
             local.matrix = _Colour().matrix
         local.grid = _fit_grid(base, o, inl.reshape(h, w))
         errors["local"] = float(np.sqrt((_rms(of - local.apply_low(p).reshape(-1, 3))[inl] ** 2).mean()))
-        if errors["local"] < MODEL_GAIN * best.rmse and best.rmse - errors["local"] > MODEL_MARGIN:
+        if errors["local"] < LOCAL_GAIN * best.rmse and best.rmse - errors["local"] > 2 * MODEL_MARGIN:
             local.rmse = errors["local"]
             best = local
     return best, inl.reshape(h, w), errors
