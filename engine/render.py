@@ -543,7 +543,7 @@ def _changed_mask(pred: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, np.ndarr
         changed = (sizes >= MIN_CHANGE_AREA)[labels] & changed
     if not changed.any():
         return changed, np.zeros(changed.shape, np.float32)
-    grown = ndimage.binary_dilation(changed, structure=np.ones((3, 3), bool), iterations=2)
+    grown = ndimage.binary_dilation(changed, structure=np.ones((3, 3), bool))
     alpha = ndimage.gaussian_filter(grown.astype(np.float32), 1.0, mode="constant") * 1.6
     alpha = np.clip(alpha, 0, 1)
     alpha[alpha < 0.02] = 0.0
@@ -590,7 +590,7 @@ def _apply_colour_full(im: Image.Image, colour: _Colour, frame: tuple[float, flo
     if not np.allclose(colour.matrix, _Colour().matrix, atol=1e-6):
         m = colour.matrix.astype(np.float64)
         im = im.convert("RGB", tuple(float(v) for v in np.hstack([m[:, :3], m[:, 3:] * 255]).reshape(-1)))
-    if colour.lut is not None:
+    if colour.lut is not None and not np.array_equal(colour.lut, np.tile(np.arange(256, dtype=np.uint8), (3, 1))):
         im = im.point(colour.lut.reshape(-1).tolist())
     if colour.kind != "local" or colour.grid is None:
         return im
@@ -671,9 +671,9 @@ def render_full(original: Image.Image, source_model: Image.Image, output_model: 
     if geo.window is not None:
         img, frame = _zoom_full(original, box, (sw, sh), geo.window)
     else:
-        img = apply_geometry(original, geo)
         frame = _d4_box(box, original.size, geo)
-    img = _apply_colour_full(img, colour, frame)
+    # one full-size intermediate at a time: the transformed copy is dropped as soon as it is recoloured
+    img = _apply_colour_full(img if geo.window is not None else apply_geometry(original, geo), colour, frame)
     if alpha.any():
         if img is original:
             img = original.copy()
