@@ -262,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         times[name] = statistics.median(ts)
     print("render at 12 MP (4000x3000, 2 threads, median of 3): " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
 
+    for cat in ("global", "geometry", "object"):
+        cr = [r for n, k in ks.items() if k.category == cat for r in rows[n]]
+        mr = [r for r in cr if "psnr_render" in r]
+        print(f"{cat}: psnr bicubic {avg([r['psnr_bicubic'] for r in mr]):.2f} render "
+              f"{avg([r['psnr_render'] for r in mr]):.2f} (n={len(mr)}) oracle {avg([r['psnr_oracle'] for r in cr]):.2f} "
+              f"(n={len(cr)})")
     gg = [n for n, k in ks.items() if k.category in ("global", "geometry")]
     sel = [r for n in gg for r in rows[n]]
     model_rows = [r for r in sel if "psnr_render" in r]

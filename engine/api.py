@@ -278,10 +278,15 @@ class _Renderer:
     def __init__(self, bundle: Any, original: Image.Image, grid: np.ndarray):
         self.bundle, self.original, self.grid = bundle, original, grid
         self._source: Image.Image | None = None
+        f = bundle.vq.spatial_factor
+        # a photo no larger than the model's picture: the model's output is already at its resolution
+        self.needed = original.size != (grid.shape[1] * f, grid.shape[0] * f)
 
     def __call__(self, output: Image.Image) -> tuple[Image.Image | None, dict[str, Any]]:
         from engine.render import render_full
 
+        if not self.needed:
+            return output, {"method": "model resolution", "size": list(output.size)}
         try:
             if self._source is None:
                 with _num_threads(_vq_threads(self.bundle)):
