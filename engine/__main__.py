@@ -1,7 +1,8 @@
 """Command line: ``python -m engine edit [--bundle PATH] --image in.jpg "instruction" -o out.png``.
 
 Streams the reasoning (think mode) to the terminal, shows a progress bar over image rows and writes
-``out.png`` (``out_1.png``, ``out_2.png``, … for the other candidates when ``--n`` > 1).
+``out.png`` (``out_1.png``, ``out_2.png``, … for the other candidates when ``--n`` > 1): the edit at the
+photo's own resolution (``engine.render``), or with ``--raw`` the model's own output at its resolution.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--cfg-text", type=float, default=1.0)
     e.add_argument("--cfg-image", type=float, default=1.0)
     e.add_argument("--max-new-tokens", type=int, default=None)
+    e.add_argument("--raw", action="store_true",
+                   help="write the model's own output (model resolution) instead of the full-resolution render")
     return p
 
 
@@ -59,14 +62,15 @@ def _edit(args: argparse.Namespace) -> int:
 
     from engine.api import edit
     from engine.events import Done, Error, ImageRow, Text
-    from engine.image_io import ImageInputError, prepare_image
+    from engine.image_io import ImageInputError, fit_to_area, load_image, prepare_image
 
+    area, factor = bundle.config.image_area, bundle.vq.spatial_factor
     try:
-        image = prepare_image(args.image, bundle.config.image_area, bundle.vq.spatial_factor)
+        image = prepare_image(args.image, area, factor) if args.raw else load_image(args.image)
     except ImageInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = image.height // bundle.vq.spatial_factor
+    rows = fit_to_area(image, area, factor).height // factor
 
     outs = output_paths(args.output, args.n)
     for o in outs:
@@ -76,7 +80,7 @@ def _edit(args: argparse.Namespace) -> int:
     status = 0
     for ev in edit(bundle, image, args.instruction, n=args.n, think=args.think, seed=args.seed,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_text=args.cfg_text,
-                   cfg_image=args.cfg_image, max_new_tokens=args.max_new_tokens):
+                   cfg_image=args.cfg_image, max_new_tokens=args.max_new_tokens, full_resolution=not args.raw):
         if isinstance(ev, Text):
             if ev.candidate == 0:  # stream one candidate's reasoning live; the others print when done
                 sys.stdout.write(ev.delta)
@@ -89,8 +93,12 @@ def _edit(args: argparse.Namespace) -> int:
                 bar = tqdm(total=rows * args.n, unit="row", desc="rows", file=sys.stderr)
             bar.update(1)
         elif isinstance(ev, Done):
-            ev.image.save(outs[ev.candidate])
-            msg = f"candidate {ev.candidate}: seed {ev.seed} -> {outs[ev.candidate]} ({ev.timings['total']:.2f} s)"
+            out = ev.image if args.raw or ev.full is None else ev.full
+            out.save(outs[ev.candidate])
+            msg = (f"candidate {ev.candidate}: seed {ev.seed} -> {outs[ev.candidate]} {out.width}×{out.height} "
+                   f"({ev.timings['total']:.2f} s)")
+            if not args.raw and ev.render:
+                msg += f" [{ev.render.get('method')}]"
             if ev.candidate and ev.reasoning:
                 msg += f"\n  reasoning: {ev.reasoning}"
             (bar.write if bar is not None else print)(msg)

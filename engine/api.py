@@ -4,8 +4,9 @@ Prepares the image (``image_io.prepare_image``), encodes it with the bundle's im
 the prompt (``layout``), runs the sampler and turns its tokens into events: ``Text`` deltas of the
 reasoning, ``ImageRow`` per finished row, ``Preview`` after the first row and then every
 ``preview_every`` rows (rows not generated yet are filled with the source image's codes, so a preview
-looks like the photo being repainted top down), ``Done`` per candidate, ``Error`` for bad input or a
-failure.
+looks like the photo being repainted top down), ``Done`` per candidate (with the edit also rendered at the
+photo's own resolution, ``engine.render``, unless ``full_resolution=False``), ``Error`` for bad input or
+a failure.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def edit(
     cancel: threading.Event | None = None,
     fp16: bool | None = None,
     speculate: int = DEFAULT_SPECULATE,
+    full_resolution: bool = True,
 ) -> Iterator[Event]:
     """Edit ``image`` (path, bytes or PIL) as ``instruction`` says; yields ``engine.events`` events.
 
@@ -100,17 +102,26 @@ def edit(
     ``speculate``: up to this many tokens per forward pass, guessed from the source image and kept only
     where the model picks them anyway (``engine.drafts``): same edits, faster where the output copies
     the source (object edits, flips); 0 decodes one token per pass.
+    ``full_resolution``: each ``Done`` also carries ``full``, the edit rendered at the resolution of the
+    photo as given (``engine.render.render_full``: CPU work after the candidate's decode, timed as
+    ``timings["render"]``), and ``render``, its provenance. False skips it (and decodes a large JPEG at a
+    reduced size, faster).
     """
     t0 = time.perf_counter()
     msg = _check_args(instruction, n, temperature, top_k, top_p, cfg_text, cfg_image, preview_every)
     if msg:
         yield Error(msg)
         return
-    from engine.image_io import ImageInputError, prepare_image
+    from engine.image_io import ImageInputError, fit_to_area, load_image, prepare_image
 
+    original = None
     try:
         cfg = bundle.config
-        img = prepare_image(image, cfg.image_area, bundle.vq.spatial_factor)
+        if full_resolution:
+            original = load_image(image)
+            img = fit_to_area(original, cfg.image_area, bundle.vq.spatial_factor)
+        else:
+            img = prepare_image(image, cfg.image_area, bundle.vq.spatial_factor)
         with num_threads(_vq_threads(bundle)):
             grid = np.asarray(bundle.vq.encode([img])[0], dtype=np.int64)
     except ImageInputError as e:
@@ -128,7 +139,8 @@ def edit(
         fp16 = fp16_default(bundle)
     try:
         yield from _run(bundle, grid, instruction.strip(), n, think, seeds, temperature, top_k, top_p, cfg_text,
-                        cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16, speculate)
+                        cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16, speculate,
+                        _Renderer(bundle, original, grid) if original is not None else None)
     except PromptTooLong as e:
         yield Error(str(e))
     except Exception as e:  # noqa: BLE001
@@ -138,7 +150,7 @@ def edit(
 def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, seeds: list[int],
          temperature: float, top_k: int, top_p: float, cfg_text: float, cfg_image: float, preview_every: int,
          max_new_tokens: int | None, cancel: threading.Event | None, t0: float, t_prepare: float,
-         fp16: bool = False, speculate: int = 0) -> Iterator[Event]:
+         fp16: bool = False, speculate: int = 0, renderer: _Renderer | None = None) -> Iterator[Event]:
     tok = bundle.tokenizer
     sp = special_ids(tok)
     h, w = grid.shape
@@ -209,7 +221,7 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
             yield from painted(wait=bool(finished))
             if finished:
                 yield from _finish(bundle, finished, tokens, logprobs, seeds, h, w, t0, t_prepare, first_token,
-                                   first_preview)
+                                   first_preview, renderer)
         yield from painted(wait=True)
     finally:
         steps.close()
@@ -259,9 +271,35 @@ def _text_delta(tok: Any, ids: list[int], shown: str) -> str:
     return text[len(shown) :] if text.startswith(shown) else ""
 
 
+class _Renderer:
+    """Renders finished candidates at the photo's resolution (``engine.render``). The source as the
+    image tokenizer reproduces it is decoded once, when the first candidate finishes."""
+
+    def __init__(self, bundle: Any, original: Image.Image, grid: np.ndarray):
+        self.bundle, self.original, self.grid = bundle, original, grid
+        self._source: Image.Image | None = None
+        f = bundle.vq.spatial_factor
+        # a photo no larger than the model's picture: the model's output is already at its resolution
+        self.needed = original.size != (grid.shape[1] * f, grid.shape[0] * f)
+
+    def __call__(self, output: Image.Image) -> tuple[Image.Image | None, dict[str, Any]]:
+        from engine.render import render_full
+
+        if not self.needed:
+            return output, {"method": "model resolution", "size": list(output.size)}
+        try:
+            if self._source is None:
+                with num_threads(_vq_threads(self.bundle)):
+                    self._source = self.bundle.vq.decode([self.grid])[0]
+            res = render_full(self.original, self._source, output)
+            return res.image, res.provenance
+        except Exception as e:  # noqa: BLE001 - the model's output still stands; the failure is recorded
+            return None, {"method": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
 def _finish(bundle: Any, finished: list[int], tokens: list[list[int]], logprobs: list[list[float]],
             seeds: list[int], h: int, w: int, t0: float, t_prepare: float, first_token: float | None,
-            first_preview: list[float | None]) -> Iterator[Event]:
+            first_preview: list[float | None], renderer: _Renderer | None = None) -> Iterator[Event]:
     parsed = []
     for c in finished:
         try:
@@ -283,7 +321,13 @@ def _finish(bundle: Any, finished: list[int], tokens: list[list[int]], logprobs:
             "total": now,
             "tokens_per_s": len(tokens[c]) / gen_time,
         }
-        yield Done(c, im, g, list(tokens[c]), list(logprobs[c]), reasoning, seeds[c], timings)
+        full, prov = None, {}
+        if renderer is not None:
+            t_r = time.perf_counter()
+            full, prov = renderer(im)
+            timings["render"] = time.perf_counter() - t_r
+            timings["total"] = time.perf_counter() - t0
+        yield Done(c, im, g, list(tokens[c]), list(logprobs[c]), reasoning, seeds[c], timings, full, prov)
 
 
 def edit_blocking(bundle: Any, image: Any, instruction: str, **kw: Any) -> list[Done]:

@@ -36,7 +36,9 @@ class Preview:
 
 @dataclass
 class Done:
-    """A finished candidate."""
+    """A finished candidate: ``image`` is the model's own output (model resolution); ``full`` the same
+    edit rendered at the photo's resolution (``engine.render``; None when not asked for or when the
+    render failed) and ``render`` its provenance (transform, colour fit, changed area, method)."""
 
     candidate: int
     image: Image.Image
@@ -46,6 +48,8 @@ class Done:
     reasoning: str
     seed: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds: first_preview, total, ...
+    full: Image.Image | None = None
+    render: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -44,6 +44,7 @@ __all__ = [
     "fit_to_area",
     "prepare_image",
     "target_size",
+    "fit_box",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_ASPECT",
@@ -269,6 +270,34 @@ def fit_to_area(
     resized = img.resize((sw, sh), Image.Resampling.LANCZOS, reducing_gap=3.0 if s < 1 / 3 else None)
     left, top = (sw - tw) // 2, (sh - th) // 2
     return resized.crop((left, top, left + tw, top + th))
+
+
+def fit_box(
+    width: int, height: int, target: tuple[int, int], max_aspect: float = DEFAULT_MAX_ASPECT
+) -> tuple[float, float, float, float]:
+    """The region (left, top, right, bottom) of a ``width``×``height`` image that ``fit_to_area`` keeps
+    when it makes a ``target`` = (width, height) picture of it.
+
+    In the image's own pixel coordinates (fractional: the crop happens after the resize), so a point of
+    the fitted picture maps back onto the original: the full-resolution render (``engine.render``) needs
+    to know which part of the photo the model saw.
+    """
+    x0 = y0 = 0.0
+    w, h = width, height
+    if w > h * max_aspect:
+        nw = max(1, round(h * max_aspect))
+        x0, w = float((w - nw) // 2), nw
+    elif h > w * max_aspect:
+        nh = max(1, round(w * max_aspect))
+        y0, h = float((h - nh) // 2), nh
+    tw, th = target
+    if (w, h) == (tw, th):
+        return x0, y0, x0 + w, y0 + h
+    s = max(tw / w, th / h)
+    sw, sh = max(tw, round(w * s)), max(th, round(h * s))
+    left, top = (sw - tw) // 2, (sh - th) // 2
+    fx, fy = w / sw, h / sh
+    return x0 + left * fx, y0 + top * fy, x0 + (left + tw) * fx, y0 + (top + th) * fy
 
 
 def prepare_image(

@@ -42,7 +42,7 @@ def test_cli_edit_end_to_end(bundle_dir, photo, tmp_path):
     assert r.returncode == 0, r.stderr
     for p in (out, tmp_path / "out_1.png"):
         im = Image.open(p)
-        assert im.format == "PNG" and im.size == (64, 64)
+        assert im.format == "PNG" and im.size == (80, 80)  # the photo's own size (engine.render)
     assert "rows" in r.stderr and "16/16" in r.stderr  # tqdm bar over 2 x 8 rows
     assert "seed 5" in r.stdout + r.stderr and "seed 6" in r.stdout + r.stderr
     # same seed, same picture (in process this time: importing torch twice is slow)
@@ -52,6 +52,10 @@ def test_cli_edit_end_to_end(bundle_dir, photo, tmp_path):
     assert main(["edit", "--bundle", str(bundle_dir), "--image", str(photo), "Make the photo grayscale.",
                  "-o", str(again), "--seed", "5", "--think", "--max-new-tokens", "110"]) == 0
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(out)))
+    raw = tmp_path / "raw.png"
+    assert main(["edit", "--bundle", str(bundle_dir), "--image", str(photo), "Make the photo grayscale.",
+                 "-o", str(raw), "--seed", "5", "--think", "--max-new-tokens", "110", "--raw"]) == 0
+    assert Image.open(raw).size == (64, 64)  # the model's own output
 
 
 def test_cli_errors_are_clear(bundle_dir, photo, tmp_path, monkeypatch, capsys):
