@@ -80,7 +80,8 @@ def source_image(ctx: StudioContext, photo_path: str, st: dict, bundle: Any) -> 
     original, original_hash, parent = shown, None, None
     key = st.get("photo")
     if key and ctx.store.image_problem(key) is None:
-        preview = load_image(ctx.previews.screen_size(ctx.store.image_path(key), key), max_bytes=1 << 62)
+        with Image.open(ctx.previews.screen_size(ctx.store.image_path(key), key)) as im:  # our own PNG
+            preview = im.convert("RGB")
         if shown.size == preview.size and np.array_equal(np.asarray(shown), np.asarray(preview)):
             original_hash = key
             original = ctx.store.load_image(key) if preview.size != _stored_size(ctx, key) else preview
