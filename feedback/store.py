@@ -624,7 +624,7 @@ class Store:
                         now,
                         original_hash,
                         fh,
-                        json.dumps(_jsonable(c.render), sort_keys=True),
+                        json.dumps(_jsonable(c.render), sort_keys=True, default=str),  # provenance must never lose the edit
                     ),
                 )
                 ids.append(int(cur.lastrowid))
