@@ -5,7 +5,7 @@ both ``datasets.load_from_disk(folder)["ratings"]`` and ``datasets.load_dataset(
 split="train")`` open it::
 
     README.md, dataset_dict.json            dataset card (its YAML header declares the two configs), splits
-    candidates/data-00000-of-00001.arrow    one row per candidate, source/output images as PNG bytes
+    candidates/data-00000-of-00001.arrow    one row per candidate, source/output/original/full images as PNG bytes
     ratings/data-00000-of-00001.arrow       one row per rating; candidates referred to by uid
 
 Rows carry their ``uid``, so importing is idempotent and ids can differ between stores.
@@ -41,7 +41,9 @@ configs:
 # EARL Studio feedback export
 
 Exported by EARL Studio (`Store.export_dataset`). `candidates`: one row per generated candidate, with
-the source image the model saw, the output, the instruction, bundle id + weights hash, seed and every
+the source image the model saw, the output, the photo at its own size (`original_image`) and the edit
+rendered at that size (`full_image`, with its provenance in `render`; equal to the output where the photo
+is no larger than the model's picture), the instruction, bundle id + weights hash, seed and every
 sampling setting, the exact generated token ids and their log-probs, reasoning text and timings;
 `parent_uid` links a candidate to the result it was edited from. `ratings`: thumb (up/down), star (1–5),
 pair (A/B/tie/both_bad over `candidate_uids` = [A, B]) and best_of_n (value = chosen candidate uid),
@@ -58,6 +60,11 @@ CANDIDATE_FEATURES = datasets.Features(
         "output_image": datasets.Image(),
         "source_hash": datasets.Value("string"),
         "output_hash": datasets.Value("string"),
+        "original_image": datasets.Image(),
+        "full_image": datasets.Image(),
+        "original_hash": datasets.Value("string"),
+        "full_hash": datasets.Value("string"),
+        "render": datasets.Value("string"),  # JSON: how full_image was made ({} when it is the output)
         "instruction": datasets.Value("string"),
         "bundle_id": datasets.Value("string"),
         "weights_hash": datasets.Value("string"),
@@ -127,7 +134,8 @@ def export_store(store: Store, folder: Path) -> Path:
             shutil.rmtree(folder, ignore_errors=True)
         # What the images and tokens take, plus room for the parquet encoding: what to free before retrying.
         need = sum(store.image_path(h).stat().st_size for c in store.candidates()
-                   for h in {c.source_hash, c.output_hash} if store.image_path(h).exists())
+                   for h in {c.source_hash, c.output_hash, c.original_hash, c.full_hash}
+                   if store.image_path(h).exists())
         for tmp in folder.glob("*/.*.tmp"):
             tmp.unlink(missing_ok=True)
         from engine.diskspace import no_space_message
@@ -144,23 +152,31 @@ def _export(store: Store, folder: Path) -> Path:
     skipped: list[dict[str, Any]] = []
     left_out: set[int] = set()
     for c in cands:
-        src, why_src = _image_bytes(store, c.source_hash)
-        out, why_out = _image_bytes(store, c.output_hash)
-        if src is None or out is None:
-            why = f"source image {c.source_hash[:12]}… {why_src}" if src is None else \
-                f"output image {c.output_hash[:12]}… {why_out}"
-            skipped.append({"kind": "candidate", "id": c.id, "uid": c.uid, "why": why})
-            left_out.add(c.id)
+        images = {}
+        for what, h in (("source", c.source_hash), ("output", c.output_hash), ("original", c.original_hash),
+                        ("full", c.full_hash)):
+            data, why = _image_bytes(store, h)
+            if data is None:
+                skipped.append({"kind": "candidate", "id": c.id, "uid": c.uid, "why": f"{what} image {h[:12]}… {why}"})
+                left_out.add(c.id)
+                break
+            images[what] = data
+        if c.id in left_out:
             continue
         rec = {
             "uid": c.uid,
             "edit_uid": c.edit_uid,
             "idx": c.idx,
             "parent_uid": uid_of.get(c.parent_id) if c.parent_id is not None else None,
-            "source_image": {"bytes": src, "path": None},
-            "output_image": {"bytes": out, "path": None},
+            "source_image": {"bytes": images["source"], "path": None},
+            "output_image": {"bytes": images["output"], "path": None},
             "source_hash": c.source_hash,
             "output_hash": c.output_hash,
+            "original_image": {"bytes": images["original"], "path": None},
+            "full_image": {"bytes": images["full"], "path": None},
+            "original_hash": c.original_hash,
+            "full_hash": c.full_hash,
+            "render": json.dumps(c.render, sort_keys=True),
             "instruction": c.instruction,
             "bundle_id": c.bundle_id,
             "weights_hash": c.weights_hash,
@@ -235,9 +251,15 @@ def import_store(store: Store, folder: Path) -> dict[str, int]:
     cand_rows = _read(folder, "candidates")
     rating_rows = _read(folder, "ratings")
     new_c = new_r = 0
-    # Images first (files + rows), then candidates — parents before children — then ratings.
+    # Images first (files + rows), then candidates — parents before children — then ratings. Exports made
+    # before full-resolution results lack the original/full columns: their rows keep them NULL (read as
+    # the source and the output).
+    images = (("source_image", "source_hash"), ("output_image", "output_hash"), ("original_image", "original_hash"),
+              ("full_image", "full_hash"))
     for row in cand_rows:
-        for col, hcol in (("source_image", "source_hash"), ("output_image", "output_hash")):
+        for col, hcol in images:
+            if row.get(col) is None:
+                continue
             data = row[col]["bytes"]
             h = hashlib.sha256(data).hexdigest()
             if h != row[hcol]:
@@ -255,7 +277,7 @@ def import_store(store: Store, folder: Path) -> dict[str, int]:
         if parent is not None and parent in by_uid and parent not in stack:
             insert(parent, stack + (uid,))
         parent_id = store.id_for_uid(parent) if parent is not None else None
-        rec = {k: v for k, v in row.items() if k not in ("source_image", "output_image", "parent_uid")}
+        rec = {k: v for k, v in row.items() if k not in [col for col, _ in images] + ["parent_uid"]}
         rec["parent_id"] = parent_id
         rec["think"] = int(bool(rec["think"]))
         rec["tokens"] = json.dumps([int(t) for t in rec["tokens"]])

@@ -168,8 +168,23 @@ def _migrate_1(con: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_2(con: sqlite3.Connection) -> None:
+    """Full-resolution results: each candidate may keep the photo at its own size (``original_hash``,
+    what ``source_hash`` was fitted from) and the edit rendered at that size (``full_hash``), with the
+    render's provenance (JSON). NULL in rows written before: there the original is the source and the
+    full-resolution result is the model's output (``Candidate`` reads them so)."""
+    _exec_script(
+        con,
+        """
+        ALTER TABLE candidates ADD COLUMN original_hash TEXT REFERENCES images(hash);
+        ALTER TABLE candidates ADD COLUMN full_hash TEXT REFERENCES images(hash);
+        ALTER TABLE candidates ADD COLUMN render TEXT
+        """,
+    )
+
+
 # Index i holds the migration from user_version i to i + 1. Append, never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -203,6 +218,16 @@ class Candidate:
     timings: dict[str, float]
     rater: str | None
     created_at: float
+    # The photo at its own size (what ``source_hash`` was fitted from) and the edit rendered at that size;
+    # equal to source/output where the photo is no larger than the model's picture, or for rows stored
+    # before full-resolution results. ``render``: the render's provenance ({} when there was none).
+    original_hash: str = ""
+    full_hash: str = ""
+    render: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.original_hash = self.original_hash or self.source_hash
+        self.full_hash = self.full_hash or self.output_hash
 
 
 @dataclass
@@ -264,6 +289,8 @@ class NewCandidate:
     reasoning: str = ""
     grid_shape: tuple[int, int] = (0, 0)
     timings: dict[str, float] = field(default_factory=dict)
+    full: Image.Image | None = None  # the edit at the photo's resolution (None: the same as ``image``)
+    render: dict[str, Any] = field(default_factory=dict)  # how ``full`` was made (engine.render provenance)
 
 
 # ---------------------------------------------------------------------------------------------- store
@@ -274,6 +301,18 @@ def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
+
+
+def _jsonable(x: Any) -> Any:
+    """``x`` with numpy scalars and arrays, tuples and non-string keys made plain JSON (render provenance
+    holds numpy numbers)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "tolist"):  # numpy scalar or array
+        return _jsonable(x.tolist())
+    return x
 
 
 def _fsync_dir(path: Path) -> None:
@@ -509,11 +548,14 @@ class Store:
         parent_id: int | None = None,
         rater: str | None = None,
         edit_uid: str | None = None,
+        original: Image.Image | str | None = None,
     ) -> list[int]:
         """Record finished candidates of one edit request; returns their ids (in the given order).
 
         ``settings`` must hold ``think``, ``temperature``, ``top_k``, ``top_p``; everything in it is
-        kept (JSON). ``source`` is the image the model saw (PIL) or the hash of a stored one.
+        kept (JSON). ``source`` is the image the model saw (PIL) or the hash of a stored one; ``original``
+        the photo at its own size it was fitted from (None: the source itself). Each candidate's ``full``
+        image is stored next to its model output, both losslessly.
         """
         for key in ("think", "temperature", "top_k", "top_p"):
             if key not in settings:
@@ -524,12 +566,17 @@ class Store:
         what = f"the edit “{instruction[:60]}”"
         # an upper bound of what its PNGs and rows take (raw RGB pixels), for a disk-full message
         need = sum(im.width * im.height * 3 for im in [c.image for c in cands]
-                   + ([] if isinstance(source, str) else [source]))
+                   + [c.full for c in cands if c.full is not None]
+                   + [im for im in (source, original) if isinstance(im, Image.Image)])
         need += sum(len(c.tokens) * 32 + len(c.reasoning) + 1024 for c in cands)  # JSON tokens + log-probs
         try:
             source_hash = source if isinstance(source, str) else self.put_image(source)
+            original_hash = (source_hash if original is None
+                             else original if isinstance(original, str) else self.put_image(original))
             # Image files (and their rows) land before the candidate rows that point at them.
             out_hashes = [self.put_image(c.image) for c in cands]
+            full_hashes = [oh if c.full is None else self.put_image(c.full) for c, oh in zip(cands, out_hashes,
+                                                                                           strict=True)]
         except StoreFullError as e:
             raise StoreFullError(no_space_message(self.data_dir, need + (1 << 20), what,
                                                   "Everything saved before is kept.")) from e
@@ -539,7 +586,7 @@ class Store:
 
         def insert(con: sqlite3.Connection) -> list[int]:
             ids = []
-            for c, oh in zip(cands, out_hashes, strict=True):
+            for c, oh, fh in zip(cands, out_hashes, full_hashes, strict=True):
                 if len(c.tokens) != len(c.logprobs):
                     raise StoreError(
                         f"candidate {c.idx}: {len(c.tokens)} tokens but {len(c.logprobs)} log-probs"
@@ -548,7 +595,8 @@ class Store:
                     """INSERT INTO candidates(uid, edit_uid, idx, parent_id, source_hash, output_hash,
                        instruction, bundle_id, weights_hash, seed, think, temperature, top_k, top_p,
                        settings, grid_h, grid_w, tokens, logprobs, logprob_sum, reasoning, timings,
-                       rater, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                       rater, created_at, original_hash, full_hash, render)
+                       VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
                     (
                         uuid.uuid4().hex,
                         edit_uid,
@@ -574,6 +622,9 @@ class Store:
                         json.dumps(c.timings),
                         rater,
                         now,
+                        original_hash,
+                        fh,
+                        json.dumps(_jsonable(c.render), sort_keys=True, default=str),  # provenance must never lose the edit
                     ),
                 )
                 ids.append(int(cur.lastrowid))
@@ -609,6 +660,9 @@ class Store:
             timings=json.loads(row["timings"]),
             rater=row["rater"],
             created_at=row["created_at"],
+            original_hash=row["original_hash"] or "",
+            full_hash=row["full_hash"] or "",
+            render=json.loads(row["render"]) if row["render"] else {},
         )
 
     def candidate(self, candidate_id: int) -> Candidate:
@@ -924,10 +978,11 @@ class Store:
         candidates and ratings after writing them to ``<data>/damaged/pruned-<time>.json``."""
         with self._lock:
             hashes = {r[0] for r in self._con.execute("SELECT hash FROM images")}
-            rows = self._con.execute("SELECT id, source_hash, output_hash FROM candidates").fetchall()
-        hashes |= {h for r in rows for h in (r[1], r[2])}
+            rows = self._con.execute(
+                "SELECT id, source_hash, output_hash, original_hash, full_hash FROM candidates").fetchall()
+        hashes |= {h for r in rows for h in r[1:] if h}
         problems = {h: p for h in sorted(hashes) if (p := self.image_problem(h, verify_hash)) is not None}
-        cand_ids = sorted(r[0] for r in rows if r[1] in problems or r[2] in problems)
+        cand_ids = sorted(r[0] for r in rows if any(h in problems for h in r[1:] if h))
         rating_ids: list[int] = []
         if cand_ids:
             q = f"SELECT DISTINCT rating_id FROM rating_candidates WHERE candidate_id IN ({','.join('?' * len(cand_ids))})"
@@ -983,7 +1038,7 @@ class CheckReport:
     data_dir: Path
     images_checked: int
     problems: dict[str, str]  # image hash -> "missing" / "empty" / "damaged: …"
-    candidates: list[int]  # candidate ids whose source or output image has a problem
+    candidates: list[int]  # candidate ids one of whose images (source, output, original, full) has a problem
     ratings: list[int]  # rating ids that touch those candidates
     temp_files: list[Path]  # leftovers of writes that were killed (never referenced by a row)
     pruned: bool = False

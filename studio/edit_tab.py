@@ -17,7 +17,7 @@ from PIL import Image
 from studio.context import StudioContext
 from studio.history import breadcrumbs, earlier_choices, tree_choices
 from studio.ratings import pick_pair
-from studio.results import ResultsPanel, new_state, stored
+from studio.results import ResultsPanel, new_state, shown
 from studio.runner import EditFn, EditRequest, Snapshot, stream_edit
 from studio.side_panel import MAX_N, SidePanel
 from studio.uploads import rejected, source_image
@@ -118,16 +118,18 @@ class EditTab:
                 yield refuse(str(e), str(e))
                 return
             try:
-                source, parent = source_image(ctx, photo_path, st.get("parent"), bundle)
+                src = source_image(ctx, photo_path, st, bundle)
             except ValueError as e:  # ImageInputError is a ValueError with a user-facing message
                 rejected(str(e))
                 yield refuse(str(e), str(e))
                 return
             n = max(1, min(MAX_N, int(n or 1)))
             seed_ = rng.randrange(2**31 - n) if rand or seed_ is None else max(0, int(seed_))
+            source = src.model_input
             req = EditRequest(
                 source=source, instruction=instr, n=n, think=bool(think_), seed=seed_,
-                temperature=float(temp), top_k=int(tk), top_p=float(tp), parent_id=parent,
+                temperature=float(temp), top_k=int(tk), top_p=float(tp), parent_id=src.parent,
+                original=src.original, original_hash=src.original_hash,
             )
             cancel = threading.Event()
             ctx._cancels[sid] = cancel
@@ -164,7 +166,7 @@ class EditTab:
             assert snap is not None
             ids = [c for c in snap.candidate_ids if c is not None]
             if ids:
-                st.update(cand_ids=ids, selected=0, pair=pick_pair(ids, rng), parent=st.get("parent"))
+                st.update(cand_ids=ids, selected=0, pair=pick_pair(ids, rng), parent=src.parent, view=0)
                 st["edits"] = [*st["edits"], snap.edit_uid]
             out = {
                 status: final_markdown(snap),
@@ -203,24 +205,25 @@ class EditTab:
             return {}
         kind, _, key = node.partition(":")
         if kind == "src":
-            st["parent"] = None
-            return {side.photo: stored(self.ctx, key), side.crumbs: breadcrumbs(store, None), self.state: st}
+            st.update(parent=None, photo=key)
+            return {side.photo: shown(self.ctx, key), side.crumbs: breadcrumbs(store, None), self.state: st}
         if kind == "edit":
             cands = store.edit_candidates(key)
             if not cands:
                 return {}
             first = cands[0]
-            st.update(parent=first.parent_id, cand_ids=[c.id for c in cands], selected=0)
+            st.update(parent=first.parent_id, cand_ids=[c.id for c in cands], selected=0, photo=first.original_hash)
             status = (f"Results of “{first.instruction}” — continue from one, or type another instruction for "
                       "the same photo.")
-            photo = stored(self.ctx, first.source_hash)
+            photo = shown(self.ctx, first.original_hash)
         else:
             cid = int(key)
             c = store.candidate(cid)
             siblings = [s.id for s in store.edit_candidates(c.edit_uid)]
-            st.update(parent=cid, cand_ids=siblings, selected=siblings.index(cid))
+            # the result at the photo's resolution: the box shows its preview, the edit starts from the file
+            st.update(parent=cid, cand_ids=siblings, selected=siblings.index(cid), photo=c.full_hash)
             status = f"↩ Source is now result #{cid} — type the next instruction."
-            photo = stored(self.ctx, c.output_hash)
+            photo = shown(self.ctx, c.full_hash)
         st["pair"] = pick_pair(st["cand_ids"], rng)
         out = {side.photo: str(photo), side.crumbs: breadcrumbs(store, st["parent"]), self.state: st,
                self.status: status}
@@ -261,7 +264,7 @@ class EditTab:
         side.earlier.input(open_earlier, [side.earlier, edit_state], [*moves, history], api_name="open_earlier")
 
         def new_upload(st: dict) -> tuple:
-            return dict(st, parent=None), breadcrumbs(store, None)
+            return dict(st, parent=None, photo=None), breadcrumbs(store, None)
 
         side.photo.upload(new_upload, edit_state, [edit_state, side.crumbs], api_visibility="private")
         if side.examples is not None:  # an example is a new photo too (the breadcrumb said the old lineage)

@@ -1,4 +1,4 @@
-"""Small image helpers for the studio: difference heatmaps and captions. Pure numpy/PIL."""
+"""Small image helpers for the studio: difference heatmaps, screen-sized previews. Pure numpy/PIL."""
 
 from __future__ import annotations
 
@@ -22,6 +22,19 @@ _LUT = np.stack(
     [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c]) for c in range(3)],
     axis=1,
 ).astype(np.uint8)
+
+
+SCREEN_SIDE = 1600  # longest side of an image the page shows; the full file is the download
+
+
+def screen_preview(img: Image.Image, max_side: int = SCREEN_SIDE) -> Image.Image:
+    """``img`` downscaled (aspect kept) so that no side exceeds ``max_side``; ``img`` itself if none does."""
+    if max(img.size) <= max_side:
+        return img
+    s = max_side / max(img.size)
+    size = (max(1, round(img.width * s)), max(1, round(img.height * s)))
+    # reducing_gap: box-reduce first, then Lanczos (same look, much faster on a 12 MP photo)
+    return img.convert("RGB").resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def difference(a: Image.Image, b: Image.Image) -> np.ndarray:
@@ -65,6 +78,22 @@ class PngFiles:
         p = self.folder / f"{h}.png"
         if not p.exists():
             _atomic_write(p, data)
+        return str(p)
+
+    def screen_size(self, src: Path, key: str, max_side: int = SCREEN_SIDE) -> str:
+        """``src`` as the page shows it: the file itself when no side exceeds ``max_side``, else a copy
+        downscaled to fit (made once per ``key``, e.g. the stored image's hash). A large photo's full file
+        then travels only on download, not with every gallery, slider or heatmap update."""
+        p = self.folder / f"screen-{key}-{max_side}.png"
+        if p.exists():
+            return str(p)
+        with Image.open(src) as im:
+            if max(im.size) <= max_side:
+                return str(src)
+            small = screen_preview(im, max_side)
+        from feedback.store import _atomic_write, png_bytes
+
+        _atomic_write(p, png_bytes(small))
         return str(p)
 
     def prune(self, max_files: int = 5000) -> None:

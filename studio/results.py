@@ -2,8 +2,9 @@
 with its source (before/after slider, difference heatmap), its download, and the rating buttons.
 
 A candidate is shown through its views (``candidate_views``): each is a labelled (before, after) pair of
-image files, the first one the model's output; the compare widgets and the download show the first
-view."""
+stored image files, the first one the edit at the photo's own resolution, then the model's own output;
+the compare widgets and the download show the view picked under them (the first by default). The page
+gets screen-sized previews of large images (``studio.imaging.SCREEN_SIDE``); the download, the full file."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ class CandidateView:
     label: str
     before: Path
     after: Path
+    before_hash: str = ""
+    after_hash: str = ""
+    suffix: str = ""  # added to the download's file name
 
 
 def lost_image() -> Image.Image:
@@ -43,6 +47,15 @@ def lost_image() -> Image.Image:
     d.rectangle([(40, 108), (216, 148)], fill=(255, 255, 255))
     d.text((128, 128), "image missing", fill=(140, 40, 40), anchor="mm")
     return im
+
+
+def shown(ctx: StudioContext, image_hash: str) -> str:
+    """The stored image as the page shows it: the file itself up to ``SCREEN_SIDE`` px a side, a
+    downscaled copy beyond (made once); a placeholder when the file is missing or damaged."""
+    path = stored(ctx, image_hash)
+    if Path(path) != ctx.store.image_path(image_hash):
+        return path  # the placeholder
+    return ctx.previews.screen_size(Path(path), image_hash)
 
 
 def stored(ctx: StudioContext, image_hash: str) -> str:
@@ -63,9 +76,25 @@ def lost_note(ctx: StudioContext, hashes: list[str]) -> str:
             f"`{CHECK_COMMAND} --data {ctx.data_dir}` lists every such file.")
 
 
+def _size(ctx: StudioContext, image_hash: str) -> str:
+    try:
+        with Image.open(ctx.store.image_path(image_hash)) as im:
+            return f"{im.width}×{im.height}"
+    except (OSError, SyntaxError, ValueError):
+        return "?"
+
+
 def candidate_views(ctx: StudioContext, c: Candidate) -> list[CandidateView]:
-    """The views of a candidate, the model's output first."""
-    return [CandidateView("model output", Path(stored(ctx, c.source_hash)), Path(stored(ctx, c.output_hash)))]
+    """The views of a candidate: the edit at the photo's resolution (from the photo at its own size),
+    then the model's own output (from the picture the model saw). One view when both are the same images
+    (a photo no larger than the model's picture, or a row stored before full-resolution results)."""
+    model = CandidateView(f"model output {_size(ctx, c.output_hash)}", Path(stored(ctx, c.source_hash)),
+                          Path(stored(ctx, c.output_hash)), c.source_hash, c.output_hash, "-model")
+    if (c.full_hash, c.original_hash) == (c.output_hash, c.source_hash):
+        return [model]
+    full = CandidateView(f"full resolution {_size(ctx, c.full_hash)}", Path(stored(ctx, c.original_hash)),
+                         Path(stored(ctx, c.full_hash)), c.original_hash, c.full_hash)
+    return [full, model]
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -90,9 +119,12 @@ def _clip(text: str, n: int) -> str:
 
 def new_state() -> dict[str, Any]:
     """A panel's session state. cand_ids: the candidates shown (gallery order); selected: index into
-    it; pair: [left, right] ids shown as A/B; parent: candidate whose output is the current source;
-    edits: the edits of this page."""
-    return {"cand_ids": [], "selected": 0, "pair": [], "parent": None, "edits": [], "source_hash": None}
+    it; pair: [left, right] ids shown as A/B; parent: candidate whose result is the current source;
+    edits: the edits of this page; view: index into the selected candidate's views (``candidate_views``);
+    photo: hash of the stored image whose preview the photo box shows (the edit then starts from the
+    stored image at its full size)."""
+    return {"cand_ids": [], "selected": 0, "pair": [], "parent": None, "edits": [], "source_hash": None, "view": 0,
+            "photo": None}
 
 
 class ResultsPanel:
@@ -115,6 +147,8 @@ class ResultsPanel:
             self.info = gr.Markdown("", elem_classes=["cand-info"])
             self.download = gr.DownloadButton("Download PNG", value=None, size="sm", scale=0, min_width=130,
                                               elem_id=f"{prefix}-download", interactive=False)
+            self.view = gr.Radio(choices=[], value=None, show_label=False, container=False, visible=False,
+                                 elem_id=f"{prefix}-view", scale=0, min_width=260)
             self.continue_btn = gr.Button("Continue editing from this ↪", size="sm", scale=0, min_width=200,
                                           visible=prefix == "edit", elem_id=f"{prefix}-continue")
         with gr.Group(elem_classes=["rate-box"]):
@@ -144,8 +178,10 @@ class ResultsPanel:
                 self.both_bad = gr.Button("Both bad", size="sm", elem_classes=["kb-bad", "rate-btn"])
                 self.next_pair = gr.Button("Another pair ⟳", size="sm", elem_classes=["kb-next"])
         self.msg = gr.Markdown("", elem_classes=["rate-msg"])
+        # the components a selection changes
+        self.selected = [self.slider, self.heatmap, self.info, self.download, self.view]
         self.outputs = [self.gallery, self.slider, self.heatmap, self.info, self.download, self.pair_a,
-                        self.pair_b, self.msg]
+                        self.pair_b, self.msg, self.view]
 
     # -- values for a state
     def updates(self, st: dict) -> dict:
@@ -155,9 +191,9 @@ class ResultsPanel:
         if not ids:
             return {self.gallery: [], self.slider: None, self.heatmap: None, self.info: "",
                     self.download: gr.update(value=None, interactive=False), self.pair_a: None, self.pair_b: None,
-                    self.msg: ""}
+                    self.msg: "", self.view: gr.update(choices=[], value=None, visible=False)}
         cands = store.candidates(ids)
-        out = {self.gallery: gr.update(value=[(stored(self.ctx, c.output_hash), caption(c)) for c in cands],
+        out = {self.gallery: gr.update(value=[(shown(self.ctx, c.full_hash), caption(c)) for c in cands],
                                        selected_index=st.get("selected", 0))}
         out.update(self.selected_updates(st, cands))
         out.update(self.pair_updates(st))
@@ -169,12 +205,17 @@ class ResultsPanel:
         ids = st["cand_ids"]
         i = min(max(0, int(st.get("selected", 0))), len(ids) - 1)
         c = cands[i] if cands is not None else store.candidate(ids[i])
-        view = candidate_views(self.ctx, c)[0]
-        lost = lost_note(self.ctx, [c.source_hash, c.output_hash])
+        views = candidate_views(self.ctx, c)
+        v = min(max(0, int(st.get("view") or 0)), len(views) - 1)
+        view = views[v]
+        picker = gr.update(choices=[(w.label, k) for k, w in enumerate(views)], value=v, visible=len(views) > 1)
+        lost = lost_note(self.ctx, [view.before_hash, view.after_hash])
+        before, after = shown(self.ctx, view.before_hash), shown(self.ctx, view.after_hash)
         if lost:
             heat, mean_diff = lost_image(), 0.0
-        else:
-            heat, mean_diff = diff_heatmap(store.load_image(c.source_hash), store.load_image(c.output_hash))
+        else:  # on the screen-sized previews: the same picture of the change, without a full-size pass
+            with Image.open(before) as b, Image.open(after) as a:
+                heat, mean_diff = diff_heatmap(b, a)
         t = c.timings
         timing = f" · {t['total']:.2f} s" if "total" in t else ""
         # what stands, as training counts it: later A/B clicks do not push a star rating out of view
@@ -187,15 +228,16 @@ class ResultsPanel:
             + (f"<br><span class='muted'>reasoning: {html.escape(_clip(c.reasoning, 300))}</span>"
                if c.reasoning.strip() else "")
         )
-        slider, heat_path = (str(view.before), str(view.after)), self.ctx.previews.path(heat)
+        slider, heat_path = (before, after), self.ctx.previews.path(heat)
         if lost:
-            return {self.slider: slider, self.heatmap: heat_path, self.info: info,
+            return {self.slider: slider, self.heatmap: heat_path, self.info: info, self.view: picker,
                     self.download: gr.update(value=None, interactive=False)}
-        export = self.ctx.exports_dir / f"earl-edit-{c.id}-seed{c.seed}.png"
+        # the download is the view's full file, under a readable name
+        export = self.ctx.exports_dir / f"earl-edit-{c.id}-seed{c.seed}{view.suffix}.png"
         if not export.exists():
             link_or_copy(view.after, export)
-        return {self.slider: slider, self.heatmap: heat_path, self.info: info,
-                self.download: gr.update(value=str(export), interactive=True)}
+        return {self.slider: slider, self.heatmap: heat_path, self.info: info, self.view: picker,
+                self.download: gr.update(value=str(export), interactive=True, label=f"Download PNG {view.label.split()[-1]}")}
 
     def pair_updates(self, st: dict) -> dict:
         pair = st.get("pair") or []
@@ -204,8 +246,8 @@ class ResultsPanel:
         store = self.ctx.store
         a, b = store.candidates(pair)
         return {
-            self.pair_a: gr.update(value=stored(self.ctx, a.output_hash), label=f"A (#{a.idx + 1})"),
-            self.pair_b: gr.update(value=stored(self.ctx, b.output_hash), label=f"B (#{b.idx + 1})"),
+            self.pair_a: gr.update(value=shown(self.ctx, a.full_hash), label=f"A (#{a.idx + 1})"),
+            self.pair_b: gr.update(value=shown(self.ctx, b.full_hash), label=f"B (#{b.idx + 1})"),
         }
 
     # -- events
@@ -221,8 +263,16 @@ class ResultsPanel:
             st["selected"] = int(evt.index)
             return {pstate: st, **self.selected_updates(st)}
 
-        self.gallery.select(select, pstate, [pstate, self.slider, self.heatmap, self.info, self.download],
-                            api_visibility="private")
+        self.gallery.select(select, pstate, [pstate, *self.selected], api_visibility="private")
+
+        def pick_view(st: dict, v: int | None) -> dict:
+            """The full-resolution result or the model's own output, in the compare widgets and the download."""
+            st = dict(st, view=int(v or 0))
+            if not st.get("cand_ids"):
+                return {pstate: st}
+            return {pstate: st, **self.selected_updates(st)}
+
+        self.view.input(pick_view, [pstate, self.view], [pstate, *self.selected], api_name=f"{api_prefix}view")
 
         def rate(kind: str, value: Any) -> Callable:
             def handler(st: dict, typed: str, request: gr.Request) -> dict:
@@ -252,8 +302,7 @@ class ResultsPanel:
 
             return handler
 
-        outs = [self.msg, pstate, self.pair_a, self.pair_b, self.slider, self.heatmap, self.info, self.download,
-                *counts_out]
+        outs = [self.msg, pstate, self.pair_a, self.pair_b, *self.selected, *counts_out]
         common = dict(inputs=[pstate, rater_box], outputs=outs)
         self.up.click(rate("thumb", "up"), api_name=f"{api_prefix}thumb_up", **common)
         self.down.click(rate("thumb", "down"), api_name=f"{api_prefix}thumb_down", **common)

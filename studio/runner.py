@@ -36,6 +36,10 @@ class EditRequest:
     cfg_image: float = 1.0
     preview_every: int = 2
     parent_id: int | None = None  # the source is this earlier result (history tree)
+    # The photo at its own size (EXIF applied) that ``source`` was fitted from: the engine renders each
+    # result at its resolution. None: the source itself. ``original_hash``: it is this stored image.
+    original: Image.Image | None = None
+    original_hash: str | None = None
 
     def settings(self, bundle: Any) -> dict[str, Any]:
         return {
@@ -87,8 +91,10 @@ def stream_edit(
     )
     finished: dict[int, Done] = {}
     last_yield = 0.0
+    # given the original, the engine fits it to the model's picture itself (the same ``fit_to_area`` that
+    # made ``req.source``) and renders every result at the original's size
     events = edit_fn(
-        bundle, req.source, req.instruction, n=n, think=req.think, seed=req.seed,
+        bundle, req.original if req.original is not None else req.source, req.instruction, n=n, think=req.think, seed=req.seed,
         temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, cfg_text=req.cfg_text,
         cfg_image=req.cfg_image, preview_every=req.preview_every, cancel=cancel,
     )
@@ -133,6 +139,7 @@ def stream_edit(
         ids = record_edit(
             store, bundle, req.source, req.instruction, [finished[i] for i in order], req.settings(bundle),
             parent_id=req.parent_id, rater=rater, edit_uid=snap.edit_uid,
+            original=req.original_hash or req.original,
             extra_timings={"studio_first_preview": snap.first_preview_s or 0.0, "studio_total": snap.elapsed_s},
         )
         for i, cid in zip(order, ids, strict=True):

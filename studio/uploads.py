@@ -1,9 +1,11 @@
 """The photo the user uploads: a readable message (and one log line) for a file that is not an image, and
-the model's input made from it, linked to the result it came from when it is one."""
+the edit's source made from it (the photo at its own size and the model's input), linked to the result it
+came from when it is one."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -54,18 +56,40 @@ def photo_input(**kwargs: Any) -> gr.Image:
     return gr.Image(**kwargs)
 
 
-def source_image(ctx: StudioContext, photo_path: str, parent: int | None, bundle: Any) -> tuple[Image.Image, int | None]:
-    """The model's input and its parent candidate. If the photo is the output of the candidate the
-    user continued from (pixel-identical), that stored image is used as is and linked as parent.
+@dataclass
+class Source:
+    """What an edit starts from: the photo at its own size (EXIF applied), the model's input fitted from
+    it, the stored image it is (when it is one) and the candidate whose result it is (when it is one)."""
+
+    original: Image.Image
+    model_input: Image.Image
+    original_hash: str | None = None
+    parent: int | None = None
+
+
+def source_image(ctx: StudioContext, photo_path: str, st: dict, bundle: Any) -> Source:
+    """The edit's source for the photo box's file. The box shows a screen-sized preview of a stored image
+    after "Continue editing" or a history click (``st["photo"]``, and ``st["parent"]`` for a result):
+    when the box still holds exactly that preview, the edit starts from the stored image at its full
+    size and is linked to its parent; any other photo is a new one.
 
     Raises ``ValueError`` (``ImageInputError``) with a user-facing message for a file it cannot use."""
-    from engine.image_io import load_image, prepare_image
+    from engine.image_io import fit_to_area, load_image
 
-    if parent is not None:
-        c = ctx.store.candidate(int(parent))
-        prev = ctx.store.load_image(c.output_hash)
-        shown = load_image(photo_path, max_bytes=ctx.max_upload_bytes)
-        if shown.size == prev.size and np.array_equal(np.asarray(shown), np.asarray(prev)):
-            return prev, c.id
+    shown = load_image(photo_path, max_bytes=ctx.max_upload_bytes)
+    original, original_hash, parent = shown, None, None
+    key = st.get("photo")
+    if key and ctx.store.image_problem(key) is None:
+        with Image.open(ctx.previews.screen_size(ctx.store.image_path(key), key)) as im:  # our own PNG
+            preview = im.convert("RGB")
+        if shown.size == preview.size and np.array_equal(np.asarray(shown), np.asarray(preview)):
+            original_hash = key
+            original = ctx.store.load_image(key) if preview.size != _stored_size(ctx, key) else preview
+            parent = st.get("parent")
     cfg = bundle.config
-    return prepare_image(photo_path, cfg.image_area, cfg.spatial_factor, max_bytes=ctx.max_upload_bytes), None
+    return Source(original, fit_to_area(original, cfg.image_area, cfg.spatial_factor), original_hash, parent)
+
+
+def _stored_size(ctx: StudioContext, image_hash: str) -> tuple[int, int]:
+    with Image.open(ctx.store.image_path(image_hash)) as im:
+        return im.size

@@ -35,6 +35,27 @@ def test_record_edit_stores_what_the_engine_made(tmp_path: Path, tiny_bundle) ->
         assert store.load_image(c.source_hash).tobytes() == src.tobytes()
 
 
+def test_record_edit_keeps_the_photo_and_the_result_at_full_size(tmp_path: Path, tiny_bundle) -> None:
+    """A photo larger than the model's picture: the model's input and output are stored for training, the
+    photo and each candidate's full-resolution render next to them, losslessly, with its provenance."""
+    from engine.api import edit_blocking
+    from engine.image_io import fit_to_area
+
+    photo = Image.effect_mandelbrot((160, 96), (-2.0, -1.0, 1.0, 1.0), 60).convert("RGB")
+    done = edit_blocking(tiny_bundle, photo, "make it grey", n=2, seed=5, preview_every=0)
+    source = fit_to_area(photo, tiny_bundle.config.image_area, tiny_bundle.config.spatial_factor)
+    with Store(tmp_path) as store:
+        ids = record_edit(store, tiny_bundle, source, "make it grey", done, {"think": False, "temperature": 1.0,
+                          "top_k": 0, "top_p": 1.0}, original=photo)
+        for c, d in zip(store.candidates(ids), done, strict=True):
+            assert d.full is not None and d.full.size == (160, 96) and d.image.size == source.size
+            assert store.load_image(c.full_hash).tobytes() == d.full.tobytes()
+            assert store.load_image(c.output_hash).tobytes() == d.image.tobytes()
+            assert store.load_image(c.original_hash).tobytes() == photo.tobytes()
+            assert store.load_image(c.source_hash).tobytes() == source.tobytes()
+            assert c.render and c.render.get("method") == d.render.get("method")
+
+
 def test_an_export_written_as_parquet_imports(tmp_path: Path, tiny_bundle) -> None:
     """Exports made before they were saved splits held parquet files; they still import."""
     from engine.api import edit_blocking

@@ -140,23 +140,24 @@ def test_history_tree(tmp_path: Path) -> None:
 def test_migrations_upgrade_old_db_and_refuse_newer(tmp_path: Path) -> None:
     from feedback import store as store_mod
 
-    # A database at schema 1 with data in it, then code that knows a second migration.
-    with Store(tmp_path, migrations=store_mod.MIGRATIONS[:1]) as s1:
+    # A database at today's schema with data in it, then code that knows one more migration.
+    now = store_mod.SCHEMA_VERSION
+    with Store(tmp_path) as s1:
         a = _add_edit(s1)[0]
         s1.add_rating(rater="ann", kind="thumb", value="up", candidate_ids=[a])
-        assert s1.schema_version == 1
+        assert s1.schema_version == now
 
     def add_note(con: sqlite3.Connection) -> None:
         con.execute("ALTER TABLE ratings ADD COLUMN note TEXT NOT NULL DEFAULT ''")
 
-    with Store(tmp_path, migrations=[*store_mod.MIGRATIONS[:1], add_note]) as s2:
-        assert s2.schema_version == 2
+    with Store(tmp_path, migrations=[*store_mod.MIGRATIONS, add_note]) as s2:
+        assert s2.schema_version == now + 1
         assert [t.candidate.id for t in s2.thumbs()] == [a]
         cols = [r[1] for r in s2._con.execute("PRAGMA table_info(ratings)")]
         assert "note" in cols
     # Older code must not touch a database from the future.
     with pytest.raises(StoreError, match="newer"):
-        Store(tmp_path, migrations=store_mod.MIGRATIONS[:1])
+        Store(tmp_path, migrations=store_mod.MIGRATIONS)
 
     # A failing migration rolls back completely: version and schema unchanged.
     def broken(con: sqlite3.Connection) -> None:
@@ -164,10 +165,60 @@ def test_migrations_upgrade_old_db_and_refuse_newer(tmp_path: Path) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        Store(tmp_path, migrations=[*store_mod.MIGRATIONS[:1], add_note, broken])
-    with Store(tmp_path, migrations=[*store_mod.MIGRATIONS[:1], add_note]) as s3:
-        assert s3.schema_version == 2
+        Store(tmp_path, migrations=[*store_mod.MIGRATIONS, add_note, broken])
+    with Store(tmp_path, migrations=[*store_mod.MIGRATIONS, add_note]) as s3:
+        assert s3.schema_version == now + 1
         assert s3._con.execute("SELECT name FROM sqlite_master WHERE name='half_done'").fetchone() is None
+
+
+def test_full_resolution_migration_keeps_old_rows_readable(tmp_path: Path) -> None:
+    """A store written before full-resolution results (schema 1) opens with today's code: its rows read
+    as original = source and full = output; new rows keep their own original, full image and provenance,
+    and an export carries both images."""
+    from feedback import store as store_mod
+
+    src, out = _img(1, (16, 8)), _img(2, (16, 8))
+    with Store(tmp_path, migrations=store_mod.MIGRATIONS[:1]) as s1:  # as version-1 code wrote its rows
+        sh, oh = s1.put_image(src), s1.put_image(out)
+        row = {"uid": "old", "edit_uid": "e-old", "idx": 0, "parent_id": None, "source_hash": sh, "output_hash": oh,
+               "instruction": "make it grey", "bundle_id": "tiny@0", "weights_hash": "abc", "seed": 3, "think": 0,
+               "temperature": 1.0, "top_k": 0, "top_p": 1.0, "settings": json.dumps(SETTINGS), "grid_h": 1,
+               "grid_w": 2, "tokens": "[1, 2]", "logprobs": "[-1.0, -2.0]", "logprob_sum": -3.0, "reasoning": "",
+               "timings": "{}", "rater": "ann", "created_at": 1.0}
+        old_id = s1._write(lambda con: s1._insert_raw_candidate(con, row))
+        assert s1.schema_version == 1
+    with Store(tmp_path) as store:
+        assert store.schema_version == store_mod.SCHEMA_VERSION >= 2
+        old = store.candidate(old_id)
+        assert (old.original_hash, old.full_hash, old.render) == (sh, oh, {})
+        # A new edit of a photo larger than the model's picture keeps all four images, losslessly.
+        photo, full = _img(3, (48, 24)), _img(4, (48, 24))
+        prov = {"method": "render", "geometry": {"scale": np.float32(1.0)}, "size": (48, 24)}
+        (new_id,) = store.add_candidates(
+            source=src, original=photo, instruction="make it grey", bundle_id="tiny@0", weights_hash="abc",
+            settings=SETTINGS, candidates=[NewCandidate(out, [1], [-1.0], 5, 0, full=full, render=prov)])
+        new = store.candidate(new_id)
+        assert new.source_hash == sh and new.output_hash == oh
+        assert store.load_image(new.original_hash).tobytes() == photo.tobytes()
+        assert store.load_image(new.full_hash).tobytes() == full.tobytes()
+        assert new.render == {"method": "render", "geometry": {"scale": 1.0}, "size": [48, 24]}
+        # The same edit and model input as the old row: training still pairs them.
+        assert (new.source_hash, new.instruction) == (old.source_hash, old.instruction)
+        assert store.check().ok
+        store.add_rating(rater="ann", kind="pair", value="B", candidate_ids=[old_id, new_id])
+        folder = store.export_dataset(tmp_path / "export")
+    import datasets
+
+    rows = {r["uid"]: r for r in datasets.load_from_disk(str(folder))["candidates"]}
+    assert rows["old"]["full_image"].tobytes() == out.tobytes()
+    got = rows[new.uid]
+    assert got["full_image"].size == (48, 24) and got["full_image"].tobytes() == full.tobytes()
+    assert got["original_image"].tobytes() == photo.tobytes() and json.loads(got["render"])["method"] == "render"
+    with Store(tmp_path / "other") as other:
+        assert other.import_dataset(folder) == {"candidates": 2, "ratings": 1}
+        back = other.candidate(other.id_for_uid(new.uid))
+        assert (back.original_hash, back.full_hash, back.render) == (new.original_hash, new.full_hash, new.render)
+        assert other.load_image(back.full_hash).tobytes() == full.tobytes()
 
 
 WRITER = textwrap.dedent(

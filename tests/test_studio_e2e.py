@@ -284,3 +284,58 @@ def test_cancel_keeps_the_store_clean(tmp_path: Path, tiny_bundle) -> None:
         cands = store.candidates(final.candidate_ids)
         assert [c.seed for c in cands] == [5, 6] and cands[0].settings["preview_every"] == 1
         assert cands[0].timings["studio_total"] >= cands[0].timings["studio_first_preview"] > 0
+
+
+def _size(path: str | Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_a_large_photo_comes_back_at_its_size(server) -> None:
+    """A photo larger than the model's picture and than the screen: the download is the edit at the photo's
+    own size, the page's images are screen-sized previews, the model's own output is one click away, and
+    continuing edits the full-size result."""
+    from studio.imaging import SCREEN_SIDE
+
+    url, data, root = server
+    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+    big = (2000, 1200)
+    photo = make_photo(root / "big.png", size=big)
+    out = client.predict(*_edit_args(photo, "make it warmer", n=2, seed=21), api_name="/edit")
+    assert "Done" in _status(out), _status(out)
+    download = out[8]["value"]
+    assert _size(download) == big
+    assert "2000×1200" in out[8]["label"]
+    # the page: gallery, slider and heatmap are previews at most SCREEN_SIDE wide, of the same shape
+    shown = [g["image"] for g in _gallery(out)] + [p for p in out[5]] + [out[6]]
+    for p in shown:
+        w, h = _size(p)
+        assert max(w, h) == SCREEN_SIDE and abs(w / h - big[0] / big[1]) < 0.01, (p, (w, h))
+    view = out[-1]
+    labels = [label for label, _ in view["choices"]]
+    assert labels[0] == "full resolution 2000×1200" and labels[1].startswith("model output ")
+    with Store(data) as store:
+        first = [c for c in store.candidates() if c.instruction == "make it warmer" and c.seed == 21][0]
+        model_size = store.load_image(first.output_hash).size
+        assert max(model_size) < SCREEN_SIDE and first.grid_w * 8 == model_size[0]
+        assert store.load_image(first.full_hash).size == big and store.load_image(first.original_hash).size == big
+        assert store.load_image(first.source_hash).size == model_size  # what the model saw, as training reads it
+        assert first.render.get("method")
+        # the download is the stored full-resolution result, pixel for pixel
+        assert Image.open(download).tobytes() == store.load_image(first.full_hash).tobytes()
+    assert labels[1] == f"model output {model_size[0]}×{model_size[1]}"
+
+    # One click: the model's own output in the compare widgets and the download.
+    raw = client.predict(1, api_name="/view")  # slider, heatmap, info, download, view
+    assert _size(raw[3]["value"]) == model_size and _size(raw[0][1]) == model_size
+    back = client.predict(0, api_name="/view")
+    assert _size(back[3]["value"]) == big
+
+    # Continue editing: the photo box shows a preview; the next edit starts from the full-size result.
+    cont = client.predict(api_name="/continue_from")
+    assert "Source is now result" in cont[2] and max(_size(cont[0])) == SCREEN_SIDE
+    out2 = client.predict(*_edit_args(Path(cont[0]), "flip it", n=1, seed=22), api_name="/edit")
+    assert "Done" in _status(out2) and _size(out2[8]["value"]) == big
+    with Store(data) as store:
+        second = [c for c in store.candidates() if c.instruction == "flip it" and c.seed == 22][0]
+        assert second.parent_id == first.id and second.original_hash == first.full_hash
