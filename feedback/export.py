@@ -220,7 +220,9 @@ def _export(store: Store, folder: Path) -> Path:
             rrows[k].append(v)
     parts = datasets.DatasetDict({"candidates": datasets.Dataset.from_dict(rows, features=CANDIDATE_FEATURES),
                                   "ratings": datasets.Dataset.from_dict(rrows, features=RATING_FEATURES)})
-    parts.save_to_disk(str(folder))
+    # an empty part would be saved with no shard at all, which load_from_disk cannot open: give it one
+    empty = {name: 1 for name, part in parts.items() if len(part) == 0}
+    parts.save_to_disk(str(folder), num_shards=empty or None)
     (folder / "README.md").write_text(CARD)
     if skipped:
         (folder / SKIPPED).write_text(json.dumps(skipped, indent=1))

@@ -439,3 +439,14 @@ def test_the_rated_line_shows_the_ratings_that_stand(tmp_path: Path) -> None:
         # the stars, thumb and best stay in view; the pair shows its last decision only, from a's side
         assert labels == ["★★★★", "thumbs down", "best of all", "A/B: lost", "thumbs up"]
         assert [_standing_label(r, b) for r in store.standing_ratings(candidate_id=b)] == ["not best", "A/B: won"]
+
+
+def test_export_of_a_store_without_ratings_opens(tmp_path: Path) -> None:
+    """A part with no rows still gets a shard: load_from_disk cannot open a split saved with none."""
+    import datasets
+
+    store = Store(tmp_path / "data")
+    out = store.export_dataset(tmp_path / "export")
+    parts = datasets.load_from_disk(str(out))
+    assert len(parts["candidates"]) == 0 and len(parts["ratings"]) == 0
+    assert "instruction" in parts["candidates"].features
