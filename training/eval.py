@@ -3,6 +3,7 @@
     python -m training.eval [--bundle PATH] [--think] [--split test] [--sets data/suite]
                             [--n-per-kind N] [--seed S] [--greedy | --temperature T --top-k K]
                             [--candidates C] [--batch B] [--out results.json] [--sheet sheet.png]
+                            [--phrasings templates|heldout|suite-held]
 
 Each sample of ``<sets>/v<suite version>/<split>`` (built with ``python -m training.suite build-sets``; when
 missing, the same samples are built into ``data/cache/eval-sets/``) is edited by the bundle and scored with
@@ -49,6 +50,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "data" / "cache" / "eval-sets"
 SYSTEMS = ("model", "floor", "vq", "gt")  # what EvalResult can average
 CATEGORIES = ("global", "geometry", "object", "compose")
+# --phrasings: the sample key each choice reads ("heldout" is filled in from training.heldout_phrasings)
+PHRASINGS = {"templates": "instruction", "suite-held": "instruction_heldout", "heldout": "instruction_phrasebook"}
 EARL_TOP_K = 2048
 _SEED_SPAN = 2**31 - 4096  # leaves room for seed + candidate index below 2**31
 
@@ -264,6 +267,7 @@ def evaluate(
     candidates: int = 1,
     batch_size: int = 16,
     heldout_phrasing: bool = False,
+    phrasings: str = "templates",
     max_new_tokens: int | None = None,
     baselines: bool = True,
     generate: bool = True,
@@ -279,7 +283,10 @@ def evaluate(
     ``training.suite.stream``). ``temperature`` 0 is greedy. ``candidates`` edits per sample (seeds
     ``sample_seed(seed, id) + j``); a sample's model score is their mean, and a candidate that fails to
     produce a well-formed image scores 0 (its error is kept). ``batch_size``: prompts decoded together
-    (samples of one grid shape; candidates count). ``heldout_phrasing`` uses ``instruction_heldout``.
+    (samples of one grid shape; candidates count). ``phrasings``: which instruction each sample gets (see
+    ``PHRASINGS``): ``templates`` its own (the training templates' words), ``suite-held`` the suite's held-out
+    template (``instruction_heldout``; also ``heldout_phrasing=True``), ``heldout`` the held-out phrasing set of
+    ``training.heldout_phrasings`` (everyday wording written apart from the templates).
     ``baselines`` False skips the floor / tokenizer / ground-truth scores (they are then NaN);
     ``generate`` False skips the model (its scores are NaN; only ``bundle.vq`` and ``bundle.config`` are
     used). ``keep_images`` keeps the decoded outputs on ``SampleScore.outputs`` (for contact sheets).
@@ -293,7 +300,15 @@ def evaluate(
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if cfg_text <= 0 or cfg_image <= 0:
         raise ValueError(f"guidance scales must be > 0 (1 = off), got text {cfg_text}, image {cfg_image}")
-    key = "instruction_heldout" if heldout_phrasing else "instruction"
+    if phrasings not in PHRASINGS:
+        raise ValueError(f"unknown phrasings {phrasings!r}; use one of {', '.join(PHRASINGS)}")
+    if heldout_phrasing:
+        phrasings = "suite-held"
+    key = PHRASINGS[phrasings]
+    if phrasings == "heldout":
+        from training import heldout_phrasings
+
+        samples = [{**s, key: heldout_phrasings.instruction(s)} for s in samples]
     for s in samples:
         missing = [k for k in ("id", "kind", "source", "target", "mask", key) if k not in s]
         if missing:
@@ -340,7 +355,7 @@ def evaluate(
         "bundle": f"{cfg.name}@{cfg.version}", "bundle_path": str(bundle.path) if bundle.path else None,
         # only for a bundle loaded from disk: an in-memory one may be mid-training (the hash is cached)
         "weights_hash": bundle.weights_hash() if generate and bundle.path is not None else None, "think": think, "temperature": temperature,
-        "top_k": top_k, "top_p": top_p, "seed": seed, "candidates": candidates, "heldout_phrasing": heldout_phrasing,
+        "top_k": top_k, "top_p": top_p, "seed": seed, "candidates": candidates, "phrasings": phrasings,
         "max_new_tokens": max_new_tokens, "generate": generate, "cfg_text": cfg_text, "cfg_image": cfg_image,
         "set_path": samples[0].get("set_path") if samples else None,
         "generation_s": round(t_gen, 2), "total_s": round(time.perf_counter() - t0, 2),
@@ -493,7 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--candidates", type=int, default=1, help="edits per sample (score = their mean)")
     ap.add_argument("--batch", type=int, default=16, help="prompts decoded together")
-    ap.add_argument("--heldout-phrasing", action="store_true", help="use the held-out instruction phrasings")
+    ap.add_argument("--phrasings", default="templates", choices=list(PHRASINGS),
+                    help="instructions: templates (the training templates' words, default), heldout (everyday "
+                         "wording written apart from them, training/data/heldout_phrasings.jsonl), suite-held (the "
+                         "suite's held-out template clauses)")
+    ap.add_argument("--heldout-phrasing", action="store_true", help="same as --phrasings suite-held")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the tokenizer / prefill")
     ap.add_argument("--device", default="cpu")
@@ -549,10 +568,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'bundle' if generate else 'references only,'} {bundle.config.name}@{bundle.config.version} ({path}), "
           f"{len(samples)} {a.split} samples "
           f"from {samples[0]['set_path'] if samples else '-'}, think={a.think}, {mode}, seed={a.seed}, "
-          f"{'fp16' if a.fp16 else 'float32'} decoding"
+          f"{'fp16' if a.fp16 else 'float32'} decoding, "
+          f"phrasings {'suite-held' if a.heldout_phrasing else a.phrasings}"
           + (f", guidance text {a.cfg_text:g} image {a.cfg_image:g}" if (a.cfg_text, a.cfg_image) != (1.0, 1.0) else ""))
     res = evaluate(bundle, samples, a.think, temperature=temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
-                   candidates=a.candidates, batch_size=a.batch, heldout_phrasing=a.heldout_phrasing,
+                   candidates=a.candidates, batch_size=a.batch, heldout_phrasing=a.heldout_phrasing, phrasings=a.phrasings,
                    max_new_tokens=a.max_new_tokens, generate=generate, keep_images=bool(a.sheet), fp16=a.fp16,
                    cfg_text=a.cfg_text, cfg_image=a.cfg_image)
     print()
