@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.events import Done, Error, Event, ImageRow, Preview, Text
+from engine.events import Done, Error, Event, ImageRow, Preview, Text, Understood
 from engine.layout import build_prompt, parse_generation, special_ids
 from engine.sampler import SAMPLING_DEFAULTS, PromptTooLong, _num_threads, fp16_default, make_guidance, sample
 
@@ -87,6 +87,7 @@ def edit(
     cancel: threading.Event | None = None,
     fp16: bool | None = None,
     speculate: int = DEFAULT_SPECULATE,
+    understand: bool = True,
 ) -> Iterator[Event]:
     """Edit ``image`` (path, bytes or PIL) as ``instruction`` says; yields ``engine.events`` events.
 
@@ -100,6 +101,9 @@ def edit(
     ``speculate``: up to this many tokens per forward pass, guessed from the source image and kept only
     where the model picks them anyway (``engine.drafts``): same edits, faster where the output copies
     the source (object edits, flips); 0 decodes one token per pass.
+    ``understand``: for a bundle with an ``understanding/`` folder (EARL-nano; ``engine.understanding``) the
+    instruction is read first, an ``Understood`` event comes before any candidate, and the LM gets the edit in
+    the words it was trained on (the typed text when the reading is unsure or names an unknown object).
     """
     t0 = time.perf_counter()
     msg = _check_args(instruction, n, temperature, top_k, top_p, cfg_text, cfg_image, preview_every)
@@ -126,13 +130,31 @@ def edit(
     seeds = [int(seed) + i for i in range(n)]
     if fp16 is None:
         fp16 = fp16_default(bundle)
+    text = instruction.strip()
+    if understand:
+        reading = _understand(bundle, text)
+        if reading is not None:
+            yield Understood(reading.summary, reading.canonical, reading.warning, reading.as_dict())
+            text = reading.canonical or text
     try:
-        yield from _run(bundle, grid, instruction.strip(), n, think, seeds, temperature, top_k, top_p, cfg_text,
+        yield from _run(bundle, grid, text, n, think, seeds, temperature, top_k, top_p, cfg_text,
                         cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16, speculate)
     except PromptTooLong as e:
         yield Error(str(e))
     except Exception as e:  # noqa: BLE001
         yield Error(f"Generation failed: {type(e).__name__}: {e}")
+
+
+def _understand(bundle: Any, text: str) -> Any:
+    """The bundle's reading of ``text`` (``engine.understanding.Reading``), or None: no reader, or it failed
+    (then the text goes to the model as typed, as for any bundle without one)."""
+    from engine import understanding
+
+    try:
+        reader = understanding.for_bundle(bundle)
+        return reader.read(text) if reader is not None else None
+    except Exception:  # noqa: BLE001 - reading is a help, never a reason not to edit
+        return None
 
 
 def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, seeds: list[int],

@@ -748,7 +748,13 @@ def _progress_md(s: Snapshot) -> str:
     total = s.total_rows * len(s.done)
     fp = f" · first preview {s.first_preview_s:.2f} s" if s.first_preview_s is not None else ""
     pct = int(100 * rows / total) if total else 0
-    return f"⏳ **Generating** — {done}/{len(s.done)} done · {pct}% of rows{fp} · {s.elapsed_s:.1f} s"
+    return f"⏳ **Generating** — {done}/{len(s.done)} done · {pct}% of rows{fp} · {s.elapsed_s:.1f} s" + _reading_md(s)
+
+
+def _reading_md(s: Snapshot) -> str:
+    """How the instruction was read, and the model's own limits, on a line of their own (empty when unread)."""
+    out = f"<br>💬 {html.escape(s.understood)}" if s.understood else ""
+    return out + (f"<br>⚠️ {html.escape(s.notice)}" if s.notice else "")
 
 
 def _final_md(s: Snapshot) -> str:
@@ -758,7 +764,7 @@ def _final_md(s: Snapshot) -> str:
     errs = "".join(f"<br>⚠️ {e}" for e in s.errors)
     kept = f"{n_ok}/{len(s.done)} candidates" if s.cancelled else f"{n_ok} candidate{'s' * (n_ok != 1)}"
     seeds = f"seed {s.seeds[0]}" if len(s.seeds) == 1 else f"seeds {s.seeds[0]}…{s.seeds[-1]}"
-    return f"{head} — {kept} · {fp} · total **{s.elapsed_s:.2f} s** · {seeds}{errs}"
+    return f"{head} — {kept} · {fp} · total **{s.elapsed_s:.2f} s** · {seeds}{_reading_md(s)}{errs}"
 
 
 def _reasoning_text(s: Snapshot) -> str:

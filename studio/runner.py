@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from engine.events import Done, Error, Preview, Text
+from engine.events import Done, Error, Preview, Text, Understood
 from engine.sampler import SAMPLING_DEFAULTS, fp16_default
 from studio.models import bundle_id
 from studio.store import NewCandidate, Store
@@ -58,6 +58,8 @@ class Snapshot:
     finished: bool = False
     cancelled: bool = False
     errors: list[str] = field(default_factory=list)
+    understood: str = ""  # "Understood: make it black and white" (bundles that read instructions)
+    notice: str = ""  # why the request may fall outside what the model does
     candidate_ids: list[int | None] = field(default_factory=list)  # set once recorded
     edit_uid: str = ""
     total_rows: int = 0
@@ -114,6 +116,9 @@ def stream_edit(
                 snap.seeds[ev.candidate] = ev.seed
                 if snap.first_preview_s is None:
                     snap.first_preview_s = now
+                force = True
+            elif isinstance(ev, Understood):
+                snap.understood, snap.notice = ev.summary, ev.warning or ""
                 force = True
             elif isinstance(ev, Error):
                 who = "request" if ev.candidate is None else f"candidate {ev.candidate + 1}"
