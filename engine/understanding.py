@@ -80,25 +80,27 @@ class TextEncoder:
         self._torch = torch
         self.threads = threads
 
-    def encode(self, texts: list[str], batch: int = 256) -> np.ndarray:
-        """(len(texts), 384) float32 unit vectors."""
+    def encode(self, texts: list[str], batch: int = 64) -> np.ndarray:
+        """(len(texts), 384) float32 unit vectors; texts of similar length are batched together (less padding)."""
         torch = self._torch
-        outs = []
+        out = np.zeros((len(texts), 384), np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         prev = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
-                for b in range(0, len(texts), batch):
-                    enc = self.tokenizer(texts[b:b + batch], padding=True, truncation=True, max_length=64,
+                for b in range(0, len(order), batch):
+                    idx = order[b:b + batch]
+                    enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=64,
                                          return_tensors="pt")
                     h = self.model(**enc).last_hidden_state
                     m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
                     e = (h * m).sum(1) / m.sum(1).clamp(min=1)
-                    outs.append(torch.nn.functional.normalize(e, dim=-1).float().numpy())
+                    out[idx] = torch.nn.functional.normalize(e, dim=-1).float().numpy()
         finally:
             torch.set_num_threads(prev)
-        return np.concatenate(outs) if outs else np.zeros((0, 384), np.float32)
+        return out
 
 
 @functools.lru_cache(maxsize=2)
@@ -174,24 +176,36 @@ class Understanding:
     def classify(self, text: str) -> list[tuple[str, str, float]]:
         """(segment text, kind, probability) per edit in ``text``: the best grouping of its clauses.
 
-        The text is cut at joiners ("then", ";", "and", ","), every grouping of consecutive pieces into at
-        most three parts is scored by the head (mean log-probability of each part's best kind, parts that are
-        only filler dropped), and the best grouping wins; neighbouring parts of one kind are merged."""
+        The head first says whether the whole text is one edit or a composition (label ``compose``). A
+        composition is cut at joiners ("then", ";", "and", ","), every grouping of consecutive pieces into two
+        or three parts is read by the head (``compose`` left out; parts that are only filler dropped;
+        neighbouring parts of one kind merged): the grouping with the most steps whose parts all read with
+        probability >= 0.5 wins, then the one with the highest mean log-probability."""
+        whole = self.probs([text])[0]
+        kw = int(whole.argmax())
         pieces = self._segments(text)
-        if len(pieces) == 1:
-            p = self.probs([text])[0]
-            k = int(p.argmax())
-            return [(text, self.labels[k], float(p[k]))]
+        if self.labels[kw] != "compose" or len(pieces) == 1:
+            if self.labels[kw] == "compose":  # one piece: its best single kind
+                whole = whole.copy()
+                whole[kw] = 0.0
+                kw = int(whole.argmax())
+            return [(text, self.labels[kw], float(whole[kw]))]
+        single = [i for i, lab in enumerate(self.labels) if lab != "compose"]
         groupings = []
         n = len(pieces)
         for cuts in range(min(n, 6)):
             for where in itertools.combinations(range(1, n), cuts):
                 bounds = (0, *where, n)
                 groupings.append([" ".join(pieces[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)])
-        texts = sorted({t for g in groupings for t in g} | {text})
-        p = dict(zip(texts, self.probs(texts), strict=True))
-        best, best_score = None, -np.inf
-        for g in groupings + [[text]]:
+        texts = sorted({t for g in groupings for t in g})
+        p = {}
+        for t, q in zip(texts, self.probs(texts), strict=True):
+            full = np.zeros_like(q)
+            full[single] = q[single] / q[single].sum()
+            p[t] = full
+        best: list[tuple[str, str, float]] | None = None
+        best_score: tuple[int, float] = (0, -np.inf)
+        for g in groupings:
             parts = [t for t in g if not FILLER.match(t)]
             if not parts or len(parts) > MAX_STEPS + 2:
                 continue
@@ -202,22 +216,25 @@ class Understanding:
                     merged[-1] = (merged[-1][0] + ", " + t, k, max(merged[-1][2], q))
                 else:
                     merged.append((t, k, q))
-            if len(merged) > MAX_STEPS:
+            if not 2 <= len(merged) <= MAX_STEPS:
                 continue
-            score = float(np.mean([np.log(q + 1e-6) for _, _, q in labs])) - 0.05 * len(merged)
-            if score > best_score:
+            # the most steps whose every part the head reads with some confidence, then the surest reading
+            sure = min(q for _, _, q in labs) >= 0.5
+            score = (len(merged) if sure else 0, float(np.mean([np.log(q + 1e-6) for _, _, q in labs])))
+            if best is None or score > best_score:
                 best, best_score = merged, score
         if best is None:
-            p0 = p[text]
-            return [(text, self.labels[int(p0.argmax())], float(p0.max()))]
+            whole[kw] = 0.0
+            k = int(whole.argmax())
+            return [(text, self.labels[k], float(whole[k]))]
         return best
 
     # ---------------------------------------------------------------- parameters
 
     def _position(self, t: str) -> str | None:
         t = t.lower()
-        top = re.search(r"\b(?:top|upper|up)\b", t)
-        bottom = re.search(r"\b(?:bottom|lower|down)\b", t)
+        top = re.search(r"\b(?:top|upper)\b", t)
+        bottom = re.search(r"\b(?:bottom|lower)\b", t)
         left = re.search(r"\bleft\b", t)
         right = re.search(r"\bright\b", t)
         if re.search(r"\b(?:cent(?:er|re)|middle|central)\b", t) and not (top or bottom or left or right):
@@ -290,7 +307,9 @@ class Understanding:
                             missing.append("new object")
                         else:
                             inst = re.search(r"instead of|in place of|where ", low)
-                            if inst:  # "put NEW in place of OLD", "where OLD is, put NEW"
+                            if re.search(r"\bsubstitute\b", low) and not inst:  # "substitute NEW for OLD"
+                                old, new = objs[1], objs[0]
+                            elif inst:  # "put NEW in place of OLD", "where OLD is, put NEW"
                                 after = [o for o in objs if o[0] > inst.start()]
                                 before = [o for o in objs if o[0] < inst.start()]
                                 if low[inst.start():].startswith("where") and after:
@@ -332,13 +351,17 @@ class Understanding:
         parts = self.classify(text.strip())
         steps = []
         for seg, kind, q in parts:
-            if kind == "other":
+            if kind in ("other", "compose"):
                 steps.append(Step(kind, {}, q, seg))
                 continue
             f, missing = self.fields(kind, seg)
+            if kind == "replace" and missing == ["new object"]:  # "switch the red circle to blue": a colour
+                f2, m2 = self.fields("recolour", seg)
+                if not m2:
+                    kind, f, missing = "recolour", f2, m2
             steps.append(Step(kind, f, q, seg, missing))
         conf = float(min(s.confidence for s in steps)) if steps else 0.0
-        edits = [s for s in steps if s.kind != "other"]
+        edits = [s for s in steps if s.kind not in ("other", "compose")]
         warning = None
         canonical = None
         if not edits or any(s.kind == "other" for s in steps):

@@ -768,7 +768,9 @@ def _final_md(s: Snapshot) -> str:
 
 
 def _reasoning_text(s: Snapshot) -> str:
-    parts = [f"[{i + 1}] {t.strip()}" for i, t in enumerate(s.reasoning) if t.strip()]
+    from engine.reasoning_text import plain  # grid boxes as places in the photo
+
+    parts = [f"[{i + 1}] {plain(t.strip())}" for i, t in enumerate(s.reasoning) if t.strip()]
     return "\n".join(parts)
 
 
