@@ -20,7 +20,7 @@ from engine.understanding import Understanding, for_bundle, ngram_features
 def folder(tmp_path_factory):
     from training.understanding import build
 
-    return build(tmp_path_factory.mktemp("understanding"), per_kind=60, seed=0)
+    return build(tmp_path_factory.mktemp("understanding"), per_kind=40, seed=0)
 
 
 @pytest.fixture(scope="module")
