@@ -9,7 +9,8 @@ size) against the bundle's own vocabulary. ``Understanding.read(text)`` returns 
 
 - ``steps``: the edits it found, in order (a composition has two or three);
 - ``canonical``: the same edits in the words the model was trained on ("Make it black and white."), which
-  ``engine.edit`` gives the LM instead of the typed text, or None when it should get the text as typed;
+  ``engine.edit`` gives the LM instead of the typed text, or None when it should get the text as typed
+  (a text already worded as in training is kept as it is: ``trained_wording``);
 - ``summary``: "Understood: make it black and white" for the person;
 - ``warning``: set when the request falls outside what the model was trained for (an object or scene edit,
   an unknown object, or no edit it knows), or when the reading is unsure. The edit still runs.
@@ -159,6 +160,43 @@ class Understanding:
         self._stamps = sorted(v["stamps"], key=len, reverse=True)
         self._colours = list(v["colours"])
         self._shapes = list(v["shapes"])
+        alt = lambda xs: "(?:" + "|".join(re.escape(x) for x in sorted(xs, key=len, reverse=True)) + ")"  # noqa: E731
+        label = f"(?:{alt(self._colours)} {alt(self._shapes)}|{alt(self._stamps)})"
+        sizes = alt(self.vocab["size_words"])
+        self._slots = {
+            "obj": f"the {label}", "Obj": f"the {label}", "a_obj": f"an? (?:{sizes} )?{label}", "new": f"an? {label}",
+            "colour": alt(self._colours), "pos": alt(self.vocab["position_phrase"].values()),
+            "posn": alt(self.vocab["position_noun"].values()), "dir": "(?:clockwise|counterclockwise)",
+            "where": "the " + alt(self.vocab["zoom_where"]), "bigger": "(?:bigger|smaller)", "grow": "(?:enlarge|shrink)",
+        }
+        self._trained = [self._pattern(t) for ts in self.vocab.get("trained", {}).values() for t in ts]
+        self._clauses = [self._pattern(t) for k, ts in self.vocab.get("trained", {}).items() for t in ts]
+        self._joiners = [self._pattern(j) for js in self.vocab.get("trained_joiners", {}).values()
+                         for j in js]
+
+    def _pattern(self, template: str) -> re.Pattern:
+        """A trained wording as a regex: a field matches the values the suite fills in (an object it knows,
+        a position, a colour), a composition slot any clause; case and the final stop are free."""
+        parts = re.split(r"(\{\w+\})", template.strip().rstrip("."))
+
+        def slot(p: str) -> str:
+            name = p[1:-1]
+            return "(.+?)" if name.isdigit() else self._slots.get(name, "(?:.+?)")
+
+        body = "".join(slot(p) if re.fullmatch(r"\{\w+\}", p) else re.escape(p) for p in parts)
+        return re.compile(rf"^{body}\.?$", re.I)
+
+    def trained_wording(self, text: str) -> bool:
+        """Whether ``text`` is worded as the model was trained (a template with its fields filled in, or
+        template clauses joined by a training joiner)."""
+        t = text.strip()
+        if any(p.match(t) for p in self._trained):
+            return True
+        for j in self._joiners:
+            m = j.match(t)
+            if m and all(any(c.match(g.strip()) for c in self._clauses) for g in m.groups()):
+                return True
+        return False
 
     # ---------------------------------------------------------------- classify
 
@@ -382,6 +420,8 @@ class Understanding:
             else:
                 canonical = v["joiners"][str(len(clauses))].format(*clauses)
             canonical = canonical[:1].upper() + canonical[1:] + "."
+            if self.trained_wording(text):  # the model knows these very words: keep them
+                canonical = text.strip()
             if any(v["categories"][s.kind] in v["weak_categories"] for s in edits):
                 warning = (f"{v['model']} was trained on {v['does']}; this looks like an object edit, which it does "
                            "poorly.")

@@ -64,6 +64,9 @@ def vocab() -> dict:
         "canonical": {k: L.T[k]["imp"][0] for k in kinds},
         "names": {k: k.replace("_", " ") for k in kinds},
         "joiners": {"2": L.COMPOSE_JOIN[2][0], "3": L.COMPOSE_JOIN[3][0]},
+        # every wording the model was trained on: such a text goes to it as typed
+        "trained": {k: L.T[k]["imp"] + L.T[k]["desc"] for k in kinds},
+        "trained_joiners": {str(n): L.COMPOSE_JOIN[n] for n in (2, 3)},
         "objects": {"colours": list(O.COLOURS), "shapes": list(O.SHAPES), "stamps": stamps},
         "objects_known": f"shapes ({', '.join(O.SHAPES)}) in {len(O.COLOURS)} colours and {len(stamps)} "
                          "Tux Paint stamps such as a duck or a car",
