@@ -309,6 +309,11 @@ def evaluate(
     if heldout_phrasing:
         phrasings = "suite-held"
     key = PHRASINGS[phrasings]
+    for s in samples:  # a held-out phrasing is chosen from the sample's kind and params
+        need = ("id", "kind", "source", "target", "mask") + (("params",) if phrasings == "heldout" else (key,))
+        missing = [k for k in need if k not in s]
+        if missing:
+            raise ValueError(f"sample {s.get('id', '?')} lacks {missing}")
     if phrasings == "heldout":
         from training import heldout_phrasings
 
@@ -319,10 +324,6 @@ def evaluate(
         understood = [understanding.read(t).canonical for t in typed]
         samples = [{**s, "instruction_understood": u or t} for s, t, u in zip(samples, typed, understood, strict=True)]
         key = "instruction_understood"
-    for s in samples:
-        missing = [k for k in ("id", "kind", "source", "target", "mask", key) if k not in s]
-        if missing:
-            raise ValueError(f"sample {s.get('id', '?')} lacks {missing}")
     t0 = time.perf_counter()
     seeds = [[sample_seed(seed, s["id"]) + j for j in range(candidates)] for s in samples]
     n = len(samples)
