@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.events import Done, Error, Event, ImageRow, Preview, Text
+from engine.events import Done, Error, Event, ImageRow, Preview, Text, Understood
 from engine.layout import build_prompt, parse_generation, special_ids
 from engine.sampler import SAMPLING_DEFAULTS, PromptTooLong, fp16_default, make_guidance, num_threads, sample
 
@@ -89,6 +89,7 @@ def edit(
     fp16: bool | None = None,
     speculate: int = DEFAULT_SPECULATE,
     full_resolution: bool = True,
+    understand: bool = True,
 ) -> Iterator[Event]:
     """Edit ``image`` (path, bytes or PIL) as ``instruction`` says; yields ``engine.events`` events.
 
@@ -106,6 +107,9 @@ def edit(
     photo as given (``engine.render.render_full``: CPU work after the candidate's decode, timed as
     ``timings["render"]``), and ``render``, its provenance. False skips it (and decodes a large JPEG at a
     reduced size, faster).
+    ``understand``: for a bundle with an ``understanding/`` folder (EARL-nano; ``engine.understanding``) the
+    instruction is read first, an ``Understood`` event comes before any candidate, and the LM gets the edit in
+    the words it was trained on (the typed text when the reading is unsure or names an unknown object).
     """
     t0 = time.perf_counter()
     msg = _check_args(instruction, n, temperature, top_k, top_p, cfg_text, cfg_image, preview_every)
@@ -137,14 +141,32 @@ def edit(
     seeds = [int(seed) + i for i in range(n)]
     if fp16 is None:
         fp16 = fp16_default(bundle)
+    text = instruction.strip()
+    if understand:
+        reading = _understand(bundle, text)
+        if reading is not None:
+            yield Understood(reading.summary, reading.canonical, reading.warning, reading.as_dict())
+            text = reading.canonical or text
     try:
-        yield from _run(bundle, grid, instruction.strip(), n, think, seeds, temperature, top_k, top_p, cfg_text,
+        yield from _run(bundle, grid, text, n, think, seeds, temperature, top_k, top_p, cfg_text,
                         cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16, speculate,
                         _Renderer(bundle, original, grid) if original is not None else None)
     except PromptTooLong as e:
         yield Error(str(e))
     except Exception as e:  # noqa: BLE001
         yield Error(f"Generation failed: {type(e).__name__}: {e}")
+
+
+def _understand(bundle: Any, text: str) -> Any:
+    """The bundle's reading of ``text`` (``engine.understanding.Reading``), or None: no reader, or it failed
+    (then the text goes to the model as typed, as for any bundle without one)."""
+    from engine import understanding
+
+    try:
+        reader = understanding.for_bundle(bundle)
+        return reader.read(text) if reader is not None else None
+    except Exception:  # noqa: BLE001 - reading is a help, never a reason not to edit
+        return None
 
 
 def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, seeds: list[int],

@@ -164,6 +164,9 @@ def default_bundle_path() -> Path:
 # -- save ----------------------------------------------------------------------------------------
 
 
+EXTRA_FOLDERS = ("understanding",)  # copied as they are when a bundle is saved again (fine-tuned, merged)
+
+
 def save_bundle(bundle: Bundle, path: str | Path, dtype: torch.dtype | None = torch.bfloat16) -> Path:
     """Write ``bundle`` to the folder ``path`` (LM and grid embedding in ``dtype``; None keeps theirs).
 
@@ -195,6 +198,11 @@ def save_bundle(bundle: Bundle, path: str | Path, dtype: torch.dtype | None = to
             ge.save(lm_dir)
         bundle.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         bundle.vq.save(tmp / "vq")
+        # data folders that travel with the model (e.g. EARL-nano's instruction reader, understanding/)
+        src = Path(bundle.path) if getattr(bundle, "path", None) else None
+        for extra in EXTRA_FOLDERS:
+            if src is not None and (src / extra).is_dir():
+                shutil.copytree(src / extra, tmp / extra)
         (tmp / BUNDLE_JSON).write_text(bundle.config.to_json())
         if path.exists():
             old = path.with_name(f".{path.name}.old")

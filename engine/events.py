@@ -53,6 +53,18 @@ class Done:
 
 
 @dataclass
+class Understood:
+    """How the instruction was read (``engine.understanding``), before any candidate: what the model is told
+    (``canonical``; None: the text as typed), a line for the person, and a warning when the request falls
+    outside what the model was trained for. Only for bundles that bring an ``understanding/`` folder."""
+
+    summary: str
+    canonical: str | None
+    warning: str | None
+    reading: dict = field(default_factory=dict)  # Reading.as_dict()
+
+
+@dataclass
 class Error:
     """Something went wrong; ``candidate`` is None when the whole request failed."""
 
@@ -60,4 +72,4 @@ class Error:
     candidate: int | None = None
 
 
-Event = Text | ImageRow | Preview | Done | Error
+Event = Text | ImageRow | Preview | Done | Error | Understood

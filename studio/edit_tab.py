@@ -6,6 +6,7 @@ The side panel (``studio.side_panel``) holds the inputs and the history; the res
 
 from __future__ import annotations
 
+import html
 import random
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from engine.reasoning_text import plain
 from studio.context import StudioContext
 from studio.history import breadcrumbs, earlier_choices, tree_choices
 from studio.ratings import pick_pair
@@ -31,7 +33,13 @@ def progress_markdown(s: Snapshot) -> str:
     total = s.total_rows * len(s.done)
     fp = f" · first preview {s.first_preview_s:.2f} s" if s.first_preview_s is not None else ""
     pct = int(100 * rows / total) if total else 0
-    return f"**Generating** — {done}/{len(s.done)} done · {pct}% of rows{fp} · {s.elapsed_s:.1f} s"
+    return f"**Generating** — {done}/{len(s.done)} done · {pct}% of rows{fp} · {s.elapsed_s:.1f} s" + reading_markdown(s)
+
+
+def reading_markdown(s: Snapshot) -> str:
+    """How the instruction was read, and the model's own limits, on lines of their own (empty when unread)."""
+    out = f"<br>{html.escape(s.understood)}" if s.understood else ""
+    return out + (f"<br>Note: {html.escape(s.notice)}" if s.notice else "")
 
 
 def final_markdown(s: Snapshot) -> str:
@@ -41,11 +49,11 @@ def final_markdown(s: Snapshot) -> str:
     errs = "".join(f"<br>⚠️ {e}" for e in s.errors)
     kept = f"{n_ok}/{len(s.done)} candidates" if s.cancelled else f"{n_ok} candidate{'s' * (n_ok != 1)}"
     seeds = f"seed {s.seeds[0]}" if len(s.seeds) == 1 else f"seeds {s.seeds[0]}…{s.seeds[-1]}"
-    return f"{head} — {kept} · {fp} · total **{s.elapsed_s:.2f} s** · {seeds}{errs}"
+    return f"{head} — {kept} · {fp} · total **{s.elapsed_s:.2f} s** · {seeds}{reading_markdown(s)}{errs}"
 
 
 def reasoning_text(s: Snapshot) -> str:
-    parts = [f"[{i + 1}] {t.strip()}" for i, t in enumerate(s.reasoning) if t.strip()]
+    parts = [f"[{i + 1}] {plain(t.strip())}" for i, t in enumerate(s.reasoning) if t.strip()]  # boxes as places
     return "\n".join(parts)
 
 

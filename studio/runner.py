@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from engine.events import Done, Error, Preview, Text
+from engine.events import Done, Error, Preview, Text, Understood
 from engine.sampler import SAMPLING_DEFAULTS, fp16_default
 from feedback.record import record_edit
 from feedback.store import Store
@@ -62,6 +62,8 @@ class Snapshot:
     finished: bool = False
     cancelled: bool = False
     errors: list[str] = field(default_factory=list)
+    understood: str = ""  # "Understood: make it black and white" (bundles that read instructions)
+    notice: str = ""  # why the request may fall outside what the model does
     candidate_ids: list[int | None] = field(default_factory=list)  # set once recorded
     edit_uid: str = ""
     total_rows: int = 0
@@ -98,6 +100,7 @@ def stream_edit(
         temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, cfg_text=req.cfg_text,
         cfg_image=req.cfg_image, preview_every=req.preview_every, cancel=cancel,
     )
+    given = req.instruction  # what the model is told: the bundle's reading of the words, when it has one
     try:
         for ev in events:
             now = time.perf_counter() - t0
@@ -121,6 +124,10 @@ def stream_edit(
                 if snap.first_preview_s is None:
                     snap.first_preview_s = now
                 force = True
+            elif isinstance(ev, Understood):
+                snap.understood, snap.notice = ev.summary, ev.warning or ""
+                given = ev.canonical or given
+                force = True
             elif isinstance(ev, Error):
                 who = "request" if ev.candidate is None else f"candidate {ev.candidate + 1}"
                 snap.errors.append(f"{who}: {ev.message}")
@@ -136,8 +143,13 @@ def stream_edit(
     snap.cancelled = bool(cancel is not None and cancel.is_set() and len(finished) < n)
     if finished:
         order = sorted(finished)
+        # stored as the model was told it, so training on these ratings scores the tokens under the prompt
+        # that made them; the words the person typed stay in the settings
+        settings = req.settings(bundle)
+        if given != req.instruction:
+            settings["typed_instruction"] = req.instruction
         ids = record_edit(
-            store, bundle, req.source, req.instruction, [finished[i] for i in order], req.settings(bundle),
+            store, bundle, req.source, given, [finished[i] for i in order], settings,
             parent_id=req.parent_id, rater=rater, edit_uid=snap.edit_uid,
             original=req.original_hash or req.original,
             extra_timings={"studio_first_preview": snap.first_preview_s or 0.0, "studio_total": snap.elapsed_s},

@@ -185,3 +185,32 @@ def test_guidance_uses_each_samples_own_source(tiny_bundle, samples):
     assert diff(tiny_bundle.vq.decode([out])[0], batched.samples[-1].outputs[0]) <= 1
     with pytest.raises(ValueError, match="guidance"):
         ev.evaluate(tiny_bundle, sub, cfg_text=0.0, progress=False)
+
+
+def test_heldout_phrasings_and_a_reader(tiny_bundle, built, tmp_path, capsys):
+    from training import heldout_phrasings
+
+    cache, samples = built
+    sub = [s for s in samples if s["kind"] in ("sepia", "rotate90", "remove", "compose")]
+    res = ev.evaluate(tiny_bundle, sub, progress=False, baselines=False, phrasings="heldout", temperature=0.0)
+    texts = [s.instruction for s in res.samples]
+    assert texts == [heldout_phrasings.instruction(s) for s in sub]
+    assert not set(texts) & {s["instruction"] for s in sub} and res.settings["phrasings"] == "heldout"
+    with pytest.raises(ValueError, match="phrasings"):
+        ev.evaluate(tiny_bundle, sub, progress=False, phrasings="slang")
+    # the CLI: same last line; with a reader the model gets its canonical words, the typed text is kept
+    from training.understanding import build
+
+    folder = build(tmp_path / "u", per_kind=20, seed=0)
+    out = tmp_path / "r.json"
+    rc = ev.main(["--bundle", str(tiny_bundle.path), "--sets", str(cache), "--n-per-kind", "1", "--threads", "1",
+                  "--kinds", "sepia,rotate90", "--phrasings", "heldout", "--understand", str(folder), "--greedy",
+                  "--out", str(out)])
+    assert rc == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"eval overall=[\d.]+ floor=[\d.]+ ceiling=[\d.]+ n=2", last), last
+    js = json.loads(out.read_text())
+    assert js["settings"]["understanding"] == str(folder)
+    for s in js["samples"]:
+        assert s["instruction"] == heldout_phrasings.instruction(next(x for x in samples if x["id"] == s["id"]))
+        assert s["understood"] is None or s["understood"] != s["instruction"]

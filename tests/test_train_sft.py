@@ -484,3 +484,22 @@ def test_cfg_dropout_empties_some_instructions_and_is_never_distilled(tmp_path):
     prompt = build_prompt(tok, dropped[0][0], "", False)
     assert batch.ids[0, : len(prompt)].tolist() == prompt
     assert build_prompt(tok, dropped[0][0], "Mirror it.", False) != prompt
+
+
+def test_rich_language_rewords_instructions_never_with_a_heldout_text(tmp_path):
+    from training import heldout_phrasings
+
+    cfg = _tiny_setup(tmp_path)
+    recs = [{**r, "params": {}} for r in load_cache(cfg.cache)]  # pretokenize keeps each sample's params
+    cached = {t for r in recs for t in r["instructions"]}
+    on = Batcher(recs, SFTConfig(batch_size=8, keep_prob=0.0, rich_language=1.0), seed=0)
+    items = [it for _ in range(10) for it in on.next()[2]]
+    texts = [it[2] for it in items]
+    assert len(set(texts)) > len(texts) // 2 and not set(texts) & cached
+    assert not {heldout_phrasings.normalise(t) for t in texts} & heldout_phrasings.texts()
+    # off: the draws of a run without it, bit for bit
+    a = Batcher(recs, SFTConfig(batch_size=8), seed=3).next()[2]
+    b = Batcher(recs, SFTConfig(batch_size=8, rich_language=0.0), seed=3).next()[2]
+    assert [(it[2], it[5]) for it in a] == [(it[2], it[5]) for it in b]
+    with pytest.raises(SystemExit, match="rich-language"):
+        Batcher(recs, SFTConfig(rich_language=1.5), seed=0)

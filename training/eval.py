@@ -3,6 +3,7 @@
     python -m training.eval [--bundle PATH] [--think] [--split test] [--sets data/suite]
                             [--n-per-kind N] [--seed S] [--greedy | --temperature T --top-k K]
                             [--candidates C] [--batch B] [--out results.json] [--sheet sheet.png]
+                            [--phrasings templates|heldout|suite-held]
 
 Each sample of ``<sets>/v<suite version>/<split>`` (built with ``python -m training.data.suite build-sets``; when
 missing, the same samples are built into ``data/cache/eval-sets/``) is edited by the bundle and scored with
@@ -50,6 +51,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "data" / "cache" / "eval-sets"
 SYSTEMS = ("model", "floor", "vq", "gt")  # what EvalResult can average
 CATEGORIES = ("global", "geometry", "object", "compose")
+# --phrasings: the sample key each choice reads ("heldout" is filled in from training.heldout_phrasings)
+PHRASINGS = {"templates": "instruction", "suite-held": "instruction_heldout", "heldout": "instruction_phrasebook"}
 EARL_TOP_K = 2048
 _SEED_SPAN = 2**31 - 4096  # leaves room for seed + candidate index below 2**31
 
@@ -136,6 +139,7 @@ class SampleScore:
     reasoning: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # malformed / unfinished generations
     outputs: list[Image.Image] | None = None  # decoded candidates (keep_images=True); not serialised
+    understood: str | None = None  # what the model was given instead of ``instruction`` (understanding=)
 
     def get(self, system: str) -> float:
         if system not in SYSTEMS:
@@ -143,8 +147,8 @@ class SampleScore:
         return float(getattr(self, system))
 
     def to_json(self) -> dict:
-        d = {k: getattr(self, k) for k in ("id", "kind", "category", "instruction", "seeds", "model", "floor",
-                                           "vq", "gt", "candidates", "reasoning", "errors")}
+        d = {k: getattr(self, k) for k in ("id", "kind", "category", "instruction", "understood", "seeds", "model",
+                                           "floor", "vq", "gt", "candidates", "reasoning", "errors")}
         for k in ("model", "floor", "vq", "gt"):
             d[k] = round(d[k], 4)
         return d
@@ -259,6 +263,8 @@ def evaluate(
     candidates: int = 1,
     batch_size: int = 16,
     heldout_phrasing: bool = False,
+    phrasings: str = "templates",
+    understanding: Any = None,
     max_new_tokens: int | None = None,
     baselines: bool = True,
     generate: bool = True,
@@ -274,7 +280,12 @@ def evaluate(
     ``training.data.suite.stream``). ``temperature`` 0 is greedy. ``candidates`` edits per sample (seeds
     ``sample_seed(seed, id) + j``); a sample's model score is their mean, and a candidate that fails to
     produce a well-formed image scores 0 (its error is kept). ``batch_size``: prompts decoded together
-    (samples of one grid shape; candidates count). ``heldout_phrasing`` uses ``instruction_heldout``.
+    (samples of one grid shape; candidates count). ``phrasings``: which instruction each sample gets (see
+    ``PHRASINGS``): ``templates`` its own (the training templates' words), ``suite-held`` the suite's held-out
+    template (``instruction_heldout``; also ``heldout_phrasing=True``), ``heldout`` the held-out phrasing set of
+    ``training.heldout_phrasings`` (everyday wording written apart from the templates). ``understanding``: an
+    ``engine.understanding.Understanding``; each instruction is read by it first and the model gets its
+    canonical wording where it has one, as ``engine.edit`` does for a bundle with an ``understanding/`` folder.
     ``baselines`` False skips the floor / tokenizer / ground-truth scores (they are then NaN);
     ``generate`` False skips the model (its scores are NaN; only ``bundle.vq`` and ``bundle.config`` are
     used). ``keep_images`` keeps the decoded outputs on ``SampleScore.outputs`` (for contact sheets).
@@ -288,11 +299,26 @@ def evaluate(
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if cfg_text <= 0 or cfg_image <= 0:
         raise ValueError(f"guidance scales must be > 0 (1 = off), got text {cfg_text}, image {cfg_image}")
-    key = "instruction_heldout" if heldout_phrasing else "instruction"
-    for s in samples:
-        missing = [k for k in ("id", "kind", "source", "target", "mask", key) if k not in s]
+    if phrasings not in PHRASINGS:
+        raise ValueError(f"unknown phrasings {phrasings!r}; use one of {', '.join(PHRASINGS)}")
+    if heldout_phrasing:
+        phrasings = "suite-held"
+    key = PHRASINGS[phrasings]
+    for s in samples:  # a held-out phrasing is chosen from the sample's kind and params
+        need = ("id", "kind", "source", "target", "mask") + (("params",) if phrasings == "heldout" else (key,))
+        missing = [k for k in need if k not in s]
         if missing:
             raise ValueError(f"sample {s.get('id', '?')} lacks {missing}")
+    if phrasings == "heldout":
+        from training import heldout_phrasings
+
+        samples = [{**s, key: heldout_phrasings.instruction(s)} for s in samples]
+    typed = [s[key] for s in samples]
+    understood: list[str | None] = [None] * len(samples)
+    if understanding is not None:
+        understood = [understanding.read(t).canonical for t in typed]
+        samples = [{**s, "instruction_understood": u or t} for s, t, u in zip(samples, typed, understood, strict=True)]
+        key = "instruction_understood"
     t0 = time.perf_counter()
     seeds = [[sample_seed(seed, s["id"]) + j for j in range(candidates)] for s in samples]
     n = len(samples)
@@ -321,7 +347,8 @@ def evaluate(
         cand = [{**_score(s, im).as_dict(), **_shaping(s, im)} if im is not None
                 else {**failed, **dict.fromkeys(verifier.SHAPING, verifier.SHAPING_FAILED)} for im in outs[i]] if generate else []
         results.append(SampleScore(
-            id=s["id"], kind=s["kind"], category=s.get("category", ""), instruction=s[key], seeds=seeds[i],
+            id=s["id"], kind=s["kind"], category=s.get("category", ""), instruction=typed[i], seeds=seeds[i],
+            understood=understood[i],
             model=float(np.mean([c["overall"] for c in cand])) if generate else nan,
             floor=_score(s, s["source"]).overall if baselines else nan,
             vq=_score(s, vq_imgs[i]).overall if baselines else nan,
@@ -335,7 +362,9 @@ def evaluate(
         "bundle": f"{cfg.name}@{cfg.version}", "bundle_path": str(bundle.path) if bundle.path else None,
         # only for a bundle loaded from disk: an in-memory one may be mid-training (the hash is cached)
         "weights_hash": bundle.weights_hash() if generate and bundle.path is not None else None, "think": think, "temperature": temperature,
-        "top_k": top_k, "top_p": top_p, "seed": seed, "candidates": candidates, "heldout_phrasing": heldout_phrasing,
+        "top_k": top_k, "top_p": top_p, "seed": seed, "candidates": candidates, "phrasings": phrasings,
+        "understanding": str(understanding.folder) if understanding is not None else None,
+        "understood": sum(u is not None for u in understood),
         "max_new_tokens": max_new_tokens, "generate": generate, "cfg_text": cfg_text, "cfg_image": cfg_image,
         "set_path": samples[0].get("set_path") if samples else None,
         "generation_s": round(t_gen, 2), "total_s": round(time.perf_counter() - t0, 2),
@@ -468,7 +497,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--candidates", type=int, default=1, help="edits per sample (score = their mean)")
     ap.add_argument("--batch", type=int, default=16, help="prompts decoded together")
-    ap.add_argument("--heldout-phrasing", action="store_true", help="use the held-out instruction phrasings")
+    ap.add_argument("--phrasings", default="templates", choices=list(PHRASINGS),
+                    help="instructions: templates (the training templates' words, default), heldout (everyday "
+                         "wording written apart from them, training/data/heldout_phrasings.jsonl), suite-held (the "
+                         "suite's held-out template clauses)")
+    ap.add_argument("--heldout-phrasing", action="store_true", help="same as --phrasings suite-held")
+    ap.add_argument("--understand", nargs="?", const="bundle", default=None, metavar="FOLDER",
+                    help="read each instruction with engine.understanding first (the bundle's understanding/ "
+                         "folder, or FOLDER) and give the model its canonical wording, as engine.edit does")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the tokenizer / prefill")
     ap.add_argument("--device", default="cpu")
@@ -519,15 +555,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = [s for s in samples if not str(s.get("photo_id", "")).startswith(prefixes)]
         if not samples:
             ap.error(f"--exclude-photos {a.exclude_photos} leaves no samples")
+    understanding = None
+    if a.understand and generate:
+        from engine.understanding import Understanding, folder_of
+
+        folder = folder_of(bundle) if a.understand == "bundle" else Path(a.understand)
+        if folder is None or not (folder / "vocab.json").exists():
+            ap.error(f"--understand: no understanding folder ({a.understand}); build one with "
+                     "python -m training.understanding build")
+        understanding = Understanding(folder)
     temperature = 0.0 if a.greedy else a.temperature
     mode = "greedy" if temperature == 0 else f"T={temperature:g} top-k={a.top_k} top-p={a.top_p:g}"
     print(f"{'bundle' if generate else 'references only,'} {bundle.config.name}@{bundle.config.version} ({path}), "
           f"{len(samples)} {a.split} samples "
           f"from {samples[0]['set_path'] if samples else '-'}, think={a.think}, {mode}, seed={a.seed}, "
-          f"{'fp16' if a.fp16 else 'float32'} decoding"
+          f"{'fp16' if a.fp16 else 'float32'} decoding, "
+          f"phrasings {'suite-held' if a.heldout_phrasing else a.phrasings}"
+          + (f", read by {understanding.folder}" if understanding is not None else "")
           + (f", guidance text {a.cfg_text:g} image {a.cfg_image:g}" if (a.cfg_text, a.cfg_image) != (1.0, 1.0) else ""))
     res = evaluate(bundle, samples, a.think, temperature=temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
-                   candidates=a.candidates, batch_size=a.batch, heldout_phrasing=a.heldout_phrasing,
+                   candidates=a.candidates, batch_size=a.batch, heldout_phrasing=a.heldout_phrasing, phrasings=a.phrasings,
+                   understanding=understanding,
                    max_new_tokens=a.max_new_tokens, generate=generate, keep_images=bool(a.sheet), fp16=a.fp16,
                    cfg_text=a.cfg_text, cfg_image=a.cfg_image)
     print()

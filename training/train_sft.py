@@ -124,6 +124,10 @@ class SFTConfig:
     # so the model also learns p(target | source) and classifier-free guidance on the instruction
     # (engine.sampler) has an unconditional branch it was trained on.
     cfg_dropout: float = 0.0
+    # >0: this share of the samples get an instruction from training.rich_language (synonyms, politeness,
+    # typos, word order) instead of one of their cached template phrasings, so the text side learns the
+    # language around the templates; never a text of the held-out phrasing set (training.heldout_phrasings).
+    rich_language: float = 0.0
     # -- the process ----------------------------------------------------------------------------------
     threads: int = 2
     seed: int = 0
@@ -225,6 +229,8 @@ class Batcher:
         shapes = sorted(self.by_shape)
         if not 0 <= cfg.cfg_dropout < 1:
             raise SystemExit(f"--cfg-dropout must be in [0, 1), got {cfg.cfg_dropout}")
+        if not 0 <= cfg.rich_language <= 1:
+            raise SystemExit(f"--rich-language must be in [0, 1], got {cfg.rich_language}")
         focus = focus_set(cfg.focus_kinds)
         if focus and records and not focus & {r["kind"] for r in records}:
             raise SystemExit(f"--focus-kinds: no cached samples of {sorted(focus)}")
@@ -275,7 +281,16 @@ class Batcher:
             else:
                 route = (route_map(r["kind"], r.get("params") or {}, r["src"].shape, r["tgt"].shape, r.get("changed"))
                          if r["kind"] in self.routed else None)
-                items.append((r["src"], r["tgt"], self.rng.choice(r["instructions"]), r["reasoning"], route, r["kind"]))
+                text = self.rng.choice(r["instructions"])
+                # drawn only when on, so runs without it keep the draws of earlier runs
+                if self.cfg.rich_language > 0 and "params" in r and self.rng.random() < self.cfg.rich_language:
+                    from numpy.random import default_rng
+
+                    from training import rich_language
+
+                    gen = default_rng(self.rng.getrandbits(63))
+                    text = rich_language.instruction(r["kind"], r["params"], gen)
+                items.append((r["src"], r["tgt"], text, r["reasoning"], route, r["kind"]))
             # drawn only when on, so runs without it keep the draws of earlier runs
             if self.cfg.cfg_dropout > 0 and self.rng.random() < self.cfg.cfg_dropout:
                 src, tgt, _, why, route, _ = items[-1]

@@ -1,0 +1,347 @@
+"""A richer instruction generator for training: frames × synonyms × modifiers, paraphrase, word dropout, typos.
+
+The suite's templates (``training.data.edits.language``) give each kind about six sentences, so a model trained on
+them learns those sentences rather than the language around them. This generator writes an edit the many ways
+people ask for it:
+
+- a *core* clause per kind from its verbs, objects and target words ("turn the shot into b&w",
+  "strip the colour out of it", "rotate it a quarter turn to the left");
+- a *wrapper* for politeness and form ("could you …?", "… please", "pls …", "I'd like you to …"), or a
+  descriptive sentence ("I want the picture in monochrome");
+- *modifiers* that do not change the edit ("a bit", "for me", "thanks");
+- *noise*: British/American spellings, text-speak, dropped articles, and typos (a swapped, dropped, doubled
+  or neighbouring-key letter) in about one draw in six.
+
+Compositions join rich clauses with many joiners. Object kinds take the suite's own fields (``Kind.fields``:
+"the red circle", "in the top left corner") and reword the positions.
+
+A draw that equals (after ``heldout_phrasings.normalise``) a text of the held-out phrasing set is drawn again,
+so training can never show one of them; ``tests/test_heldout_phrasings.py`` checks this on many draws.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import numpy as np
+
+from training import heldout_phrasings
+
+IT = ["it", "the photo", "the image", "the picture", "this", "this photo", "this image", "the shot", "the pic",
+      "my photo", "the whole image", "everything"]
+
+# kind -> (core clauses; "{it}" is an object word from IT)
+CORES: dict[str, list[str]] = {
+    "grayscale": [
+        "{mk} {it} {bw}", "{cv} {it} to {bwn}", "{cv} {it} into {bwn}", "strip the colour out of {it}",
+        "get rid of all the colour", "take away every colour", "remove every bit of colour",
+        "desaturate {it} fully", "desaturate {it} all the way", "make {it} colourless",
+        "render {it} in {bwn}", "show {it} in shades of gray", "I want {it} {bw}",
+        "{it} should be {bw}", "make a {bw} version of {it}", "switch {it} to {bwn}", "no colour at all",
+    ],
+    "sepia": [
+        "{mk} {it} sepia", "add a sepia effect to {it}", "use a sepia filter", "tint {it} sepia",
+        "make {it} look like an {old} photograph", "make {it} look {old}", "give {it} an {old} brown tone",
+        "age {it} with a sepia tint", "turn {it} into an {old} brown print", "give {it} a vintage brown look",
+        "I want {it} to look {old} and brownish", "make {it} brownish like an {old} print", "sepia tone {it}",
+    ],
+    "invert": [
+        "invert {it}", "invert the colours of {it}", "{mk} {it} a negative", "{mk} {it} look like a negative",
+        "turn {it} into a photo negative", "reverse the colours of {it}", "flip the colours to their opposites",
+        "show {it} as a negative", "give me the negative of {it}", "invert every colour",
+        "turn each colour into its opposite", "{it} should look like a negative",
+    ],
+    "brighter": [
+        "{mk} {it} {more} brighter", "brighten {it} {amt}", "lighten {it} {amt}", "increase the brightness {amt}",
+        "turn up the brightness", "raise the exposure", "add {amt2} light", "{it} is too dark",
+        "{mk} {it} {more} lighter", "make {it} less dark", "boost the brightness", "I want {it} brighter",
+        "{it} should be brighter", "more brightness",
+    ],
+    "darker": [
+        "{mk} {it} {more} darker", "darken {it} {amt}", "dim {it} {amt}", "decrease the brightness {amt}",
+        "turn down the brightness", "reduce the exposure", "take away {amt2} light", "{it} is too bright",
+        "{mk} {it} less bright", "make {it} {more} dimmer", "cut the brightness", "I want {it} darker",
+        "{it} should be darker", "less brightness",
+    ],
+    "more_contrast": [
+        "increase the contrast {amt}", "{mk} {it} {more} contrasty", "add contrast {amt}", "boost the contrast",
+        "raise the contrast", "give {it} more contrast", "{mk} the contrast higher", "{it} looks flat",
+        "make darks darker and lights brighter", "stronger contrast", "more contrast", "pump the contrast",
+        "I want more contrast", "{it} needs more contrast", "sharpen the contrast",
+    ],
+    "less_contrast": [
+        "decrease the contrast {amt}", "reduce the contrast {amt}", "lower the contrast", "less contrast",
+        "{mk} the contrast softer", "{mk} {it} less contrasty", "flatten the contrast", "{it} looks too harsh",
+        "make {it} {more} flatter", "soften {it}", "weaken the contrast", "I want less contrast",
+        "{it} needs less contrast", "{mk} {it} look faded", "bring the contrast down",
+    ],
+    "more_saturation": [
+        "increase the saturation {amt}", "{mk} the colours {more} more vivid", "{mk} the colours {more} stronger",
+        "boost the colours", "saturate {it} more", "more saturation", "{mk} {it} {more} more colourful",
+        "intensify the colours", "{mk} the colours richer", "the colours look dull", "pump up the saturation",
+        "I want more vivid colours", "{it} needs more saturation", "raise the saturation",
+    ],
+    "less_saturation": [
+        "decrease the saturation {amt}", "reduce the saturation {amt}", "{mk} the colours {more} more muted",
+        "tone down the colours", "desaturate {it} {amt}", "less saturation", "{mk} the colours paler",
+        "{mk} {it} {more} less colourful", "the colours are too strong", "dull the colours a little",
+        "lower the saturation", "I want softer colours", "{it} needs less saturation", "calm the colours",
+    ],
+    "warmer": [
+        "{mk} {it} {more} warmer", "warm {it} up", "warm up the colours", "add a warm tint",
+        "give {it} a warm tone", "add {amt2} warmth", "{mk} the colours warmer", "shift the colours to orange",
+        "give {it} an orange cast", "{it} feels too cold", "I want a warmer look", "{it} should feel warmer",
+        "make the white balance warmer",
+    ],
+    "cooler": [
+        "{mk} {it} {more} cooler", "cool {it} down", "cool down the colours", "add a cool tint",
+        "give {it} a cool tone", "add {amt2} blue", "{mk} the colours cooler", "shift the colours to blue",
+        "give {it} a blue cast", "{it} feels too warm", "I want a cooler look", "{it} should feel colder",
+        "make the white balance cooler", "{mk} {it} {more} colder",
+    ],
+    "hflip": [
+        "flip {it} horizontally", "mirror {it}", "mirror {it} horizontally", "flip {it} left to right",
+        "flip {it} from left to right", "flip {it} left and right", "swap the left and right of {it}",
+        "make a mirror image of {it}", "mirror {it} left-to-right", "flip {it} on the vertical axis",
+        "reflect {it} horizontally", "do a horizontal flip", "flip {it} side to side",
+    ],
+    "vflip": [
+        "flip {it} vertically", "mirror {it} vertically", "flip {it} top to bottom", "flip {it} upside down",
+        "flip {it} from top to bottom", "swap the top and bottom of {it}", "reflect {it} vertically",
+        "flip {it} on the horizontal axis", "do a vertical flip", "mirror {it} upside down",
+        "flip {it} over vertically",
+    ],
+    "rotate180": [
+        "rotate {it} 180 degrees", "rotate {it} by 180", "turn {it} 180 degrees", "rotate {it} half a turn",
+        "turn {it} upside down", "give {it} a half turn", "rotate {it} upside down", "spin {it} 180 degrees",
+        "turn {it} around by 180", "do a 180 degree rotation", "rotate {it} 180°",
+    ],
+    "rotate90": [
+        "rotate {it} {deg} {dir}", "turn {it} {deg} {dir}", "rotate {it} {dir}", "turn {it} {dir} by {deg}",
+        "rotate {it} {dir} {deg}", "give {it} a quarter turn {dir}", "spin {it} {deg} {dir}",
+        "do a {deg} rotation {dir}",
+    ],
+    "zoom": [
+        "zoom in on {where}", "zoom into {where}", "zoom in to {where}", "crop to {where} and enlarge it",
+        "crop {where} and scale it up", "enlarge {where}", "magnify {where}", "close up on {where}",
+        "show a close-up of {where}", "blow up {where}", "zoom 2x into {where}", "crop in on {where}",
+        "give me a close-up of {where}", "zoom to {where}",
+    ],
+    "add_shape": [
+        "add {a_obj} {pos}", "put {a_obj} {pos}", "draw {a_obj} {pos}", "place {a_obj} {pos}",
+        "insert {a_obj} {pos}", "{pos} add {a_obj}", "{pos} draw {a_obj}", "paint {a_obj} {pos}",
+        "I want {a_obj} {pos}", "there should be {a_obj} {pos}", "stick {a_obj} {pos}",
+    ],
+    "add_stamp": [
+        "add {a_obj} {pos}", "put {a_obj} {pos}", "place {a_obj} {pos}", "paste {a_obj} {pos}",
+        "insert {a_obj} {pos}", "{pos} put {a_obj}", "{pos} add {a_obj}", "I want {a_obj} {pos}",
+        "there should be {a_obj} {pos}", "stick {a_obj} {pos}",
+    ],
+    "remove": [
+        "remove {obj}", "delete {obj}", "get rid of {obj}", "erase {obj}", "take out {obj}",
+        "take {obj} away", "make {obj} go away", "remove {obj} from {it}", "clear away {obj}",
+        "I want {it} without {obj}", "{obj} should not be there", "cut {obj} out", "wipe out {obj}",
+    ],
+    "recolour": [
+        "make {obj} {colour}", "change the colour of {obj} to {colour}", "recolour {obj} {colour}",
+        "paint {obj} {colour}", "colour {obj} in {colour}", "turn {obj} {colour}", "change {obj} to {colour}",
+        "{obj} should be {colour}", "I want {obj} {colour}", "give {obj} a {colour} colour", "dye {obj} {colour}",
+    ],
+    "move": [
+        "move {obj} {pos}", "move {obj} to {posn}", "put {obj} {pos} instead", "shift {obj} to {posn}",
+        "shift {obj} {pos}", "drag {obj} to {posn}", "relocate {obj} to {posn}", "{obj} should be {pos}",
+        "I want {obj} {pos}", "place {obj} {pos} instead",
+    ],
+    "resize": [
+        "make {obj} {bigger}", "resize {obj} to be {bigger}", "scale {obj} to be {bigger}", "{grow} {obj}",
+        "{obj} should be {bigger}", "I want {obj} {bigger}", "make {obj} look {bigger}", "scale {obj} {updown}",
+    ],
+    "replace": [
+        "replace {obj} with {new}", "swap {obj} for {new}", "turn {obj} into {new}", "change {obj} into {new}",
+        "exchange {obj} for {new}", "put {new} instead of {obj}", "use {new} instead of {obj}",
+        "I want {new} instead of {obj}", "{obj} should become {new}", "switch {obj} to {new}",
+    ],
+}
+
+WORDS: dict[str, list[str]] = {
+    "mk": ["make", "turn", "render", "set"],
+    "cv": ["convert", "change", "turn", "switch"],
+    "bw": ["black and white", "black-and-white", "grayscale", "greyscale", "monochrome", "gray", "grey", "b&w",
+           "black & white", "colourless"],
+    "bwn": ["black and white", "grayscale", "greyscale", "monochrome", "shades of grey", "b&w", "gray tones"],
+    "old": ["old", "antique", "vintage", "aged", "old-fashioned", "old-time", "historic", "nineteenth-century"],
+    "more": ["", "", "a bit", "a little", "slightly", "much", "a lot", "somewhat", "way"],
+    "amt": ["", "", "a bit", "a little", "slightly", "a lot", "somewhat", "quite a bit"],
+    "amt2": ["some", "more", "a bit of", "a little", "a lot of"],
+    "deg": ["90 degrees", "90°", "90", "ninety degrees", "a quarter turn", "by 90 degrees", "90 deg"],
+}
+DIR = {"clockwise": ["clockwise", "to the right", "right", "cw", "clock-wise", "in the clockwise direction"],
+       "counterclockwise": ["counterclockwise", "counter-clockwise", "anticlockwise", "anti-clockwise",
+                            "to the left", "left", "ccw", "the other way round from clockwise"]}
+WHERE = {"center": ["the center", "the centre", "the middle", "the central part", "the centre of the picture"],
+         "top left": ["the top left", "the top-left", "the upper left", "the top left corner", "the top left quarter"],
+         "top right": ["the top right", "the top-right", "the upper right", "the top right corner",
+                       "the top right quarter"],
+         "bottom left": ["the bottom left", "the bottom-left", "the lower left", "the bottom left corner",
+                         "the bottom left quarter"],
+         "bottom right": ["the bottom right", "the bottom-right", "the lower right", "the bottom right corner",
+                          "the bottom right quarter"]}
+# position phrases of the suite (objects.POSITION_PHRASE) and other ways to say them
+POS = {"in the top left corner": ["in the top left corner", "at the top left", "in the upper left corner", "top left",
+                                  "in the top-left corner", "up in the top left"],
+       "at the top": ["at the top", "along the top", "at the top edge", "up top", "near the top"],
+       "in the top right corner": ["in the top right corner", "at the top right", "in the upper right corner",
+                                   "top right", "in the top-right corner"],
+       "on the left": ["on the left", "on the left side", "at the left", "to the left", "on the left-hand side"],
+       "in the center": ["in the center", "in the centre", "in the middle", "right in the middle", "at the center"],
+       "on the right": ["on the right", "on the right side", "at the right", "to the right",
+                        "on the right-hand side"],
+       "in the bottom left corner": ["in the bottom left corner", "at the bottom left", "in the lower left corner",
+                                     "bottom left", "in the bottom-left corner"],
+       "at the bottom": ["at the bottom", "along the bottom", "at the bottom edge", "down at the bottom",
+                         "near the bottom"],
+       "in the bottom right corner": ["in the bottom right corner", "at the bottom right",
+                                      "in the lower right corner", "bottom right", "in the bottom-right corner"]}
+
+WRAP = ["{c}", "{c}", "{c}", "{c}", "please {c}", "{c} please", "{c}, please", "could you {c}?", "can you {c}?",
+        "would you {c}?", "could you please {c}?", "can you {c} for me?", "I'd like you to {c}",
+        "I want you to {c}", "I need you to {c}", "pls {c}", "{c} pls", "{c} thanks", "{c}, thank you",
+        "kindly {c}", "go ahead and {c}", "let's {c}", "hey, {c}", "ok so {c}", "would you mind if you {c}?",
+        "{c} if you can", "just {c}", "quickly {c}", "{c} for me", "try to {c}", "help me {c}"]
+JOIN = {2: ["{0}, then {1}", "{0} and then {1}", "first {0}, then {1}", "{0}; after that {1}", "{0}, after that {1}",
+            "{0}. Then {1}", "{0} and {1}", "{0}, and {1}", "{0} then {1}", "first {0} and then {1}",
+            "{0}, followed by {1}", "{0}, and afterwards {1}", "{0}, then also {1}", "{0}; then {1}",
+            "start by doing this: {0}, then {1}", "{0} and after that {1}", "{0}. Also {1}", "{0}, also {1}"],
+        3: ["{0}, then {1}, then {2}", "first {0}, then {1}, and finally {2}", "{0}, {1}, and then {2}",
+            "{0}, {1}, then {2}", "{0}; {1}; then {2}", "{0}, then {1}, and {2}", "{0}. Then {1}. Then {2}",
+            "first {0}, next {1}, finally {2}", "{0} and {1} and {2}", "{0}, {1} and finally {2}",
+            "{0}, then {1}, and after that {2}", "{0}, after that {1}, then {2}"]}
+SPELL = [("colour", "color"), ("grey", "gray"), ("centre", "center"), ("please", "pls"), ("you", "u"),
+         ("and", "&"), ("picture", "pic"), ("photo", "pic"), ("degrees", "deg")]
+DROP = {"the", "a", "it", "please", "to", "of"}
+_KEYS = "qwertyuiop asdfghjkl zxcvbnm"
+
+
+def _pick(rng: np.random.Generator, xs: list[str]) -> str:
+    return xs[int(rng.integers(len(xs)))]
+
+
+def _fill(core: str, kind: str, fields: dict[str, str], rng: np.random.Generator) -> str:
+    f = dict(fields)
+    for k, v in WORDS.items():
+        f[k] = _pick(rng, v)
+    f["it"] = _pick(rng, IT)
+    if "dir" in fields:
+        f["dir"] = _pick(rng, DIR[fields["dir"]])
+    if "where" in fields:
+        key = fields["where"].removeprefix("the ")
+        f["where"] = _pick(rng, WHERE.get(key, [fields["where"]]))
+    if "pos" in fields:
+        f["pos"] = _pick(rng, POS.get(fields["pos"], [fields["pos"]]))
+    if "bigger" in fields:
+        f["updown"] = "up" if fields["bigger"] == "bigger" else "down"
+        big = fields["bigger"] == "bigger"
+        f["bigger"] = _pick(rng, ["bigger", "larger", "much bigger", "a lot larger"] if big else
+                            ["smaller", "tinier", "much smaller", "a lot smaller"])
+    out = core.format(**f)
+    return re.sub(r"\s+", " ", out).strip()
+
+
+def _typo(word: str, rng: np.random.Generator) -> str:
+    if len(word) < 4 or not word.isalpha():
+        return word
+    i = int(rng.integers(1, len(word) - 1))
+    op = int(rng.integers(4))
+    if op == 0:
+        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    if op == 1:
+        return word[:i] + word[i + 1:]
+    if op == 2:
+        return word[:i] + word[i] + word[i:]
+    row = next((r for r in _KEYS.split() if word[i] in r), None)
+    if row is None:
+        return word
+    j = row.index(word[i]) + (1 if rng.random() < 0.5 else -1)
+    return word[:i] + row[max(0, min(len(row) - 1, j))] + word[i + 1:]
+
+
+def _noise(text: str, rng: np.random.Generator, protect: tuple[str, ...] = ()) -> str:
+    """Spellings, dropped small words and typos; words of ``protect`` (object names, colours) stay intact."""
+    for a, b in SPELL:
+        if rng.random() < 0.15:
+            text = re.sub(rf"\b{a}\b", b, text)
+    words = text.split(" ")
+    keep = set(" ".join(protect).lower().split())
+    out = []
+    for w in words:
+        bare = w.strip(",.?!;:").lower()
+        if bare in DROP and rng.random() < 0.08 and len(words) > 3:
+            continue
+        if bare not in keep and rng.random() < 0.03:
+            w = _typo(w, rng)
+        out.append(w)
+    return " ".join(out)
+
+
+def _finish(text: str, rng: np.random.Generator) -> str:
+    text = text.strip()
+    r = rng.random()
+    if r < 0.25:  # typed fast: all lower case, no final stop
+        return text.lower().rstrip(".")
+    text = text[:1].upper() + text[1:]
+    if r < 0.45 or text.endswith(("?", "!", ".")):
+        return text
+    return text + ("." if r < 0.9 else "!")
+
+
+@functools.lru_cache(maxsize=1)
+def _held() -> frozenset[str]:
+    return frozenset(heldout_phrasings.texts())
+
+
+def _protect(fields: dict[str, str]) -> tuple[str, ...]:
+    return tuple(v for k, v in fields.items() if k in ("obj", "a_obj", "new", "colour"))
+
+
+def clause(kind: str, fields: dict[str, str], rng: np.random.Generator) -> str:
+    """One lower-case clause for ``kind`` (usable inside a composition), never a held-out text."""
+    for _ in range(50):
+        c = _fill(_pick(rng, CORES[kind]), kind, fields, rng)
+        if rng.random() < 0.3:
+            c = _noise(c, rng, _protect(fields))
+        if heldout_phrasings.normalise(c) not in _held():
+            return c
+    raise RuntimeError(f"no clause for {kind} outside the held-out set")
+
+
+def phrase(kind: str, fields: dict[str, str], rng: np.random.Generator) -> str:
+    """One full instruction for ``kind`` with the suite's ``fields``, never a held-out text."""
+    for _ in range(50):
+        c = _fill(_pick(rng, CORES[kind]), kind, fields, rng)
+        t = _pick(rng, WRAP).format(c=c)
+        if rng.random() < 0.35:
+            t = _noise(t, rng, _protect(fields))
+        t = _finish(t, rng)
+        if heldout_phrasings.normalise(t) not in _held():
+            return t
+    raise RuntimeError(f"no phrasing for {kind} outside the held-out set")
+
+
+def join(clauses: list[str], rng: np.random.Generator) -> str:
+    """A composition instruction from step clauses, never a held-out text."""
+    for _ in range(50):
+        t = _pick(rng, JOIN[len(clauses)]).format(*clauses)
+        t = _finish(_pick(rng, WRAP[:12]).format(c=t), rng)
+        if heldout_phrasings.normalise(t) not in _held():
+            return t
+    raise RuntimeError("no composition phrasing outside the held-out set")
+
+
+def instruction(kind: str, params: dict, rng: np.random.Generator) -> str:
+    """A rich instruction for a suite sample's ``kind`` and ``params`` (compositions included)."""
+    from training.data.edits import KINDS
+
+    if kind == "compose":
+        return join([clause(s["kind"], KINDS[s["kind"]].fields(s["params"]), rng) for s in params["steps"]], rng)
+    return phrase(kind, KINDS[kind].fields(params), rng)
