@@ -96,8 +96,14 @@ class PngFiles:
         _atomic_write(p, png_bytes(small))
         return str(p)
 
-    def prune(self, max_files: int = 5000) -> None:
-        """Drop the oldest files beyond ``max_files`` (a long session streams many previews)."""
-        files = sorted(self.folder.glob("*.png"), key=lambda f: f.stat().st_mtime)
-        for f in files[: max(0, len(files) - max_files)]:
+    def prune(self, max_files: int = 5000, max_bytes: int = 512 * 1024 * 1024) -> None:
+        """Drop the oldest files until at most ``max_files`` of at most ``max_bytes`` in all are left: a long
+        session streams many previews, and screen-sized ones of large photos are megabytes each."""
+        files = sorted(((f.stat().st_mtime, f.stat().st_size, f) for f in self.folder.glob("*.png")),
+                       key=lambda t: t[0])
+        total = sum(size for _, size, _ in files)
+        for i, (_, size, f) in enumerate(files):
+            if len(files) - i <= max_files and total <= max_bytes:
+                break
             f.unlink(missing_ok=True)
+            total -= size
