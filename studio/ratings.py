@@ -1,4 +1,5 @@
-"""Rating bookkeeping for the UI: readiness for fine-tuning and pair selection.
+"""Rating bookkeeping for the UI: readiness for fine-tuning, pair selection, and the statistics of the
+blind A/B (a Wilson 95 % interval on the win rate, so a handful of lucky rounds is not read as progress).
 
 The thresholds are rules of thumb for LoRA fine-tuning of a small model from human feedback
 (DPO on pairs, KTO on thumbs, a Bradley–Terry reward model on pairs); fewer examples mostly make the
@@ -7,6 +8,7 @@ run overfit the raters' first few preferences. The training code may use its own
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -71,3 +73,64 @@ def pick_pair(candidate_ids: Sequence[int], rng: random.Random, avoid: Sequence[
         if avoid is None or sorted(pair) != sorted(avoid) or len(ids) == 2:
             return pair
     return pair
+
+
+# -- blind A/B statistics ------------------------------------------------------------------------------
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a rate ``successes / n`` (ties may count half, so ``successes`` is a float).
+
+    Chosen over the plain normal interval because it stays inside [0, 1] and keeps its coverage at the
+    small counts a person rates (tens of comparisons), where the normal one is too narrow."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = min(max(successes / n, 0.0), 1.0)
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def comparisons_to_tell(rate: float, z: float = Z95, limit: int = 100_000) -> int | None:
+    """Comparisons after which a true win rate ``rate`` puts the Wilson interval clear of 50 % (None: the
+    rate is 50 %, or more than ``limit`` would be needed)."""
+    if abs(rate - 0.5) < 1e-9:
+        return None
+
+    def clear(n: int) -> bool:
+        lo, hi = wilson_interval(rate * n, n, z)
+        return lo > 0.5 or hi < 0.5
+
+    if not clear(limit):
+        return None
+    lo, hi = 1, limit
+    while lo < hi:  # clear(n) is monotone in n for a fixed rate
+        mid = (lo + hi) // 2
+        if clear(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def ab_verdict(name: str, other: str, wins: int, ties: int, n: int) -> str:
+    """One markdown line: ``name``'s win rate against ``other`` (ties count half), its 95 % interval and
+    the number of comparisons, and whether the difference is measurable yet."""
+    if n == 0:
+        return f"**{name}** vs **{other}**: no comparisons yet."
+    rate = (wins + ties / 2) / n
+    lo, hi = wilson_interval(wins + ties / 2, n)
+    head = (f"**{name}** vs **{other}**: {name} wins **{rate:.0%}** of {n} comparison{'s' * (n != 1)} "
+            f"(95 % interval {lo:.0%}–{hi:.0%}; ties count half)")
+    if lo > 0.5:
+        return f"{head} — ✅ **{name} is measurably better.**"
+    if hi < 0.5:
+        return f"{head} — ⚠️ **{name} is measurably worse.**"
+    more = comparisons_to_tell(rate)
+    hint = (f"; if this rate holds, about {max(more - n, 1)} more comparisons would tell"
+            if more is not None and more > n and more - n <= 2000 else "")
+    return f"{head} — **no measurable difference yet** (the interval contains 50 %){hint}."
