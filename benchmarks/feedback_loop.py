@@ -371,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="threads of training.eval")
     ap.add_argument("--seed", type=int, default=0, help="seeds the photos, the raters and the judge")
     ap.add_argument("--out", type=Path, default=None, help="keep the data folder, logs and results here")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="an earlier run's --out: start from a copy of its ratings and its eval before, so another "
+                         "training setting is compared on the same ratings")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 12 ratings on 2 candidates, 1 epoch, 6 A/B rounds, eval of 2 kinds")
     a = ap.parse_args(argv)
@@ -394,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = a.out or Path(tempfile.mkdtemp(prefix="feedback-loop-"))
     root.mkdir(parents=True, exist_ok=True)
     data = root / "data"
-    if (data / "feedback.sqlite3").exists():
+    if data.exists():
         ap.error(f"{data} already holds a store; pick a fresh --out")
     work = root / "work"
     work.mkdir(exist_ok=True)
@@ -404,15 +407,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     shipped = str(default_bundle_path())
     old_key = f"path:{default_bundle_path().resolve()}"  # the studio's key of its default model
     t_all = time.time()
-    before = run_eval(shipped, a.eval_n, eval_kinds, root / "eval-before.json", a.threads, a.seed, log)
+    if a.reuse is not None:
+        import shutil
+        import sqlite3
+
+        data.mkdir(parents=True)
+        src, dst = sqlite3.connect(a.reuse / "data" / "feedback.sqlite3"), sqlite3.connect(data / "feedback.sqlite3")
+        with dst:
+            src.backup(dst)
+        src.close()
+        dst.close()
+        shutil.copytree(a.reuse / "data" / "images", data / "images")
+        shutil.copyfile(a.reuse / "eval-before.json", root / "eval-before.json")
+        before = json.loads((root / "eval-before.json").read_text())
+    else:
+        before = run_eval(shipped, a.eval_n, eval_kinds, root / "eval-before.json", a.threads, a.seed, log)
     print(f"eval before: {before['overall']['model']:.3f}", flush=True)
     person = Person("person", noise=a.noise, inconsistent=a.inconsistent, seed=a.seed)
     judge = Person("blind-judge", noise=a.noise, inconsistent=a.inconsistent, seed=a.seed + 1_000)
     heldout = load_samples(split="test")
     with studio(data, root / "studio.log") as url:
         client = Client(url, verbose=False, download_files=str(work / "downloads"))
-        rated_info = rate_edits(client, old_key, person, rated, a.ratings, a.candidates, a.seed, mix, work,
-                                a.temperature, log)
+        if a.reuse is not None:
+            rated_info = json.loads((a.reuse / "rated.json").read_text())
+        else:
+            rated_info = rate_edits(client, old_key, person, rated, a.ratings, a.candidates, a.seed, mix, work,
+                                    a.temperature, log)
+        (root / "rated.json").write_text(json.dumps(rated_info, indent=1))
         print(f"rated: {rated_info}", flush=True)
         new_key, minutes = finetune(client, old_key, a.method, a.epochs, a.minutes, log)
         print(f"trained in {minutes:.1f} min: {new_key}", flush=True)
