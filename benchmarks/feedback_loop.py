@@ -21,7 +21,7 @@ temporary ``--data`` folder with the shipped default model), as a person's brows
 5. ``training.eval`` on the new bundle (after): overall, and split into the rated and the other kinds.
 
 The last line is ``feedback_loop ratings=N minutes=… winrate=… ci_low=… ci_high=… eval_before=…
-eval_after=…`` (minutes: the training job's wall time).
+eval_after=…`` (minutes: the training job's wall time; the result JSON also has its CPU time).
 """
 
 from __future__ import annotations
@@ -254,10 +254,10 @@ def rate_edits(client: Any, model: str, person: Person, kinds: Sequence[str], n_
 # -- fine-tune and blind A/B ---------------------------------------------------------------------------
 
 
-def finetune(client: Any, base: str, method: str | None, epochs: int | None, max_minutes: float,
-             log: Any) -> tuple[str, float]:
+def finetune(client: Any, data_dir: Path, base: str, method: str | None, epochs: int | None, max_minutes: float,
+             log: Any) -> tuple[str, float, float]:
     """Start the tab's one-click job from ``base``, wait for it, register the bundle; returns (registry key,
-    minutes)."""
+    wall minutes, CPU minutes of the job)."""
     method_label = METHOD_LABELS[method] if method else METHOD_LABELS["dpo"]
     # the tab's own defaults: Epochs 3, Steps 200, the first reward, no judge, LoRA off
     args = [method_label, base, "", epochs if epochs else 3, 200, "Programmatic verifier (suite photos)", "", False]
@@ -267,8 +267,11 @@ def finetune(client: Any, base: str, method: str | None, epochs: int | None, max
     if "Started" not in str(msg[0] if isinstance(msg, (list, tuple)) else msg):
         raise RuntimeError(f"the job did not start: {msg}")
     state = ""
+    job_id = re.search(r"job `([^`]+)`", str(msg[0])).group(1)  # type: ignore[union-attr]
+    cpu = 0.0
     while True:
         time.sleep(5)
+        cpu = max(cpu, _job_cpu_s(data_dir, job_id))
         st = client.predict(api_name="/finetune_poll")
         state = str(st[0])
         if any(w in state for w in ("**done**", "**failed**", "**cancelled**")):
@@ -277,14 +280,26 @@ def finetune(client: Any, base: str, method: str | None, epochs: int | None, max
             client.predict(api_name="/finetune_cancel")
             raise RuntimeError(f"the training job passed {max_minutes} minutes; cancelled. Last status: {state}")
     minutes = (time.time() - t0) / 60
-    print(f"job: {state}\n{st[2]}", file=log, flush=True)
+    print(f"job: {state}\n{st[2]}\njob CPU time {cpu:.0f} s", file=log, flush=True)
     if "**done**" not in state:
         raise RuntimeError(f"the training job ended without a bundle: {state}\n{st[2]}")
     reg = client.predict(api_name="/finetune_register")
     m = re.search(r"Registered: `([^`]+)`", str(reg[0]))
     if not m:
         raise RuntimeError(f"registering the bundle failed: {reg}")
-    return f"path:{m.group(1)}", minutes
+    return f"path:{m.group(1)}", minutes, cpu / 60
+
+
+def _job_cpu_s(data_dir: Path, job_id: str) -> float:
+    """CPU seconds (user + system) the training job's process has used so far: on a machine shared with
+    other work its wall time says little, its CPU time divided by the cores says what an idle machine
+    would take. 0 when it cannot be read (the process has ended)."""
+    try:
+        pid = json.loads((data_dir / "jobs" / job_id / "job.json").read_text())["pid"]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, KeyError, IndexError):
+        return 0.0
 
 
 def blind_ab(client: Any, judge: Person, old_key: str, new_key: str, rounds: int, categories: str,
@@ -365,7 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--method", choices=sorted(METHOD_LABELS), default=None,
                     help="the tab's method (default: the tab's default)")
     ap.add_argument("--epochs", type=int, default=None, help="the tab's Epochs field (default: its default)")
-    ap.add_argument("--minutes", type=float, default=30.0, help="cancel the training job after this many minutes")
+    ap.add_argument("--minutes", type=float, default=30.0,
+                    help="cancel the training job after this many wall minutes (default 30; on a shared machine "
+                         "give more and read the job's CPU minutes)")
     ap.add_argument("--ab-rounds", type=int, default=150, help="blind A/B comparisons (default 150)")
     ap.add_argument("--eval-n", type=int, default=4, help="held-out samples per kind for training.eval (default 4)")
     ap.add_argument("--threads", type=int, default=2, help="threads of training.eval")
@@ -394,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engine.bundle import default_bundle_path
     from training.eval import load_samples
 
-    root = a.out or Path(tempfile.mkdtemp(prefix="feedback-loop-"))
+    root = (a.out or Path(tempfile.mkdtemp(prefix="feedback-loop-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
     data = root / "data"
     if data.exists():
@@ -435,8 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     a.temperature, log)
         (root / "rated.json").write_text(json.dumps(rated_info, indent=1))
         print(f"rated: {rated_info}", flush=True)
-        new_key, minutes = finetune(client, old_key, a.method, a.epochs, a.minutes, log)
-        print(f"trained in {minutes:.1f} min: {new_key}", flush=True)
+        new_key, minutes, cpu_min = finetune(client, data, old_key, a.method, a.epochs, a.minutes, log)
+        print(f"trained in {minutes:.1f} min ({cpu_min:.1f} CPU min): {new_key}", flush=True)
         table = blind_ab(client, judge, old_key, new_key, a.ab_rounds, ",".join(rated_cats), heldout, log)
     new_bundle = new_key[5:]
     new_cfg = json.loads((Path(new_bundle) / "bundle.json").read_text())
@@ -445,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     after = run_eval(new_bundle, a.eval_n, eval_kinds, root / "eval-after.json", a.threads, a.seed, log)
     result = {
         "args": {k: str(v) for k, v in vars(a).items()}, "rated": rated_info, "train_minutes": round(minutes, 2),
+        "train_cpu_minutes": round(cpu_min, 2), "load_average": os.getloadavg(),
         "new_bundle": new_bundle, "ab": {"rounds": n_ab, "winrate": rate, "ci_low": lo, "ci_high": hi, "table": table},
         "eval_before": before["overall"]["model"], "eval_after": after["overall"]["model"],
         "eval_rated_kinds": [kind_means(before, rated), kind_means(after, rated)],
