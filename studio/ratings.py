@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import Any
 
 READY = {
     "dpo_pairs": 100,  # decided A/B pairs (+ best-of-N expansions) for a first DPO run
@@ -38,6 +39,41 @@ def readiness(counts: dict[str, int]) -> dict[str, dict[str, int | bool]]:
     return out
 
 
+# What the whole loop gave when measured end to end (``python -m benchmarks.feedback_loop``: simulated
+# people rate edits in the studio, the one-click default trains, a blind A/B on held-out edits judges);
+# each run, with its command, in research/feedback-loop.md. ``measurable``: the A/B's 95 % interval
+# cleared 50 %.
+LOOP_MEASURED: dict[str, Any] = {
+    "ratings": 300, "measurable": False, "winrate": None, "ci": None,
+    "source": "research/feedback-loop.md",
+}
+
+
+def training_ratings(counts: dict[str, int]) -> int:
+    """Ratings that stand and can train a model: thumbs, stars, A/B decisions, best-of-N choices."""
+    return sum(int(counts.get(k, 0)) for k in ("thumbs_up", "thumbs_down", "stars", "pairs_decided", "best_of_n"))
+
+
+def expectation(counts: dict[str, int], measured: dict[str, Any] | None = None) -> str:
+    """One honest line on what more ratings will do, from the measured loop (``LOOP_MEASURED``)."""
+    m = LOOP_MEASURED if measured is None else measured
+    have = training_ratings(counts)
+    n = int(m["ratings"])
+    seen = ""
+    if m.get("winrate") is not None and m.get("ci") is not None:
+        seen = (f" (there: the new model won {m['winrate']:.0%} of the blind A/B, 95 % interval "
+                f"{m['ci'][0]:.0%}–{m['ci'][1]:.0%})")
+    if m.get("measurable"):
+        if have >= n:
+            return (f"**What to expect:** {have} ratings — as many as gave a measurable change when measured "
+                    f"({n} simulated ratings{seen}; {m['source']}). Train, then check with the blind A/B below.")
+        return (f"**What to expect:** about **{n - have} more ratings** for a measurable change: {n} simulated "
+                f"ratings gave one{seen}; {m['source']}.")
+    return (f"**What to expect:** {n} simulated ratings did not yet give a measurable change{seen}; "
+            f"{m['source']}. Expect to need more than {max(n - have, 0)} more ratings, and check with the "
+            f"blind A/B below.")
+
+
 def counts_markdown(counts: dict[str, int]) -> str:
     r = readiness(counts)
 
@@ -58,6 +94,8 @@ def counts_markdown(counts: dict[str, int]) -> str:
             line("DPO (preference pairs)", "dpo", "pairs"),
             line("KTO (thumbs)", "kto", "thumbs, both kinds"),
             line("Reward model", "reward_model", "pairs"),
+            "",
+            expectation(counts),
         ]
     )
 

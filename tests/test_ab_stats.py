@@ -97,3 +97,20 @@ def test_finetune_tab_table_reports_interval_and_verdict(tmp_path) -> None:
         for _ in range(30):
             _ab_round(store, "new@1", "old@0", "A", swap=True)
         assert "new@1 is measurably better" in ft.ab_win_rates(ctx)
+
+
+def test_expectation_is_stated_from_the_measured_loop() -> None:
+    from studio.ratings import LOOP_MEASURED, counts_markdown, expectation, training_ratings
+
+    counts = {"thumbs_up": 30, "thumbs_down": 10, "stars": 20, "pairs_decided": 25, "pairs_undecided": 5,
+              "best_of_n": 15, "preference_pairs": 70}
+    assert training_ratings(counts) == 100  # ties and "both bad" train nothing
+    done = {"ratings": 300, "measurable": True, "winrate": 0.62, "ci": (0.56, 0.68), "source": "the notes"}
+    line = expectation(counts, done)
+    assert "about **200 more ratings** for a measurable change" in line and "62%" in line and "56%–68%" in line
+    assert "as many as gave a measurable change" in expectation({**counts, "stars": 220}, done)
+    not_yet = expectation(counts, {**done, "measurable": False})
+    assert "did not yet give a measurable change" in not_yet and "more than 200 more ratings" in not_yet
+    # the page says what the shipped measurement says
+    assert expectation(counts) in counts_markdown(counts)
+    assert LOOP_MEASURED["source"].startswith("research/")
