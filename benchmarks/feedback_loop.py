@@ -54,6 +54,7 @@ CATEGORIES = {
     "object": ["add_shape", "add_stamp", "remove", "recolour", "move", "resize", "replace"],
     "compose": ["compose"],
 }
+CATEGORIES_ALL = [k for ks in CATEGORIES.values() for k in ks]
 # The Fine-tune tab's labels (studio.finetune_tab.METHODS / AB_SETS), by the short names used here.
 METHOD_LABELS = {
     "dpo": "DPO — from A/B pairs, best-of-N and stars",
@@ -391,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier run's --out: start from a copy of its ratings and its eval before, so another "
                          "training setting is compared on the same ratings")
+    ap.add_argument("--eval-before", type=Path, default=None,
+                    help="an earlier training.eval --out JSON of the shipped model with the same --eval-n and --seed "
+                         "(skips the before eval)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 12 ratings on 2 candidates, 1 epoch, 6 A/B rounds, eval of 2 kinds")
     a = ap.parse_args(argv)
@@ -437,6 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.copytree(a.reuse / "data" / "images", data / "images")
         shutil.copyfile(a.reuse / "eval-before.json", root / "eval-before.json")
         before = json.loads((root / "eval-before.json").read_text())
+    elif a.eval_before is not None:
+        before = json.loads(a.eval_before.read_text())
+        if before["n"] != a.eval_n * len(eval_kinds or CATEGORIES_ALL) or before["settings"].get("seed") != a.seed:
+            ap.error(f"--eval-before {a.eval_before}: not an eval of --eval-n {a.eval_n} with --seed {a.seed}")
+        (root / "eval-before.json").write_text(json.dumps(before))
     else:
         before = run_eval(shipped, a.eval_n, eval_kinds, root / "eval-before.json", a.threads, a.seed, log)
     print(f"eval before: {before['overall']['model']:.3f}", flush=True)
