@@ -60,7 +60,7 @@ def measured_settings(method: str, bundle: str, lora: bool) -> dict[str, Any]:
     family = read_bundle_config(bundle).family
     out: dict[str, Any] = {}
     if method == "dpo":
-        out["sft_weight"] = 1.0  # RPO: no harm on noisy ratings, a gain on clean ones
+        out["sft_weight"] = 20.0  # EXPERIMENT (loop run D): the NLL term on the scale of the DPO term
         if family == "earl-nano" and not lora:
             out["lr"] = 2e-5
     if method == "grpo" and family == "earl-nano" and not lora:
