@@ -60,7 +60,10 @@ def measured_settings(method: str, bundle: str, lora: bool) -> dict[str, Any]:
     family = read_bundle_config(bundle).family
     out: dict[str, Any] = {}
     if method == "dpo":
-        out["sft_weight"] = 20.0  # EXPERIMENT (loop run D): the NLL term on the scale of the DPO term
+        # the NLL term on the chosen candidate (RPO) on the scale of the DPO term: at weight 1 the DPO
+        # term dominated and a run from 100 ratings lowered the kinds not rated (research/feedback-loop.md,
+        # runs B and D)
+        out["sft_weight"] = 20.0
         if family == "earl-nano" and not lora:
             out["lr"] = 2e-5
     if method == "grpo" and family == "earl-nano" and not lora:

@@ -45,7 +45,7 @@ def readiness(counts: dict[str, int]) -> dict[str, dict[str, int | bool]]:
 # cleared 50 %.
 LOOP_MEASURED: dict[str, Any] = {
     "ratings": 100, "measurable": False, "winrate": 0.45, "ci": (0.331, 0.575),
-    "source": "research/feedback-loop.md, run B",
+    "source": "research/feedback-loop.md, run D",
 }
 
 
