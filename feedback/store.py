@@ -860,7 +860,9 @@ class Store:
 
         From ``pair`` ratings with value A or B (ties and "both bad" carry no preference and are
         left out); from ``best_of_n`` (if asked) the chosen candidate against each other one shown.
-        Only pairs whose two candidates share source image and instruction are returned.
+        Only pairs whose two candidates share source image and instruction are returned. Blind A/B
+        rounds (candidates with ``settings["ab_test"]``) are left out: they judge held-out photos, and
+        training on them would teach the test and grade the next model on it.
         """
         rs = self.standing_ratings("pair") + (self.standing_ratings("best_of_n") if include_best_of_n else [])
         needed = {i for r in rs for i in r.candidate_ids}
@@ -878,6 +880,8 @@ class Store:
             for w, lo in pairs:
                 cw, cl = cands[w], cands[lo]
                 if (cw.source_hash, cw.instruction) != (cl.source_hash, cl.instruction):
+                    continue
+                if cw.settings.get("ab_test") or cl.settings.get("ab_test"):
                     continue
                 out.append(PreferencePair(cw, cl, r.rater, r.id, r.kind))
         return out
@@ -905,7 +909,10 @@ class Store:
         # Same rule as preference_pairs(), on two light columns instead of whole rows with tokens
         # (this runs after every click in the UI).
         with self._lock:
-            key = {r[0]: (r[1], r[2]) for r in self._con.execute("SELECT id, source_hash, instruction FROM candidates")}
+            rows = self._con.execute("SELECT id, source_hash, instruction, json_extract(settings, '$.ab_test') "
+                                     "FROM candidates").fetchall()
+        # a blind A/B round's candidates are never training data (they are held-out photos)
+        key = {r[0]: (r[1], r[2]) if not r[3] else ("ab_test", r[0]) for r in rows}
         n = 0
         for r in pair_rs:
             n += r.value in ("A", "B") and key[r.candidate_ids[0]] == key[r.candidate_ids[1]]

@@ -13,6 +13,7 @@ each), shown left/right in random order without names; the rating is stored as a
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio.ratings import counts_markdown, readiness
+from studio.ratings import ab_verdict, counts_markdown, readiness, wilson_interval
 from training.jobs import JobManager
 
 METHODS = {
@@ -59,7 +60,10 @@ def measured_settings(method: str, bundle: str, lora: bool) -> dict[str, Any]:
     family = read_bundle_config(bundle).family
     out: dict[str, Any] = {}
     if method == "dpo":
-        out["sft_weight"] = 1.0  # RPO: no harm on noisy ratings, a gain on clean ones
+        # the NLL term on the chosen candidate (RPO) on the scale of the DPO term: at weight 1 the DPO
+        # term dominated and a run from 100 ratings lowered the kinds not rated (research/feedback-loop.md,
+        # runs B and D)
+        out["sft_weight"] = 20.0
         if family == "earl-nano" and not lora:
             out["lr"] = 2e-5
     if method == "grpo" and family == "earl-nano" and not lora:
@@ -100,7 +104,8 @@ def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epoc
         opts["epochs"] = int(epochs)
     opts.update(measured_settings(method, bundle, bool(lora)))
     clean = "".join(c for c in (name or "").strip() if c.isalnum() or c in "-_.") or None
-    job = manager(ctx).start(method, bundle, name=clean, **opts)
+    # the machine's cores (up to 8): the studio sits idle while its person waits for the job
+    job = manager(ctx).start(method, bundle, name=clean, threads=min(os.cpu_count() or 1, 8), **opts)
     msg = f"Started **{method.upper()}** job `{job.id}` → bundle **{job.name}**"
     ready = readiness(ctx.store.counts()).get(method)
     if ready is not None and not ready["ready"]:
@@ -176,17 +181,31 @@ def register(ctx: Any, job_id: str | None) -> tuple[str, str]:
 # -- blind A/B -------------------------------------------------------------------------------------
 
 
-def heldout_samples(n_per_kind: int = 1) -> list[dict]:
-    """Held-out suite photos + instructions (the fixed test split), loaded once."""
+AB_SETS = {"All edit kinds": None, "Colour and tone (global)": "global", "Geometry (flips, turns, zoom)": "geometry",
+           "Objects": "object", "Compositions": "compose", "Geometry and compositions": "geometry,compose"}
+
+
+def heldout_samples(category: str | None = None) -> list[dict]:
+    """Held-out suite photos + instructions (the fixed test split, every sample), loaded once; ``category``
+    keeps edit kinds of those categories (comma-separated: global, geometry, object, compose), so the
+    comparison can be on edits like the ones that were rated."""
     if not _heldout:
         from training.eval import load_samples
 
-        _heldout.extend(load_samples(split="test", n_per_kind=n_per_kind))
-    return _heldout
+        _heldout.extend(load_samples(split="test"))
+    if category is None:
+        return _heldout
+    wanted = set(category.split(","))
+    out = [s for s in _heldout if s.get("category") in wanted]
+    if not out:
+        raise ValueError(f"No held-out edits of category {category!r}.")
+    return out
 
 
-def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None = None) -> dict:
-    """Edit one random held-out sample with both bundles; returns the round (images in random order)."""
+def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None = None,
+            category: str | None = None) -> dict:
+    """Edit one random held-out sample (of ``category``, or any) with both bundles; returns the round
+    (images in random order)."""
     if not old_key or not new_key or old_key == new_key:
         raise ValueError("Pick two different bundles to compare.")
     from engine.api import edit_blocking
@@ -195,7 +214,7 @@ def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None
     from feedback.record import record_edit
 
     rng = random.Random(seed)
-    s = rng.choice(heldout_samples())
+    s = rng.choice(heldout_samples(category))
     sd = rng.randrange(2**30)
     # EARL's sampling for both sides, whatever either bundle records for the studio's sliders
     settings = {"think": False, **SAMPLING_DEFAULTS, "ab_test": True}
@@ -225,11 +244,10 @@ def ab_rate(ctx: Any, rnd: dict | None, choice: str, rater: str) -> str:
     return ab_win_rates(ctx)
 
 
-def ab_win_rates(ctx: Any) -> str:
-    """Markdown table: per bundle, blind A/B rounds, wins, ties, win rate (ties count half)."""
-    stats: dict[str, list[float]] = {}
-    pairs = ctx.store.ratings("pair")
-    ab = [r for r in pairs if r.value in ("A", "B", "tie")]
+def ab_results(ctx: Any) -> dict[tuple[str, str], list[int]]:
+    """Blind A/B tallies per pair of bundles: ``{(x, y): [rounds, wins of x, ties]}`` with x < y."""
+    out: dict[tuple[str, str], list[int]] = {}
+    ab = [r for r in ctx.store.ratings("pair") if r.value in ("A", "B", "tie")]
     needed = {i for r in ab for i in r.candidate_ids}
     cands = {c.id: c for c in ctx.store.candidates(needed)} if needed else {}
     for r in ab:
@@ -238,16 +256,38 @@ def ab_win_rates(ctx: Any) -> str:
             continue
         if a.bundle_id == b.bundle_id:
             continue
-        for c, win in ((a, r.value == "A"), (b, r.value == "B")):
-            s = stats.setdefault(c.bundle_id, [0, 0, 0])
-            s[0] += 1
-            s[1] += win
-            s[2] += r.value == "tie"
-    if not stats:
+        x_won = r.value == ("A" if a.bundle_id < b.bundle_id else "B")
+        s = out.setdefault(tuple(sorted((a.bundle_id, b.bundle_id))), [0, 0, 0])  # type: ignore[arg-type]
+        s[0] += 1
+        s[1] += r.value != "tie" and x_won
+        s[2] += r.value == "tie"
+    return out
+
+
+def ab_win_rates(ctx: Any) -> str:
+    """Markdown: per bundle, blind A/B rounds, wins, ties, win rate (ties count half) with its 95 % Wilson
+    interval; then, per pair of bundles compared, whether the difference is measurable yet."""
+    pairs = ab_results(ctx)
+    if not pairs:
         return "No blind A/B ratings yet."
-    lines = ["| bundle | rounds | wins | ties | win rate |", "|---|---:|---:|---:|---:|"]
+    stats: dict[str, list[int]] = {}
+    for (x, y), (n, wx, t) in pairs.items():
+        for bid, w in ((x, wx), (y, n - wx - t)):
+            s = stats.setdefault(bid, [0, 0, 0])
+            s[0] += n
+            s[1] += w
+            s[2] += t
+    lines = ["| bundle | rounds | wins | ties | win rate | 95 % interval |", "|---|---:|---:|---:|---:|---:|"]
     for bid, (n, w, t) in sorted(stats.items(), key=lambda kv: -(kv[1][1] + kv[1][2] / 2) / kv[1][0]):
-        lines.append(f"| {bid} | {n} | {w} | {t} | {(w + t / 2) / n:.0%} |")
+        lo, hi = wilson_interval(w + t / 2, n)
+        lines.append(f"| {bid} | {n} | {w} | {t} | {(w + t / 2) / n:.0%} | {lo:.0%}–{hi:.0%} |")
+    lines.append("")
+    for (x, y), (n, wx, t) in sorted(pairs.items()):
+        # said from the side that is ahead (an exact tie: in name order)
+        if wx + t / 2 < n / 2:
+            lines.append("- " + ab_verdict(y, x, n - wx - t, t, n))
+        else:
+            lines.append("- " + ab_verdict(x, y, wx, t, n))
     return "\n".join(lines)
 
 
@@ -320,9 +360,10 @@ def build_finetune_tab(ctx: Any) -> None:
             new = [(c.label, c.key) for c in ctx.registry.choices()]
             return msg, gr.Dropdown(choices=new), gr.Dropdown(choices=new)
 
-        start_btn.click(on_start, [method, base, name, epochs, steps, reward, judge_url, lora], [status, job_id, timer])
-        timer.tick(on_tick, [job_id], [status, curve, log, timer])
-        cancel_btn.click(lambda j: cancel(ctx, j), [job_id], [status])
+        start_btn.click(on_start, [method, base, name, epochs, steps, reward, judge_url, lora], [status, job_id, timer],
+                        api_name="finetune_start")
+        timer.tick(on_tick, [job_id], [status, curve, log, timer], api_name="finetune_poll")
+        cancel_btn.click(lambda j: cancel(ctx, j), [job_id], [status], api_name="finetune_cancel")
 
         def on_resume(jid):
             try:
@@ -338,6 +379,7 @@ def build_finetune_tab(ctx: Any) -> None:
         with gr.Row():
             old_dd = gr.Dropdown(choices=choices, value=ctx.default_model, label="Bundle 1", elem_id="ab-old")
             new_dd = gr.Dropdown(choices=choices, value=None, label="Bundle 2", elem_id="ab-new")
+            ab_set = gr.Dropdown(list(AB_SETS), value=next(iter(AB_SETS)), label="Held-out edits", elem_id="ab-set")
             next_btn = gr.Button("Next pair", elem_id="ab-next")
         ab_instr = gr.Markdown("", elem_id="ab-instruction")
         with gr.Row():
@@ -353,9 +395,9 @@ def build_finetune_tab(ctx: Any) -> None:
         rater_box = getattr(ctx, "rater_box", None) or gr.Textbox(label="Your name (rater)", value="",
                                                                     elem_id="ab-rater")
 
-        def on_next(o, n):
+        def on_next(o, n, which):
             try:
-                r = ab_next(ctx, o, n)
+                r = ab_next(ctx, o, n, category=AB_SETS.get(which))
             except ValueError as err:
                 gr.Warning(str(err))
                 return None, gr.update(), None, None, None
@@ -368,7 +410,7 @@ def build_finetune_tab(ctx: Any) -> None:
                 gr.Warning(str(err))
                 return gr.update(), r
 
-        next_btn.click(on_next, [old_dd, new_dd], [rnd, ab_instr, ab_src, ab_left, ab_right])
+        next_btn.click(on_next, [old_dd, new_dd, ab_set], [rnd, ab_instr, ab_src, ab_left, ab_right], api_name="ab_next")
         def rate_as(choice: str):
             def fn(r: dict | None, typed: str, request: gr.Request):
                 return on_rate(r, choice, typed, request)
@@ -376,8 +418,8 @@ def build_finetune_tab(ctx: Any) -> None:
             return fn
 
         for btn, choice in ((left_btn, "left"), (tie_btn, "tie"), (right_btn, "right")):
-            btn.click(rate_as(choice), [rnd, rater_box], [rates, rnd])
+            btn.click(rate_as(choice), [rnd, rater_box], [rates, rnd], api_name=f"ab_{choice}")
         tab.select(on_enter, [job_id, base, old_dd, new_dd],
-                   [data_md, base, old_dd, new_dd, rates, job_id, status, curve, log, timer])
-        use_btn.click(on_register, [job_id], [status, old_dd, new_dd]).then(
+                   [data_md, base, old_dd, new_dd, rates, job_id, status, curve, log, timer], api_name="finetune_enter")
+        use_btn.click(on_register, [job_id], [status, old_dd, new_dd], api_name="finetune_register").then(
             lambda: counts_markdown(ctx.store.counts()), None, [data_md])

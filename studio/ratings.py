@@ -1,5 +1,6 @@
-"""Rating bookkeeping for the UI: saving a click as a rating, its label, readiness for fine-tuning and
-pair selection. Gradio-free.
+"""Rating bookkeeping for the UI: saving a click as a rating, its label, readiness for fine-tuning, pair
+selection, and the statistics of the blind A/B (a Wilson 95 % interval on the win rate, so a handful of
+lucky rounds is not read as progress). Gradio-free.
 
 The thresholds are rules of thumb for LoRA fine-tuning of a small model from human feedback
 (DPO on pairs, KTO on thumbs, a Bradley–Terry reward model on pairs); fewer examples mostly make the
@@ -8,6 +9,7 @@ run overfit the raters' first few preferences. The training code may use its own
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +42,41 @@ def readiness(counts: dict[str, int]) -> dict[str, dict[str, int | bool]]:
     return out
 
 
+# What the whole loop gave when measured end to end (``python -m benchmarks.feedback_loop``: simulated
+# people rate edits in the studio, the one-click default trains, a blind A/B on held-out edits judges);
+# each run, with its command, in research/feedback-loop.md. ``measurable``: the A/B's 95 % interval
+# cleared 50 %.
+LOOP_MEASURED: dict[str, Any] = {
+    "ratings": 100, "measurable": False, "winrate": 0.45, "ci": (0.331, 0.575),
+    "source": "research/feedback-loop.md, run D",
+}
+
+
+def training_ratings(counts: dict[str, int]) -> int:
+    """Ratings that stand and can train a model: thumbs, stars, A/B decisions, best-of-N choices."""
+    return sum(int(counts.get(k, 0)) for k in ("thumbs_up", "thumbs_down", "stars", "pairs_decided", "best_of_n"))
+
+
+def expectation(counts: dict[str, int], measured: dict[str, Any] | None = None) -> str:
+    """One honest line on what more ratings will do, from the measured loop (``LOOP_MEASURED``)."""
+    m = LOOP_MEASURED if measured is None else measured
+    have = training_ratings(counts)
+    n = int(m["ratings"])
+    seen = ""
+    if m.get("winrate") is not None and m.get("ci") is not None:
+        seen = (f" (there: the new model won {m['winrate']:.0%} of the blind A/B, 95 % interval "
+                f"{m['ci'][0]:.0%}–{m['ci'][1]:.0%})")
+    if m.get("measurable"):
+        if have >= n:
+            return (f"**What to expect:** {have} ratings — as many as gave a measurable change when measured "
+                    f"({n} simulated ratings{seen}; {m['source']}). Train, then check with the blind A/B below.")
+        return (f"**What to expect:** about **{n - have} more ratings** for a measurable change: {n} simulated "
+                f"ratings gave one{seen}; {m['source']}.")
+    return (f"**What to expect:** {n} simulated ratings did not yet give a measurable change{seen}; "
+            f"{m['source']}. Expect to need more than {max(n - have, 0)} more ratings, and check with the "
+            f"blind A/B below.")
+
+
 def counts_markdown(counts: dict[str, int]) -> str:
     r = readiness(counts)
 
@@ -60,6 +97,8 @@ def counts_markdown(counts: dict[str, int]) -> str:
             line("DPO (preference pairs)", "dpo", "pairs"),
             line("KTO (thumbs)", "kto", "thumbs, both kinds"),
             line("Reward model", "reward_model", "pairs"),
+            "",
+            expectation(counts),
         ]
     )
 
@@ -116,3 +155,64 @@ def save_rating(store: Store, rater: str, kind: str, value: Any, shown: Sequence
     # candidate_ids = [A, B] as shown (A left): the shown order is part of the data.
     rid = store.add_rating(rater=rater, kind="pair", value=value, candidate_ids=list(pair), shown_order=list(pair))
     return rid, rating_label("pair", value, 0)
+
+
+# -- blind A/B statistics ------------------------------------------------------------------------------
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a rate ``successes / n`` (ties may count half, so ``successes`` is a float).
+
+    Chosen over the plain normal interval because it stays inside [0, 1] and keeps its coverage at the
+    small counts a person rates (tens of comparisons), where the normal one is too narrow."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = min(max(successes / n, 0.0), 1.0)
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def comparisons_to_tell(rate: float, z: float = Z95, limit: int = 100_000) -> int | None:
+    """Comparisons after which a true win rate ``rate`` puts the Wilson interval clear of 50 % (None: the
+    rate is 50 %, or more than ``limit`` would be needed)."""
+    if abs(rate - 0.5) < 1e-9:
+        return None
+
+    def clear(n: int) -> bool:
+        lo, hi = wilson_interval(rate * n, n, z)
+        return lo > 0.5 or hi < 0.5
+
+    if not clear(limit):
+        return None
+    lo, hi = 1, limit
+    while lo < hi:  # clear(n) is monotone in n for a fixed rate
+        mid = (lo + hi) // 2
+        if clear(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def ab_verdict(name: str, other: str, wins: int, ties: int, n: int) -> str:
+    """One markdown line: ``name``'s win rate against ``other`` (ties count half), its 95 % interval and
+    the number of comparisons, and whether the difference is measurable yet."""
+    if n == 0:
+        return f"**{name}** vs **{other}**: no comparisons yet."
+    rate = (wins + ties / 2) / n
+    lo, hi = wilson_interval(wins + ties / 2, n)
+    head = (f"**{name}** vs **{other}**: {name} wins **{rate:.0%}** of {n} comparison{'s' * (n != 1)} "
+            f"(95 % interval {lo:.0%}–{hi:.0%}; ties count half)")
+    if lo > 0.5:
+        return f"{head} — ✅ **{name} is measurably better.**"
+    if hi < 0.5:
+        return f"{head} — ⚠️ **{name} is measurably worse.**"
+    more = comparisons_to_tell(rate)
+    hint = (f"; if this rate holds, about {max(more - n, 1)} more comparisons would tell"
+            if more is not None and more > n and more - n <= 2000 else "")
+    return f"{head} — **no measurable difference yet** (the interval contains 50 %){hint}."

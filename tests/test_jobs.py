@@ -129,11 +129,16 @@ def test_finetune_tab_builds_and_ab_win_rate(env, monkeypatch):
     # a run on far fewer ratings than a useful one wants starts, with a warning that says so
     msg, jid = ft.start_job(ctx, next(iter(ft.METHODS)), f"path:{env.root / 'tiny'}", "few-pairs", 1, 1, "", "", False)
     assert "Started **DPO**" in msg and "⚠️ Only" in msg and "of the 100 ratings" in msg, msg
+    # the one-click job trains with the machine's cores (torch threads and OMP alike), not one
+    import os
+
+    cmd = ft.manager(ctx).get(jid).cmd
+    assert cmd[cmd.index("--threads") + 1] == str(min(os.cpu_count() or 1, 8))
     ft.cancel(ctx, jid)
     # EARL-nano-family bundles get the learning rates measured on EARL-nano; DPO always gets the RPO term
     tiny = str(env.root / "tiny")
-    assert ft.measured_settings("dpo", tiny, lora=False) == {"sft_weight": 1.0, "lr": 2e-5}
-    assert ft.measured_settings("dpo", tiny, lora=True) == {"sft_weight": 1.0}
+    assert ft.measured_settings("dpo", tiny, lora=False) == {"sft_weight": 20.0, "lr": 2e-5}
+    assert ft.measured_settings("dpo", tiny, lora=True) == {"sft_weight": 20.0}
     assert ft.measured_settings("grpo", tiny, lora=False) == {"lr": 5e-5}
     assert ft.measured_settings("kto", tiny, lora=False) == {}
     from training.jobs import build_command

@@ -339,3 +339,25 @@ def test_a_large_photo_comes_back_at_its_size(server) -> None:
     with Store(data) as store:
         second = [c for c in store.candidates() if c.instruction == "flip it" and c.seed == 22][0]
         assert second.parent_id == first.id and second.original_hash == first.full_hash
+
+
+def test_blind_ab_through_the_api(server) -> None:
+    """The Fine-tune tab's blind A/B by its API names, as benchmarks.feedback_loop drives it: a held-out
+    edit of the chosen category, both bundles' images, and the table with the interval and the verdict."""
+    from training.eval import load_samples
+
+    url, data, root = server
+    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+    new = f"path:{(data / 'bundles' / 'tiny-ft').resolve()}"
+    geometry = {s["instruction"] for s in load_samples(split="test") if s["category"] == "geometry"}
+    out = client.predict(MODEL, new, "Geometry (flips, turns, zoom)", api_name="/ab_next")
+    assert out[0].removeprefix("**Instruction:** ") in geometry, out[0]
+    left, right = Image.open(out[2]), Image.open(out[3])
+    assert left.size == right.size and left.size[0] > 0
+    table = client.predict("e2e-judge", api_name="/ab_left")
+    table = table[0] if isinstance(table, (list, tuple)) else table
+    assert "| 1 |" in table and "95 % interval" in table, table
+    assert "of 1 comparison " in table and "no measurable difference yet" in table, table
+    with Store(data) as store:
+        (r,) = [r for r in store.ratings("pair") if r.rater == "e2e-judge"]
+        assert r.value == "A" and all(c.settings["ab_test"] for c in store.candidates(r.candidate_ids))

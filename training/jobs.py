@@ -222,6 +222,8 @@ class JobManager:
         if name is None:
             base = json.loads((Path(bundle) / "bundle.json").read_text()).get("name", "model")
             name = f"{base}-{method}-{stamp}"
+        if "threads" in {f.name for f in dataclasses.fields(config_class(method))} and "threads" not in options:
+            options["threads"] = threads  # the trainer's torch threads, as many as OMP_NUM_THREADS below
         job_dir = self.jobs_dir / job_id
         job_dir.mkdir(parents=True)
         cmd = [sys.executable, *build_command(method, job_dir, self.data_dir, str(bundle), name, options)]
