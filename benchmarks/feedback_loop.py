@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +45,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from studio.process import launched
 
 REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = {
@@ -84,33 +85,8 @@ def _free_port() -> int:
 @contextmanager
 def studio(data_dir: Path, log_path: Path, timeout_s: float = 300.0) -> Iterator[str]:
     """``launch.py --data data_dir`` (shipped default model) on a free port; yields its URL."""
-    port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--data", str(data_dir), "--port", str(port)],
-                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"launch.py exited with {proc.returncode}; see {log_path}")
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the studio did not start in {timeout_s:.0f} s; see {log_path}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with launched(["--data", str(data_dir)], _free_port(), log_path, timeout_s=timeout_s) as url:
+        yield url
 
 
 # -- simulated people ------------------------------------------------------------------------------------

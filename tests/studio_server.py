@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,36 +59,10 @@ def studio_app(data_dir: Path, *extra: str) -> Iterator[str]:
 def studio_server(data_dir: Path, *extra: str, timeout_s: float = 180.0) -> Iterator[str]:
     """Run ``launch.py --tiny-demo`` in a subprocess on a free port; yields its URL. Its output goes to
     ``data_dir.parent / "studio.log"``."""
-    port = free_port()
+    from studio.process import launched
+
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "GRADIO_ANALYTICS_ENABLED": "False", "EARL_RATER": RATER}
-    log = open(data_dir.parent / "studio.log", "w+")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "launch.py"), "--tiny-demo", "--data", str(data_dir), "--port", str(port), *extra],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"launch.py exited with {proc.returncode}:\n{log.read()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                raise TimeoutError(f"studio did not start in {timeout_s} s:\n{log.read()[-4000:]}")
-            time.sleep(0.5)
+    with launched(["--tiny-demo", "--data", str(data_dir), *extra], free_port(), data_dir.parent / "studio.log",
+                  env=env, timeout_s=timeout_s) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
