@@ -209,7 +209,7 @@ def ab_verdict(name: str, other: str, wins: int, ties: int, n: int) -> str:
     head = (f"**{name}** vs **{other}**: {name} wins **{rate:.0%}** of {n} comparison{'s' * (n != 1)} "
             f"(95 % interval {lo:.0%}–{hi:.0%}; ties count half)")
     if lo > 0.5:
-        return f"{head} — ✅ **{name} is measurably better.**"
+        return f"{head} — **{name} is measurably better.**"
     if hi < 0.5:
         return f"{head} — ⚠️ **{name} is measurably worse.**"
     more = comparisons_to_tell(rate)
