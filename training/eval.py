@@ -489,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kinds", default=None, help="comma-separated edit kinds to score (default: all)")
     ap.add_argument("--exclude-photos", default=None, metavar="PREFIX,…",
                     help="drop samples whose photo id starts with one of these (e.g. sk-: the scikit-image test "
-                         "photos v0.3–v0.5's GPU stages very likely trained on; model card, session 11)")
+                         "photos the GPU stages of earlier versions very likely trained on: the model card's held-out caveat)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--greedy", action="store_true", help="argmax decoding (temperature 0)")
     ap.add_argument("--temperature", type=float, default=1.0)
