@@ -55,13 +55,17 @@ def config_class(method: str) -> type:
     return RewardModelConfig
 
 
+def config_fields(method: str) -> set[str]:
+    """The option names a job of ``method`` takes."""
+    return {f.name for f in dataclasses.fields(config_class(method))}
+
+
 def build_command(method: str, job_dir: Path, data_dir: Path, bundle: str, name: str,
                   options: dict[str, Any]) -> list[str]:
     """The trainer's command line; unknown options are refused with the list of known ones."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    cls = config_class(method)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = config_fields(method)
     bad = [k for k in options if k not in fields]
     if bad:
         raise ValueError(f"unknown {method} options {bad}; known: {sorted(fields)}")
@@ -77,7 +81,7 @@ def build_command(method: str, job_dir: Path, data_dir: Path, bundle: str, name:
         if method != "grpo":
             fixed["method"] = method
     rest = {k: v for k, v in options.items() if k not in ("bundle", "data", "name", "out", "progress", "method")}
-    return ["-m", module, *config_argv(cls, {**fixed, **rest})]
+    return ["-m", module, *config_argv(config_class(method), {**fixed, **rest})]
 
 
 def _exited(pid: int) -> bool:
@@ -222,7 +226,7 @@ class JobManager:
         if name is None:
             base = json.loads((Path(bundle) / "bundle.json").read_text()).get("name", "model")
             name = f"{base}-{method}-{stamp}"
-        if "threads" in {f.name for f in dataclasses.fields(config_class(method))} and "threads" not in options:
+        if "threads" in config_fields(method) and "threads" not in options:
             options["threads"] = threads  # the trainer's torch threads, as many as OMP_NUM_THREADS below
         job_dir = self.jobs_dir / job_id
         job_dir.mkdir(parents=True)
