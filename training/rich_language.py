@@ -164,6 +164,26 @@ CORES: dict[str, list[str]] = {
     ],
 }
 
+CORES_MORE: dict[str, list[str]] = {
+    "grayscale": ["drain the colour from {it}", "wash all the colour out of {it}", "{mk} {it} {bw} please", "go {bw}", "I'd like a {bw} version", "kill the colour", "zero saturation", "take the saturation all the way down", "strip {it} down to grey tones", "only greys, no colour", "like a {bw} film photo", "monochrome it", "make {it} look like an old {bw} movie", "desaturate {it} completely", "remove the colour entirely", "lose the colour"],
+    "sepia": ["give {it} that {old} sepia look", "brownish {old} tint", "make {it} look like a faded {old} photo", "{mk} {it} look like it was taken a century ago", "warm brown {old} print effect", "make {it} look like a photo from the 1800s", "old-timey brown filter", "antique it", "make it look like grandma's old photos", "give {it} a nostalgic brown tint"],
+    "invert": ["negative effect", "{mk} {it} into its negative", "swap every colour for its complement", "invert everything", "reverse all colours and tones", "make dark parts light and light parts dark, colours flipped", "like a film negative", "opposite colours", "colour inversion", "turn {it} inside out colour-wise"],
+    "brighter": ["{bump} the brightness", "{bump} the exposure", "lift the exposure {amt}", "more light", "{it} is underexposed", "{it} is too dim", "light {it} up", "open up the shadows and brighten", "give {it} more light", "{it} looks gloomy, brighten it", "expose {it} brighter", "crank the brightness", "up the exposure", "{it} could be lighter"],
+    "darker": ["{lower} the brightness", "{lower} the exposure", "{it} is overexposed", "less light", "{it} is too light", "tone {it} down, darker", "make {it} moodier and darker", "pull the exposure down {amt}", "dial the brightness back", "{it} looks washed out from too much light, darken it", "darken everything", "{it} could be darker", "down the exposure", "make {it} a little gloomier"],
+    "more_contrast": ["{bump} the contrast", "more punch", "add some punch", "{mk} {it} pop more", "deeper blacks and brighter whites", "make the darks darker and the brights brighter", "{it} looks flat, add contrast", "more difference between light and dark", "crisper tones", "higher contrast", "{mk} {it} more dramatic with contrast", "stretch the tones", "make the shadows deeper and the highlights brighter", "contrast up"],
+    "less_contrast": ["{lower} the contrast", "{mk} {it} softer", "less punch", "{mk} {it} look washed out", "{mk} {it} look matte", "a flatter look", "lift the blacks and dim the whites", "less difference between light and dark", "{it} is too contrasty", "lower contrast", "contrast down", "mute the tones", "{mk} the tones gentler", "make it less harsh"],
+    "more_saturation": ["{bump} the saturation", "{bump} the colours", "{mk} the colours pop", "{mk} {it} more vibrant", "richer colours", "juicier colours", "more vivid", "the colours are washed out", "{it} looks dull, make the colours stronger", "{bump} the vibrance", "deepen the colours", "more colour intensity", "saturate {it}", "colours up", "punchier colours"],
+    "less_saturation": ["{lower} the saturation", "{lower} the colours", "{mk} the colours more subdued", "mute the colours", "wash the colours out {amt}", "less vivid", "{mk} the colours less intense", "desaturate {it} a bit", "{it} is too colourful", "the colours are too loud", "{lower} the vibrance", "softer, muted colours", "less colour", "pastel-ish colours"],
+    "warmer": ["{mk} {it} feel {warmw}", "give {it} a {warmw} feel", "a {warmw} look", "{bump} the warmth", "{bump} the colour temperature", "shift the white balance towards {warmc}", "add a {warmc} tint", "more {warmc}", "{it} looks too {coolw}", "{it} looks too blue", "less blue", "tint {it} {warmc}", "push the colours towards {warmc}", "{mk} {it} look like {warmtime}", "raise the temperature"],
+    "cooler": ["{mk} {it} feel {coolw}", "give {it} a {coolw} feel", "a {coolw} look", "{lower} the warmth", "{lower} the colour temperature", "shift the white balance towards {coolc}", "add a {coolc} tint", "more {coolc}", "{it} looks too {warmw}", "{it} looks too yellow", "less orange", "tint {it} {coolc}", "push the colours towards {coolc}", "{mk} {it} look like {cooltime}", "lower the temperature", "take the warmth out", "less yellow"],
+    "hflip": ["mirror image please", "flip {it} sideways", "flip {it} left-right", "swap left and right", "{mk} the left side the right side", "mirror {it} as in a mirror", "horizontal mirror", "reverse {it} left to right", "flip {it} around the vertical line", "flip {it} horizontally like a selfie", "make {it} face the other way"],
+    "vflip": ["flip {it} upside-down like a reflection", "mirror {it} top-bottom", "flip {it} top-to-bottom", "make the top the bottom", "swap the sky and the ground", "vertical mirror", "reflect {it} upside down as in water", "mirror {it} across the horizontal line", "flip {it} over top to bottom", "reverse {it} top to bottom", "flip {it} on its head like a reflection in a lake"],
+    "rotate180": ["turn {it} all the way around", "rotate {it} by half a circle", "spin {it} around half a turn", "turn {it} on its head", "rotate {it} two quarter turns", "make {it} upside down by rotating", "180 rotation", "rotate 180", "a half rotation", "turn {it} round 180 degrees"],
+    "rotate90": ["{it} is sideways, rotate {it} {dir}", "rotate {it} {dir} a quarter", "turn {it} on its side {dir}", "a quarter turn {dir}", "rotate {dir} by {deg}", "tilt {it} {deg} {dir}", "{deg} {dir}", "spin {it} {dir} by {deg}"],
+}
+for _k, _v in CORES_MORE.items():
+    CORES[_k] = CORES[_k] + _v
+
 WORDS: dict[str, list[str]] = {
     "mk": ["make", "turn", "render", "set"],
     "cv": ["convert", "change", "turn", "switch"],
@@ -174,6 +194,16 @@ WORDS: dict[str, list[str]] = {
     "more": ["", "", "a bit", "a little", "slightly", "much", "a lot", "somewhat", "way"],
     "amt": ["", "", "a bit", "a little", "slightly", "a lot", "somewhat", "quite a bit"],
     "amt2": ["some", "more", "a bit of", "a little", "a lot of"],
+    "bump": ["increase", "boost", "raise", "bump up", "push up", "crank up", "turn up", "dial up", "amp up", "lift",
+             "punch up", "pump up", "up"],
+    "lower": ["decrease", "reduce", "lower", "cut", "turn down", "dial down", "tone down", "knock down", "drop",
+              "pull down", "bring down", "ease off", "back off"],
+    "warmw": ["warm", "warmer", "cosy", "cozy", "sunny", "golden", "summery", "toasty", "sunlit", "balmy"],
+    "coolw": ["cool", "cooler", "cold", "colder", "icy", "chilly", "frosty", "wintry", "frozen", "crisp and cold"],
+    "warmc": ["orange", "yellow", "amber", "gold", "red-orange", "warm tones", "the warm side", "tungsten"],
+    "coolc": ["blue", "cyan", "teal", "bluish", "cold tones", "the cool side", "icy blue", "steel blue"],
+    "warmtime": ["sunset", "golden hour", "a summer afternoon", "candlelight", "late afternoon sun"],
+    "cooltime": ["winter", "a winter morning", "moonlight", "blue hour", "a cold dawn", "an overcast day"],
     "deg": ["90 degrees", "90°", "90", "ninety degrees", "a quarter turn", "by 90 degrees", "90 deg"],
 }
 DIR = {"clockwise": ["clockwise", "to the right", "right", "cw", "clock-wise", "in the clockwise direction"],
