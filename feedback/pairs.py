@@ -74,9 +74,10 @@ class StoreExamples:
             self.skipped["source image unreadable or wrong size"] += 1
             return None
         h, w = grid.shape
-        # the bundle's own header choice; a candidate turned on its side needs the branching constraint
+        # the constraint it was sampled under (settings["transpose"], else the bundle's own choice); a candidate
+        # turned on its side was sampled with the transposed header allowed
         turned = (cand.grid_h, cand.grid_w) == (w, h) != (h, w)
-        transpose = transpose_default(self.bundle) or turned
+        transpose = bool((cand.settings or {}).get("transpose", transpose_default(self.bundle))) or turned
         if (cand.grid_h, cand.grid_w) not in (*output_shapes((h, w), transpose), (0, 0)):
             self.skipped["source grid differs from the candidate's"] += 1
             return None
