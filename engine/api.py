@@ -196,7 +196,7 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
     text_ids: list[list[int]] = [[] for _ in range(n)]
     shown: list[str] = [""] * n
     text_open = [think] * n
-    out = [grid.copy() for _ in range(n)]  # rows not generated yet: the source's codes
+    out = [grid.copy() for _ in range(n)]  # rows not generated yet: the source's codes (transposed once turned)
     row_codes: list[list[int]] = [[] for _ in range(n)]
     first_token: float | None = None
     first_preview: list[float | None] = [None] * n
