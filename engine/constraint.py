@@ -37,7 +37,7 @@ from engine.layout import SpecialIds, output_shapes, special_ids
 TEXT_ROW = 0
 VISUAL_ROW = 1
 VIS = -1  # template entry: any visual token
-CHOICE = -2  # template entry: the header token where "H*W" and the transposed "W*H" part (the model picks)
+CHOICE = -2  # template entry: the first header token where "H*W" and the transposed "W*H" differ (model picks)
 
 DEFAULT_MAX_REASONING = 512  # free reasoning tokens when the caller sets no budget
 
