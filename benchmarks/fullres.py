@@ -12,9 +12,9 @@ and the model's zoom cover the same window.
 
 For every edit kind of the suite (``training.data.edits.kinds``; ``compose`` aside), with parameters drawn
 from ``--seed``: the edit is applied at full resolution (exact ground truth) and the model side is the
-full-resolution source fitted to the model's size (``image_io.fit_to_area``) and encoded. A quarter
-turn of a non-square photo, which the suite's ``rotate90`` does not make (square only), is
-``numpy.rot90`` of the photo here. Three full-resolution results are compared with the ground truth:
+full-resolution source fitted to the model's size (``image_io.fit_to_area``) and encoded (a quarter turn
+of a non-square photo has the transposed size). Three full-resolution results are compared with the
+ground truth:
 
 * ``bicubic``: the model's output (EARL-nano, ``engine.edit`` with the kind's held-out instruction,
   temperature 0) upscaled bicubically — what the engine returned before ``engine.render``;
@@ -124,11 +124,7 @@ def kinds() -> dict:
 
 
 def ground_truth(kind, photo: Image.Image, params: dict):
-    """(source, target, mask) at full resolution; rotate90 of a non-square photo by numpy.rot90."""
-    if kind.name == "rotate90" and photo.width != photo.height:
-        k = -1 if params["dir"] == "clockwise" else 1
-        tgt = Image.fromarray(np.ascontiguousarray(np.rot90(np.asarray(photo), k)))
-        return photo, tgt, None
+    """(source, target, mask) at full resolution (the mask for object kinds only)."""
     res = kind.render(photo, params)
     return res.source, res.target, (res.mask if kind.category == "object" else None)
 

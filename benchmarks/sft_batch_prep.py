@@ -60,11 +60,12 @@ def main() -> None:
     torch.set_num_threads(1)
     bundle = load_bundle(args.bundle, dtype=torch.float32)
     tok, vocab = bundle.tokenizer, bundle.lm.config.vocab_size
-    batcher = Batcher(samples(args.cache), SFTConfig(batch_size=args.batch), seed=0)
+    cfg = SFTConfig(batch_size=args.batch)
+    batcher = Batcher(samples(args.cache), cfg, seed=0)
     t_col, t_seq = [], []
     for rep in range(args.reps + 1):
         shape, think, items = batcher.next()
-        con = constraint_for(tok, *shape, think, vocab)
+        con = constraint_for(tok, *shape, think, vocab, transpose=cfg.transpose)  # as train_sft.next_batch
         t0 = time.perf_counter()
         sft_batch(tok, con, think, items)
         t1 = time.perf_counter()

@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--cfg-text", type=float, default=1.0)
     e.add_argument("--cfg-image", type=float, default=1.0)
     e.add_argument("--max-new-tokens", type=int, default=None)
+    e.add_argument("--transpose", action=argparse.BooleanOptionalAction, default=None,
+                   help="let the model turn a non-square photo on its side (a landscape photo may come out portrait); "
+                        "default: when the bundle was trained to choose")
     e.add_argument("--raw", action="store_true",
                    help="write the model's own output (model resolution) instead of the full-resolution render")
     return p
@@ -70,7 +73,8 @@ def _edit(args: argparse.Namespace) -> int:
     except ImageInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = fit_to_area(image, area, factor).height // factor
+    fitted = fit_to_area(image, area, factor)
+    rows, cols = fitted.height // factor, fitted.width // factor
 
     outs = output_paths(args.output, args.n)
     for o in outs:
@@ -80,7 +84,8 @@ def _edit(args: argparse.Namespace) -> int:
     status = 0
     for ev in edit(bundle, image, args.instruction, n=args.n, think=args.think, seed=args.seed,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_text=args.cfg_text,
-                   cfg_image=args.cfg_image, max_new_tokens=args.max_new_tokens, full_resolution=not args.raw):
+                   cfg_image=args.cfg_image, max_new_tokens=args.max_new_tokens, full_resolution=not args.raw,
+                   transpose=args.transpose):
         if isinstance(ev, Text):
             if ev.candidate == 0:  # stream one candidate's reasoning live; the others print when done
                 sys.stdout.write(ev.delta)
@@ -91,6 +96,8 @@ def _edit(args: argparse.Namespace) -> int:
                 if texting:
                     sys.stdout.write("\n")
                 bar = tqdm(total=rows * args.n, unit="row", desc="rows", file=sys.stderr)
+            if ev.row == 0 and len(ev.codes) != cols:  # a candidate turned on its side: W rows, not H
+                bar.total += cols - rows
             bar.update(1)
         elif isinstance(ev, Done):
             out = ev.image if args.raw or ev.full is None else ev.full

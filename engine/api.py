@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.bundle import transpose_default
 from engine.events import Done, Error, Event, ImageRow, Preview, Text, Understood
 from engine.layout import build_prompt, parse_generation, special_ids
 from engine.sampler import SAMPLING_DEFAULTS, PromptTooLong, fp16_default, make_guidance, num_threads, sample
@@ -90,6 +91,7 @@ def edit(
     speculate: int = DEFAULT_SPECULATE,
     full_resolution: bool = True,
     understand: bool = True,
+    transpose: bool | None = None,
 ) -> Iterator[Event]:
     """Edit ``image`` (path, bytes or PIL) as ``instruction`` says; yields ``engine.events`` events.
 
@@ -110,6 +112,9 @@ def edit(
     ``understand``: for a bundle with an ``understanding/`` folder (EARL-nano; ``engine.understanding``) the
     instruction is read first, an ``Understood`` event comes before any candidate, and the LM gets the edit in
     the words it was trained on (the typed text when the reading is unsure or names an unknown object).
+    ``transpose``: a candidate may come out with the grid turned on its side (W×H for an H×W photo: a quarter
+    turn of a landscape photo comes out portrait), the model choosing at the header (``engine.constraint``);
+    None: when the bundle was trained to choose (``engine.bundle.transpose_default``).
     """
     t0 = time.perf_counter()
     msg = _check_args(instruction, n, temperature, top_k, top_p, cfg_text, cfg_image, preview_every)
@@ -141,6 +146,8 @@ def edit(
     seeds = [int(seed) + i for i in range(n)]
     if fp16 is None:
         fp16 = fp16_default(bundle)
+    if transpose is None:
+        transpose = transpose_default(bundle)
     text = instruction.strip()
     if understand:
         reading = _understand(bundle, text)
@@ -150,7 +157,7 @@ def edit(
     try:
         yield from _run(bundle, grid, text, n, think, seeds, temperature, top_k, top_p, cfg_text,
                         cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16, speculate,
-                        _Renderer(bundle, original, grid) if original is not None else None)
+                        _Renderer(bundle, original, grid) if original is not None else None, transpose)
     except PromptTooLong as e:
         yield Error(str(e))
     except Exception as e:  # noqa: BLE001
@@ -172,7 +179,8 @@ def _understand(bundle: Any, text: str) -> Any:
 def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, seeds: list[int],
          temperature: float, top_k: int, top_p: float, cfg_text: float, cfg_image: float, preview_every: int,
          max_new_tokens: int | None, cancel: threading.Event | None, t0: float, t_prepare: float,
-         fp16: bool = False, speculate: int = 0, renderer: _Renderer | None = None) -> Iterator[Event]:
+         fp16: bool = False, speculate: int = 0, renderer: _Renderer | None = None,
+         transpose: bool = False) -> Iterator[Event]:
     tok = bundle.tokenizer
     sp = special_ids(tok)
     h, w = grid.shape
@@ -180,7 +188,7 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
     guidance = make_guidance(tok, grid, n, think, cfg_text, cfg_image)
     steps = sample(bundle, [prompt] * n, h, w, seeds, think=think, temperature=temperature, top_k=top_k,
                    top_p=top_p, guidance=guidance, max_new_tokens=max_new_tokens, cancel=cancel, fp16=fp16,
-                   speculate=speculate)
+                   speculate=speculate, transpose=transpose)
 
     k_end = len(sp.think_end_ids)
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -188,7 +196,7 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
     text_ids: list[list[int]] = [[] for _ in range(n)]
     shown: list[str] = [""] * n
     text_open = [think] * n
-    out = np.repeat(grid[None], n, axis=0)  # rows not generated yet: the source's codes
+    out = [grid.copy() for _ in range(n)]  # rows not generated yet: the source's codes (transposed once turned)
     row_codes: list[list[int]] = [[] for _ in range(n)]
     first_token: float | None = None
     first_preview: list[float | None] = [None] * n
@@ -229,11 +237,13 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
                 elif ev.kind == "eol":
                     codes = row_codes[c]
                     row_codes[c] = []
-                    out[c, ev.row] = codes
+                    if len(codes) != out[c].shape[1]:  # the candidate chose the transposed header
+                        out[c] = grid.T.copy()
+                    out[c][ev.row] = codes
                     yield ImageRow(c, ev.row, codes)
                     done_rows = ev.row + 1
                     # row 1 at once (the drawing shows up as early as it can), then every preview_every rows
-                    if preview_every and (done_rows == 1 or done_rows % preview_every == 0) and done_rows < h:
+                    if preview_every and (done_rows == 1 or done_rows % preview_every == 0) and done_rows < out[c].shape[0]:
                         previews.append((c, done_rows))
                 if ev.finished:
                     finished.append(c)
@@ -242,8 +252,8 @@ def _run(bundle: Any, grid: np.ndarray, instruction: str, n: int, think: bool, s
             # a candidate's previews come before its Done: wait for them when one finishes
             yield from painted(wait=bool(finished))
             if finished:
-                yield from _finish(bundle, finished, tokens, logprobs, seeds, h, w, t0, t_prepare, first_token,
-                                   first_preview, renderer)
+                yield from _finish(bundle, finished, tokens, logprobs, seeds, (h, w), transpose, t0, t_prepare,
+                                   first_token, first_preview, renderer)
         yield from painted(wait=True)
     finally:
         steps.close()
@@ -320,12 +330,13 @@ class _Renderer:
 
 
 def _finish(bundle: Any, finished: list[int], tokens: list[list[int]], logprobs: list[list[float]],
-            seeds: list[int], h: int, w: int, t0: float, t_prepare: float, first_token: float | None,
-            first_preview: list[float | None], renderer: _Renderer | None = None) -> Iterator[Event]:
+            seeds: list[int], src_hw: tuple[int, int], transpose: bool, t0: float, t_prepare: float,
+            first_token: float | None, first_preview: list[float | None], renderer: _Renderer | None = None
+            ) -> Iterator[Event]:
     parsed = []
     for c in finished:
         try:
-            reasoning, g = parse_generation(bundle.tokenizer, tokens[c], expect_hw=(h, w))
+            reasoning, g = parse_generation(bundle.tokenizer, tokens[c], expect_hw=src_hw, transpose=transpose)
             parsed.append((c, reasoning, g))
         except ValueError as e:  # cannot happen under the constraint; reported, not raised
             yield Error(f"candidate {c + 1} produced a malformed sequence: {e}", c)

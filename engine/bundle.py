@@ -58,6 +58,11 @@ class BundleConfig:
     # from them. The engine API's own defaults stay EARL's (SAMPLING_DEFAULTS), so evaluations and
     # RL candidates are comparable across bundles.
     sampling: dict[str, float] = field(default_factory=dict)
+    # Whether the LM was trained to choose its output grid's header between the source's "H*W" and the
+    # transposed "W*H" (``engine.constraint``'s ``transpose``: a quarter turn of a non-square photo). Only
+    # then is that choice the model's: an LM trained with the header forced never learnt it, and would pick
+    # either on any edit. Training that replays the choice sets it; converted Emu3 checkpoints leave it off.
+    transpose: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -92,6 +97,11 @@ def _check_sampling(s: Any, where: str) -> None:
             v >= 0 if k == "temperature" else v >= 1 if k == "top_k" else 0 < v <= 1)
         if not ok:
             raise BundleError(f"{where}: sampling {k} = {v!r} is out of range")
+
+
+def transpose_default(bundle: Any) -> bool:
+    """Whether edits with ``bundle`` let the model turn a non-square grid (``BundleConfig.transpose``)."""
+    return bool(getattr(getattr(bundle, "config", None), "transpose", False))
 
 
 def sampling_defaults(config: BundleConfig) -> dict[str, float]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine.bundle import transpose_default
 from engine.image_io import fit_to_bundle
 from engine.layout import build_prompt, parse_generation
 from engine.sampler import SAMPLING_DEFAULTS, batch_guidance, sample_all
@@ -61,6 +62,7 @@ def generate(
     speculate: int = 0,
     forced_prefix: Sequence[Sequence[int]] | None = None,
     target_hw: Sequence[tuple[int, int]] | None = None,
+    transpose: bool | None = None,
     batch_size: int | None = None,
     decode: bool = True,
     on_batch: Callable[[int], None] | None = None,
@@ -73,7 +75,9 @@ def generate(
     ``batch_size`` at a time (None: each shape's group at once). Sampling arguments are
     ``engine.sampler.sample``'s; ``cfg_text`` / ``cfg_image`` are classifier-free guidance scales (1 = off);
     ``forced_prefix[i]``: the first tokens of candidate i, given instead of sampled. ``target_hw[i]``: the
-    shape of candidate i's output grid (None: its source's). ``decode`` False
+    shape of candidate i's output grid (None: its source's). ``transpose``: the model may also write the
+    transposed grid (W×H for an H×W shape, ``engine.constraint``); None: when the bundle was trained to
+    choose (``engine.bundle.transpose_default``). ``decode`` False
     leaves ``image`` None (no image tokenizer decode). ``on_batch(n)`` is called after each batch with its
     number of candidates (progress bars). ``PromptTooLong`` and bad arguments raise.
     """
@@ -84,6 +88,8 @@ def generate(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     tok = bundle.tokenizer
+    if transpose is None:
+        transpose = transpose_default(bundle)
     grids = [np.asarray(g, dtype=np.int64) for g in grids]  # no copy of int64 arrays: shared ones stay shared
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, g in enumerate(grids):
@@ -97,19 +103,20 @@ def generate(
             guidance = batch_guidance(tok, [grids[i] for i in chunk], think, cfg_text, cfg_image)
             gens = sample_all(bundle, prompts, h, w, [seeds[i] for i in chunk], think=think,
                               temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                              fp16=fp16, guidance=guidance, speculate=speculate,
+                              fp16=fp16, guidance=guidance, speculate=speculate, transpose=transpose,
                               forced_prefix=[forced_prefix[i] for i in chunk] if forced_prefix is not None else None)
             done = []
             for i, prompt, g in zip(chunk, prompts, gens, strict=True):
                 e = out[i] = GeneratedEdit(prompt, g.tokens, g.logprobs)
                 try:
-                    e.reasoning, e.grid = parse_generation(tok, g.tokens, expect_hw=(h, w))
+                    e.reasoning, e.grid = parse_generation(tok, g.tokens, expect_hw=(h, w), transpose=transpose)
                     done.append(e)
                 except ValueError as err:  # unfinished (token budget) or malformed
                     e.error = str(err)
-            if decode and done:
+            if decode and done:  # the image tokenizer decodes H×W and transposed W×H grids alike
                 for e, im in zip(done, bundle.vq.decode([e.grid for e in done]), strict=True):
                     e.image = im
             if on_batch is not None:
                 on_batch(len(chunk))
     return out  # type: ignore[return-value]
+

@@ -257,13 +257,14 @@ def parse_image(tok: Any, ids: list[int], start: int = 0) -> tuple[np.ndarray, i
     return codes.numpy(), k + 2
 
 
-def parse_generation(tok: Any, ids: list[int] | torch.Tensor, expect_hw: tuple[int, int] | None = None
-                     ) -> tuple[str, np.ndarray]:
+def parse_generation(tok: Any, ids: list[int] | torch.Tensor, expect_hw: tuple[int, int] | None = None,
+                     transpose: bool = False) -> tuple[str, np.ndarray]:
     """Generated ids (after the prompt) -> (reasoning text, (H, W) code grid).
 
     Accepts what ``build_target`` writes, followed by optional PAD tokens. ValueError with a clear
     message for anything else (missing IMG_START or THINK_END, bad header, wrong row length, missing
-    EOL / EOF / IMG_END / EOS, a grid of another shape than ``expect_hw``).
+    EOL / EOF / IMG_END / EOS, a grid shaped neither ``expect_hw`` nor, with ``transpose``, its
+    transpose: what ``engine.constraint`` allows).
     """
     sp = special_ids(tok)
     ids = [int(x) for x in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
@@ -278,13 +279,21 @@ def parse_generation(tok: Any, ids: list[int] | torch.Tensor, expect_hw: tuple[i
             raise ValueError("text before the image must be reasoning ending with THINK_END")
         reasoning = tok.decode(ids[: s - n])
     grid, k = parse_image(tok, ids, s)
-    if expect_hw is not None and tuple(grid.shape) != tuple(expect_hw):
-        raise ValueError(f"target grid is {grid.shape[0]}*{grid.shape[1]}, expected {expect_hw[0]}*{expect_hw[1]}")
+    if expect_hw is not None and tuple(grid.shape) not in output_shapes(expect_hw, transpose):
+        expected = " or ".join(f"{a}*{b}" for a, b in output_shapes(expect_hw, transpose))
+        raise ValueError(f"target grid is {grid.shape[0]}*{grid.shape[1]}, expected {expected}")
     if k >= len(ids) or ids[k] != sp.eos:
         raise ValueError("generation does not end with EOS after the image")
     if any(x != sp.pad for x in ids[k + 1 :]):
         raise ValueError("tokens other than padding follow EOS")
     return reasoning, grid
+
+
+def output_shapes(src_hw: tuple[int, int], transpose: bool) -> tuple[tuple[int, int], ...]:
+    """The output grid shapes allowed for a source of shape ``src_hw``: its own, and with ``transpose`` the
+    transposed one too (a quarter turn of a non-square photo)."""
+    h, w = (int(x) for x in src_hw)
+    return ((h, w), (w, h)) if transpose and h != w else ((h, w),)
 
 
 def grid_positions(tok: Any, ids: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

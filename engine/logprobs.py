@@ -153,6 +153,7 @@ def sequence_logprobs(
     constraint: FreeFormConstraint | None = None,
     max_new_tokens: int | None = None,
     return_argmax: bool = False,
+    transpose: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Differentiable log-probs of ``gen_ids`` given ``prompt_ids`` (see the module docstring).
 
@@ -161,6 +162,8 @@ def sequence_logprobs(
     mask. Gradients flow into the LM (and grid embedding) unless called under no_grad.
     ``return_argmax``: also the most likely allowed token at each position given the tokens before it
     (teacher forcing; what greedy decoding would pick there), shaped like the log-probs.
+    ``transpose``: the generations were sampled with the transposed header allowed (``engine.constraint``),
+    so the header choice has its log-prob; ignored when ``constraint`` is given.
     """
     prompts, batched = _as_batch(prompt_ids)
     gens, batched_g = _as_batch(gen_ids)
@@ -169,7 +172,8 @@ def sequence_logprobs(
     if constraint is None:
         vocab = base_lm(bundle.lm).config.vocab_size
         constraint = constraint_for(bundle.tokenizer, h, w, think, vocab,
-                                    max_new_tokens or (max(len(g) for g in gens) if think else None))
+                                    max_new_tokens or (max(len(g) for g in gens) if think else None),
+                                    transpose=transpose)
     batch = collate(bundle.tokenizer, constraint, prompts, gens)
     res = collated_logprobs(bundle, batch, constraint, return_argmax=return_argmax)
     if not (batched or batched_g):

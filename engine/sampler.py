@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.constraint import VIS, FreeFormConstraint, State, constraint_for
+from engine.constraint import CHOICE, VIS, FreeFormConstraint, State, constraint_for
 from engine.layout import grid_positions
 from engine.logprobs import base_lm
 
@@ -356,6 +356,7 @@ def sample(
     forced_prefix: Sequence[Sequence[int]] | None = None,
     fp16: bool = False,
     speculate: int = 0,
+    transpose: bool = False,
 ) -> Iterator[list[Sampled]]:
     """Decode one candidate per prompt; yields, per decoding step, the tokens produced at that step.
 
@@ -379,11 +380,14 @@ def sample(
     the candidate's run, so tokens and log-probs are those of decoding one token at a time (up to float
     summation order); candidates of a batch keep their own runs. Used on the static-cache path without
     guidance or forced prefixes; elsewhere it is off.
+    ``transpose``: each candidate's output grid may be H×W or the transposed W×H, the model choosing at the
+    header (``engine.constraint``); candidates of one batch may come out in different shapes, and each
+    ``Sampled`` row / col is in its own candidate's grid.
     """
     if len(prompts) == 0:
         return
     d = _Decoding(bundle, prompts, h, w, seeds, think, temperature, top_k, top_p, guidance, max_new_tokens, cancel,
-                  threads, fast, forced_prefix, fp16, speculate)
+                  threads, fast, forced_prefix, fp16, speculate, transpose)
     # The model runs inside inference mode (and with ``threads``) only while this generator computes:
     # never across a ``yield``, so the caller's own code (e.g. training between steps) is unaffected.
     it = d.steps()
@@ -407,7 +411,8 @@ class _Decoding:
     def __init__(self, bundle: Any, prompts: Sequence[Sequence[int]], h: int, w: int, seeds: Sequence[int],
                  think: bool, temperature: float, top_k: int, top_p: float, guidance: Guidance | None,
                  max_new_tokens: int | None, cancel: threading.Event | None, threads: int | None,
-                 fast: bool | None, forced_prefix: Sequence[Sequence[int]] | None, fp16: bool, speculate: int):
+                 fast: bool | None, forced_prefix: Sequence[Sequence[int]] | None, fp16: bool, speculate: int,
+                 transpose: bool = False):
         n = self.n = len(prompts)
         if len(seeds) != n:
             raise ValueError(f"{n} prompts but {len(seeds)} seeds")
@@ -417,7 +422,8 @@ class _Decoding:
         lm = self.lm = bundle.lm
         base = base_lm(lm)
         device = self.device = next(lm.parameters()).device
-        con = self.con = constraint_for(bundle.tokenizer, h, w, think, base.config.vocab_size, max_new_tokens, device)
+        con = self.con = constraint_for(bundle.tokenizer, h, w, think, base.config.vocab_size, max_new_tokens, device,
+                                        transpose=transpose)
         self.sp = con.sp
 
         # Branches of classifier-free guidance (row blocks of N): cond [, image-only [, null]].
@@ -469,14 +475,14 @@ class _Decoding:
         if fp16 and not self.use_fast:
             raise ValueError("fp16 decoding needs the static-cache path (a plain Emu3ForCausalLM, fast not False)")
         self.fp16, self.speculate = fp16, speculate
-        self.drafters: list[Any] | None = None
+        self.drafters: list[dict[tuple[int, int], Any]] | None = None  # per candidate, one per output shape
         if speculate > 1 and self.use_fast and self.nb == 1 and forced_prefix is None:
             from engine.drafts import CopyDrafter, code_permutations, source_grid
 
             srcs = [source_grid(bundle.tokenizer, list(p)) for p in prompts]
             if all(g is not None for g in srcs):
                 perms = code_permutations(getattr(bundle, "vq", None))
-                self.drafters = [CopyDrafter(g, (h, w), perms) for g in srcs]
+                self.drafters = [{hw: CopyDrafter(g, hw, perms) for hw in con.shapes} for g in srcs]
                 # rejected guesses leave unused cache slots behind: room for as many again
                 self.max_len += con.max_new_tokens
         self.prefill_threads = self.threads = threads
@@ -737,7 +743,8 @@ class _Decoding:
                     if before >= 0 and con.template[before] == VIS:
                         r_, c_ = int(con.feat_row[before]), int(con.feat_col[before])
                         code = int(sp.code_of[t])
-                        accept[i] = 0.95 * accept[i] + 0.05 * float(drafters[i].observe(r_, c_, code))
+                        hit = drafters[i][con.grid_shape(s)].observe(r_, c_, code)
+                        accept[i] = 0.95 * accept[i] + 0.05 * float(hit)
                     step[i] += 1
                     if self._take(i, t, lpv, events):
                         break
@@ -765,7 +772,7 @@ class _Decoding:
             for i in live:
                 s = states[i]
                 if s.pos >= 0:
-                    n_g[i] = min(k - 1, con.last_free_pos - s.pos + 1)
+                    n_g[i] = min(k - 1, con.last_free(s.pos) - s.pos + 1)
                     if n_g[i] == 0 and con.forced(s) is not None:
                         n_g[i] = 1  # a forced EOL shares the pass, as in the plain loop
             t_new = 1 + min(max(n_g), self.max_len - cur - 1)
@@ -779,8 +786,10 @@ class _Decoding:
                     for q in range(min(n_g[i], t_new - 1)):
                         p_ = s.pos + q
                         tt = con.template[p_]
-                        if tt == VIS:
-                            code = drafters[i].guess(int(con.feat_row[p_]), int(con.feat_col[p_]))
+                        if tt == CHOICE:
+                            tt = con.choice_tokens[0]  # guess the source's shape (guesses follow its branch)
+                        elif tt == VIS:
+                            code = drafters[i][con.grid_shape(s)].guess(int(con.feat_row[p_]), int(con.feat_col[p_]))
                             tt = int(sp.visual_ids[code if code is not None else 0])
                         g.append(tt)
                         at.append(p_ + 1)

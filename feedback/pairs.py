@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.bundle import transpose_default
 from engine.constraint import constraint_for
-from engine.layout import build_prompt
+from engine.layout import build_prompt, output_shapes
 
 
 @dataclass
@@ -30,10 +31,12 @@ class Example:
     think: bool
     source_hash: str
     instruction: str
+    transpose: bool = False  # replayed with the transposed header allowed (engine.constraint)
 
     @property
-    def shape_key(self) -> tuple[int, int, bool]:
-        return (self.h, self.w, self.think)
+    def shape_key(self) -> tuple[int, int, bool, bool]:
+        """What selects the constraint its tokens replay under: (source rows, columns, think, transpose)."""
+        return (self.h, self.w, self.think, self.transpose)
 
 
 class StoreExamples:
@@ -71,20 +74,24 @@ class StoreExamples:
             self.skipped["source image unreadable or wrong size"] += 1
             return None
         h, w = grid.shape
-        if (cand.grid_h, cand.grid_w) not in ((h, w), (0, 0)):
+        # the constraint it was sampled under (settings["transpose"], else the bundle's own choice); a candidate
+        # turned on its side was sampled with the transposed header allowed
+        turned = (cand.grid_h, cand.grid_w) == (w, h) != (h, w)
+        transpose = bool((cand.settings or {}).get("transpose", transpose_default(self.bundle))) or turned
+        if (cand.grid_h, cand.grid_w) not in (*output_shapes((h, w), transpose), (0, 0)):
             self.skipped["source grid differs from the candidate's"] += 1
             return None
         think = bool(cand.think)
         n = len(cand.tokens)
         # think mode: the sampler's budget must at least cover this generation
-        con = constraint_for(tok, h, w, think, vocab, n if think else None)
+        con = constraint_for(tok, h, w, think, vocab, n if think else None, transpose=transpose)
         try:
             con.replay(list(cand.tokens))
         except ValueError:
             self.skipped["tokens break the constraint (other tokenizer or unfinished)"] += 1
             return None
         prompt = build_prompt(tok, grid, cand.instruction, think)
-        return Example(cand.id, prompt, list(cand.tokens), h, w, think, cand.source_hash, cand.instruction)
+        return Example(cand.id, prompt, list(cand.tokens), h, w, think, cand.source_hash, cand.instruction, transpose)
 
 
 def star_pairs(stars: list[Any]) -> list[tuple[Any, Any, str]]:

@@ -30,7 +30,7 @@ EARLIER_EDITS = 12  # edits listed under "Earlier edits"
 def progress_markdown(s: Snapshot) -> str:
     done = sum(s.done)
     rows = sum(s.rows_done)
-    total = s.total_rows * len(s.done)
+    total = sum(s.rows_total) or s.total_rows * len(s.done)
     fp = f" · first preview {s.first_preview_s:.2f} s" if s.first_preview_s is not None else ""
     pct = int(100 * rows / total) if total else 0
     return f"**Generating** — {done}/{len(s.done)} done · {pct}% of rows{fp} · {s.elapsed_s:.1f} s" + reading_markdown(s)
@@ -160,7 +160,7 @@ class EditTab:
                             panel.gallery: [
                                 (ctx.previews.path(im) if im is not None else _placeholder(ctx, source.size),
                                  f"#{i + 1} · seed {snap.seeds[i]}"
-                                 + ("" if snap.done[i] else f" · row {snap.rows_done[i]}/{snap.total_rows}"))
+                                 + ("" if snap.done[i] else f" · row {snap.rows_done[i]}/{snap.rows_total[i]}"))
                                 for i, im in enumerate(snap.images)
                             ],
                         }

@@ -1,4 +1,5 @@
-"""Small image helpers for the studio: difference heatmaps, screen-sized previews. Pure numpy/PIL."""
+"""Small image helpers for the studio: difference heatmaps, screen-sized previews, the "before" of a result
+turned on its side. numpy/PIL, and ``engine.render``'s geometry search for the turn."""
 
 from __future__ import annotations
 
@@ -25,6 +26,29 @@ _LUT = np.stack(
 
 
 SCREEN_SIDE = 1600  # longest side of an image the page shows; the full file is the download
+MATCH_SIDE = 96  # longest side of the copies on which a turned result's turn is found
+
+TURN_WORDS = {
+    "rotate90_cw": "turned 90 degrees clockwise", "rotate90_ccw": "turned 90 degrees counter-clockwise",
+    "transpose": "mirrored across its diagonal", "transverse": "mirrored across its other diagonal",
+}
+
+
+def turned_to_match(before: Image.Image, after: Image.Image) -> tuple[Image.Image, str | None]:
+    """``before`` turned the way ``after`` is, when one is landscape and the other portrait (a quarter turn of
+    a non-square photo): the compare widgets and the heatmap then put each pixel next to where it went.
+    Returns (the picture to compare with, the symmetry's name or None when ``before`` is used as it is).
+    The symmetry is the one among those that transpose which best explains ``after`` (``engine.render``),
+    found on small copies."""
+    from engine.render import apply_geometry, find_geometry
+
+    if (before.width - before.height) * (after.width - after.height) >= 0:
+        return before, None
+    k = min(1.0, MATCH_SIDE / max(before.size))
+    small = (max(1, round(before.width * k)), max(1, round(before.height * k)))
+    geo, _ = find_geometry(before.convert("RGB").resize(small, Image.Resampling.BILINEAR),
+                           after.convert("RGB").resize(small[::-1], Image.Resampling.BILINEAR))
+    return apply_geometry(before, geo), geo.name
 
 
 def screen_preview(img: Image.Image, max_side: int = SCREEN_SIDE) -> Image.Image:

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from feedback.store import CHECK_COMMAND, Candidate, StoreError
 from studio.context import StudioContext
-from studio.imaging import diff_heatmap
+from studio.imaging import TURN_WORDS, diff_heatmap, turned_to_match
 from studio.ratings import counts_markdown, pick_pair, save_rating, standing_label
 
 
@@ -211,11 +211,16 @@ class ResultsPanel:
         picker = gr.update(choices=[(w.label, k) for k, w in enumerate(views)], value=v, visible=len(views) > 1)
         lost = lost_note(self.ctx, [view.before_hash, view.after_hash])
         before, after = shown(self.ctx, view.before_hash), shown(self.ctx, view.after_hash)
+        turn = None
         if lost:
             heat, mean_diff = lost_image(), 0.0
         else:  # on the screen-sized previews: the same picture of the change, without a full-size pass
             with Image.open(before) as b, Image.open(after) as a:
-                heat, mean_diff = diff_heatmap(b, a)
+                # a result turned on its side is compared with its source turned the same way
+                b_cmp, turn = turned_to_match(b, a)
+                heat, mean_diff = diff_heatmap(b_cmp, a)
+                if turn is not None:
+                    before = self.ctx.previews.path(b_cmp)
         t = c.timings
         timing = f" · {t['total']:.2f} s" if "total" in t else ""
         # what stands, as training counts it: later A/B clicks do not push a star rating out of view
@@ -223,6 +228,7 @@ class ResultsPanel:
         info = (
             f"**#{c.idx + 1}** of {len(ids)} · seed `{c.seed}` · log-prob {c.logprob_sum:.1f} over "
             f"{len(c.tokens)} tokens{timing}" + ("" if lost else f" · mean change {mean_diff * 100:.1f}%")
+            + (f" · compared with the source {TURN_WORDS.get(turn, turn)}" if turn is not None else "")
             + lost
             + (f"<br><span class='muted'>rated: {mine}</span>" if mine else "")
             + (f"<br><span class='muted'>reasoning: {html.escape(_clip(c.reasoning, 300))}</span>"

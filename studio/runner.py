@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from engine.bundle import transpose_default
 from engine.events import Done, Error, Preview, Text, Understood
 from engine.sampler import SAMPLING_DEFAULTS, fp16_default
 from feedback.record import record_edit
@@ -47,6 +48,7 @@ class EditRequest:
             "top_k": self.top_k, "top_p": self.top_p, "cfg_text": self.cfg_text, "cfg_image": self.cfg_image,
             "preview_every": self.preview_every, "image_area": bundle.config.image_area,
             "fp16": fp16_default(bundle),  # engine.edit's decoding weights (its default, which the studio uses)
+            "transpose": transpose_default(bundle),  # whether a candidate may come out turned on its side
         }
 
 
@@ -66,7 +68,8 @@ class Snapshot:
     notice: str = ""  # why the request may fall outside what the model does
     candidate_ids: list[int | None] = field(default_factory=list)  # set once recorded
     edit_uid: str = ""
-    total_rows: int = 0
+    total_rows: int = 0  # the source's rows
+    rows_total: list[int] = field(default_factory=list)  # each candidate's: its source's, or W once turned (W×H)
 
 
 def stream_edit(
@@ -89,7 +92,7 @@ def stream_edit(
     snap = Snapshot(
         images=[None] * n, rows_done=[0] * n, done=[False] * n, reasoning=[""] * n,
         seeds=[req.seed + i for i in range(n)], elapsed_s=0.0, edit_uid=uuid.uuid4().hex,
-        total_rows=total_rows, candidate_ids=[None] * n,
+        total_rows=total_rows, candidate_ids=[None] * n, rows_total=[total_rows] * n,
     )
     finished: dict[int, Done] = {}
     last_yield = 0.0
@@ -111,6 +114,7 @@ def stream_edit(
             elif isinstance(ev, Preview):
                 snap.images[ev.candidate] = ev.image
                 snap.rows_done[ev.candidate] = ev.rows_done
+                snap.rows_total[ev.candidate] = ev.image.height // bundle.config.spatial_factor
                 if snap.first_preview_s is None:
                     snap.first_preview_s = now
                     force = True
@@ -118,7 +122,7 @@ def stream_edit(
                 finished[ev.candidate] = ev
                 snap.images[ev.candidate] = ev.image
                 snap.done[ev.candidate] = True
-                snap.rows_done[ev.candidate] = total_rows
+                snap.rows_done[ev.candidate] = snap.rows_total[ev.candidate] = int(ev.grid.shape[0])
                 snap.reasoning[ev.candidate] = ev.reasoning
                 snap.seeds[ev.candidate] = ev.seed
                 if snap.first_preview_s is None:

@@ -74,3 +74,21 @@ def test_cli_errors_are_clear(bundle_dir, photo, tmp_path, monkeypatch, capsys):
     bad.write_bytes(b"not a jpeg")
     assert main(["edit", "--bundle", str(bundle_dir), "--image", str(bad), "x", "-o", str(tmp_path / "o.png")]) == 2
     assert main(["edit", "--bundle", str(bundle_dir), "--image", str(photo), "  ", "-o", str(tmp_path / "o.png")]) == 1
+
+
+def test_cli_writes_portrait_candidates_of_a_landscape_photo(bundle_dir, tmp_path, capsys):
+    from engine.__main__ import main
+
+    y, x = np.mgrid[0:60, 0:90]
+    photo = tmp_path / "wide.png"
+    Image.fromarray(np.stack([x * 2, y * 4, 255 - x * 2], -1).astype(np.uint8)).save(photo)
+    out = tmp_path / "turn.png"
+    args = ["edit", "--bundle", str(bundle_dir), "--image", str(photo), "Turn the picture upside down.",
+            "-o", str(out), "--seed", "0", "--n", "4"]
+    assert main(args + ["--transpose"]) == 0
+    sizes = [Image.open(p).size for p in [out] + [tmp_path / f"turn_{i}.png" for i in range(1, 4)]]
+    # the random model turns some candidates (its noise renders as the upsampled output, turned as drawn)
+    assert {w > h for w, h in sizes} == {True, False}
+    assert "37/37" in capsys.readouterr().err  # the rows bar counts a turned candidate's 10 rows, not 7
+    assert main(args + ["--no-transpose", "--raw"]) == 0
+    assert {Image.open(p).size for p in [out] + [tmp_path / f"turn_{i}.png" for i in range(1, 4)]} == {(80, 56)}

@@ -24,7 +24,9 @@ def _sample(kind: str, j: int = 0) -> dict:
 def test_every_kind_is_exact_and_well_formed(kind):
     s = _sample(kind)
     src, tgt, m = np.asarray(s["source"]), np.asarray(s["target"]), s["mask"]
-    assert src.shape == tgt.shape and m.shape == src.shape[:2] and m.dtype == bool
+    # a quarter turn transposes the shape; the mask is in the target's frame
+    assert tgt.shape == (src.shape if kind != "rotate90" else (src.shape[1], src.shape[0], 3))
+    assert m.shape == tgt.shape[:2] and m.dtype == bool
     assert src.shape[0] % 8 == 0 and src.shape[1] % 8 == 0
     assert m.any()
     # the mask is made of whole token cells
@@ -32,14 +34,15 @@ def test_every_kind_is_exact_and_well_formed(kind):
     cells = m.reshape(H // 8, 8, W // 8, 8)
     assert (cells.all(axis=(1, 3)) == cells.any(axis=(1, 3))).all()
     # outside the region nothing changes
-    assert (src[~m] == tgt[~m]).all()
-    assert (src != tgt).any()
+    if src.shape == tgt.shape:
+        assert (src[~m] == tgt[~m]).all()
+        assert (src != tgt).any()
     # the same params render the same target again (exact ground truth)
     again = KINDS[kind].render(s["crop"], s["params"])
     assert again.target.tobytes() == s["target"].tobytes()
     assert s["instruction"] and s["instruction_heldout"] and s["instruction"] != s["instruction_heldout"]
     assert "box [" in s["reasoning"] and len(s["reasoning"].split()) <= 45
-    assert list(s["grid"]) == [W // 8, H // 8]
+    assert list(s["grid"]) == [src.shape[1] // 8, src.shape[0] // 8]
 
 
 def test_heldout_phrasings_never_used_in_training():
@@ -74,12 +77,20 @@ def test_stream_rejects_unknown_kind():
         next(suite.stream("test", root=None, kinds=["sharpen"]))
 
 
-def test_rotate90_needs_square_grid():
-    with pytest.raises(ValueError, match="grid"):
-        ops.rotate(np.zeros((16, 24, 3), np.float32), 90)
-    assert KINDS["rotate90"].square_only
-    s = _sample("rotate90")
-    assert s["source"].size[0] == s["source"].size[1]
+def test_a_quarter_turn_of_a_non_square_photo_has_the_transposed_shape():
+    a = np.random.default_rng(0).random((16, 24, 3)).astype(np.float32)
+    assert np.array_equal(ops.rotate(a, 90), np.rot90(a, -1)) and ops.rotate(a, 270).shape == (24, 16, 3)
+    # samples are drawn from every aspect; a non-square one's target is the turned photo
+    shapes = set()
+    for j in range(12):
+        s = _sample("rotate90", j)
+        w, h = s["source"].size
+        shapes.add(w == h)
+        turned = s["source"].transpose(Image.Transpose.ROTATE_270 if s["params"]["dir"] == "clockwise"
+                                       else Image.Transpose.ROTATE_90)
+        assert s["target"].tobytes() == turned.tobytes() and s["target"].size == (h, w)
+        assert s["mask"].shape == (w, h) and s["mask"].all()
+    assert shapes == {True, False}
 
 
 def test_objects_visible_at_token_scale():

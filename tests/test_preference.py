@@ -9,6 +9,7 @@ from collections import defaultdict
 from itertools import islice
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -263,3 +264,31 @@ def test_dpo_sft_weight_adds_chosen_nll(rated):
     nll = torch.stack([-lp[i] / len(batch[i][0].gen_ids) for i in range(len(batch))])
     assert float(rpo - plain) == pytest.approx(2.0 * float(nll.sum()), rel=1e-5)
     assert stats["chosen_nll"] == pytest.approx(float(nll.mean()), rel=1e-5) and float(nll.mean()) > 0
+
+
+def test_turned_candidates_replay_under_the_branching_constraint(tmp_path):
+    """A candidate that came out turned on its side (W×H for an H×W source) is an example like any other: its
+    tokens replay under the constraint with the transposed header, and its log-probs are the sampler's."""
+    from PIL import Image
+
+    from engine.api import edit_blocking
+    from engine.image_io import fit_to_bundle
+    from feedback.record import record_edit
+
+    bundle = make_tiny_random_bundle(seed=4)
+    photo = Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    done = edit_blocking(bundle, photo, "Make the photo grayscale.", n=6, seed=0, transpose=True,
+                         understand=False, full_resolution=False)
+    with Store(tmp_path / "data") as store:
+        record_edit(store, bundle, fit_to_bundle(bundle, photo), "Make the photo grayscale.", done,
+                    {"think": False, "temperature": 1.0, "top_k": 2048, "top_p": 1.0, "transpose": True})
+        cands = store.candidates()
+        ex = StoreExamples(bundle, store)
+        turned = [c for c in cands if c.grid_h > c.grid_w]
+        assert turned and len(turned) < len(cands)
+        for c in cands:
+            e = ex.example(c)
+            assert e is not None and e.transpose  # as sampled: the header was a choice for every candidate
+            with torch.no_grad():
+                lp = SeqLogp()(bundle, [e.prompt_ids], [e.gen_ids], [e.shape_key])
+            assert float(lp[0]) == pytest.approx(c.logprob_sum, abs=1e-3)

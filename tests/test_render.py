@@ -89,6 +89,31 @@ def test_a_landscape_photo_turned_90_degrees_comes_out_portrait():
     assert np.array_equal(_arr(res.image), np.rot90(_arr(photo), -1))
 
 
+@pytest.mark.parametrize("name", [n for n, g in D4.items() if g.transpose])
+def test_every_transposing_symmetry_of_a_landscape_photo_comes_out_portrait(name):
+    photo = _photo(600, 400)
+    src = fit_to_area(photo, AREA, FACTOR)
+    expected = photo.transpose({"transpose": Image.Transpose.TRANSPOSE, "rotate90_cw": Image.Transpose.ROTATE_270,
+                                "rotate90_ccw": Image.Transpose.ROTATE_90,
+                                "transverse": Image.Transpose.TRANSVERSE}[name])
+    out = src.transpose({"transpose": Image.Transpose.TRANSPOSE, "rotate90_cw": Image.Transpose.ROTATE_270,
+                         "rotate90_ccw": Image.Transpose.ROTATE_90, "transverse": Image.Transpose.TRANSVERSE}[name])
+    res = render_full(photo, src, out)
+    assert set(res.provenance["geometry_scores"]) == {n for n, g in D4.items() if g.transpose}
+    assert res.provenance["transform"]["name"] == name and res.image.size == (400, 600)
+    assert np.array_equal(_arr(res.image), _arr(expected))
+
+
+def test_a_transposed_noise_output_falls_back_in_its_own_portrait_shape():
+    photo = _photo(600, 400)
+    src = fit_to_area(photo, AREA, FACTOR)
+    noise = _img(np.random.default_rng(1).integers(0, 256, (src.width, src.height, 3)))  # W×H: portrait
+    res = render_full(photo, src, noise)
+    assert res.provenance["method"] == "upsampled"
+    x0, y0, x1, y1 = fit_box(*photo.size, src.size)
+    assert res.image.size == (round(y1 - y0), round(x1 - x0)) and res.image.height > res.image.width
+
+
 def test_a_known_affine_colour_map_is_recovered():
     photo = _photo()
     src = fit_to_area(photo, AREA, FACTOR)
@@ -159,6 +184,9 @@ def test_exif_rotated_photo(tmp_path):
     flipped = render_full(original, src, src.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     assert flipped.image.size == (200, 300)
     assert np.array_equal(_arr(flipped.image), _arr(original)[:, ::-1])
+    turned = render_full(original, src, src.transpose(Image.Transpose.ROTATE_270))  # a quarter turn clockwise
+    assert turned.provenance["transform"]["name"] == "rotate90_cw" and turned.image.size == (300, 200)
+    assert np.array_equal(_arr(turned.image), np.rot90(_arr(original), -1))
 
 
 def test_a_one_pixel_photo():

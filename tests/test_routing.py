@@ -36,12 +36,12 @@ def _cells_seen(out: np.ndarray, colours: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("kind,params", PARAMS)
 def test_route_map_reads_the_cell_the_real_edit_moves_there(kind, params):
-    h, w = (6, 6) if kind == "rotate90" else (6, 10)
+    h, w = 6, 10  # non-square: a quarter turn's target grid is 10×6
     photo, colours = _cell_photo(h, w, 0)
     cells = np.arange(h * w).reshape(h, w)
     seen = _cells_seen(np.asarray(KINDS[kind].render(photo, params).target).astype(float), colours)
     rows, cols = route_map(kind, params, (h, w), seen.shape)
-    assert rows.shape == seen.shape
+    assert rows.shape == seen.shape == ((w, h) if kind == "rotate90" else (h, w))
     assert (cells[rows, cols] == seen).mean() > 0.9  # the zoom's bicubic blends a few cells at block edges
     if kind == "zoom":
         assert np.array_equal(cells[rows, cols], zoom_copy(cells, params))  # the copy targets read the same
@@ -112,6 +112,22 @@ def test_route_pairs_query_the_position_before_each_target_cell_and_key_its_sour
     assert torch.equal(row[pairs[:, 2]], row[tgt]) and torch.equal(col[pairs[:, 2]], 7 - col[tgt])
     # the routed source token is the code the target cell holds (an hflip copies)
     assert torch.equal(batch.ids[0, pairs[:, 2]], batch.ids[0, tgt])
+
+
+@pytest.mark.parametrize("direction", ["clockwise", "counterclockwise"])
+def test_route_pairs_of_a_quarter_turn_of_a_non_square_grid(tiny_bundle, direction):
+    """A 4×6 source turned into a 6×4 target, replayed under the branching constraint (the "6*4" header):
+    every target cell's key is the source cell holding its code."""
+    tok = tiny_bundle.tokenizer
+    src = np.random.default_rng(3).permutation(64)[:24].reshape(4, 6)  # distinct codes: each cell findable
+    tgt = np.rot90(src, -1 if direction == "clockwise" else 1).copy()
+    con = FreeFormConstraint(tok, 4, 6, False, vocab_size=tiny_bundle.lm.config.vocab_size, transpose=True)
+    batch = collate(tok, con, [build_prompt(tok, src, "Rotate it.", False)], [build_target(tok, tgt, None)])
+    route = route_map("rotate90", {"dir": direction}, (4, 6), tgt.shape)
+    assert route[0].shape == (6, 4) and (src[route] == tgt).all()
+    pairs = route_pairs(batch.feats, batch.gather_pos, batch.valid, [route])
+    assert len(pairs) == 24
+    assert torch.equal(batch.ids[0, pairs[:, 2]], batch.ids[0, pairs[:, 1] + 1])  # the key holds the cell's code
 
 
 def test_route_head_matches_the_models_own_attention(tiny_bundle):

@@ -34,6 +34,12 @@ def server(tmp_path_factory):
     # request's round trip on a fast idle machine too, not only on a loaded one.
     make_tiny_random_bundle(data / "bundles" / "tiny-slow", seed=2, name="tiny-slow", image_area=256 * 256,
                             hidden=128, layers=4)
+    # A bundle that may turn a photo on its side (the random model picks either header).
+    from engine.bundle import save_bundle
+
+    turn = make_tiny_random_bundle(seed=1, name="tiny-turn")
+    turn.config.transpose = True
+    save_bundle(turn, data / "bundles" / "tiny-turn")
     with studio_app(data) as url:
         yield url, data, root
 
@@ -339,6 +345,35 @@ def test_a_large_photo_comes_back_at_its_size(server) -> None:
     with Store(data) as store:
         second = [c for c in store.candidates() if c.instruction == "flip it" and c.seed == 22][0]
         assert second.parent_id == first.id and second.original_hash == first.full_hash
+
+
+def test_a_portrait_result_of_a_landscape_photo(server) -> None:
+    """A bundle that may turn a photo on its side: a landscape upload's candidate can come out portrait. It is
+    shown, compared (with the source turned the same way, in the slider and the heatmap) and downloaded
+    portrait, for the full-resolution result and the model's own output alike."""
+    url, data, root = server
+    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+    photo = make_photo(root / "wide.png", size=(180, 120))
+    args = _edit_args(photo, "rotate it 90 degrees", n=2, seed=4)
+    args[9] = f"path:{(data / 'bundles' / 'tiny-turn').resolve()}"
+    out = client.predict(*args, api_name="/edit")
+    assert "Done" in _status(out), _status(out)
+    with Store(data) as store:
+        cands = sorted([c for c in store.candidates() if c.instruction == "rotate it 90 degrees"], key=lambda c: c.idx)
+        assert cands[0].grid_h > cands[0].grid_w  # this seed's first candidate turned
+        assert cands[0].settings["transpose"] is True
+        assert store.load_image(cands[0].output_hash).height > store.load_image(cands[0].output_hash).width
+        full = store.load_image(cands[0].full_hash)
+        assert full.height > full.width
+    w, h = _size(out[8]["value"])  # the download: the result at the photo's size, portrait
+    assert h > w and (w, h) == full.size
+    before, after = out[5]
+    assert _size(before)[1] > _size(before)[0] and _size(after)[1] > _size(after)[0]  # the source turned to match
+    assert _size(out[6])[1] > _size(out[6])[0]  # the heatmap, portrait
+    assert "compared with the source" in out[7]
+    raw = client.predict(1, api_name="/view")  # the model's own output
+    assert _size(raw[0][0]) == _size(raw[0][1]) and _size(raw[3]["value"])[1] > _size(raw[3]["value"])[0]
+    assert "compared with the source" in raw[2]
 
 
 def test_blind_ab_through_the_api(server) -> None:

@@ -110,3 +110,20 @@ def test_previews_are_pruned_by_count_and_by_size(tmp_path) -> None:
     assert [os.path.exists(p) for p in paths] == [False] + [True] * 5
     files.prune(max_files=5, max_bytes=int(2.5 * size))
     assert [os.path.exists(p) for p in paths] == [False] * 4 + [True] * 2
+
+
+def test_a_turned_result_is_compared_with_its_source_turned_the_same_way() -> None:
+    import numpy as np
+    from skimage import data
+
+    from studio.imaging import TURN_WORDS, diff_heatmap, turned_to_match
+
+    photo = Image.fromarray(np.asarray(data.astronaut())).resize((300, 200), Image.Resampling.LANCZOS)
+    for op, name in [(Image.Transpose.ROTATE_270, "rotate90_cw"), (Image.Transpose.ROTATE_90, "rotate90_ccw")]:
+        turned, found = turned_to_match(photo, photo.transpose(op))
+        assert found == name and name in TURN_WORDS and turned.tobytes() == photo.transpose(op).tobytes()
+        assert diff_heatmap(turned, photo.transpose(op))[1] == 0.0
+    # same orientation (or a square): compared as it is
+    assert turned_to_match(photo, photo.convert("L")) == (photo, None)
+    square = photo.resize((200, 200))
+    assert turned_to_match(square, square.transpose(Image.Transpose.ROTATE_90))[1] is None

@@ -223,6 +223,57 @@ def test_route_head_adds_the_routing_loss_of_geometric_edits(tmp_path, capsys):
         train(cfg)
 
 
+def _turn_records(vq: NanoVQ, n: int) -> list[dict]:
+    """Non-square 4×6 sources: quarter turns (6×4 targets) and flips (4×6 targets)."""
+    rng = np.random.default_rng(2)
+    recs = []
+    for i in range(n):
+        src = rng.integers(0, vq.codebook_size, (4, 6)).astype(np.uint16)
+        turn = i % 2 == 0
+        recs.append({
+            "src": src, "tgt": np.rot90(src, -1).copy() if turn else src[:, ::-1].copy(),
+            "kind": "rotate90" if turn else "hflip", "params": {"dir": "clockwise"} if turn else {},
+            "instructions": ["Rotate it 90 degrees clockwise." if turn else "Mirror it."],
+            "reasoning": "Change: turn it." if turn else "Change: mirror it.", "keep_reasoning": "Nothing to change.",
+        })
+    return recs
+
+
+def test_quarter_turns_of_non_square_grids_train_the_header_choice(tmp_path, capsys):
+    from engine.layout import parse_generation
+    from engine.logprobs import collated_logprobs
+    from training.train_sft import next_batch
+
+    cfg = _tiny_setup(tmp_path)
+    torch.save(_turn_records(NanoVQ.from_pretrained(cfg.vq), 12), tmp_path / "cache" / "shard_00000.pt")
+    cfg.route_head, cfg.keep_prob, cfg.batch_size, cfg.steps = "0:1", 0.0, 4, 2
+    train(cfg)  # two steps on batches of turned and unturned targets
+    bundle = load_bundle(tmp_path / "run" / "checkpoint" / "bundle")
+    assert bundle.config.transpose  # inference lets this model choose
+
+    b = Batcher(load_cache(cfg.cache), cfg, seed=1)
+    shapes = set()
+    for _ in range(4):
+        con, think, batch, _, pairs, _ = next_batch(b, bundle.tokenizer, bundle.lm.config.vocab_size)
+        assert con.transpose and con.shapes == ((4, 6), (6, 4))
+        gens = [g[v].tolist() for g, v in zip(batch.gen, batch.valid, strict=True)]
+        shapes |= {parse_generation(bundle.tokenizer, g, (4, 6), transpose=True)[1].shape for g in gens}
+        at_choice = batch.rows == con.choice_row
+        assert at_choice.sum(1).tolist() == [1] * len(gens)  # every sample's header choice is a choice
+        with torch.no_grad():
+            logp = collated_logprobs(bundle, batch, con)
+        assert (logp[at_choice] < 0).all()  # and has a loss
+        assert len(pairs) > 0  # the turns' cells are routed
+    assert shapes == {(4, 6), (6, 4)}  # batches of one source shape hold both target shapes
+    # the header is forced without the flag: no loss there
+    cfg.transpose = False
+    flips = [r for r in load_cache(cfg.cache) if r["kind"] == "hflip"]
+    con_off = next_batch(Batcher(flips, cfg, seed=3), bundle.tokenizer, bundle.lm.config.vocab_size)[0]
+    assert not con_off.transpose and con_off.choice_row == -1
+    with pytest.raises(SystemExit, match="6 samples have the transposed target"):
+        Batcher(load_cache(cfg.cache), cfg, seed=3)
+
+
 def test_live_workers_stop_when_the_trainer_is_killed(tmp_path):
     import os
     import signal

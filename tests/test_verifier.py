@@ -136,3 +136,25 @@ def test_layout_correlation_is_neutral_where_the_layout_is_kept():
                             .clip(0, 255).astype(np.uint8))
     flip = src.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     assert {verifier.layout_correlation(src, x, tgt) for x in (src, tgt, noisy, flip)} == {0.0}
+
+
+def test_a_quarter_turn_of_a_landscape_photo_must_come_out_portrait():
+    """A right portrait answer scores well; keeping the landscape shape scores low (the output is compared at
+    the target's size, so a landscape picture is squeezed into the portrait frame), and nothing crashes."""
+    landscape = [(pid, p.crop((0, 0, 192, 128))) for pid, p in PHOTOS]
+    for j, direction in enumerate(("clockwise", "counterclockwise")):
+        rng = np.random.default_rng([9, j])
+        pid, crop = landscape[j % len(landscape)]
+        res = KINDS["rotate90"].render(crop, {"dir": direction})
+        src, tgt, m = res.source, res.target, res.mask
+        assert tgt.size == (128, 192) and m.shape == (192, 128)
+        right = verifier.score(src, verifier.vq_like_degrade(tgt, rng), tgt, m)
+        assert right.overall > 7.5, right
+        kept = [src, src.transpose(Image.Transpose.FLIP_LEFT_RIGHT), tgt.resize(src.size, Image.Resampling.BICUBIC)]
+        for out in kept:
+            assert out.size == (192, 128)
+            assert verifier.score(src, out, tgt, m).overall < 3.0
+        other = "counterclockwise" if direction == "clockwise" else "clockwise"
+        wrong_turn = KINDS["rotate90"].render(crop, {"dir": other}).target
+        assert verifier.score(src, wrong_turn, tgt, m).overall < right.overall - 3
+        assert all(-10 <= f(src, kept[0], tgt) <= 10 for f in verifier.SHAPING.values())  # ranks, no crash

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.bundle import transpose_default
 from engine.constraint import constraint_for
 from engine.generate import generate
 from engine.image_io import fit_to_area
@@ -179,11 +180,13 @@ def group_loss(policy: Policy, grp: dict, adv: list[float | None],
     h, w, think = grp["h"], grp["w"], grp["think"]
     bundle = policy.bundle
     n_max = max(len(g) for g in gens)
-    con = constraint_for(bundle.tokenizer, h, w, think, bundle.lm.config.vocab_size, cfg.max_new_tokens)
-    # chosen tokens: mask rows 0 (text) and 1 (visual); forced tokens (rows >= 2) have log-prob 0
+    # the rollouts' constraint (``generate``'s default: the bundle's header choice)
+    con = constraint_for(bundle.tokenizer, h, w, think, bundle.lm.config.vocab_size, cfg.max_new_tokens,
+                         transpose=transpose_default(bundle))
+    # the model's choices (text, visual, header choice); forced tokens have log-prob 0
     mask = torch.zeros((len(gens), n_max), dtype=torch.bool)
     for b, g in enumerate(gens):
-        mask[b, : len(g)] = con.replay(g)[0] < 2
+        mask[b, : len(g)] = con.chosen(con.replay(g)[0])
     prompts = [grp["prompt"]] * len(gens)
     with torch.no_grad(), policy.reference() as ref:
         ref_logp = sequence_logprobs(ref, prompts, gens, h, w, think, constraint=con)

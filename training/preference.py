@@ -85,17 +85,19 @@ def kto_loss(pi: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, kl: t
 
 
 class SeqLogp:
-    """Summed sequence log-probs of ``Example``s, one ``sequence_logprobs`` call per (H, W, think) group."""
+    """Summed sequence log-probs of ``Example``s, one ``sequence_logprobs`` call per (H, W, think, transpose)
+    group (``Example.shape_key``)."""
 
     def __call__(self, bundle: Any, prompts: list[list[int]], gens: list[list[int]],
-                 keys: list[tuple[int, int, bool]]) -> torch.Tensor:
+                 keys: list[tuple[int, int, bool, bool]]) -> torch.Tensor:
         out: list[torch.Tensor | None] = [None] * len(gens)
         groups: dict[tuple, list[int]] = {}
         for i, k in enumerate(keys):
             groups.setdefault(k, []).append(i)
-        for (h, w, think), idx in groups.items():
+        for (h, w, think, transpose), idx in groups.items():
             # the constraint is engine.constraint's shared one (think: budget = the longest generation)
-            lp = sequence_logprobs(bundle, [prompts[i] for i in idx], [gens[i] for i in idx], h, w, think)
+            lp = sequence_logprobs(bundle, [prompts[i] for i in idx], [gens[i] for i in idx], h, w, think,
+                                   transpose=transpose)
             for j, i in enumerate(idx):
                 out[i] = lp[j].sum()
         return torch.stack(out)  # type: ignore[arg-type]
@@ -143,7 +145,7 @@ def batches_for_epoch(n: int, batch_size: int, seed: int, epoch: int, rank: int,
 
 
 def kl_pairs(exs: list[Example]) -> list[tuple[Example, Example]]:
-    """Mismatched (prompt of one, completion of another) pairs within each (H, W, think) group (TRL: the
+    """Mismatched (prompt of one, completion of another) pairs within each ``Example.shape_key`` group (TRL: the
     completions shifted by one), for KTO's reference point."""
     groups: dict[tuple, list[Example]] = {}
     for e in exs:

@@ -90,6 +90,11 @@ class SFTConfig:
     # add them to the pool batches are drawn from; with 0 only the cache is used. For many-core machines.
     live_workers: int = 0
     corpus: str = "data/corpus"  # the live samples' photos
+    # The target header may be the source's "H*W" or the transposed "W*H" (engine.constraint's transpose),
+    # so the header token where they differ is the model's choice and has a loss on every non-square sample:
+    # it learns to keep the shape, except for a quarter turn. The bundle written says so
+    # (BundleConfig.transpose), and inference then offers the choice. Off: the header stays forced.
+    transpose: bool = True
     # -- which targets some kinds teach (training.targets) ------------------------------------------
     # "copy": zoom samples teach the source's code grid upscaled by copying cells, a positional copy the
     # model can learn, instead of the tokenizer's codes of the upscaled photo.
@@ -217,8 +222,21 @@ def focus_set(spec: str) -> set[str]:
     return out
 
 
+def check_turns(records: list[dict], transpose: bool) -> None:
+    """Stop (SystemExit) when records turned on their side (a W×H target for an H×W source) meet a run with
+    the header forced to the source's shape: their targets cannot be written under it."""
+    if transpose:
+        return
+    n = sum(r["tgt"].shape != r["src"].shape for r in records)
+    if n:
+        raise SystemExit(f"{n} samples have the transposed target of a quarter turn, which --no-transpose forbids; "
+                         "train with --transpose, or leave rotate90 out of the cache (pretokenize --kinds)")
+
+
 class Batcher:
-    """Batches of one (H, W, think) shape, since one constraint (mask table) serves a whole batch."""
+    """Batches of one source grid shape (H, W) and think flag, since one constraint (mask table) serves a
+    whole batch; with ``cfg.transpose`` its targets may be H×W or, for a quarter turn, W×H (the
+    constraint's two branches)."""
 
     def __init__(self, records: list[dict], cfg: SFTConfig, seed: int):
         self.cfg = cfg
@@ -231,6 +249,7 @@ class Batcher:
             raise SystemExit(f"--cfg-dropout must be in [0, 1), got {cfg.cfg_dropout}")
         if not 0 <= cfg.rich_language <= 1:
             raise SystemExit(f"--rich-language must be in [0, 1], got {cfg.rich_language}")
+        check_turns(records, cfg.transpose)
         focus = focus_set(cfg.focus_kinds)
         if focus and records and not focus & {r["kind"] for r in records}:
             raise SystemExit(f"--focus-kinds: no cached samples of {sorted(focus)}")
@@ -257,6 +276,7 @@ class Batcher:
 
     def add(self, records: list[dict]) -> None:
         """Grow the pool (live samples); later batches draw from old and new records alike."""
+        check_turns(records, self.cfg.transpose)
         for r in records:
             s = tuple(r["src"].shape)
             self.by_shape.setdefault(s, []).append(r)
@@ -436,7 +456,8 @@ def next_batch(batcher: Batcher, tok: object, vocab_size: int, levels: list[int]
     targets (with ``cfg.soft_sigma`` > 0, which needs the tokenizer's FSQ ``levels``; or with ``teacher``,
     its distributions for the items of ``batcher.distilled``, see ``teacher_targets``)."""
     shape, think, items = batcher.next()
-    con = constraint_for(tok, *shape, think, vocab_size)  # one mask table serves the whole batch
+    # one mask table serves the whole batch, targets of the source's shape and turned ones alike
+    con = constraint_for(tok, *shape, think, vocab_size, transpose=batcher.cfg.transpose)
     collated = sft_batch(tok, con, think, items)
     pairs = route_pairs(collated.feats, collated.gather_pos, collated.valid, [it[4] for it in items])
     soft = None
@@ -554,6 +575,8 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         torch.manual_seed(cfg.seed)
         bundle = new_bundle(cfg, texts)
         state = None
+    if cfg.transpose:
+        bundle.config.transpose = True  # the header choice is trained from here on
     params = list(bundle.lm.parameters()) + (list(bundle.grid_embed.parameters()) if bundle.grid_embed else [])
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]

@@ -2,8 +2,10 @@
 
 ``score(source, output, target, mask) -> VerifierScore(success, overedit, sc, pq, overall)``
 
-All images are float RGB in [0, 1]; the output is resized to the target's size if it differs. The mask
-is the edit region (True = may change); ``None`` means the whole image. Cells are the 8×8-pixel token
+All images are float RGB in [0, 1]; the output is resized to the target's size if it differs, and one
+of the other orientation (landscape for a portrait target, as a quarter turn that kept the photo's
+shape) fails the edit: success 0. The mask is the edit region in the target's frame (True = may change);
+``None`` means the whole image. Cells are the 8×8-pixel token
 cells. ``P(x)`` maps RGB to luminance + two opponent chroma axes (Y, 1.5·(R−G), 1.5·((R+G)/2−B)) and
 blurs with a Gaussian of σ = ``SIGMA`` = 1.5 px: the VQ tokenizer loses fine detail, so the comparison is
 made after removing it (a perfect edit decoded through a 22–24 dB VQ must still pass), while colour
@@ -226,9 +228,23 @@ def pq_score(Out: np.ndarray, T: np.ndarray) -> float:
     return float(10.0 * (1 - p_blur) * (1 - p_noise) * (1 - p_block))
 
 
+def _size(x) -> tuple[int, int]:
+    """(width, height) of a PIL image or an (H, W[, 3]) array."""
+    return x.size if isinstance(x, Image.Image) else (np.shape(x)[1], np.shape(x)[0])
+
+
+def turned_wrong(output, target) -> bool:
+    """Whether ``output`` is landscape where ``target`` is portrait, or the reverse: the shape of a quarter
+    turn that kept the photo's shape, or of a turn nobody asked for. Resized to the target's size, its
+    content could look right, so its edit counts as failed."""
+    (ow, oh), (tw, th) = _size(output), _size(target)
+    return (ow - oh) * (tw - th) < 0
+
+
 def score(source, output, target, mask=None) -> VerifierScore:
     """Score an edit. Images: PIL or arrays (uint8 0–255 or float 0–1), same size as ``target``
-    (the output is resized if not). ``mask``: bool/uint8 array or PIL "L", True/255 = edit region."""
+    (the output is resized if not). ``mask``: bool/uint8 array or PIL "L", True/255 = edit region.
+    An output turned the wrong way (``turned_wrong``) gets success 0."""
     T = _arr(target)
     size = (T.shape[1], T.shape[0])
     S = _arr(source, size)
@@ -237,6 +253,8 @@ def score(source, output, target, mask=None) -> VerifierScore:
     Sb, Ob, Tb = _blur(S), _blur(Out), _blur(T)
     fine = T @ _OPP.T - Tb
     succ = min(success_score(Sb, Ob, Tb, part, _rms(fine, part)) for part in regions(M))
+    if turned_wrong(output, target):
+        succ = 0.0
     over = overedit_score(Sb, Ob, Tb, M)
     sc = min(succ, over)
     pq = pq_score(Out, T)

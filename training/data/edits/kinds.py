@@ -31,7 +31,7 @@ class EditResult:
     kind: str
     source: Image.Image
     target: Image.Image
-    mask: np.ndarray          # bool (H, W)
+    mask: np.ndarray          # bool, the target's (H, W): the region the edit may change
     params: dict
     extra: dict = field(default_factory=dict)   # e.g. per-step masks
 
@@ -70,7 +70,6 @@ def grid_of(img: Image.Image, cell: int = CELL) -> tuple[int, int]:
 class Kind:
     name: str = ""
     category: str = ""
-    square_only: bool = False
 
     def sample(self, photo: Image.Image, rng: np.random.Generator) -> dict:
         raise NotImplementedError
@@ -161,8 +160,8 @@ ZOOM_CENTRES = {"center": (0.5, 0.5), "top left": (0.25, 0.25), "top right": (0.
 class Geometry(Kind):
     category = "geometry"
 
-    def __init__(self, name: str, change: str, square_only: bool = False):
-        self.name, self.change, self.square_only = name, change, square_only
+    def __init__(self, name: str, change: str):
+        self.name, self.change = name, change
 
     def sample(self, photo, rng):
         if self.name == "rotate90":
@@ -188,9 +187,9 @@ class Geometry(Kind):
         raise ValueError(n)
 
     def render(self, photo, params):
-        a = ops.to_array(photo)
-        t = self._fn(params)(a)
-        return EditResult(self.name, photo, ops.to_image(t), np.ones(a.shape[:2], bool), dict(params))
+        t = self._fn(params)(ops.to_array(photo))
+        # the whole target is the edit region (a quarter turn of a non-square photo transposes its shape)
+        return EditResult(self.name, photo, ops.to_image(t), np.ones(t.shape[:2], bool), dict(params))
 
     def fields(self, params):
         f = {}
@@ -227,7 +226,7 @@ class Geometry(Kind):
 GEOMETRY_KINDS = [
     Geometry("hflip", "mirror the image left to right"),
     Geometry("vflip", "mirror the image top to bottom"),
-    Geometry("rotate90", "rotate the image 90 degrees {dir}", square_only=True),
+    Geometry("rotate90", "rotate the image 90 degrees {dir}"),
     Geometry("rotate180", "rotate the image by 180 degrees"),
     Geometry("zoom", "crop to {where} and scale it up 2x"),
 ]

@@ -74,10 +74,8 @@ def vflip(a: np.ndarray) -> np.ndarray:
 
 
 def rotate(a: np.ndarray, degrees_cw: int) -> np.ndarray:
-    """Rotate by a multiple of 90° clockwise. 90/270 need a square image (the grid must not change)."""
+    """Rotate by a multiple of 90° clockwise (90/270 turn a W×H image into an H×W one)."""
     k = (degrees_cw // 90) % 4
-    if k % 2 == 1 and a.shape[0] != a.shape[1]:
-        raise ValueError(f"rotating a {a.shape[1]}x{a.shape[0]} image by 90° would change its grid")
     return np.rot90(a, k=-k, axes=(0, 1)).copy()
 
 
