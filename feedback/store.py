@@ -887,8 +887,9 @@ class Store:
         return out
 
     def counts(self) -> dict[str, int]:
-        """What has been collected: edits, candidates, pairs (usable A/B), ties, thumbs up/down,
-        stars, best_of_n, raters."""
+        """What has been collected: edits, candidates, ratings, raters; the ratings that can train (thumbs
+        up/down, stars, A/B decisions and ties, best_of_n, the preference pairs they give); and the blind
+        A/B rounds judging models (``ab_rounds``), which never train."""
         with self._lock:
             one = lambda q: int(self._con.execute(q).fetchone()[0])  # noqa: E731
             c = {
@@ -897,22 +898,27 @@ class Store:
                 "ratings": one("SELECT COUNT(*) FROM ratings"),
                 "raters": one("SELECT COUNT(DISTINCT rater) FROM ratings"),
             }
-        thumbs = self.standing_ratings("thumb")
-        c["thumbs_up"] = sum(t.value == "up" for t in thumbs)
-        c["thumbs_down"] = sum(t.value == "down" for t in thumbs)
-        c["stars"] = len(self.standing_ratings("star"))
-        pair_rs = self.standing_ratings("pair")
-        c["pairs_decided"] = sum(r.value in ("A", "B") for r in pair_rs)
-        c["pairs_undecided"] = len(pair_rs) - c["pairs_decided"]
-        bon_rs = self.standing_ratings("best_of_n")
-        c["best_of_n"] = len(bon_rs)
         # Same rule as preference_pairs(), on two light columns instead of whole rows with tokens
         # (this runs after every click in the UI).
         with self._lock:
             rows = self._con.execute("SELECT id, source_hash, instruction, json_extract(settings, '$.ab_test') "
                                      "FROM candidates").fetchall()
-        # a blind A/B round's candidates are never training data (they are held-out photos)
+        # a blind A/B round's candidates are never training data (they are held-out photos): its
+        # decisions are counted apart, as "ab_rounds", and never among the ratings that train
         key = {r[0]: (r[1], r[2]) if not r[3] else ("ab_test", r[0]) for r in rows}
+        blind = {r[0] for r in rows if r[3]}
+        is_blind = lambda rt: any(i in blind for i in rt.candidate_ids)  # noqa: E731
+        thumbs = [t for t in self.standing_ratings("thumb") if not is_blind(t)]
+        c["thumbs_up"] = sum(t.value == "up" for t in thumbs)
+        c["thumbs_down"] = sum(t.value == "down" for t in thumbs)
+        c["stars"] = sum(not is_blind(t) for t in self.standing_ratings("star"))
+        all_pairs = self.standing_ratings("pair")
+        pair_rs = [r for r in all_pairs if not is_blind(r)]
+        c["ab_rounds"] = len(all_pairs) - len(pair_rs)
+        c["pairs_decided"] = sum(r.value in ("A", "B") for r in pair_rs)
+        c["pairs_undecided"] = len(pair_rs) - c["pairs_decided"]
+        bon_rs = [r for r in self.standing_ratings("best_of_n") if not is_blind(r)]
+        c["best_of_n"] = len(bon_rs)
         n = 0
         for r in pair_rs:
             n += r.value in ("A", "B") and key[r.candidate_ids[0]] == key[r.candidate_ids[1]]

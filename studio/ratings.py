@@ -92,7 +92,9 @@ def counts_markdown(counts: dict[str, int]) -> str:
             f"{counts.get('pairs_decided', 0)} A/B decisions ({counts.get('pairs_undecided', 0)} ties/both bad) · "
             f"{counts.get('best_of_n', 0)} best-of-N · thumbs {counts.get('thumbs_up', 0)} up / "
             f"{counts.get('thumbs_down', 0)} down · {counts.get('stars', 0)} star ratings · "
-            f"{counts.get('raters', 0)} rater(s)",
+            f"{counts.get('raters', 0)} rater(s)"
+            + (f" · {counts['ab_rounds']} blind A/B rounds (they judge models and never train them)"
+               if counts.get("ab_rounds") else ""),
             "",
             line("DPO (preference pairs)", "dpo", "pairs"),
             line("KTO (thumbs)", "kto", "thumbs, both kinds"),

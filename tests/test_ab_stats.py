@@ -96,7 +96,8 @@ def test_finetune_tab_table_reports_interval_and_verdict(tmp_path) -> None:
         assert ft.ab_results(ctx) == {("new@1", "old@0"): [10, 7, 1]}
         # the blind rounds judge held-out photos: never training data, never counted as such
         assert [(p.kind, p.chosen.id) for p in store.preference_pairs()] == [("pair", c[0])]
-        assert store.counts()["preference_pairs"] == 1 and store.counts()["pairs_decided"] == 10
+        counts = store.counts()
+        assert (counts["preference_pairs"], counts["pairs_decided"], counts["ab_rounds"]) == (1, 1, 10)
         for _ in range(30):
             _ab_round(store, "new@1", "old@0", "A", swap=True)
         assert "new@1 is measurably better" in ft.ab_win_rates(ctx)
