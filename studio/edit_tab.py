@@ -186,9 +186,9 @@ class EditTab:
                 history: gr.update(choices=tree_choices(store, st["edits"], st.get("parent")),
                                    value=f"edit:{snap.edit_uid}" if ids else None),
             }
+            touch(photo_path)  # as recent as the results: the temp-file prune in panel.updates keeps both
             out.update(panel.updates(st))
             yield out
-            ctx.temp.prune(keep=[photo_path])  # the edit's own files are the newest: the page keeps them
 
         run_inputs = [side.photo, side.instruction, *side.sampling_inputs, side.model, rater_box, edit_state]
         run_outputs = [status, reasoning, side.seed, run_btn, cancel_btn, edit_state, history, *panel.outputs]

@@ -239,6 +239,7 @@ class ResultsPanel:
             touch(export)  # shown again: among the last of the temp files to go
         else:  # made again when the temp-file prune dropped it
             link_or_copy(view.after, export)
+        self.ctx.temp.prune()  # browsing and rating make previews and downloads too; these are the newest
         return {self.slider: slider, self.heatmap: heat_path, self.info: info, self.view: picker,
                 self.download: gr.update(value=str(export), interactive=True, label=f"Download PNG {view.label.split()[-1]}")}
 
