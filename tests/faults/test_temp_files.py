@@ -15,10 +15,12 @@ from PIL import Image
 from engine.diskspace import folder_size
 from feedback.store import Store
 from studio.tempfiles import TempFiles
+from studio.uploads import GONE
 from tests.studio_server import studio_app
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
 
 MODEL = "mem:tiny-demo"
 EDITS = 5
@@ -40,11 +42,11 @@ def temp_bytes(cache: Path, data: Path) -> int:
     return folder_size(cache) + folder_size(data / "previews") + exports
 
 
-def test_many_edits_stay_under_the_cap_and_the_latest_result_downloads(tmp_path, monkeypatch) -> None:
+def test_many_edits_stay_under_the_cap_and_the_latest_result_downloads(tmp_path, monkeypatch, report) -> None:
     cache, data = tmp_path / "gradio-cache", tmp_path / "data"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))  # this studio's cache alone
     cap = 300 * 1024
-    used = []
+    used, first_upload = [], None
     with studio_app(data, "--temp-cap-mb", str(cap / 2**20), "--examples", str(tmp_path / "none")) as url:
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
         for i in range(EDITS):
@@ -53,6 +55,7 @@ def test_many_edits_stay_under_the_cap_and_the_latest_result_downloads(tmp_path,
                                  MODEL, "tester", api_name="/edit")
             assert "Done" in out[0], out[0]
             used.append(temp_bytes(cache, data))
+            first_upload = first_upload or next(cache.rglob("photo-0.png"))
         # the page still works: its download is the full-size result, its images load, it can be rated
         with Store(data) as store:
             latest = max((c for c in store.candidates() if c.idx == 0), key=lambda c: c.id)  # selected first
@@ -63,9 +66,24 @@ def test_many_edits_stay_under_the_cap_and_the_latest_result_downloads(tmp_path,
             assert got.size == full.size
         assert "Saved" in client.predict("tester", api_name="/thumb_up")[0]
         uploads_left = sorted(p.name for p in cache.rglob("photo-*.png"))
+        # a page still holding the first upload (as a browser does) is asked for the photo again
+        stale = {"path": str(first_upload), "orig_name": "photo-0.png"}  # no "meta": the client sends it as is
+        with pytest.raises(AppError) as gone:
+            client.predict(stale, "make it warmer", 2, False, 1.0, 2048, 1.0, 0, False, MODEL, "tester",
+                           api_name="/edit")
+    assert GONE in str(gone.value)
     assert len(used) * used[0] > 2 * cap  # each edit adds as much as the first: unpruned, twice the cap
     assert max(used) <= cap, [u // 1024 for u in used]
     assert f"photo-{EDITS - 1}.png" in uploads_left and len(uploads_left) < EDITS  # the oldest went first
+    with Store(data) as store:
+        kept = len(store.candidates())
+    assert kept == 2 * EDITS
+    report(f"A long-running studio: {EDITS} edits with a {cap // 1024} KB temp-file cap (`--temp-cap-mb`)",
+           "nothing while the page is in use: its photo, results, download and rating buttons keep working; a "
+           f"page still holding an upload that was dropped: “{GONE}”",
+           f"the temp files (Gradio's cache, previews, download copies) at most {max(used) // 1024} KB after "
+           f"each edit, {len(used) * used[0] // 1024} KB unpruned; {kept} of {kept} candidates in the store",
+           temp_kb=[u // 1024 for u in used])
 
 
 @pytest.fixture
