@@ -82,7 +82,8 @@ def test_many_edits_stay_under_the_cap_and_the_latest_result_downloads(tmp_path,
            "nothing while the page is in use: its photo, results, download and rating buttons keep working; a "
            f"page still holding an upload that was dropped: “{GONE}”",
            f"the temp files (Gradio's cache, previews, download copies) at most {max(used) // 1024} KB after "
-           f"each edit, {len(used) * used[0] // 1024} KB unpruned; {kept} of {kept} candidates in the store",
+           f"each edit ({len(used)} × the first edit's {used[0] // 1024} KB without the prune); {kept} of {kept} "
+           "candidates in the store",
            temp_kb=[u // 1024 for u in used])
 
 
