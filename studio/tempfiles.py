@@ -56,6 +56,8 @@ def freed_by_removing(st: os.stat_result) -> int:
 
 @dataclass
 class TempFile:
+    """One temp file as the prune weighs it."""
+
     path: str
     used: float  # modification time: written or last handed out
     size: int  # bytes that removing it frees
