@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from studio.tempfiles import TEMP_CAP_BYTES  # no heavy imports: --help stays quick
+
     p = argparse.ArgumentParser(description="EARL Studio: edit photos with words, rate, fine-tune.")
     p.add_argument("--bundle", type=Path, default=None,
                    help="model bundle folder (default: the shipped assets/earl-nano)")
@@ -36,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true",
                    help="also open a public gradio.live link (off by default; needs internet)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
+    p.add_argument("--temp-cap-mb", type=float, default=TEMP_CAP_BYTES / 2**20,
+                   help="disk for uploads, previews and download files; the least recently used go first "
+                        f"(default {TEMP_CAP_BYTES // 2**20})")
     p.add_argument("--tiny-demo", action="store_true",
                    help="run on a freshly made tiny random model (edits are noise; for trying the UI and tests)")
     p.add_argument("--examples", type=Path, default=ROOT / "assets" / "examples",
@@ -109,6 +114,7 @@ def build(args: argparse.Namespace):  # -> tuple[gr.Blocks, StudioContext]
         store=store, registry=registry, default_model=default_key,
         examples_dir=args.examples if args.examples and args.examples.is_dir() else None,
         auth_enabled=args.auth is not None, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        temp_cap_bytes=int(args.temp_cap_mb * 1024 * 1024),
         no_model_message=no_model,
     )
     return build_app(ctx), ctx

@@ -8,6 +8,7 @@ tabs) and how it is served.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,6 +17,7 @@ from studio.context import StudioContext, default_rater
 from studio.edit_tab import EditTab
 from studio.finetune_tab import build_finetune_tab
 from studio.review_tab import ReviewTab
+from studio.tempfiles import serve_in_place
 from studio.ui_assets import CSS, HEAD, SHORTCUTS_HELP, SHORTCUTS_JS
 
 __all__ = ["StudioContext", "build_app", "launch_kwargs", "serve"]
@@ -23,7 +25,10 @@ __all__ = ["StudioContext", "build_app", "launch_kwargs", "serve"]
 def build_app(ctx: StudioContext) -> gr.Blocks:
     """The whole page for ``ctx``; its events are the studio's API (``/edit``, ``/thumb_up`` …)."""
     rng = random.Random()
-    # delete_cache: streamed previews are written to Gradio's cache; drop files older than an hour.
+    # The page's images and downloads are served from the studio's folders, not copied into Gradio's
+    # cache; the cache then holds the uploads, which ctx.temp prunes by size with the studio's own temp
+    # files. delete_cache adds Gradio's own bound by age (files untouched for an hour).
+    serve_in_place(served_folders(ctx))
     with gr.Blocks(title="EARL Studio", delete_cache=(1800, 3600)) as demo:
         with gr.Row(elem_id="topbar", equal_height=True):
             gr.HTML(
@@ -46,12 +51,18 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         review.wire(rng)
         for tab, api_prefix in ((edit, ""), (review, "review_")):
             tab.panel.wire(tab.state, rater_box, [review.counts], rng, api_prefix)
+    ctx.temp.track(demo)
     return demo
+
+
+def served_folders(ctx: StudioContext) -> list[Path]:
+    """The studio's folders whose files the page shows: the stored images, the download files, previews."""
+    return [ctx.store.images_dir, ctx.exports_dir, ctx.previews.folder]
 
 
 def launch_kwargs(ctx: StudioContext) -> dict[str, Any]:
     """Arguments for ``demo.launch``: look, shortcuts, and which folders may be served."""
-    allowed = [str(ctx.store.images_dir), str(ctx.exports_dir), str(ctx.previews.folder)]
+    allowed = [str(f) for f in served_folders(ctx)]
     if ctx.examples_dir is not None and ctx.examples_dir.is_dir():
         allowed.append(str(ctx.examples_dir))
     return {

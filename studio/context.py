@@ -15,6 +15,7 @@ from feedback.store import Store
 from studio.imaging import PngFiles
 from studio.models import ModelRegistry
 from studio.runner import EditFn
+from studio.tempfiles import TEMP_CAP_BYTES, TempFiles
 
 
 def default_rater() -> str:
@@ -32,8 +33,10 @@ class StudioContext:
     auth_enabled: bool = False
     max_upload_bytes: int = 20 * 1024 * 1024
     no_model_message: str = ""  # shown when default_model is None
+    temp_cap_bytes: int = TEMP_CAP_BYTES  # Gradio's cache + previews + exports (``studio.tempfiles``)
     _cancels: dict[str, threading.Event] = field(default_factory=dict)
     _previews: PngFiles | None = None
+    _temp: TempFiles | None = None
     # the page's one "Rater" box (above the tabs), set by build_app so tabs rate under the same name
     rater_box: Any = None
 
@@ -42,6 +45,13 @@ class StudioContext:
         if self._previews is None:
             self._previews = PngFiles(self.store.data_dir / "previews")
         return self._previews
+
+    @property
+    def temp(self) -> TempFiles:
+        """The page's temp files (previews, download files, its uploads in Gradio's cache), under one cap."""
+        if self._temp is None:
+            self._temp = TempFiles([self.previews.folder, self.exports_dir], max_bytes=self.temp_cap_bytes)
+        return self._temp
 
     @property
     def data_dir(self) -> Path:

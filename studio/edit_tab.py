@@ -22,6 +22,7 @@ from studio.ratings import pick_pair
 from studio.results import ResultsPanel, new_state, shown
 from studio.runner import EditFn, EditRequest, Snapshot, stream_edit
 from studio.side_panel import MAX_N, SidePanel
+from studio.tempfiles import touch
 from studio.uploads import rejected, source_image
 
 EARLIER_EDITS = 12  # edits listed under "Earlier edits"
@@ -141,7 +142,8 @@ class EditTab:
             )
             cancel = threading.Event()
             ctx._cancels[sid] = cancel
-            ctx.previews.prune()
+            touch(photo_path)  # this page's photo: among the last of the temp files to go
+            ctx.temp.prune(keep=[photo_path])
             edit_fn = ctx.edit_fn or _engine_edit()
             yield {
                 status: f"Starting {n} candidate{'s' * (n > 1)} · seed {seed_}…",
@@ -184,6 +186,7 @@ class EditTab:
                 history: gr.update(choices=tree_choices(store, st["edits"], st.get("parent")),
                                    value=f"edit:{snap.edit_uid}" if ids else None),
             }
+            touch(photo_path)  # as recent as the results: the temp-file prune in panel.updates keeps both
             out.update(panel.updates(st))
             yield out
 
@@ -272,6 +275,7 @@ class EditTab:
         side.earlier.input(open_earlier, [side.earlier, edit_state], [*moves, history], api_name="open_earlier")
 
         def new_upload(st: dict) -> tuple:
+            ctx.temp.prune()  # uploads without edits count too; the new one is the newest file
             return dict(st, parent=None, photo=None), breadcrumbs(store, None)
 
         side.photo.upload(new_upload, edit_state, [edit_state, side.crumbs], api_visibility="private")

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from studio.tempfiles import touch
+
 # A perceptually ordered dark→bright ramp (anchors sampled from matplotlib's "inferno"), so the
 # heatmap reads the same in print and for colour-blind raters; interpolated to 256 entries.
 _ANCHORS = np.array(
@@ -82,11 +84,13 @@ def diff_heatmap(before: Image.Image, after: Image.Image, full_scale: float = 0.
 
 
 class PngFiles:
-    """Content-addressed PNG files for images shown in the UI (previews, heatmaps).
+    """Content-addressed PNG files for images shown in the UI (previews, heatmaps). The folder is one of
+    the studio's temp folders, kept under a cap by ``studio.tempfiles`` (a file handed out again is
+    touched, so the files a page shows are the last to go).
 
     The UI is given file paths rather than PIL images: Gradio rewrites the cache file of a PIL image
     each time the same image is sent again, so a browser fetching it meanwhile can get an empty body;
-    files handed over by path are copied into its cache atomically, once."""
+    these files are written atomically, once, and served from this folder (``serve_in_place``)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -100,7 +104,9 @@ class PngFiles:
         data = png_bytes(img)
         h = hashlib.sha256(data).hexdigest()
         p = self.folder / f"{h}.png"
-        if not p.exists():
+        if p.exists():
+            touch(p)  # in use again: the temp-file prune keeps the most recently used
+        else:
             _atomic_write(p, data)
         return str(p)
 
@@ -110,6 +116,7 @@ class PngFiles:
         then travels only on download, not with every gallery, slider or heatmap update."""
         p = self.folder / f"screen-{key}-{max_side}.png"
         if p.exists():
+            touch(p)
             return str(p)
         with Image.open(src) as im:
             if max(im.size) <= max_side:
@@ -119,15 +126,3 @@ class PngFiles:
 
         _atomic_write(p, png_bytes(small))
         return str(p)
-
-    def prune(self, max_files: int = 5000, max_bytes: int = 512 * 1024 * 1024) -> None:
-        """Drop the oldest files until at most ``max_files`` of at most ``max_bytes`` in all are left: a long
-        session streams many previews, and screen-sized ones of large photos are megabytes each."""
-        files = sorted(((f.stat().st_mtime, f.stat().st_size, f) for f in self.folder.glob("*.png")),
-                       key=lambda t: t[0])
-        total = sum(size for _, size, _ in files)
-        for i, (_, size, f) in enumerate(files):
-            if len(files) - i <= max_files and total <= max_bytes:
-                break
-            f.unlink(missing_ok=True)
-            total -= size

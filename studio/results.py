@@ -24,6 +24,7 @@ from feedback.store import CHECK_COMMAND, Candidate, StoreError
 from studio.context import StudioContext
 from studio.imaging import TURN_WORDS, diff_heatmap, turned_to_match
 from studio.ratings import counts_markdown, pick_pair, save_rating, standing_label
+from studio.tempfiles import touch
 
 
 @dataclass
@@ -240,8 +241,11 @@ class ResultsPanel:
                     self.download: gr.update(value=None, interactive=False)}
         # the download is the view's full file, under a readable name
         export = self.ctx.exports_dir / f"earl-edit-{c.id}-seed{c.seed}{view.suffix}.png"
-        if not export.exists():
+        if export.exists():
+            touch(export)  # shown again: among the last of the temp files to go
+        else:  # made again when the temp-file prune dropped it
             link_or_copy(view.after, export)
+        self.ctx.temp.prune()  # browsing and rating make previews and downloads too; these are the newest
         return {self.slider: slider, self.heatmap: heat_path, self.info: info, self.view: picker,
                 self.download: gr.update(value=str(export), interactive=True, label=f"Download PNG {view.label.split()[-1]}")}
 

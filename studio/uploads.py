@@ -16,6 +16,8 @@ from studio.context import StudioContext
 
 log = logging.getLogger("studio.uploads")
 UNREADABLE = "That file could not be read as an image ({}). Use a PNG, JPEG or WebP photo."
+GONE = ("The photo is no longer on the server: its temp files were cleared to keep within the disk cap "
+        "(--temp-cap-mb). Upload it again.")
 
 
 def rejected(message: str) -> None:
@@ -24,7 +26,8 @@ def rejected(message: str) -> None:
 
 
 def _friendly_image_errors() -> None:
-    """Make every gr.Image input turn an unreadable upload into a readable UI error, not a traceback.
+    """Make every gr.Image input turn an unreadable (or no longer kept) upload into a readable UI error,
+    not a traceback.
 
     Patched on the class, once: Gradio rebuilds a component for a session from its constructor
     arguments whenever a handler updates it (``blocks.postprocess_data``), so a per-instance patch is
@@ -40,6 +43,9 @@ def _friendly_image_errors() -> None:
             return inner(self, payload)
         except gr.Error:
             raise
+        except FileNotFoundError as e:  # an upload dropped by the temp-file prune (studio.tempfiles)
+            rejected(f"{GONE} ({e})")
+            raise gr.Error(GONE, print_exception=False) from e
         except Exception as e:
             message = UNREADABLE.format(type(e).__name__)
             rejected(f"{message} ({e})")

@@ -52,6 +52,12 @@ def test_browser_edit_and_rate(tmp_path: Path) -> None:
             # Select candidate 2 in the gallery, then rate it by click and by keyboard shortcut.
             thumbs.nth(1).click()
             page.wait_for_selector(".cand-info:has-text('#2 of 4')", timeout=20_000)
+            # Its download: the full-size PNG, served from <data>/exports (no copy in Gradio's cache).
+            with page.expect_download(timeout=20_000) as download:
+                page.locator("#edit-download").click()
+            saved = tmp_path / download.value.suggested_filename
+            download.value.save_as(saved)
+            assert saved.name.startswith("earl-edit-") and saved.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             page.locator(".kb-up").first.click()
             page.wait_for_selector(".rate-msg:has-text('Saved thumbs up')", timeout=20_000)
             page.locator("body").click(position={"x": 5, "y": 5})  # focus out of any text field

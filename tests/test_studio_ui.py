@@ -89,29 +89,6 @@ def test_text_chars_are_in_dejavu_sans() -> None:
     assert not any(a <= ord("👍") <= b for a, b in ranges)
 
 
-def test_previews_are_pruned_by_count_and_by_size(tmp_path) -> None:
-    """The previews folder keeps the newest files within both bounds; the oldest go first."""
-    import os
-
-    import numpy as np
-    from PIL import Image
-
-    from studio.imaging import PngFiles
-
-    files = PngFiles(tmp_path / "previews")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(6):  # noise does not compress: each file is about 30 KB
-        p = files.path(Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)))
-        os.utime(p, (1000 + i, 1000 + i))
-        paths.append(p)
-    size = os.path.getsize(paths[0])
-    files.prune(max_files=5)
-    assert [os.path.exists(p) for p in paths] == [False] + [True] * 5
-    files.prune(max_files=5, max_bytes=int(2.5 * size))
-    assert [os.path.exists(p) for p in paths] == [False] * 4 + [True] * 2
-
-
 def test_a_turned_result_is_compared_with_its_source_turned_the_same_way() -> None:
     import numpy as np
     from skimage import data
