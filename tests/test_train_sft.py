@@ -254,8 +254,11 @@ def test_quarter_turns_of_non_square_grids_train_the_header_choice(tmp_path, cap
     b = Batcher(load_cache(cfg.cache), cfg, seed=1)
     shapes = set()
     for _ in range(4):
-        con, think, batch, _, pairs, _ = next_batch(b, bundle.tokenizer, bundle.lm.config.vocab_size)
+        con, think, batch, weights, pairs, _ = next_batch(b, bundle.tokenizer, bundle.lm.config.vocab_size)
         assert con.transpose and con.shapes == ((4, 6), (6, 4))
+        # the choice weighs cfg.header_weight in the loss, every other token 1
+        assert weights is not None and set(weights[batch.rows == con.choice_row].tolist()) == {cfg.header_weight}
+        assert set(weights[batch.rows != con.choice_row].tolist()) == {1.0}
         gens = [g[v].tolist() for g, v in zip(batch.gen, batch.valid, strict=True)]
         shapes |= {parse_generation(bundle.tokenizer, g, (4, 6), transpose=True)[1].shape for g in gens}
         at_choice = batch.rows == con.choice_row

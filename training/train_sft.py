@@ -110,6 +110,10 @@ class SFTConfig:
     # from the source weigh this much more in the loss than the copied ones: they are the edit, a few
     # dozen tokens among hundreds of easy copies.
     edit_weight: float = 1.0
+    # With transpose: the header token where the model chooses the source's "H*W" or the turned "W*H"
+    # weighs this much in the loss. It is one token among hundreds of image tokens, yet it decides the
+    # whole output's orientation: at weight 1 a model learns it too slowly and turns ordinary edits.
+    header_weight: float = 100.0
     # >0: those same edit codes are taught as a distribution over codes, exp(-d² / 2σ²) with d the
     # distance between FSQ digit vectors, instead of the one exact code: a code one digit away decodes
     # to a nearly identical cell, which the hard target gives no credit.
@@ -358,6 +362,18 @@ def edit_weights(tok: object, batch: Collated, items: list, weight: float) -> to
     return torch.where(local_edit_codes(tok, batch, items), torch.tensor(weight), torch.tensor(1.0))
 
 
+def header_weights(con: FreeFormConstraint, batch: Collated, weights: torch.Tensor | None,
+                   weight: float) -> torch.Tensor | None:
+    """``weights`` with ``weight`` at the header choice (``con.choice_row``); unchanged without a choice."""
+    if weight == 1.0 or con.choice_row < 0:
+        return weights
+    at = batch.rows == con.choice_row
+    if not at.any():
+        return weights
+    base = weights if weights is not None else torch.ones(batch.rows.shape)
+    return torch.where(at, torch.tensor(weight), base)
+
+
 def fsq_digits(codes: torch.Tensor, levels: list[int]) -> torch.Tensor:
     """(..., D) float digits 0 … level - 1 of FSQ codes (``engine.vq.FSQ``'s, uncentred)."""
     fsq = FSQ(levels)
@@ -469,7 +485,9 @@ def next_batch(batcher: Batcher, tok: object, vocab_size: int, levels: list[int]
         if soft is not None:
             raise ValueError("--distill-from and --soft-sigma are exclusive")
         soft = teacher_targets(teacher, con, collated, items, batcher.distilled)
-    return con, think, collated, edit_weights(tok, collated, items, batcher.cfg.edit_weight), pairs, soft
+    weights = header_weights(con, collated, edit_weights(tok, collated, items, batcher.cfg.edit_weight),
+                             batcher.cfg.header_weight)
+    return con, think, collated, weights, pairs, soft
 
 
 def sft_step(accel: Accelerator, bundle: Bundle, opt: torch.optim.Optimizer, params: list[torch.Tensor],
