@@ -23,8 +23,9 @@ Honest by construction: an unchanged output gives back the original; an output t
 (noise, an unrelated picture) gives back the upsampled model output instead of a pretend edit. The
 ``provenance`` dict says which of these happened and with what fit.
 
-Memory stays bounded for large photos: whole-image steps are Pillow operations on 8-bit images, float
-work happens at model resolution or on strips of rows.
+Memory stays bounded for large photos: whole-image steps are Pillow operations on 8-bit images; the
+colour step runs on strips of rows (8-bit, float32 only while a strip is sliced), a few at a time on
+worker threads; other float work happens at model resolution.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -651,7 +653,7 @@ class _FullColour:
         return Image.fromarray(out.numpy(), "RGB")
 
 
-def _map_strips(im: Image.Image, fn: Any, rows: int) -> Image.Image:
+def _map_strips(im: Image.Image, fn: Callable[[Image.Image, int], Image.Image], rows: int) -> Image.Image:
     """``fn(strip, y0)`` on every strip of ``rows`` rows of ``im``, pasted into a new picture.
 
     Strips go to as many worker threads as the caller's torch thread count, each running torch on a
