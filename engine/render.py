@@ -674,16 +674,21 @@ def _map_strips(im: Image.Image, fn: Callable[[Image.Image, int], Image.Image], 
         for y0 in starts:
             out.paste(one(y0), (0, y0))
         return out
-    with ThreadPoolExecutor(workers, thread_name_prefix="earl-render", initializer=torch.set_num_threads,
-                            initargs=(1,)) as pool:
-        pending: deque[tuple[int, Future]] = deque()
-        for y0 in starts:
-            pending.append((y0, pool.submit(one, y0)))
-            if len(pending) >= 2 * workers:
-                y, fut = pending.popleft()
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="earl-render", initializer=torch.set_num_threads,
+                                initargs=(1,)) as pool:
+            pending: deque[tuple[int, Future]] = deque()
+            for y0 in starts:
+                pending.append((y0, pool.submit(one, y0)))
+                if len(pending) >= 2 * workers:
+                    y, fut = pending.popleft()
+                    out.paste(fut.result(), (0, y))
+            for y, fut in pending:
                 out.paste(fut.result(), (0, y))
-        for y, fut in pending:
-            out.paste(fut.result(), (0, y))
+    finally:
+        # a thread's set_num_threads also sets the count threads started later begin with: put it back
+        torch.set_num_threads(threads)
     return out
 
 

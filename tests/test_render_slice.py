@@ -91,6 +91,24 @@ def test_full_resolution_colour_is_the_same_in_any_strips_and_on_any_threads(mon
         torch.set_num_threads(threads)
 
 
+def test_threads_started_after_a_render_get_the_callers_torch_thread_count(monkeypatch):
+    """The render's workers run torch on one thread each; threads started later must not inherit that."""
+    import threading
+
+    monkeypatch.setattr(render, "STRIP_PIXELS", 64 * 8)  # 8 strips: the workers run
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _apply_colour_full(Image.fromarray(_picture(64, 64)), _local(_grid(6)), (0.0, 0.0, 64.0, 64.0))
+        seen: list[int] = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert seen == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_full_resolution_colour_is_what_the_fit_measured():
     """At the model's own size the full-resolution step gives the prediction the colour fit was scored
     on, rounded to 8 bits: the render applies the model it measured (the grid alone here: the global
