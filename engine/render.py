@@ -30,10 +30,11 @@ worker threads; other float work happens at model resolution.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -653,6 +654,24 @@ class _FullColour:
         return Image.fromarray(out.numpy(), "RGB")
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch on ``n`` threads in this thread for the duration, then as the caller had it.
+
+    The model-resolution steps work on pictures of a few thousand pixels: split across threads, each
+    operation costs more in synchronisation than it saves, the more so when the cores are busy.
+    """
+    old = torch.get_num_threads()
+    if old == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)  # also what threads started later begin with
+
+
 def _map_strips(im: Image.Image, fn: Callable[[Image.Image, int], Image.Image], rows: int) -> Image.Image:
     """``fn(strip, y0)`` on every strip of ``rows`` rows of ``im``, pasted into a new picture.
 
@@ -741,7 +760,8 @@ def render_full(original: Image.Image, source_model: Image.Image, output_model: 
     box = fit_box(original.width, original.height, (sw, sh), max_aspect)
     prov: dict[str, Any] = {"size": list(original.size), "model_size": [ow, oh]}
 
-    geo, scores = find_geometry(source_model, output_model)
+    with _torch_threads(1):
+        geo, scores = find_geometry(source_model, output_model)
     prov["geometry_scores"] = {k: round(v, 6) for k, v in scores.items()}
     if geo.window is not None:
         pred_geo = apply_geometry(source_model, geo, (ow, oh))
@@ -750,8 +770,9 @@ def render_full(original: Image.Image, source_model: Image.Image, output_model: 
     p, o = _float(pred_geo), _float(output_model)
     if p.shape != o.shape:  # an output of neither the source's size nor its transpose
         return _fallback(output_model, box, prov, "output size matches no transform of the source", t0)
-    colour, inliers, errors = _fit_colour(p, o)
-    pred = colour.apply_low(p)
+    with _torch_threads(1):
+        colour, inliers, errors = _fit_colour(p, o)
+        pred = colour.apply_low(p)
     changed, alpha = _changed_mask(pred, o)
     frac = float(changed.mean())
     prov.update(transform=geo.as_dict(), colour=colour.kind, colour_fit_rmse=round(colour.rmse * 255, 3),
