@@ -14,10 +14,10 @@ Each is rendered ``--reps`` times by the render as it is and by the render with 
 before (``reference_apply_colour_full``: the bilateral grid sliced by a 3-D ``grid_sample`` over strips of
 a million pixels, the global part as whole-picture Pillow passes), interleaved, in this process, on
 ``--threads`` torch threads. ``speedup``: the old local render's median time over the new one's.
-``maxdiff``: the largest difference between the two results, in 8-bit levels. ``peak_mb``: how much
-one local render raises the peak resident memory of a fresh process (``resource``), ``peak_mb_old``
-the same with the old colour step (Linux: the peak is reset through ``/proc/self/clear_refs`` before the
-render); the result itself (4 bytes a pixel in Pillow) is part of it.
+``maxdiff``: the largest difference between the two results, in 8-bit levels. ``peak_mb``: how far one
+local render raises the peak resident memory of a fresh process above what it used just before (Linux:
+the kernel's peak, VmHWM, is reset through ``/proc/self/clear_refs`` first), ``peak_mb_old`` the same
+with the old colour step; the result itself (4 bytes a pixel in Pillow) is part of it.
 
 Last line: ``render_speed local_s_12mp=… global_s_12mp=… speedup=… global_speedup=… maxdiff=…
 peak_mb=… peak_mb_old=…``.
