@@ -23,14 +23,19 @@ Honest by construction: an unchanged output gives back the original; an output t
 (noise, an unrelated picture) gives back the upsampled model output instead of a pretend edit. The
 ``provenance`` dict says which of these happened and with what fit.
 
-Memory stays bounded for large photos: whole-image steps are Pillow operations on 8-bit images, float
-work happens at model resolution or on strips of rows.
+Memory stays bounded for large photos: whole-image steps are Pillow operations on 8-bit images; the
+colour step runs on strips of rows (8-bit, float32 only while a strip is sliced), a few at a time on
+worker threads; other float work happens at model resolution.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +50,7 @@ from engine.image_io import DEFAULT_MAX_ASPECT, fit_box
 __all__ = ["RenderResult", "Geometry", "D4", "render_full", "find_geometry", "apply_geometry"]
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_LUMA_GRID = torch.from_numpy(LUMA * (2 / 255))[None]  # 8-bit RGB to luminance in 0..2
 
 # A transform must explain the output this much better (trimmed squared error ratio) than no change.
 GEOMETRY_RATIO = 0.5
@@ -56,7 +62,11 @@ FALLBACK_FRACTION = 0.5
 # Colour models: a more complex one must cut the inlier RMS error by this factor and this much (0..1).
 MODEL_GAIN = 0.75
 MODEL_MARGIN = 1.0 / 255
-LOCAL_GAIN = 0.6  # the bilateral grid is slower to apply: it must explain clearly more
+# The bilateral grid must explain clearly more than the simpler model: it also fits the image tokenizer's
+# own colour drift, which varies across the picture, so on pointwise edits and on flips and turns it
+# lowers the fit error a little while making the full-resolution result worse (an exact turn inexact).
+LOCAL_GAIN = 0.6
+LOCAL_MARGIN = 2 * MODEL_MARGIN
 # Bilateral grid: cells along the longer side / the shorter side, intensity bins, ridge towards global.
 GRID_CELLS = 8
 GRID_BINS = 8
@@ -64,7 +74,7 @@ GRID_RIDGE = 8.0
 # ridges (per pixel, 0..1 units squared) on channel mixing tried by cross-validation, weakest first
 COLOUR_RIDGES = (1e-6, 1e-4, 5e-4, 2e-3, 1e-2)
 FIT_BLUR = 1.5  # Gaussian sigma (model pixels) of the copies the global colour model is fitted on
-STRIP_PIXELS = 1 << 20  # pixels per strip when slicing the grid at full resolution
+STRIP_PIXELS = 1 << 16  # pixels per strip when applying colour at full resolution (cache-sized work)
 
 ZOOM_SCALES = (1.2, 1.4, 1.6, 1.8, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0)
 ZOOM_STEPS = 9
@@ -337,9 +347,9 @@ class _Colour:
         if self.kind != "local" or self.grid is None:
             return g
         h, w = g.shape[:2]
-        xs = (np.arange(w, dtype=np.float32) + 0.5) / w
-        ys = (np.arange(h, dtype=np.float32) + 0.5) / h
-        return _slice(self.grid, g, np.broadcast_to(xs, (h, w)), np.broadcast_to(ys[:, None], (h, w)))
+        g8 = np.rint(g * 255).astype(np.uint8)  # the global part's values are 8-bit, as at full resolution
+        out = _slice_rows(_grid_tensor(self.grid), _axis(w, 0, w), _axis(h, 0, h), g8)
+        return out.permute(0, 2, 1).clamp(0, 255).div(255).numpy()
 
 
 def _fit_affine(p: np.ndarray, o: np.ndarray, w: np.ndarray, blocks: np.ndarray | None = None) -> np.ndarray:
@@ -458,19 +468,43 @@ def _fit_grid(g: np.ndarray, o: np.ndarray, inl: np.ndarray) -> np.ndarray:
     return coef.reshape(nb, gy, gx, 3, 4).astype(np.float32)
 
 
-def _slice(grid: np.ndarray, g: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """Apply the grid's affine maps to ``g`` (h, w, 3) float at frame coordinates ``px``, ``py`` in [0, 1]."""
+def _grid_tensor(grid: np.ndarray) -> torch.Tensor:
+    """The grid laid out for slicing row by row: (gy, 12, bins, gx), offsets in 0..255 units (the picture's)."""
     nb, gy, gx = grid.shape[:3]
-    coef = torch.from_numpy(np.ascontiguousarray(grid.reshape(nb, gy, gx, 12).transpose(3, 0, 1, 2)))[None]
-    gt = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))
-    z = gt @ torch.from_numpy(LUMA)
-    loc = torch.stack([torch.from_numpy(np.ascontiguousarray(px, dtype=np.float32)).clamp(0, 1) * 2 - 1,
-                       torch.from_numpy(np.ascontiguousarray(py, dtype=np.float32)).clamp(0, 1) * 2 - 1,
-                       z.clamp(0, 1) * 2 - 1], -1)
-    a = F.grid_sample(coef, loc[None, None], mode="bilinear", padding_mode="border", align_corners=True)
-    a = a[0, :, 0].reshape(3, 4, *g.shape[:2])
-    out = (a[:, :3] * gt.permute(2, 0, 1)[None]).sum(1) + a[:, 3]
-    return out.permute(1, 2, 0).clamp(0, 1).numpy()
+    g = grid.astype(np.float32, copy=True)
+    g[..., 3] *= 255
+    return torch.from_numpy(np.ascontiguousarray(g.reshape(nb, gy, gx, 12).transpose(1, 3, 0, 2)))
+
+
+def _axis(n: int, lo: float, hi: float) -> torch.Tensor:
+    """Where the centres of ``n`` pixels lie in the span [lo, hi) of the frame, as fractions in [0, 1]
+    (pixels outside the frame take its edge)."""
+    return ((torch.arange(n, dtype=torch.float32) + 0.5 - lo) / (hi - lo)).clamp(0, 1)
+
+
+def _slice_rows(coef: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, g8: np.ndarray) -> torch.Tensor:
+    """The grid's affine maps applied to rows of a picture: (r, 3, w) float32 in 0..255 units, unclamped.
+
+    ``coef`` from ``_grid_tensor``; ``g8`` (r, w, 3) uint8; ``xs`` (w,) and ``ys`` (r,) the pixels'
+    frame coordinates in [0, 1]. Trilinear slicing over (x, y, luminance) is separable: the rows' own
+    spatial position is interpolated first, on the coarse grid, which leaves a bilinear lookup over
+    (x, luminance) per pixel, done by ``grid_sample`` in 2-D.
+    """
+    r, w = g8.shape[:2]
+    gy = coef.shape[0]
+    fy = ys * (gy - 1)
+    i0 = fy.floor().clamp(max=gy - 2).long()
+    rows = torch.lerp(coef[i0], coef[i0 + 1], (fy - i0)[:, None, None, None])  # (r, 12, bins, gx)
+    g = torch.from_numpy(g8).permute(0, 2, 1).float().contiguous()  # (r, 3, w)
+    loc = torch.empty(r, 1, w, 2)
+    loc[..., 0] = xs * 2 - 1
+    # luminance in [-1, 1]; clamped so that the zero padding (faster than "border") is never reached
+    loc[:, 0, :, 1] = torch.matmul(_LUMA_GRID, g)[:, 0].sub_(1).clamp_(-1, 1)
+    a = F.grid_sample(rows, loc, mode="bilinear", padding_mode="zeros", align_corners=True).view(r, 3, 4, w)
+    out = a[:, :, 3].clone()
+    for k in range(3):
+        out.addcmul_(a[:, :, k], g[:, k : k + 1])
+    return out
 
 
 def _rms(d: np.ndarray) -> np.ndarray:
@@ -523,7 +557,7 @@ def _fit_colour(p: np.ndarray, o: np.ndarray) -> tuple[_Colour, np.ndarray, dict
             local.matrix = _Colour().matrix
         local.grid = _fit_grid(base, o, inl.reshape(h, w))
         errors["local"] = float(np.sqrt((_rms(of - local.apply_low(p).reshape(-1, 3))[inl] ** 2).mean()))
-        if errors["local"] < LOCAL_GAIN * best.rmse and best.rmse - errors["local"] > 2 * MODEL_MARGIN:
+        if errors["local"] < LOCAL_GAIN * best.rmse and best.rmse - errors["local"] > LOCAL_MARGIN:
             local.rmse = errors["local"]
             best = local
     return best, inl.reshape(h, w), errors
@@ -582,30 +616,108 @@ def _blend(base: Image.Image, output: Image.Image, alpha: np.ndarray,
 # ----------------------------------------------------------------------------- full resolution
 
 
-def _apply_colour_full(im: Image.Image, colour: _Colour, frame: tuple[float, float, float, float]) -> Image.Image:
-    """The colour model on a full-resolution picture: Pillow passes for the global part, the bilateral
-    grid strip by strip (float32 strips only)."""
-    if colour.kind == "identity" and colour.grid is None:
-        return im
-    if not np.allclose(colour.matrix, _Colour().matrix, atol=1e-6):
-        m = colour.matrix.astype(np.float64)
-        im = im.convert("RGB", tuple(float(v) for v in np.hstack([m[:, :3], m[:, 3:] * 255]).reshape(-1)))
-    if colour.lut is not None and not np.array_equal(colour.lut, np.tile(np.arange(256, dtype=np.uint8), (3, 1))):
-        im = im.point(colour.lut.reshape(-1).tolist())
-    if colour.kind != "local" or colour.grid is None:
-        return im
+class _FullColour:
+    """A colour model prepared for strips of rows of a full-resolution picture: the global part as
+    Pillow's matrix and table passes, the bilateral grid (if any) sliced on each strip's 8-bit result."""
+
+    def __init__(self, colour: _Colour, size: tuple[int, int], frame: tuple[float, float, float, float]):
+        self.matrix: tuple[float, ...] | None = None
+        self.lut: list[int] | None = None
+        self.grid: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if colour.kind == "identity" and colour.grid is None:
+            return
+        if not np.allclose(colour.matrix, _Colour().matrix, atol=1e-6):
+            m = colour.matrix.astype(np.float64)
+            self.matrix = tuple(float(v) for v in np.hstack([m[:, :3], m[:, 3:] * 255]).reshape(-1))
+        if colour.lut is not None and not np.array_equal(colour.lut, np.tile(np.arange(256, dtype=np.uint8), (3, 1))):
+            self.lut = colour.lut.reshape(-1).tolist()
+        if colour.kind == "local" and colour.grid is not None:
+            w, h = size
+            fx0, fy0, fx1, fy1 = frame
+            self.grid = (_grid_tensor(colour.grid), _axis(w, fx0, fx1), _axis(h, fy0, fy1))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.matrix is None and self.lut is None and self.grid is None
+
+    def __call__(self, strip: Image.Image, y0: int) -> Image.Image:
+        """The model on ``strip``, the picture's rows from ``y0`` on."""
+        if self.matrix is not None:
+            strip = strip.convert("RGB", self.matrix)
+        if self.lut is not None:
+            strip = strip.point(self.lut)
+        if self.grid is None:
+            return strip
+        coef, xs, ys = self.grid
+        out = _slice_rows(coef, xs, ys[y0 : y0 + strip.height], np.array(strip))
+        out = out.add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 1).contiguous()
+        return Image.fromarray(out.numpy(), "RGB")
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch on ``n`` threads in this thread for the duration, then as the caller had it.
+
+    The model-resolution steps work on pictures of a few thousand pixels: split across threads, each
+    operation costs more in synchronisation than it saves, the more so when the cores are busy.
+    """
+    old = torch.get_num_threads()
+    if old == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)  # also what threads started later begin with
+
+
+def _map_strips(im: Image.Image, fn: Callable[[Image.Image, int], Image.Image], rows: int) -> Image.Image:
+    """``fn(strip, y0)`` on every strip of ``rows`` rows of ``im``, pasted into a new picture.
+
+    Strips go to as many worker threads as the caller's torch thread count, each running torch on a
+    single thread: independent strips keep every core busy without OpenMP's per-operation
+    synchronisation, which stalls badly when the cores are shared with other work. At most two strips
+    per worker are in flight, so memory stays bounded by the strip size, not the picture's.
+    """
+    im.load()  # the workers only read it
     w, h = im.size
-    fx0, fy0, fx1, fy1 = frame
-    xs = ((np.arange(w, dtype=np.float32) + 0.5 - fx0) / (fx1 - fx0)).astype(np.float32)
-    rows = max(1, STRIP_PIXELS // w)
     out = Image.new("RGB", im.size)
-    for y0 in range(0, h, rows):
-        y1 = min(h, y0 + rows)
-        strip = np.asarray(im.crop((0, y0, w, y1)), dtype=np.float32) / 255.0
-        ys = ((np.arange(y0, y1, dtype=np.float32) + 0.5 - fy0) / (fy1 - fy0)).astype(np.float32)
-        res = _slice(colour.grid, strip, np.broadcast_to(xs, (y1 - y0, w)), np.broadcast_to(ys[:, None], (y1 - y0, w)))
-        out.paste(Image.fromarray(np.floor(res * 255 + 0.5).astype(np.uint8), "RGB"), (0, y0))
+    starts = range(0, h, rows)
+    workers = max(1, min(torch.get_num_threads(), len(starts)))
+
+    def one(y0: int) -> Image.Image:
+        return fn(im.crop((0, y0, w, min(h, y0 + rows))), y0)
+
+    if workers == 1:
+        for y0 in starts:
+            out.paste(one(y0), (0, y0))
+        return out
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="earl-render", initializer=torch.set_num_threads,
+                                initargs=(1,)) as pool:
+            pending: deque[tuple[int, Future]] = deque()
+            for y0 in starts:
+                pending.append((y0, pool.submit(one, y0)))
+                if len(pending) >= 2 * workers:
+                    y, fut = pending.popleft()
+                    out.paste(fut.result(), (0, y))
+            for y, fut in pending:
+                out.paste(fut.result(), (0, y))
+    finally:
+        # a thread's set_num_threads also sets the count threads started later begin with: put it back
+        torch.set_num_threads(threads)
     return out
+
+
+def _apply_colour_full(im: Image.Image, colour: _Colour, frame: tuple[float, float, float, float]) -> Image.Image:
+    """The colour model on a full-resolution picture, strip by strip (8-bit strips, float32 only for
+    the strips being sliced); the picture itself when the model changes nothing."""
+    prepared = _FullColour(colour, im.size, frame)
+    if prepared.is_identity:
+        return im
+    return _map_strips(im, prepared, max(1, STRIP_PIXELS // im.width))
 
 
 def _zoom_full(original: Image.Image, box: tuple[float, float, float, float], model_size: tuple[int, int],
@@ -648,7 +760,8 @@ def render_full(original: Image.Image, source_model: Image.Image, output_model: 
     box = fit_box(original.width, original.height, (sw, sh), max_aspect)
     prov: dict[str, Any] = {"size": list(original.size), "model_size": [ow, oh]}
 
-    geo, scores = find_geometry(source_model, output_model)
+    with _torch_threads(1):
+        geo, scores = find_geometry(source_model, output_model)
     prov["geometry_scores"] = {k: round(v, 6) for k, v in scores.items()}
     if geo.window is not None:
         pred_geo = apply_geometry(source_model, geo, (ow, oh))
@@ -657,8 +770,9 @@ def render_full(original: Image.Image, source_model: Image.Image, output_model: 
     p, o = _float(pred_geo), _float(output_model)
     if p.shape != o.shape:  # an output of neither the source's size nor its transpose
         return _fallback(output_model, box, prov, "output size matches no transform of the source", t0)
-    colour, inliers, errors = _fit_colour(p, o)
-    pred = colour.apply_low(p)
+    with _torch_threads(1):
+        colour, inliers, errors = _fit_colour(p, o)
+        pred = colour.apply_low(p)
     changed, alpha = _changed_mask(pred, o)
     frac = float(changed.mean())
     prov.update(transform=geo.as_dict(), colour=colour.kind, colour_fit_rmse=round(colour.rmse * 255, 3),
