@@ -42,11 +42,6 @@ CHOICE = -2  # template entry: the first header token where "H*W" and the transp
 DEFAULT_MAX_REASONING = 512  # free reasoning tokens when the caller sets no budget
 
 
-def image_template_length(h: int, w: int, header_len: int) -> int:
-    """Tokens of IMG_START header IMG_TOKEN rows EOF IMG_END EOS."""
-    return 1 + header_len + 1 + h * (w + 1) + 3
-
-
 def image_part(sp: SpecialIds, h: int, w: int) -> list[int]:
     """The template of one output grid: IMG_START "H*W" IMG_TOKEN, H rows of (W × VIS, EOL), EOF IMG_END EOS."""
     part = [sp.img_start, *sp.header_ids(h, w), sp.img_token]
