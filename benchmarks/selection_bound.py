@@ -1,7 +1,7 @@
 """How far can learning from ratings move the blind A/B, at most? A bound from the model's own candidates.
 
     python -m training.eval --fp16 --candidates 4 --kinds <kinds> --out cands.json     # N candidates per photo
-    python -m research.selection_bound cands.json [--rounds 150] [--seed 0]
+    python -m benchmarks.selection_bound cands.json [--rounds 150] [--seed 0]
 
 Ratings pick among the model's candidates; a model fine-tuned on them can at best learn to write, for
 every photo, the candidate the raters would have liked most. So the blind A/B of ``benchmarks.feedback_loop``
@@ -54,7 +54,7 @@ def bound(samples: list[dict], judge: Person, draws: int = 200) -> dict[str, lis
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m research.selection_bound", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.selection_bound", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("eval_json", type=Path, help="training.eval --out of a run with --candidates N ≥ 2")
     ap.add_argument("--rounds", type=int, default=150, help="blind A/B rounds the interval is for (default 150)")

@@ -1,0 +1,35 @@
+"""benchmarks.selection_bound: the blind A/B an ideal learner of the raters' choices could win."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.feedback_loop import Person
+from benchmarks.selection_bound import bound, main
+
+
+def _samples(spread: float, n: int = 30) -> list[dict]:
+    return [{"id": f"s{i}", "kind": "warmer", "candidates": [{"overall": 5.0}, {"overall": 5.0},
+                                                             {"overall": 5.0}, {"overall": 5.0 + spread}]}
+            for i in range(n)]
+
+
+def test_no_spread_no_win_and_a_wide_one_wins():
+    same = bound(_samples(0.0), Person("j", seed=0))["warmer"]
+    wide = bound(_samples(6.0), Person("j", seed=0))["warmer"]
+    assert abs(sum(same) / len(same) - 0.5) < 0.03  # identical candidates: a coin, ties half
+    # best 6 points above the other three: won whenever it is drawn against one of them and the judge answers
+    assert 0.75 < sum(wide) / len(wide) < 0.9
+
+
+def test_last_line_and_a_one_candidate_run_is_refused(tmp_path, capsys):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"samples": _samples(2.0)}))
+    assert main([str(f), "--rounds", "100"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("selection_bound winrate=") and "rounds=100" in last and "n=30" in last
+    f.write_text(json.dumps({"samples": [{"id": "x", "kind": "warmer", "candidates": [{"overall": 1.0}]}]}))
+    with pytest.raises(SystemExit, match="one candidate"):
+        main([str(f)])
