@@ -65,3 +65,19 @@ def test_speculative_decoding_gives_the_same_edit_in_fewer_passes(nano, forward_
     assert fast.tokens == plain.tokens
     np.testing.assert_array_equal(fast.grid, plain.grid)
     assert len(passes) < 0.6 * n_plain, (len(passes), n_plain)
+
+
+def test_a_quarter_turn_of_a_landscape_photo_comes_out_portrait(nano):
+    """The shipped model chooses the turned header for a quarter turn, so a landscape photo comes back
+    portrait, at full resolution too; a flip of the same photo keeps its shape."""
+    photo = EXAMPLES / "rocket.jpg"
+    src = prepare_image(photo, nano.config.image_area, nano.config.spatial_factor)
+    h, w = src.height // 8, src.width // 8
+    assert w > h and nano.config.transpose
+    turned = edit_blocking(nano, photo, "Rotate the image 90 degrees clockwise.", n=2, seed=0,
+                           full_resolution=True)
+    for done in turned:
+        assert done.grid.shape == (w, h) and done.image.size == (src.height, src.width)
+        assert done.full.height > done.full.width
+    (flipped,) = edit_blocking(nano, photo, "Flip the image horizontally.", n=1, seed=0)
+    assert flipped.grid.shape == (h, w)
