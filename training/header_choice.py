@@ -103,16 +103,19 @@ def hidden_states(bundle: Bundle, records: list[dict], think: bool, batch: int, 
             part = [records[i] for i in idx[k : k + batch]]
             prompts = [build_prompt(tok, r["src"], rng.choice(r["instructions"]), think) for r in part]
             gens = [build_target(tok, r["tgt"], r["reasoning"] if think else None) for r in part]
-            b = collate(tok, con, prompts, gens)  # whole generations (the replay needs them), read up to the choice
-            embeds = embed_inputs(bundle, b.ids, tuple(b.feats))
-            hid = base.model(inputs_embeds=embeds, attention_mask=b.attn, use_cache=False).last_hidden_state
-            at_gen = torch.gather(hid, 1, b.gather_pos.unsqueeze(-1).expand(-1, -1, hid.shape[-1]))
-            for j, r in enumerate(part):
-                at = int((b.rows[j] == con.choice_row).nonzero()[0, 0])
-                choices.append((at_gen[j, at].float(), con.choice_tokens, is_turn(r), idx[k + j]))
+            b = collate(tok, con, prompts, gens)  # whole generations: the replay needs them
+            # the model runs only up to the last choice of the batch: a causal model's earlier states do not
+            # depend on what follows
+            ats = [int((b.rows[j] == con.choice_row).nonzero()[0, 0]) for j in range(len(part))]
+            t = max(int(b.gather_pos[j, at]) for j, at in enumerate(ats)) + 1
+            embeds = embed_inputs(bundle, b.ids[:, :t], tuple(b.feats[:, :, :t]))
+            hid = base.model(inputs_embeds=embeds, attention_mask=b.attn[:, :t], use_cache=False).last_hidden_state
+            for j, (r, at) in enumerate(zip(part, ats, strict=True)):
+                at_gen = hid[j, b.gather_pos[j, : at + 1]].float()  # the states that predict tokens 0 … at
+                choices.append((at_gen[at], con.choice_tokens, is_turn(r), idx[k + j]))
                 text_at = (b.rows[j, :at] == TEXT_ROW) & b.valid[j, :at]
                 if text_at.any():
-                    texts.append(at_gen[j, :at][text_at].float())
+                    texts.append(at_gen[:at][text_at])
     return choices, texts, text_mask
 
 
