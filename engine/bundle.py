@@ -177,8 +177,14 @@ def default_bundle_path() -> Path:
 EXTRA_FOLDERS = ("understanding",)  # copied as they are when a bundle is saved again (fine-tuned, merged)
 
 
-def save_bundle(bundle: Bundle, path: str | Path, dtype: torch.dtype | None = torch.bfloat16) -> Path:
+def save_bundle(bundle: Bundle, path: str | Path, dtype: torch.dtype | None = torch.bfloat16,
+                extras_from: str | Path | None = None) -> Path:
     """Write ``bundle`` to the folder ``path`` (LM and grid embedding in ``dtype``; None keeps theirs).
+
+    The data folders that travel with a model (``EXTRA_FOLDERS``: EARL-nano's instruction reader) are copied
+    from ``extras_from``, by default the folder ``bundle`` was loaded from: a bundle built in memory from
+    another one (a training snapshot, a fine-tuned copy) names its parent's folder, so it keeps reading
+    instructions as its parent did.
 
     Written to a temporary sibling folder first and renamed into place, so an interrupted save never
     leaves a half-written bundle under ``path``. An existing bundle (or empty folder) at ``path`` is
@@ -209,7 +215,8 @@ def save_bundle(bundle: Bundle, path: str | Path, dtype: torch.dtype | None = to
         bundle.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         bundle.vq.save(tmp / "vq")
         # data folders that travel with the model (e.g. EARL-nano's instruction reader, understanding/)
-        src = Path(bundle.path) if getattr(bundle, "path", None) else None
+        src = extras_from if extras_from is not None else getattr(bundle, "path", None)
+        src = Path(src) if src is not None else None
         for extra in EXTRA_FOLDERS:
             if src is not None and (src / extra).is_dir():
                 shutil.copytree(src / extra, tmp / extra)

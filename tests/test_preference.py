@@ -5,6 +5,7 @@ DPO/KTO runs writing new bundles, and the Bradley–Terry reward model."""
 from __future__ import annotations
 
 import copy
+import shutil
 from collections import defaultdict
 from itertools import islice
 from types import SimpleNamespace
@@ -195,13 +196,18 @@ def _margin(bundle, ref, pairs):
 
 
 def test_dpo_run_prefers_chosen_and_writes_bundle(rated, tmp_path):
-    cfg = PrefConfig(method="dpo", bundle=str(rated.root / "tiny"), data=str(rated.store.data_dir),
+    parent = tmp_path / "parent"  # the rated bundle (same weights) with a reader folder beside its LM
+    shutil.copytree(rated.root / "tiny", parent)
+    (parent / "understanding").mkdir()
+    (parent / "understanding" / "vocab.json").write_text("{}")
+    cfg = PrefConfig(method="dpo", bundle=str(parent), data=str(rated.store.data_dir),
                      out=str(tmp_path / "dpo"), epochs=2, batch_size=8, lr=2e-3, beta=0.1, name="tiny-dpo",
                      progress=str(tmp_path / "dpo" / "progress.json"))
     path = train(cfg)
     assert path == rated.store.data_dir / "bundles" / "tiny-dpo"
     new = load_bundle(path)
     assert new.config.parent == "tiny-random@0" and new.config.notes["method"] == "dpo"
+    assert (path / "understanding" / "vocab.json").read_text() == "{}"  # reads instructions as its parent did
     card = (path / "README.md").read_text()
     assert "DPO" in card and "pairs" in card
     pairs, _ = load_dpo_data(rated.store, rated.bundle, use_stars=True)

@@ -179,6 +179,22 @@ def test_fresh_lm_keeps_the_tokenizers_of_init_and_takes_the_new_size(tmp_path):
     assert big.config.parent is None and big.config.notes["tokenizers_from"] == str(tmp_path / "init")
 
 
+def test_a_run_from_a_bundle_keeps_its_instruction_reader(tmp_path):
+    # checkpoints and exports are built in memory; the reader (understanding/) must still come along
+    cfg = _tiny_setup(tmp_path)
+    cfg.steps = 2
+    train(cfg)
+    train(cfg, export=str(tmp_path / "init"))
+    (tmp_path / "init" / "understanding").mkdir()
+    (tmp_path / "init" / "understanding" / "reader.json").write_text('{"marker": 1}')
+    cont = SFTConfig(init=str(tmp_path / "init"), cache=cfg.cache, out=str(tmp_path / "cont"), batch_size=2,
+                     steps=2, warmup=1, threads=1, ckpt_every=1)
+    train(cont)
+    assert (tmp_path / "cont" / "checkpoint" / "bundle" / "understanding" / "reader.json").is_file()
+    train(cont, export=str(tmp_path / "cont-bundle"))  # from the checkpoint, as a resumed run would
+    assert (tmp_path / "cont-bundle" / "understanding" / "reader.json").read_text() == '{"marker": 1}'
+
+
 def test_trains_on_live_samples_only(tmp_path, capsys):
     cfg = _tiny_setup(tmp_path)
     bundle_dir = tmp_path / "init"

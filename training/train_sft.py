@@ -648,7 +648,8 @@ def train(cfg: SFTConfig, export: str | None = None) -> None:
         snapshot = Bundle(bundle.config, lm, bundle.tokenizer, bundle.vq, ge, None)
 
         def write(tmp: Path) -> None:
-            save_bundle(snapshot, tmp / "bundle", dtype=torch.float32)  # fp32: resume must be exact
+            # fp32: resume must be exact; the reader (understanding/) comes along from the bundle trained
+            save_bundle(snapshot, tmp / "bundle", dtype=torch.float32, extras_from=bundle.path)
             state = {"opt": opt.state_dict(), "step": step, "batcher": pending[0], "torch_rng": torch.get_rng_state()}
             torch.save(state, tmp / "state.pt")  # last: a folder with state.pt is complete
 

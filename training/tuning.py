@@ -232,7 +232,7 @@ def write_bundle(policy: Policy, path: Path, name: str, method: str, parent: Bun
                       "method": method, "parent_weights_hash": parent.weights_hash(),
                       "tiny_random": pc.notes.get("tiny_random", False)}
     dtype = torch.bfloat16 if pc.family == "earl-nano" else None
-    save_bundle(b, path, dtype=dtype)
+    save_bundle(b, path, dtype=dtype, extras_from=parent.path)
     write_card(path, card)
     return path
 
