@@ -17,6 +17,10 @@ overall rate would give. The last line is machine-readable:
 
 (``spread``: the mean over photos of best minus mean candidate score, in verifier points.) A model can beat
 this bound only by extrapolating past its best candidates, which preference methods do not promise.
+
+``--pool B.json …``: candidates the studio could show beside the model's own, from other ``training.eval``
+runs on the same samples (matched by id), e.g. with classifier-free guidance (``--cfg-text``): the raters'
+best is then taken over all of them, while "the model as it is" stays a candidate of the first run.
 """
 
 from __future__ import annotations
@@ -41,16 +45,35 @@ def contest(best: float, other: float, judge: Person) -> float:
     return {"A": 0.0, "B": 1.0, "tie": 0.5}[v]
 
 
-def bound(samples: list[dict], judge: Person, draws: int = 200) -> dict[str, list[float]]:
-    """Per kind, the judge's verdicts over ``draws`` contests per photo."""
+def bound(samples: list[dict], judge: Person, draws: int = 200,
+          pool: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Per kind, the judge's verdicts over ``draws`` contests per photo: the best of the sample's candidates
+    and its ``pool`` scores (by sample id) against one of its own candidates at random."""
     out: dict[str, list[float]] = defaultdict(list)
     for s in samples:
         scores = [c["overall"] for c in s["candidates"]]
-        if len(scores) < 2:
+        extra = (pool or {}).get(s["id"], [])
+        if len(scores) + len(extra) < 2:
             raise SystemExit(f"{s['id']}: one candidate; run training.eval with --candidates 2 or more")
+        best = max(scores + extra)
         for _ in range(draws):
-            out[s["kind"]].append(contest(max(scores), judge.rng.choice(scores), judge))
+            out[s["kind"]].append(contest(best, judge.rng.choice(scores), judge))
     return out
+
+
+def pooled(runs: list[dict], ids: set[str]) -> dict[str, list[float]]:
+    """Candidate scores by sample id over ``runs`` (``training.eval`` results), for the samples in ``ids``;
+    a run missing one of them is refused (the pool must cover the same photos and instructions)."""
+    pool: dict[str, list[float]] = defaultdict(list)
+    for i, run in enumerate(runs):
+        have = {s["id"]: s for s in run["samples"]}
+        missing = ids - have.keys()
+        if missing:
+            raise SystemExit(f"--pool run {i + 1} lacks {len(missing)} of the samples (e.g. {sorted(missing)[0]}): "
+                             "run it with the same --split, --kinds and --n-per-kind")
+        for sid in ids:
+            pool[sid].extend(c["overall"] for c in have[sid]["candidates"])
+    return pool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,14 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--noise", type=float, default=1.0)
     ap.add_argument("--inconsistent", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", type=Path, nargs="*", default=[],
+                    help="training.eval --out files of other runs on the same samples: more candidates to pick from")
     a = ap.parse_args(argv)
     res = json.loads(a.eval_json.read_text())
     judge = Person("judge", noise=a.noise, inconsistent=a.inconsistent, seed=a.seed)
-    verdicts = bound(res["samples"], judge)
+    pool = pooled([json.loads(p.read_text()) for p in a.pool], {s["id"] for s in res["samples"]}) if a.pool else {}
+    verdicts = bound(res["samples"], judge, pool=pool)
     spread = defaultdict(list)
     for s in res["samples"]:
-        sc = [c["overall"] for c in s["candidates"]]
-        spread[s["kind"]].append(max(sc) - statistics.mean(sc))
+        own = [c["overall"] for c in s["candidates"]]
+        spread[s["kind"]].append(max(own + pool.get(s["id"], [])) - statistics.mean(own))
     print(f"{'kind':16s} {'photos':>6s} {'spread':>7s} {'win rate':>9s}")
     for k, v in verdicts.items():
         print(f"{k:16s} {len(spread[k]):6d} {statistics.mean(spread[k]):7.2f} {statistics.mean(v):9.3f}")

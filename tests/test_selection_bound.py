@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks.feedback_loop import Person
-from benchmarks.selection_bound import bound, main
+from benchmarks.selection_bound import bound, main, pooled
 
 
 def _samples(spread: float, n: int = 30) -> list[dict]:
@@ -33,3 +33,23 @@ def test_last_line_and_a_one_candidate_run_is_refused(tmp_path, capsys):
     f.write_text(json.dumps({"samples": [{"id": "x", "kind": "warmer", "candidates": [{"overall": 1.0}]}]}))
     with pytest.raises(SystemExit, match="one candidate"):
         main([str(f)])
+
+
+def test_a_pool_of_better_candidates_raises_the_bound_and_must_cover_the_samples(tmp_path, capsys):
+    own = _samples(0.0)
+    alone = bound(own, Person("j", seed=0))["warmer"]
+    better = pooled([{"samples": [{"id": s["id"], "candidates": [{"overall": 9.0}]} for s in own]}],
+                    {s["id"] for s in own})
+    assert better["s0"] == [9.0]
+    helped = bound(own, Person("j", seed=0), pool=better)["warmer"]
+    assert sum(helped) / len(helped) > sum(alone) / len(alone) + 0.25  # 9 against 5 on every photo
+    f, g = tmp_path / "own.json", tmp_path / "other.json"
+    f.write_text(json.dumps({"samples": own}))
+    g.write_text(json.dumps({"samples": own[:-1]}))  # one sample short
+    with pytest.raises(SystemExit, match="lacks 1 of the samples"):
+        main([str(f), "--pool", str(g)])
+    g.write_text(json.dumps({"samples": [{"id": s["id"], "kind": "warmer", "candidates": [{"overall": 9.0}]}
+                                         for s in own]}))
+    assert main([str(f), "--pool", str(g)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "spread=4.00" in last  # best 9 against the own candidates' mean 5
