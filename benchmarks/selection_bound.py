@@ -45,19 +45,24 @@ def contest(best: float, other: float, judge: Person) -> float:
     return {"A": 0.0, "B": 1.0, "tie": 0.5}[v]
 
 
+def scores(sample: dict, pool: dict[str, list[float]] | None = None) -> tuple[list[float], float]:
+    """A sample's own candidate scores, and the best score over them and its ``pool`` scores (by sample id)."""
+    own = [c["overall"] for c in sample["candidates"]]
+    extra = (pool or {}).get(sample["id"], [])
+    if len(own) + len(extra) < 2:
+        raise SystemExit(f"{sample['id']}: one candidate; run training.eval with --candidates 2 or more")
+    return own, max(own + extra)
+
+
 def bound(samples: list[dict], judge: Person, draws: int = 200,
           pool: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Per kind, the judge's verdicts over ``draws`` contests per photo: the best of the sample's candidates
     and its ``pool`` scores (by sample id) against one of its own candidates at random."""
     out: dict[str, list[float]] = defaultdict(list)
     for s in samples:
-        scores = [c["overall"] for c in s["candidates"]]
-        extra = (pool or {}).get(s["id"], [])
-        if len(scores) + len(extra) < 2:
-            raise SystemExit(f"{s['id']}: one candidate; run training.eval with --candidates 2 or more")
-        best = max(scores + extra)
+        own, best = scores(s, pool)
         for _ in range(draws):
-            out[s["kind"]].append(contest(best, judge.rng.choice(scores), judge))
+            out[s["kind"]].append(contest(best, judge.rng.choice(own), judge))
     return out
 
 
@@ -93,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdicts = bound(res["samples"], judge, pool=pool)
     spread = defaultdict(list)
     for s in res["samples"]:
-        own = [c["overall"] for c in s["candidates"]]
-        spread[s["kind"]].append(max(own + pool.get(s["id"], [])) - statistics.mean(own))
+        own, best = scores(s, pool)
+        spread[s["kind"]].append(best - statistics.mean(own))
     print(f"{'kind':16s} {'photos':>6s} {'spread':>7s} {'win rate':>9s}")
     for k, v in verdicts.items():
         print(f"{k:16s} {len(spread[k]):6d} {statistics.mean(spread[k]):7.2f} {statistics.mean(v):9.3f}")
