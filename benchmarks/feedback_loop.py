@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from studio.finetune_tab import AB_SETS, METHODS
 from studio.process import launched
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,18 +58,9 @@ CATEGORIES = {
     "compose": ["compose"],
 }
 CATEGORIES_ALL = [k for ks in CATEGORIES.values() for k in ks]
-# The Fine-tune tab's labels (studio.finetune_tab.METHODS / AB_SETS), by the short names used here.
-METHOD_LABELS = {
-    "dpo": "DPO — from A/B pairs, best-of-N and stars",
-    "kto": "KTO — from thumbs up / down",
-}
-AB_SET_LABELS = {
-    "global": "Colour and tone (global)",
-    "geometry": "Geometry (flips, turns, zoom)",
-    "object": "Objects",
-    "compose": "Compositions",
-    "geometry,compose": "Geometry and compositions",
-}
+# The Fine-tune tab's labels, by the short names used here: its methods and its held-out A/B sets.
+METHOD_LABELS = {m: label for label, m in METHODS.items() if m in ("dpo", "kto")}
+AB_SET_LABELS = {cats: label for label, cats in AB_SETS.items() if cats}
 # How a simulated person spreads clicks over the studio's forms (share of edits rated with each form).
 DEFAULT_MIX = "pair:0.35,thumb:0.25,star:0.2,best:0.2"
 

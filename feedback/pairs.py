@@ -94,26 +94,41 @@ class StoreExamples:
         return Example(cand.id, prompt, list(cand.tokens), h, w, think, cand.source_hash, cand.instruction, transpose)
 
 
-def star_pairs(stars: list[Any]) -> list[tuple[Any, Any, str]]:
-    """Pairs (better, worse, rater) from star ratings: within one rater's ratings of the same source
-    image and instruction, a higher star count beats a lower one (equal stars: no pair)."""
-    groups: dict[tuple[str, str, str], list[Any]] = {}
-    for s in stars:
-        groups.setdefault((s.rater, s.candidate.source_hash, s.candidate.instruction), []).append(s)
+def graded_pairs(graded: list[tuple[Any, float, str]]) -> list[tuple[Any, Any, str]]:
+    """Pairs (better, worse, rater) from per-candidate grades ``(candidate, grade, rater)``: within one
+    rater's grades of the same source image and instruction, a higher grade beats a lower one (equal
+    grades, other photos or other raters: no pair)."""
+    groups: dict[tuple[str, str, str], list[tuple[Any, float]]] = {}
+    for cand, grade, rater in graded:
+        groups.setdefault((rater, cand.source_hash, cand.instruction), []).append((cand, grade))
     out = []
     for (rater, _, _), items in groups.items():
-        for i, a in enumerate(items):
-            for b in items[i + 1:]:
-                if a.stars > b.stars:
-                    out.append((a.candidate, b.candidate, rater))
-                elif b.stars > a.stars:
-                    out.append((b.candidate, a.candidate, rater))
+        for i, (a, ga) in enumerate(items):
+            for b, gb in items[i + 1:]:
+                if ga > gb:
+                    out.append((a, b, rater))
+                elif gb > ga:
+                    out.append((b, a, rater))
     return out
 
 
+def star_pairs(stars: list[Any]) -> list[tuple[Any, Any, str]]:
+    """Pairs (better, worse, rater) from star ratings: more stars beat fewer, within one rater's edit."""
+    return graded_pairs([(s.candidate, s.stars, s.rater) for s in stars])
+
+
+def thumb_pairs(thumbs: list[Any]) -> list[tuple[Any, Any, str]]:
+    """Pairs (up, down, rater) from thumbs: within one rater's thumbs of one edit's candidates, each
+    thumbed-up candidate beats each thumbed-down one. A person who thumbs several candidates of an edit
+    has compared them, so DPO learns from thumbs too, not only KTO."""
+    return graded_pairs([(t.candidate, float(t.up), t.rater) for t in thumbs])
+
+
 def rated_pairs(store: Any, use_stars: bool = True) -> list[tuple[Any, Any, str]]:
-    """Every (chosen, rejected, source) candidate pair: A/B and best-of-N pairs, plus star pairs."""
+    """Every (chosen, rejected, source) candidate pair: A/B and best-of-N pairs, plus the pairs that
+    per-candidate ratings of one edit imply (stars, thumbs) when ``use_stars``."""
     pairs = [(p.chosen, p.rejected, p.kind) for p in store.preference_pairs()]
     if use_stars:
         pairs += [(a, b, "stars") for a, b, _ in star_pairs(store.stars())]
+        pairs += [(a, b, "thumbs") for a, b, _ in thumb_pairs(store.thumbs())]
     return pairs

@@ -26,13 +26,14 @@ from studio.ratings import ab_verdict, counts_markdown, readiness, wilson_interv
 from training.jobs import JobManager
 
 METHODS = {
-    "DPO — from A/B pairs, best-of-N and stars": "dpo",
+    "DPO — from A/B pairs, best-of-N, stars and thumbs": "dpo",
     "KTO — from thumbs up / down": "kto",
     "GRPO — online RL with a reward": "grpo",
     "Reward model — learn a scorer from your ratings (a GRPO reward)": "reward_model",
 }
 REWARDS = {"Programmatic verifier (suite photos)": "verifier", "MLLM judge (OpenAI-compatible endpoint)": "judge",
            "Reward model learned from ratings": "reward_model"}
+DPO_MAX_STEPS = 100
 _managers: dict[str, JobManager] = {}
 _heldout: list[dict] = []
 
@@ -66,6 +67,9 @@ def measured_settings(method: str, bundle: str, lora: bool) -> dict[str, Any]:
         out["sft_weight"] = 20.0
         if family == "earl-nano" and not lora:
             out["lr"] = 2e-5
+            # many candidates per edit rated with stars or thumbs give hundreds of pairs: capped so a
+            # one-click run stays within about half an hour on a 2-core CPU
+            out["max_steps"] = DPO_MAX_STEPS
     if method == "grpo" and family == "earl-nano" and not lora:
         out["lr"] = 5e-5
     return out
@@ -182,7 +186,8 @@ def register(ctx: Any, job_id: str | None) -> tuple[str, str]:
 
 
 AB_SETS = {"All edit kinds": None, "Colour and tone (global)": "global", "Geometry (flips, turns, zoom)": "geometry",
-           "Objects": "object", "Compositions": "compose", "Geometry and compositions": "geometry,compose"}
+           "Objects": "object", "Compositions": "compose", "Geometry and compositions": "geometry,compose",
+           "Colour, tone and compositions": "global,compose"}
 
 
 def heldout_samples(category: str | None = None) -> list[dict]:

@@ -137,7 +137,7 @@ def test_finetune_tab_builds_and_ab_win_rate(env, monkeypatch):
     ft.cancel(ctx, jid)
     # EARL-nano-family bundles get the learning rates measured on EARL-nano; DPO always gets the RPO term
     tiny = str(env.root / "tiny")
-    assert ft.measured_settings("dpo", tiny, lora=False) == {"sft_weight": 20.0, "lr": 2e-5}
+    assert ft.measured_settings("dpo", tiny, lora=False) == {"sft_weight": 20.0, "lr": 2e-5, "max_steps": ft.DPO_MAX_STEPS}
     assert ft.measured_settings("dpo", tiny, lora=True) == {"sft_weight": 20.0}
     assert ft.measured_settings("grpo", tiny, lora=False) == {"lr": 5e-5}
     assert ft.measured_settings("kto", tiny, lora=False) == {}

@@ -18,7 +18,7 @@ from engine.bundle import Bundle, load_bundle
 from engine.layout import build_prompt
 from engine.logprobs import sequence_logprobs
 from engine.tiny import make_tiny_random_bundle
-from feedback.pairs import StoreExamples, star_pairs
+from feedback.pairs import StoreExamples, star_pairs, thumb_pairs
 from feedback.store import Store
 from training.data import suite
 from training.preference import (
@@ -99,6 +99,16 @@ def test_star_pairs_higher_beats_lower():
     assert pairs == {(1, 0), (1, 2)}  # ties and other photos/raters make no pair
 
 
+def test_thumb_pairs_up_beats_down_within_one_edit():
+    c = [SimpleNamespace(id=i, source_hash="s", instruction="x") for i in range(4)]
+    other = SimpleNamespace(id=9, source_hash="t", instruction="x")
+    thumbs = [SimpleNamespace(candidate=c[0], up=True, rater="r"), SimpleNamespace(candidate=c[1], up=False, rater="r"),
+              SimpleNamespace(candidate=c[2], up=False, rater="r"), SimpleNamespace(candidate=c[3], up=True, rater="q"),
+              SimpleNamespace(candidate=other, up=False, rater="r")]
+    pairs = {(a.id, b.id) for a, b, _ in thumb_pairs(thumbs)}
+    assert pairs == {(0, 1), (0, 2)}  # two downs make no pair; other raters and photos neither
+
+
 def _trl_dpo_loss(per_token_c, per_token_r, ref_c, ref_r, beta, tmp_path):
     """TRL 1.16's DPOTrainer._compute_loss run on precomputed per-token log-probs.
 
@@ -135,7 +145,7 @@ def _trl_dpo_loss(per_token_c, per_token_r, ref_c, ref_r, beta, tmp_path):
 
 def test_dpo_loss_equals_trl(rated, tmp_path):
     pairs, info = load_dpo_data(rated.store, rated.bundle, use_stars=True)
-    assert info["pairs"] == len(pairs) > 4 and set(info["by_source"]) <= {"pair", "stars"}
+    assert info["pairs"] == len(pairs) > 4 and set(info["by_source"]) <= {"pair", "stars", "thumbs"}
     pairs = pairs[:6]
     # policy: the tiny model nudged away from the reference, so the log-ratios are not zero
     pol = Bundle(rated.bundle.config, copy.deepcopy(rated.bundle.lm), rated.bundle.tokenizer, rated.bundle.vq,

@@ -50,8 +50,9 @@ class PrefConfig(TuneConfig):
     # lower the likelihood of chosen and rejected alike, which spreads probability over worse images.
     sft_weight: float = 0.0
     epochs: int = 3
+    max_steps: int = 0  # stop after this many optimizer steps, whatever the epochs (0: no cap)
     batch_size: int = 8
-    use_stars: bool = True
+    use_stars: bool = True  # also pairs implied by per-candidate grades of one edit: stars, thumbs
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     think_eval: bool = False  # the held-out scores before / after in think-then-edit mode
@@ -199,6 +200,8 @@ def _train(cfg: PrefConfig, ft: FineTune) -> Path | None:
     policy = ft.start(*LR, reference=cfg.method == "kto")
     per_epoch = math.ceil(math.ceil(len(items) / accel.num_processes) / cfg.batch_size)
     total = per_epoch * cfg.epochs
+    if cfg.max_steps > 0:
+        total = min(total, cfg.max_steps)
     ft.progress.data["steps"] = total
     writer, opt = ft.writer, ft.opt
     while ft.step < total:
