@@ -5,6 +5,7 @@ DPO/KTO runs writing new bundles, and the Bradley–Terry reward model."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from collections import defaultdict
 from itertools import islice
@@ -226,6 +227,14 @@ def test_dpo_run_prefers_chosen_and_writes_bundle(rated, tmp_path):
 
     prog = json.loads((tmp_path / "dpo" / "progress.json").read_text())
     assert prog["state"] == "done" and prog["step"] == prog["steps"] > 0 and prog["bundle"] == str(path)
+
+
+def test_dpo_max_steps_caps_the_epochs(rated, tmp_path):
+    cfg = PrefConfig(method="dpo", bundle=str(rated.root / "tiny"), data=str(rated.store.data_dir), epochs=5,
+                     batch_size=2, max_steps=2, lr=1e-4, out=str(tmp_path / "dpo"), bundle_out=str(tmp_path / "b"))
+    train(cfg)
+    metrics = json.loads((tmp_path / "dpo" / "metrics.json").read_text())
+    assert metrics["steps"] == 2  # five epochs of 2-pair batches would be many more
 
 
 def test_kto_run_writes_bundle(rated, tmp_path):
