@@ -10,7 +10,7 @@ temporary ``--data`` folder with the shipped default model), as a person's brows
 1. ``training.eval`` scores the starting model on the held-out test split (before).
 2. Simulated people edit train-split suite photos (``/edit``, the studio's default N candidates) and rate
    the results with the studio's own forms, mixed as people use them: A/B pairs (``/pair_a`` …), thumbs,
-   stars (the candidate picked through ``/history_go``) and best-of-N. A rater sees the programmatic
+   stars (the candidate picked through ``/select_candidate``, as a click on it) and best-of-N. A rater sees the programmatic
    verifier's score of the image the studio returned plus Gaussian noise, and a share of the answers is
    random (people are inconsistent).
 3. The Fine-tune tab's one-click job (``/finetune_start`` with the tab's defaults unless ``--method`` or
@@ -165,7 +165,7 @@ def rate_edits(client: Any, model: str, person: Person, kinds: Sequence[str], n_
     rng = random.Random(seed + 17)
     given = {k: 0 for k in mix}
     right = wrong = 0
-    edits = 0
+    edits = failed = 0
     t0 = time.time()
     while sum(given.values()) < n_ratings:
         s = next(stream)
@@ -175,14 +175,15 @@ def rate_edits(client: Any, model: str, person: Person, kinds: Sequence[str], n_
                              seed * 100_000 + edits, False, model, person.name, api_name="/edit")
         edits += 1
         gallery = _update_value(out[4]) or []
-        hist = out[3] if isinstance(out[3], dict) else {}
-        first = str(hist.get("value") or "")
-        if len(gallery) < 2 or not first.startswith("cand:"):
-            print(f"edit {edits}: no candidates ({out[0]})", file=log)
+        if len(gallery) < 2:
+            print(f"edit {edits}: no candidates ({out[0]})", file=log, flush=True)
+            failed += 1
+            if failed >= 3:
+                raise RuntimeError(f"{failed} edits in a row gave no candidates; the last said: {out[0]}")
             continue
+        failed = 0
         paths = [g["image"] for g in gallery]
         scores = [_score(s, p) for p in paths]
-        ids = [int(first[5:]) + i for i in range(len(paths))]
         form = rng.choices(forms, weights)[0]
         left = n_ratings - sum(given.values())
         if form == "pair":
@@ -200,7 +201,7 @@ def rate_edits(client: Any, model: str, person: Person, kinds: Sequence[str], n_
                 shown = _pair_indices(r, 1)
         elif form in ("thumb", "star"):
             for k in rng.sample(range(len(paths)), min(len(paths), left)):
-                client.predict(f"cand:{ids[k]}", api_name="/history_go")  # select candidate k
+                client.predict(k + 1, api_name="/select_candidate")  # candidate #k+1, as a click on it would
                 if form == "thumb":
                     client.predict(person.name, api_name="/thumb_up" if person.thumb(scores[k]) else "/thumb_down")
                 else:
@@ -208,7 +209,7 @@ def rate_edits(client: Any, model: str, person: Person, kinds: Sequence[str], n_
                 given[form] += 1
         else:
             k = person.best(scores)
-            client.predict(f"cand:{ids[k]}", api_name="/history_go")
+            client.predict(k + 1, api_name="/select_candidate")
             client.predict(person.name, api_name="/best_of_n")
             given["best"] += 1
             if max(scores) > min(scores):

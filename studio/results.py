@@ -179,6 +179,8 @@ class ResultsPanel:
                 self.both_bad = gr.Button("Both bad", size="sm", elem_classes=["kb-bad", "rate-btn"])
                 self.next_pair = gr.Button("Another pair ⟳", size="sm", elem_classes=["kb-next"])
         self.msg = gr.Markdown("", elem_classes=["rate-msg"])
+        # for API clients, who cannot click the gallery: the candidate to select, numbered #1, #2 … as shown
+        self.pick = gr.Number(value=1, precision=0, visible=False, elem_id=f"{prefix}-pick")
         # the components a selection changes
         self.selected = [self.slider, self.heatmap, self.info, self.download, self.view]
         self.outputs = [self.gallery, self.slider, self.heatmap, self.info, self.download, self.pair_a,
@@ -274,6 +276,18 @@ class ResultsPanel:
             return {pstate: st, **self.selected_updates(st)}
 
         self.gallery.select(select, pstate, [pstate, *self.selected], api_visibility="private")
+
+        def select_number(st: dict, k: float | None) -> dict:
+            """Select candidate #k (as the gallery numbers them), as a click on it would."""
+            ids = st.get("cand_ids") or []
+            if not ids:
+                return {}
+            if k is None or not 1 <= int(k) <= len(ids):
+                raise gr.Error(f"There are candidates #1 to #{len(ids)}; got #{k}.")
+            st = dict(st, selected=int(k) - 1)
+            return {pstate: st, **self.selected_updates(st)}
+
+        self.pick.input(select_number, [pstate, self.pick], [pstate, *self.selected], api_name=f"{api_prefix}select_candidate")
 
         def pick_view(st: dict, v: int | None) -> dict:
             """The full-resolution result or the model's own output, in the compare widgets and the download."""

@@ -95,7 +95,11 @@ def test_streamed_edit_then_ratings_land_in_store(server) -> None:
     # Ratings through the same session (gr.State keeps the shown candidates per session).
     msg = client.predict("e2e-rater", api_name="/thumb_up")[0]
     assert "Saved" in msg, msg
+    # an API client selects a candidate by its number, as a click on it in the gallery does
+    client.predict(2, api_name="/select_candidate")
     assert "Saved" in client.predict("e2e-rater", api_name="/star_4")[0]
+    with pytest.raises(Exception, match="candidates #1 to #2"):
+        client.predict(3, api_name="/select_candidate")
     assert "Saved" in client.predict("e2e-rater", api_name="/pair_b")[0]
     assert "Saved" in client.predict("e2e-rater", api_name="/best_of_n")[0]
 
@@ -110,7 +114,7 @@ def test_streamed_edit_then_ratings_land_in_store(server) -> None:
         # the recorded token grid matches the output image (8 px per token in the tiny bundle)
         assert c.grid_h * 8 == store.load_image(c.output_hash).size[1]
         assert c.logprob_sum == pytest.approx(sum(c.logprobs))
-        assert [s.stars for s in store.stars()] == [4]
+        assert [(s.stars, s.candidate.idx) for s in store.stars()] == [(4, 1)]  # the selected #2
         pair = store.ratings("pair")[0]
         assert sorted(pair.candidate_ids) == sorted(x.id for x in cands) and pair.shown_order == pair.candidate_ids
         prefs = store.preference_pairs()
