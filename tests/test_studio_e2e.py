@@ -400,3 +400,22 @@ def test_blind_ab_through_the_api(server) -> None:
     with Store(data) as store:
         (r,) = [r for r in store.ratings("pair") if r.rater == "e2e-judge"]
         assert r.value == "A" and all(c.settings["ab_test"] for c in store.candidates(r.candidate_ids))
+
+
+def test_the_loop_benchmarks_person_rates_through_the_public_api(server) -> None:
+    """``benchmarks.feedback_loop``'s simulated person edits and rates as a browser would: /edit, then
+    /select_candidate and a rating form for every candidate; the ratings land on the candidates it picked."""
+    from benchmarks.feedback_loop import Person, rate_edits
+
+    url, data, root = server
+    client = Client(url, verbose=False, download_files=str(root / "dl-loop"))
+    log = (root / "loop.log").open("w")
+    info = rate_edits(client, MODEL, Person("loop-person", seed=3), ["grayscale"], n_ratings=4, candidates=2, seed=0,
+                      mix={"thumb": 0.5, "star": 0.5}, work=root, temperature=1.0, log=log)
+    log.close()
+    assert info["ratings"] == 4 and info["edits"] == 2, info
+    with Store(data) as store:
+        mine = [(t.candidate.idx, "thumb") for t in store.thumbs() if t.rater == "loop-person"]
+        mine += [(s.candidate.idx, "star") for s in store.stars() if s.rater == "loop-person"]
+    # per edit one form, given to each of its two candidates: #1 and #2 each rated twice in all
+    assert sorted(i for i, _ in mine) == [0, 0, 1, 1], mine
