@@ -166,6 +166,7 @@ def rate_edits(client: Any, model: str, person: Person, kinds: Sequence[str], n_
     given = {k: 0 for k in mix}
     right = wrong = 0
     edits = failed = 0
+    true_scores: list[list[float]] = []  # per rated edit, its candidates' verifier scores in gallery order
     t0 = time.time()
     while sum(given.values()) < n_ratings:
         s = next(stream)
@@ -184,6 +185,7 @@ def rate_edits(client: Any, model: str, person: Person, kinds: Sequence[str], n_
         failed = 0
         paths = [g["image"] for g in gallery]
         scores = [_score(s, p) for p in paths]
+        true_scores.append([round(x, 4) for x in scores])
         form = rng.choices(forms, weights)[0]
         left = n_ratings - sum(given.values())
         if form == "pair":
@@ -219,7 +221,38 @@ def rate_edits(client: Any, model: str, person: Person, kinds: Sequence[str], n_
               f"ratings {sum(given.values())}/{n_ratings} ({time.time() - t0:.0f} s)", file=log, flush=True)
     return {"edits": edits, "ratings": sum(given.values()), "by_form": given,
             "choices_with_a_gap_right": right, "choices_with_a_gap_wrong": wrong,
-            "seconds": round(time.time() - t0, 1)}
+            "seconds": round(time.time() - t0, 1), "true_scores": true_scores}
+
+
+def pair_quality(data_dir: Path, true_scores: list[list[float]]) -> dict[str, dict[str, float]]:
+    """How well the training pairs the ratings gave (``feedback.pairs.rated_pairs``, what DPO trains on)
+    point the right way, by source: pairs whose chosen candidate the verifier scores higher (right), lower
+    (wrong) or the same (equal, often two failures), and the mean score gap. Read from the store after
+    rating, from a store that holds the rated edits only (the benchmark's own): its edits in the order they were
+    made, ``true_scores`` in the same order."""
+    from feedback.pairs import rated_pairs
+    from feedback.store import Store
+
+    with Store(data_dir) as store:
+        by_edit: dict[str, list[Any]] = {}
+        for c in store.candidates():
+            if not (c.settings or {}).get("ab_test"):
+                by_edit.setdefault(c.edit_uid, []).append(c)
+        edits = sorted(by_edit.values(), key=lambda cs: min(c.id for c in cs))
+        true = {c.id: scores[c.idx] for cs, scores in zip(edits, true_scores, strict=False) for c in cs}
+        out: dict[str, dict[str, float]] = {}
+        for chosen, rejected, kind in rated_pairs(store):
+            if chosen.id not in true or rejected.id not in true:
+                continue
+            d = true[chosen.id] - true[rejected.id]
+            q = out.setdefault(kind, {"right": 0, "wrong": 0, "equal": 0, "gap": 0.0})
+            q["right" if d > 0 else "wrong" if d < 0 else "equal"] += 1
+            q["gap"] += abs(d)
+    for q in out.values():
+        n = q["right"] + q["wrong"] + q["equal"]
+        q["gap"] = round(q["gap"] / n, 3)
+        q["right_of_unequal"] = round(q["right"] / max(1, q["right"] + q["wrong"]), 3)
+    return out
 
 
 # -- fine-tune and blind A/B ---------------------------------------------------------------------------
@@ -435,8 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             rated_info = rate_edits(client, old_key, person, rated, a.ratings, a.candidates, a.seed, mix, work,
                                     a.temperature, log)
+        if "true_scores" in rated_info:
+            rated_info["pairs"] = pair_quality(data, rated_info["true_scores"])
         (root / "rated.json").write_text(json.dumps(rated_info, indent=1))
-        print(f"rated: {rated_info}", flush=True)
+        print(f"rated: { {k: v for k, v in rated_info.items() if k != 'true_scores'} }", flush=True)
         new_key, minutes, cpu_min = finetune(client, data, old_key, a.method, a.epochs, a.minutes, log)
         print(f"trained in {minutes:.1f} min ({cpu_min:.1f} CPU min): {new_key}", flush=True)
         table = blind_ab(client, judge, old_key, new_key, a.ab_rounds, ",".join(rated_cats), heldout, log)
