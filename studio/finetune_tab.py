@@ -65,7 +65,6 @@ def measured_settings(method: str, bundle: str, lora: bool) -> dict[str, Any]:
         # term dominated and a run from 100 ratings lowered the kinds not rated (research/feedback-loop.md,
         # runs B and D)
         out["sft_weight"] = 20.0
-        out["beta"] = 0.01
         if family == "earl-nano" and not lora:
             out["lr"] = 2e-5
             # many candidates per edit rated with stars or thumbs give hundreds of pairs: capped so a
