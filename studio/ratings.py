@@ -46,7 +46,7 @@ def readiness(counts: dict[str, int]) -> dict[str, dict[str, int | bool]]:
 # people rate edits in the studio, the one-click default trains, a blind A/B on held-out edits judges);
 # each run, with its command, in research/feedback-loop.md. ``measurable``: the A/B's 95 % interval
 # cleared 50 %. The figures are run F's, the one with 300 ratings and all its A/B rounds (its DPO ran at
-# β 0.01; run E at the default β stopped at 101 rounds, no measurable difference either).
+# beta 0.01; run E at the default beta stopped at 101 rounds, no measurable difference either).
 LOOP_MEASURED: dict[str, Any] = {
     "ratings": 300, "measurable": False, "winrate": 0.492, "ci": (0.436, 0.548),
     "source": "research/feedback-loop.md, run F",
