@@ -70,6 +70,8 @@ def measured_settings(method: str, bundle: str, lora: bool) -> dict[str, Any]:
             # many candidates per edit rated with stars or thumbs give hundreds of pairs: capped so a
             # one-click run stays within about half an hour on a 2-core CPU
             out["max_steps"] = DPO_MAX_STEPS
+    if method == "kto" and family == "earl-nano" and not lora:
+        out["lr"] = 2e-5
     if method == "grpo" and family == "earl-nano" and not lora:
         out["lr"] = 5e-5
     return out
