@@ -10,9 +10,9 @@ temporary ``--data`` folder with the shipped default model), as a person's brows
 1. ``training.eval`` scores the starting model on the held-out test split (before).
 2. Simulated people edit train-split suite photos (``/edit``, the studio's default N candidates) and rate
    the results with the studio's own forms, mixed as people use them: A/B pairs (``/pair_a`` …), thumbs,
-   stars (the candidate picked through ``/select_candidate``, as a click on it) and best-of-N. A rater sees the programmatic
-   verifier's score of the image the studio returned plus Gaussian noise, and a share of the answers is
-   random (people are inconsistent).
+   stars (the candidate picked through ``/select_candidate``, as a click on it) and best-of-N. A rater sees
+   the programmatic verifier's score of the image the studio returned plus Gaussian noise, and a share of
+   the answers is random (people are inconsistent).
 3. The Fine-tune tab's one-click job (``/finetune_start`` with the tab's defaults unless ``--method`` or
    ``--epochs`` say otherwise), watched through ``/finetune_poll`` and registered (``/finetune_register``).
 4. The tab's blind A/B (``/ab_next``, ``/ab_left`` …) on held-out photos of the rated kinds, judged by

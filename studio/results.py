@@ -287,7 +287,8 @@ class ResultsPanel:
             st = dict(st, selected=int(k) - 1)
             return {pstate: st, **self.selected_updates(st)}
 
-        self.pick.input(select_number, [pstate, self.pick], [pstate, *self.selected], api_name=f"{api_prefix}select_candidate")
+        self.pick.input(select_number, [pstate, self.pick], [pstate, *self.selected],
+                        api_name=f"{api_prefix}select_candidate")
 
         def pick_view(st: dict, v: int | None) -> dict:
             """The full-resolution result or the model's own output, in the compare widgets and the download."""

@@ -162,3 +162,26 @@ def test_finetune_tab_builds_and_ab_win_rate(env, monkeypatch):
     assert "| tiny-random@0 | 4 | 0 | 0 | 0% |" in table
     with pytest.raises(ValueError, match="Next pair"):
         ft.ab_rate(ctx, None, "left", "tester")
+
+
+def test_dpo_starts_from_thumbs_alone(env, tmp_path):
+    """Thumbs up and down on one edit's candidates are DPO pairs: the tab starts a DPO job from them, and
+    refuses, with a readable message, a store with no rating that makes a pair."""
+    from studio import finetune_tab as ft
+    from studio.app import StudioContext
+    from studio.models import ModelRegistry
+
+    store = Store(tmp_path / "data")
+    ctx = StudioContext(store=store, registry=ModelRegistry(store.data_dir, preloaded={}), default_model=None)
+    base = f"path:{env.root / 'tiny'}"
+    generate(store, env.bundle, env.samples[:1], n=3, seed=5)
+    with pytest.raises(ValueError, match="No preference pairs yet"):
+        ft.start_job(ctx, next(iter(ft.METHODS)), base, "", 1, 1, "", "", False)
+    first, second, _ = store.candidates()
+    store.add_rating("p", "thumb", "up", [first.id])
+    store.add_rating("p", "thumb", "down", [second.id])
+    c = store.counts()
+    assert c["thumbs_up"] and c["thumbs_down"] and not c.get("preference_pairs"), c
+    msg, jid = ft.start_job(ctx, next(iter(ft.METHODS)), base, "from-thumbs", 1, 1, "", "", False)
+    assert "Started **DPO**" in msg
+    ft.cancel(ctx, jid)

@@ -243,8 +243,8 @@ def _train(cfg: PrefConfig, ft: FineTune) -> Path | None:
             metrics[f"{k}_last_epoch"] = round(sum(vals) / len(vals), 4)
     card = {"data": {"store": str(store.data_dir), **data_info},
             "settings": {"method": cfg.method, "beta": cfg.beta, "lr": ft.lr, "epochs": cfg.epochs,
-                         "max_steps": cfg.max_steps, "sft_weight": cfg.sft_weight, "batch_size": cfg.batch_size, "lora": cfg.lora, "use_stars": cfg.use_stars,
-                         "processes": accel.num_processes},
+                         "max_steps": cfg.max_steps, "sft_weight": cfg.sft_weight, "batch_size": cfg.batch_size,
+                         "lora": cfg.lora, "use_stars": cfg.use_stars, "processes": accel.num_processes},
             "metrics": metrics}
     return ft.finish(cfg.data or str(store.data_dir), card, think=cfg.think_eval)
 
