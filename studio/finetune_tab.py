@@ -71,6 +71,7 @@ def measured_settings(method: str, bundle: str, lora: bool) -> dict[str, Any]:
             # one-click run stays within about half an hour on a 2-core CPU
             out["max_steps"] = DPO_MAX_STEPS
     if method == "kto" and family == "earl-nano" and not lora:
+        # as DPO: the trainer's default is sized for large models (research/feedback-loop.md, run G)
         out["lr"] = 2e-5
     if method == "grpo" and family == "earl-nano" and not lora:
         out["lr"] = 5e-5

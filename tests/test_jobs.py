@@ -140,7 +140,7 @@ def test_finetune_tab_builds_and_ab_win_rate(env, monkeypatch):
     assert ft.measured_settings("dpo", tiny, lora=False) == {"sft_weight": 20.0, "lr": 2e-5, "max_steps": ft.DPO_MAX_STEPS}
     assert ft.measured_settings("dpo", tiny, lora=True) == {"sft_weight": 20.0}
     assert ft.measured_settings("grpo", tiny, lora=False) == {"lr": 5e-5}
-    assert ft.measured_settings("kto", tiny, lora=False) == {}
+    assert ft.measured_settings("kto", tiny, lora=False) == {"lr": 2e-5}
     from training.jobs import build_command
 
     build_command("dpo", env.root / "j", env.store.data_dir, tiny, "n", ft.measured_settings("dpo", tiny, False))

@@ -1,0 +1,91 @@
+"""What a feedback-loop run's blind A/B could show: its rounds by the verifier, and re-judged many times.
+
+    python -m benchmarks.ab_rejudge runs/loop-G [--judges 200]
+
+Reads a ``benchmarks.feedback_loop --out`` folder: the A/B rounds its log scored (the verifier's score of
+the left and the right image) and the store's A/B ratings, which say which side was the new model. Prints
+how many rounds the new model's output scored higher, lower or the same, the mean scores, and the win rate
+the new model would get on average from ``--judges`` simulated judges of the run's kind (``Person``:
+verifier plus noise, random answers, ties), each on the same outputs. The run's own judge is one of them,
+so its tally sits somewhere in that spread. Last line:
+
+    ab_rejudge rounds=… new_better=… old_better=… level=… mean_new=… mean_old=… expected_winrate=… sd=…
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.feedback_loop import Person
+
+
+def new_bundle_id(run: Path) -> str:
+    """The fine-tuned bundle's id: the run's result, or (a run stopped before its end) its one new bundle."""
+    result = run / "result.json"
+    if result.exists():
+        folder = Path(json.loads(result.read_text())["new_bundle"])
+    else:
+        folders = sorted((run / "data" / "bundles").glob("*/bundle.json"))
+        if len(folders) != 1:
+            raise SystemExit(f"{run}: no result.json and {len(folders)} bundles; cannot tell the new model")
+        folder = folders[0].parent
+    cfg = json.loads((folder / "bundle.json").read_text())
+    return f"{cfg['name']}@{cfg['version']}"
+
+
+def rounds(run: Path) -> list[tuple[float, float]]:
+    """(new model's score, old model's score) per A/B round of the run, in order."""
+    from feedback.store import Store
+
+    lines = [ln for ln in (run / "log.txt").read_text().splitlines() if ln.startswith("A/B ")]
+    new_id = new_bundle_id(run)
+    with Store(run / "data") as store:
+        ab = []
+        for r in store.ratings("pair"):
+            if r.value not in ("A", "B", "tie"):
+                continue
+            cands = {c.id: c for c in store.candidates(r.candidate_ids)}
+            if all(c.settings.get("ab_test") for c in cands.values()):
+                ab.append(cands[r.candidate_ids[0]].bundle_id)
+    ab = ab[-len(lines):]  # a --reuse run's store also holds the earlier run's rounds
+    out = []
+    for left_bundle, line in zip(ab, lines, strict=True):
+        m = re.search(r"left ([\d.]+) right ([\d.]+)", line)
+        if m is None:
+            raise ValueError(f"not an A/B line: {line}")
+        left, right = float(m.group(1)), float(m.group(2))
+        new_left = left_bundle == new_id
+        out.append((left, right) if new_left else (right, left))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.ab_rejudge", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="a benchmarks.feedback_loop --out folder")
+    ap.add_argument("--judges", type=int, default=200, help="simulated judges (seeds 0 … N-1)")
+    a = ap.parse_args(argv)
+    result = a.run / "result.json"
+    args = json.loads(result.read_text())["args"] if result.exists() else {"noise": 1.0, "inconsistent": 0.15}
+    pairs = rounds(a.run)
+    rates = []
+    for seed in range(a.judges):
+        judge = Person("judge", noise=float(args["noise"]), inconsistent=float(args["inconsistent"]), seed=seed)
+        votes = [judge.pair(n, o) for n, o in pairs]
+        rates.append((votes.count("A") + votes.count("tie") / 2) / len(pairs))
+    new = np.array([n for n, _ in pairs])
+    old = np.array([o for _, o in pairs])
+    print(f"ab_rejudge rounds={len(pairs)} new_better={int((new > old).sum())} old_better={int((new < old).sum())} "
+          f"level={int((new == old).sum())} mean_new={new.mean():.3f} mean_old={old.mean():.3f} "
+          f"expected_winrate={np.mean(rates):.3f} sd={np.std(rates):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
