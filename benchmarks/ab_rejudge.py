@@ -25,26 +25,29 @@ import numpy as np
 from benchmarks.feedback_loop import Person
 
 
-def new_bundle_id(run: Path) -> str:
-    """The fine-tuned bundle's id: the run's result, or (a run stopped before its end) its one new bundle."""
+def run_setup(run: Path) -> tuple[str, dict[str, float]]:
+    """The fine-tuned bundle's id and the run's judge settings (``Person`` keyword arguments), from the
+    run's result; a run stopped before its end has none: its one new bundle, and ``Person``'s defaults."""
     result = run / "result.json"
     if result.exists():
-        folder = Path(json.loads(result.read_text())["new_bundle"])
+        res = json.loads(result.read_text())
+        folder = Path(res["new_bundle"])
+        judge = {k: float(res["args"][k]) for k in ("noise", "inconsistent")}
     else:
         folders = sorted((run / "data" / "bundles").glob("*/bundle.json"))
         if len(folders) != 1:
             raise SystemExit(f"{run}: no result.json and {len(folders)} bundles; cannot tell the new model")
-        folder = folders[0].parent
+        folder, judge = folders[0].parent, {}
     cfg = json.loads((folder / "bundle.json").read_text())
-    return f"{cfg['name']}@{cfg['version']}"
+    return f"{cfg['name']}@{cfg['version']}", judge
 
 
-def rounds(run: Path) -> list[tuple[float, float]]:
-    """(new model's score, old model's score) per A/B round of the run, in order."""
+def rounds(run: Path, new_id: str) -> list[tuple[float, float]]:
+    """(new model's score, old model's score) per A/B round of the run, in order; ``new_id``: the new
+    model's bundle id."""
     from feedback.store import Store
 
     lines = [ln for ln in (run / "log.txt").read_text().splitlines() if ln.startswith("A/B ")]
-    new_id = new_bundle_id(run)
     with Store(run / "data") as store:
         ab = []
         for r in store.ratings("pair"):
@@ -71,12 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("run", type=Path, help="a benchmarks.feedback_loop --out folder")
     ap.add_argument("--judges", type=int, default=200, help="simulated judges (seeds 0 … N-1)")
     a = ap.parse_args(argv)
-    result = a.run / "result.json"
-    args = json.loads(result.read_text())["args"] if result.exists() else {"noise": 1.0, "inconsistent": 0.15}
-    pairs = rounds(a.run)
+    new_id, judge_kw = run_setup(a.run)
+    pairs = rounds(a.run, new_id)
     rates = []
     for seed in range(a.judges):
-        judge = Person("judge", noise=float(args["noise"]), inconsistent=float(args["inconsistent"]), seed=seed)
+        judge = Person("judge", seed=seed, **judge_kw)
         votes = [judge.pair(n, o) for n, o in pairs]
         rates.append((votes.count("A") + votes.count("tie") / 2) / len(pairs))
     new = np.array([n for n, _ in pairs])

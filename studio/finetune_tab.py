@@ -107,7 +107,7 @@ def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epoc
         thumbs_both = data.get("thumbs_up", 0) > 0 and data.get("thumbs_down", 0) > 0
         if method == "dpo" and data.get("preference_pairs", 0) == 0 and data.get("stars", 0) < 2 and not thumbs_both:
             raise ValueError("No preference pairs yet: rate some A/B pairs, best-of-N, stars or thumbs first.")
-        if method == "kto" and (data.get("thumbs_up", 0) == 0 or data.get("thumbs_down", 0) == 0):
+        if method == "kto" and not thumbs_both:
             raise ValueError("KTO needs thumbs of both kinds (some up and some down).")
         opts["epochs"] = int(epochs)
     opts.update(measured_settings(method, bundle, bool(lora)))
