@@ -1,13 +1,20 @@
 """What a feedback-loop run's blind A/B could show: its rounds by the verifier, and re-judged many times.
 
     python -m benchmarks.ab_rejudge runs/loop-G [--judges 200]
+    python -m benchmarks.ab_rejudge --evals old.json new.json      # two training.eval runs instead
+
 
 Reads a ``benchmarks.feedback_loop --out`` folder: the A/B rounds its log scored (the verifier's score of
 the left and the right image) and the store's A/B ratings, which say which side was the new model. Prints
 how many rounds the new model's output scored higher, lower or the same, the mean scores, and the win rate
 the new model would get on average from ``--judges`` simulated judges of the run's kind (``Person``:
 verifier plus noise, random answers, ties), each on the same outputs. The run's own judge is one of them,
-so its tally sits somewhere in that spread. Last line:
+so its tally sits somewhere in that spread.
+
+``--evals OLD NEW``: the same contest without the studio, between two ``training.eval --out`` files of the
+two models on the same samples with the same ``--seed`` (and ``--candidates``): candidate k of a sample by
+one model meets candidate k of the same sample by the other, as both sides of an A/B round share a seed.
+Minutes of decoding instead of an A/B run, for choosing what to try in the studio. Last line:
 
     ab_rejudge rounds=… new_better=… old_better=… level=… mean_new=… mean_old=… expected_winrate=… sd=…
 """
@@ -68,14 +75,40 @@ def rounds(run: Path, new_id: str) -> list[tuple[float, float]]:
     return out
 
 
+def eval_pairs(old: dict, new: dict) -> list[tuple[float, float]]:
+    """(new score, old score) per candidate of every sample that both ``training.eval`` results hold, matched
+    by sample id and candidate index; refused when the two runs' settings differ in what they sampled."""
+    keys = ("seed", "temperature", "top_k", "top_p", "candidates", "set_path", "phrasings")
+    differ = [k for k in keys if old["settings"].get(k) != new["settings"].get(k)]
+    if differ:
+        raise SystemExit(f"the two evals sampled differently ({', '.join(differ)}); run both with the same flags")
+    by_id = {s["id"]: s for s in old["samples"]}
+    out = []
+    for s in new["samples"]:
+        o = by_id.get(s["id"])
+        if o is not None:
+            out += [(c["overall"], d["overall"]) for c, d in zip(s["candidates"], o["candidates"], strict=True)]
+    if not out:
+        raise SystemExit("the two evals share no sample")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.ab_rejudge", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="a benchmarks.feedback_loop --out folder")
+    ap.add_argument("run", type=Path, nargs="?", help="a benchmarks.feedback_loop --out folder")
+    ap.add_argument("--evals", type=Path, nargs=2, metavar=("OLD", "NEW"),
+                    help="two training.eval --out files instead of a run (judge: Person's defaults)")
     ap.add_argument("--judges", type=int, default=200, help="simulated judges (seeds 0 … N-1)")
     a = ap.parse_args(argv)
-    new_id, judge_kw = run_setup(a.run)
-    pairs = rounds(a.run, new_id)
+    if (a.run is None) == (a.evals is None):
+        ap.error("give a run folder or --evals OLD NEW")
+    if a.evals:
+        pairs = eval_pairs(*(json.loads(p.read_text()) for p in a.evals))
+        judge_kw: dict[str, float] = {}
+    else:
+        new_id, judge_kw = run_setup(a.run)
+        pairs = rounds(a.run, new_id)
     rates = []
     for seed in range(a.judges):
         judge = Person("judge", seed=seed, **judge_kw)

@@ -124,6 +124,17 @@ def thumb_pairs(thumbs: list[Any]) -> list[tuple[Any, Any, str]]:
     return graded_pairs([(t.candidate, float(t.up), t.rater) for t in thumbs])
 
 
+def single_labels(store: Any) -> list[tuple[Any, bool, str]]:
+    """Every rating that says a candidate is good or bad on its own, as ``(candidate, good, source)``:
+    thumbs; 4–5 stars good and 1–2 bad (3: neither); a best-of-N pick good (the ones not picked may be good
+    too: no label). A/B answers compare two candidates and say neither is good or bad by itself: none."""
+    out = [(t.candidate, bool(t.up), "thumbs") for t in store.thumbs()]
+    out += [(s.candidate, s.stars >= 4, "stars") for s in store.stars() if s.stars != 3]
+    picks = {p.rating_id: p.chosen for p in store.preference_pairs() if p.kind == "best_of_n"}
+    out += [(c, True, "best_of_n") for c in picks.values()]
+    return out
+
+
 def rated_pairs(store: Any, use_stars: bool = True) -> list[tuple[Any, Any, str]]:
     """Every (chosen, rejected, source) candidate pair: A/B and best-of-N pairs, plus the pairs that
     per-candidate ratings of one edit imply (stars, thumbs) when ``use_stars``."""

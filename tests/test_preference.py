@@ -19,7 +19,7 @@ from engine.bundle import Bundle, load_bundle
 from engine.layout import build_prompt
 from engine.logprobs import sequence_logprobs
 from engine.tiny import make_tiny_random_bundle
-from feedback.pairs import StoreExamples, star_pairs, thumb_pairs
+from feedback.pairs import StoreExamples, single_labels, star_pairs, thumb_pairs
 from feedback.store import Store
 from training.data import suite
 from training.preference import (
@@ -197,6 +197,28 @@ def test_kto_mismatched_pairs(rated):
     exs = [e for e, _ in items[:5]]
     pairs = kl_pairs(exs)
     assert all(p.shape_key == c.shape_key and p is not c for p, c in pairs)
+
+
+def test_kto_from_every_single_candidate_label(rated, tmp_path):
+    """kto_from "all": thumbs as they are, stars of 4-5 good and 1-2 bad, a best-of-N pick good; A/B none."""
+    shutil.copytree(rated.store.data_dir, tmp_path / "data")
+    with Store(tmp_path / "data") as store:
+        ids = rated.edits[0].ids
+        store.add_rating("carol", "best_of_n", ids[1], ids)
+        labels = single_labels(store)
+        by_src = defaultdict(list)
+        for cand, good, src in labels:
+            by_src[src].append((cand.id, good))
+        assert len(by_src["thumbs"]) == 18 and by_src["best_of_n"] == [(ids[1], True)]
+        stars = {(s.candidate.id, s.rater): s.stars for s in store.stars()}
+        assert len(by_src["stars"]) == sum(v != 3 for v in stars.values())
+        assert {good for _, good in by_src["stars"]} <= {True, False}
+        assert sum(g for _, g in by_src["stars"]) == sum(v >= 4 for v in stars.values())
+        items, info = load_kto_data(store, rated.bundle, "all")
+        assert len(items) == len(labels) and info["by_source"]["best_of_n"] == 1
+        assert len(load_kto_data(store, rated.bundle)[0]) == 18  # the default: thumbs alone
+        with pytest.raises(ValueError, match="kto_from"):
+            load_kto_data(store, rated.bundle, "pairs")
 
 
 def _margin(bundle, ref, pairs):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.logprobs import sequence_logprobs
-from feedback.pairs import Example, StoreExamples, rated_pairs
+from feedback.pairs import Example, StoreExamples, rated_pairs, single_labels
 from training.common import parse_config
 from training.tuning import FineTune, Policy, TuneConfig, global_sum
 
@@ -53,6 +53,9 @@ class PrefConfig(TuneConfig):
     max_steps: int = 0  # stop after this many optimizer steps, whatever the epochs (0: no cap)
     batch_size: int = 8
     use_stars: bool = True  # also pairs implied by per-candidate grades of one edit: stars, thumbs
+    # KTO only: learn from thumbs alone, or from every rating that calls one candidate good or bad
+    # (thumbs, stars of 4-5 and 1-2, best-of-N picks: feedback.pairs.single_labels)
+    kto_from: str = "thumbs"  # thumbs | all
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     think_eval: bool = False  # the held-out scores before / after in think-then-edit mode
@@ -126,15 +129,23 @@ def load_dpo_data(store: Any, bundle: Any, use_stars: bool) -> tuple[list[tuple[
     return pairs, {"pairs": len(pairs), "by_source": kinds, "skipped_candidates": dict(ex.skipped)}
 
 
-def load_kto_data(store: Any, bundle: Any) -> tuple[list[tuple[Example, bool]], dict]:
+def load_kto_data(store: Any, bundle: Any, source: str = "thumbs") -> tuple[list[tuple[Example, bool]], dict]:
+    """(example, desirable) items: thumbs, or with ``source`` "all" every single-candidate label."""
+    if source not in ("thumbs", "all"):
+        raise ValueError(f"kto_from: thumbs or all, not {source!r}")
     ex = StoreExamples(bundle, store)
-    items = []
-    for t in store.thumbs():
-        e = ex.example(t.candidate)
+    labels = single_labels(store) if source == "all" else [(t.candidate, t.up, "thumbs") for t in store.thumbs()]
+    items, by_source = [], {}
+    for cand, good, src in labels:
+        e = ex.example(cand)
         if e is not None:
-            items.append((e, t.up))
+            items.append((e, bool(good)))
+            by_source[src] = by_source.get(src, 0) + 1
     up = sum(u for _, u in items)
-    return items, {"thumbs": len(items), "up": up, "down": len(items) - up, "skipped_candidates": dict(ex.skipped)}
+    info = {"thumbs": by_source.get("thumbs", 0), "up": up, "down": len(items) - up}
+    if source == "all":
+        info["by_source"] = by_source
+    return items, {**info, "skipped_candidates": dict(ex.skipped)}
 
 
 def batches_for_epoch(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
@@ -179,7 +190,7 @@ def _train(cfg: PrefConfig, ft: FineTune) -> Path | None:
         items, data_info = load_dpo_data(store, base, cfg.use_stars)
         need = 1
     else:
-        items, data_info = load_kto_data(store, base)
+        items, data_info = load_kto_data(store, base, cfg.kto_from)
         need = 2
     if len(items) < need:
         raise SystemExit(f"not enough ratings for {cfg.method.upper()}: {data_info}")
@@ -244,7 +255,7 @@ def _train(cfg: PrefConfig, ft: FineTune) -> Path | None:
     card = {"data": {"store": str(store.data_dir), **data_info},
             "settings": {"method": cfg.method, "beta": cfg.beta, "lr": ft.lr, "epochs": cfg.epochs,
                          "max_steps": cfg.max_steps, "sft_weight": cfg.sft_weight, "batch_size": cfg.batch_size,
-                         "lora": cfg.lora, "use_stars": cfg.use_stars, "processes": accel.num_processes},
+                         "lora": cfg.lora, "use_stars": cfg.use_stars, "kto_from": cfg.kto_from, "processes": accel.num_processes},
             "metrics": metrics}
     return ft.finish(cfg.data or str(store.data_dir), card, think=cfg.think_eval)
 
