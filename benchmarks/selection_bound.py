@@ -18,6 +18,10 @@ overall rate would give. The last line is machine-readable:
 (``spread``: the mean over photos of best minus mean candidate score, in verifier points.) A model can beat
 this bound only by extrapolating past its best candidates, which preference methods do not promise.
 
+``--ceiling``: the ideal side is instead a perfect model of this tokenizer, which writes every photo's exact
+target through the bundle's image tokenizer (the eval's ``vq`` score): how far any fine-tuning of the
+language model could move the A/B on these photos under this judge.
+
 ``--pool B.json …``: candidates the studio could show beside the model's own, from other ``training.eval``
 runs on the same samples (matched by id), e.g. with classifier-free guidance (``--cfg-text``): the raters'
 best is then taken over all of them, while "the model as it is" stays a candidate of the first run.
@@ -45,9 +49,13 @@ def contest(best: float, other: float, judge: Person) -> float:
     return {"A": 0.0, "B": 1.0, "tie": 0.5}[v]
 
 
-def scores(sample: dict, pool: dict[str, list[float]] | None = None) -> tuple[list[float], float]:
-    """A sample's own candidate scores, and the best score over them and its ``pool`` scores (by sample id)."""
+def scores(sample: dict, pool: dict[str, list[float]] | None = None,
+           ceiling: bool = False) -> tuple[list[float], float]:
+    """A sample's own candidate scores, and the best score over them and its ``pool`` scores (by sample id),
+    or with ``ceiling`` its exact target's score through the tokenizer."""
     own = [c["overall"] for c in sample["candidates"]]
+    if ceiling:
+        return own, float(sample["vq"])
     extra = (pool or {}).get(sample["id"], [])
     if len(own) + len(extra) < 2:
         raise SystemExit(f"{sample['id']}: one candidate; run training.eval with --candidates 2 or more")
@@ -55,12 +63,13 @@ def scores(sample: dict, pool: dict[str, list[float]] | None = None) -> tuple[li
 
 
 def bound(samples: list[dict], judge: Person, draws: int = 200,
-          pool: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+          pool: dict[str, list[float]] | None = None, ceiling: bool = False) -> dict[str, list[float]]:
     """Per kind, the judge's verdicts over ``draws`` contests per photo: the best of the sample's candidates
-    and its ``pool`` scores (by sample id) against one of its own candidates at random."""
+    and its ``pool`` scores (by sample id), or its tokenizer ceiling, against one of its own candidates at
+    random."""
     out: dict[str, list[float]] = defaultdict(list)
     for s in samples:
-        own, best = scores(s, pool)
+        own, best = scores(s, pool, ceiling)
         for _ in range(draws):
             out[s["kind"]].append(contest(best, judge.rng.choice(own), judge))
     return out
@@ -89,16 +98,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--noise", type=float, default=1.0)
     ap.add_argument("--inconsistent", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ceiling", action="store_true",
+                    help="the ideal side writes the exact target through the tokenizer (the eval's vq score)")
     ap.add_argument("--pool", type=Path, nargs="*", default=[],
                     help="training.eval --out files of other runs on the same samples: more candidates to pick from")
     a = ap.parse_args(argv)
     res = json.loads(a.eval_json.read_text())
     judge = Person("judge", noise=a.noise, inconsistent=a.inconsistent, seed=a.seed)
     pool = pooled([json.loads(p.read_text()) for p in a.pool], {s["id"] for s in res["samples"]}) if a.pool else {}
-    verdicts = bound(res["samples"], judge, pool=pool)
+    if a.ceiling and (a.pool or any("vq" not in s for s in res["samples"])):
+        ap.error("--ceiling: the eval's samples need their vq score, and --pool does not apply")
+    verdicts = bound(res["samples"], judge, pool=pool, ceiling=a.ceiling)
     spread = defaultdict(list)
     for s in res["samples"]:
-        own, best = scores(s, pool)
+        own, best = scores(s, pool, a.ceiling)
         spread[s["kind"]].append(best - statistics.mean(own))
     print(f"{'kind':16s} {'photos':>6s} {'spread':>7s} {'win rate':>9s}")
     for k, v in verdicts.items():

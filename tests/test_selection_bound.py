@@ -53,3 +53,22 @@ def test_a_pool_of_better_candidates_raises_the_bound_and_must_cover_the_samples
     assert main([str(f), "--pool", str(g)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "spread=4.00" in last  # best 9 against the own candidates' mean 5
+
+
+def test_the_tokenizer_ceiling_as_the_ideal_side(tmp_path, capsys):
+    """--ceiling: a perfect model of the tokenizer (the vq score) against one candidate; a ceiling of 0
+    (the exact target fails through the tokenizer) is a photo no fine-tune can win."""
+    samples = [{**s, "vq": 9.0} for s in _samples(0.0, n=20)] + [{**s, "id": f"z{i}", "vq": 0.0}
+                                                                for i, s in enumerate(_samples(0.0, n=20))]
+    verdicts = bound(samples[:20], Person("j", seed=0), ceiling=True)["warmer"]
+    assert sum(verdicts) / len(verdicts) > 0.85  # 9 against 5 on every photo
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"samples": samples}))
+    assert main([str(f), "--ceiling"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "spread=-0.50" in last  # (4 + (-5)) / 2: half the photos' ceiling is below their candidates
+    rate = float(last.split("winrate=")[1].split()[0])
+    assert 0.45 < rate < 0.6  # the 0-ceiling half loses what the other half wins
+    f.write_text(json.dumps({"samples": _samples(1.0)}))  # no vq scores
+    with pytest.raises(SystemExit):
+        main([str(f), "--ceiling"])
