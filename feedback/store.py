@@ -30,6 +30,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -888,7 +889,8 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         """What has been collected: edits, candidates, ratings, raters; the ratings that can train (thumbs
-        up/down, stars, A/B decisions and ties, best_of_n, the preference pairs they give); and the blind
+        up/down, stars, A/B decisions and ties, best_of_n, the preference pairs A/B and best-of-N give, and
+        ``graded_pairs``: those that thumbs and stars of one edit's candidates give); and the blind
         A/B rounds judging models (``ab_rounds``), which never train."""
         with self._lock:
             one = lambda q: int(self._con.execute(q).fetchone()[0])  # noqa: E731
@@ -925,6 +927,15 @@ class Store:
         for r in bon_rs:
             n += sum(key[o] == key[int(r.value)] for o in r.candidate_ids if o != int(r.value))
         c["preference_pairs"] = n
+        # the pairs per-candidate grades imply (feedback.pairs.graded_pairs): within one rater's thumbs, or
+        # stars, of one photo and instruction, each two candidates graded differently
+        graded: dict[tuple, list[str]] = {}
+        for kind, rs in (("thumb", thumbs), ("star", self.standing_ratings("star"))):
+            for r in rs:
+                if not is_blind(r):
+                    graded.setdefault((kind, r.rater, *key[r.candidate_ids[0]]), []).append(r.value)
+        c["graded_pairs"] = sum(math.comb(len(g), 2) - sum(math.comb(g.count(v), 2) for v in set(g))
+                                for g in graded.values())
         return c
 
     # -- history tree

@@ -100,13 +100,16 @@ def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epoc
                                  "“Reward model” in this tab, or python -m training.reward_model).")
             opts["reward_model"] = str(rms[-1].parent)
     elif method == "reward_model":
-        if ctx.store.counts().get("preference_pairs", 0) < 2:
-            raise ValueError("A reward model needs at least a few preference pairs (A/B or best-of-N).")
+        c = ctx.store.counts()
+        if c.get("preference_pairs", 0) + c.get("graded_pairs", 0) < 2:
+            raise ValueError("A reward model needs at least a few preference pairs (A/B, best-of-N, or stars "
+                             "or thumbs that tell two candidates of one edit apart).")
     else:
         data = ctx.store.counts()
         thumbs_both = data.get("thumbs_up", 0) > 0 and data.get("thumbs_down", 0) > 0
-        if method == "dpo" and data.get("preference_pairs", 0) == 0 and data.get("stars", 0) < 2 and not thumbs_both:
-            raise ValueError("No preference pairs yet: rate some A/B pairs, best-of-N, stars or thumbs first.")
+        if method == "dpo" and data.get("preference_pairs", 0) + data.get("graded_pairs", 0) == 0:
+            raise ValueError("No preference pairs yet: rate some A/B pairs or best-of-N, or give two candidates "
+                             "of one edit different stars or thumbs, first.")
         if method == "kto" and not thumbs_both:
             raise ValueError("KTO needs thumbs of both kinds (some up and some down).")
         opts["epochs"] = int(epochs)

@@ -17,7 +17,7 @@ from typing import Any
 from feedback.store import Rating, Store
 
 READY = {
-    "dpo_pairs": 100,  # decided A/B pairs (+ best-of-N expansions) for a first DPO run
+    "dpo_pairs": 100,  # preference pairs (A/B, best-of-N, and those stars and thumbs imply) for a first DPO run
     "kto_thumbs": 100,  # thumbs in total …
     "kto_min_each": 20,  # … with at least this many of each sign
     "reward_model_pairs": 300,
@@ -26,7 +26,7 @@ READY = {
 
 def readiness(counts: dict[str, int]) -> dict[str, dict[str, int | bool]]:
     """For each method: what we have, what is needed, how many more, ready or not."""
-    pairs = int(counts.get("preference_pairs", 0))
+    pairs = int(counts.get("preference_pairs", 0)) + int(counts.get("graded_pairs", 0))
     up, down = int(counts.get("thumbs_up", 0)), int(counts.get("thumbs_down", 0))
     kto_more = max(READY["kto_thumbs"] - up - down, READY["kto_min_each"] - up, READY["kto_min_each"] - down, 0)
     out = {

@@ -128,6 +128,28 @@ def test_ratings_validation_and_training_reads(tmp_path: Path) -> None:
         assert c["preference_pairs"] == 2 and c["raters"] == 4 and c["ratings"] == 10
 
 
+def test_counts_the_pairs_that_thumbs_and_stars_imply(tmp_path: Path) -> None:
+    """graded_pairs: within one rater's thumbs (or stars) of one edit, each two graded differently; other
+    raters, other photos and equal grades give none (the rule of feedback.pairs.graded_pairs)."""
+    from feedback.pairs import star_pairs, thumb_pairs
+    from studio.ratings import readiness
+
+    with Store(tmp_path) as store:
+        a, b, c = _add_edit(store, 0, n=3)
+        (d,) = _add_edit(store, 1, n=1)
+        for cid, v in ((a, "up"), (b, "down"), (c, "down"), (d, "up")):
+            store.add_rating("ann", "thumb", v, [cid])
+        store.add_rating("bob", "thumb", "up", [a])  # alone in bob's thumbs: no pair
+        for cid, v in ((a, 5), (b, 3), (c, 3)):
+            store.add_rating("ann", "star", v, [cid])
+        counts = store.counts()
+        implied = len(thumb_pairs(store.thumbs())) + len(star_pairs(store.stars()))
+        assert counts["graded_pairs"] == implied == 2 + 2 and counts["preference_pairs"] == 0
+        assert readiness(counts)["dpo"]["have"] == 4
+        store.add_rating("ann", "thumb", "down", [a])  # changes her mind: the latest thumb stands
+        assert store.counts()["graded_pairs"] == 0 + 2 == len(thumb_pairs(store.thumbs())) + 2
+
+
 def test_history_tree(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
         root = _add_edit(store, 0)[0]
