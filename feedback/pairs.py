@@ -135,6 +135,22 @@ def single_labels(store: Any) -> list[tuple[Any, bool, str]]:
     return out
 
 
+def rating_groups(store: Any) -> list[list[tuple[Any, float]]]:
+    """Candidates a person graded side by side, with their grades, for learning each candidate against the
+    others of its group (as GRPO does with a reward): one rater's thumbs of one edit (up 1, down 0) form a
+    group, so do their stars (1-5); a decided A/B answer is a group of two (1, 0), a best-of-N pick one of
+    the shown candidates (the pick 1, the others 0)."""
+    groups: dict[tuple, list[tuple[Any, float]]] = {}
+    for form, graded in (("thumb", [(t.candidate, float(t.up), t.rater) for t in store.thumbs()]),
+                         ("star", [(s.candidate, float(s.stars), s.rater) for s in store.stars()])):
+        for cand, grade, rater in graded:
+            groups.setdefault((form, rater, cand.source_hash, cand.instruction), []).append((cand, grade))
+    for p in store.preference_pairs():
+        g = groups.setdefault((p.kind, p.rating_id), [(p.chosen, 1.0)])
+        g.append((p.rejected, 0.0))
+    return list(groups.values())
+
+
 def rated_pairs(store: Any, use_stars: bool = True) -> list[tuple[Any, Any, str]]:
     """Every (chosen, rejected, source) candidate pair: A/B and best-of-N pairs, plus the pairs that
     per-candidate ratings of one edit imply (stars, thumbs) when ``use_stars``."""

@@ -19,7 +19,7 @@ from engine.bundle import Bundle, load_bundle
 from engine.layout import build_prompt
 from engine.logprobs import sequence_logprobs
 from engine.tiny import make_tiny_random_bundle
-from feedback.pairs import StoreExamples, single_labels, star_pairs, thumb_pairs
+from feedback.pairs import StoreExamples, rating_groups, single_labels, star_pairs, thumb_pairs
 from feedback.store import Store
 from training.data import suite
 from training.preference import (
@@ -29,6 +29,7 @@ from training.preference import (
     kl_pairs,
     kto_loss,
     load_dpo_data,
+    load_group_data,
     load_kto_data,
     train,
 )
@@ -274,6 +275,38 @@ def test_kto_run_writes_bundle(rated, tmp_path):
         delta = seq.examples(new, exs) - seq.examples(rated.bundle, exs)
     up = torch.tensor([u for _, u in items])
     assert float(delta[up].mean()) > float(delta[~up].mean())  # desirable up relative to undesirable
+
+
+def test_rating_groups_and_their_advantages(rated):
+    """One group per rater, edit and form (thumbs, stars), per A/B answer and per best-of-N pick; members get
+    EARL's advantage within their group, and groups graded all alike are left out."""
+    groups = rating_groups(rated.store)
+    thumbs = [g for g in groups if {x for _, x in g} <= {0.0, 1.0} and len(g) == 3]
+    assert len(thumbs) >= 6 - 1  # two raters x three edits (an edit's three A/B answers are groups of two)
+    for g in groups:
+        assert len({(c.source_hash, c.instruction) for c, _ in g}) == 1  # one photo and instruction
+    items, info = load_group_data(rated.store, rated.bundle)
+    assert info["groups"] + info["graded_alike"] == len(groups) and info["groups"] > 0
+    assert info["candidates"] == len(items)
+    total = sum(a for _, a in items)
+    assert abs(total) < 1e-6  # advantages sum to zero within each group, so over all of them
+
+
+def test_group_run_moves_good_candidates_up_and_bad_ones_down(rated, tmp_path):
+    cfg = PrefConfig(method="group", bundle=str(rated.root / "tiny"), data=str(rated.store.data_dir), epochs=2,
+                     batch_size=8, lr=2e-3, out=str(tmp_path / "group"), bundle_out=str(tmp_path / "group-bundle"))
+    path = train(cfg)
+    new = load_bundle(path)
+    assert new.config.notes["method"] == "group"
+    items, _ = load_group_data(rated.store, rated.bundle)
+    seq = SeqLogp()
+    with torch.no_grad():
+        exs = [e for e, _ in items]
+        delta = seq.examples(new, exs) - seq.examples(rated.bundle, exs)
+    adv = torch.tensor([a for _, a in items])
+    assert float(delta[adv > 0].mean()) > float(delta[adv < 0].mean())
+    metrics = json.loads((tmp_path / "group" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 * -(-len(items) // 8)
 
 
 def test_reward_model_learns_pairs(rated, tmp_path):

@@ -1,4 +1,5 @@
-"""Learning from ratings without a verifier: DPO on preference pairs, KTO on thumbs. Readable top to bottom.
+"""Learning from ratings without a verifier: DPO on preference pairs, KTO on thumbs, and group-relative
+updates on candidates graded side by side. Readable top to bottom.
 
     python -m training.preference --method dpo --data ~/.earl-studio --bundle assets/earl-nano --out runs/dpo
     python -m training.preference --method kto --data ~/.earl-studio --bundle assets/earl-nano --out runs/kto
@@ -18,6 +19,13 @@ frozen; its log-probs are computed once before training (as TRL's ``precompute_r
   (tested against TRL's own loss code).
 - KTO (TRL's formulation): z = max(0, mean over the batch of π − ref on *mismatched* (prompt, completion)
   pairs), detached; desirable: λ_D·(1 − σ(β·(π − ref − z))), undesirable: λ_U·(1 − σ(β·(z − (π − ref)))).
+- Group (``--method group``): GRPO's update with the person's grades as the reward, offline. Each group of
+  candidates one person graded side by side (``feedback.pairs.rating_groups``: one edit's thumbs or stars,
+  an A/B answer, a best-of-N pick) gives every member EARL's advantage (grade − group mean) / std; a group
+  graded all alike teaches nothing and is left out, where KTO would push a whole photo's candidates up or
+  down. The loss is ``training.grpo.grpo_token_loss`` with the starting model as both the sampling and the
+  reference policy: −min(ρA, clip(ρ, 1 ± ε)A) per token, so each token's probability moves at most ε
+  in the advantage's direction however many epochs run.
 
 Output: a new bundle version (LoRA merged) with a README card, like ``training.grpo``: both run on
 ``training.tuning.FineTune`` (base model, policy, reference, optimizer, checkpoints, output bundle).
@@ -36,14 +44,15 @@ import torch
 import torch.nn.functional as F
 
 from engine.logprobs import sequence_logprobs
-from feedback.pairs import Example, StoreExamples, rated_pairs, single_labels
+from feedback.pairs import Example, StoreExamples, rated_pairs, rating_groups, single_labels
 from training.common import parse_config
+from training.grpo import advantages, grpo_token_loss
 from training.tuning import FineTune, Policy, TuneConfig, global_sum
 
 
 @dataclass
 class PrefConfig(TuneConfig):
-    method: str = "dpo"  # dpo | kto
+    method: str = "dpo"  # dpo | kto | group
     out: str = "runs/dpo"
     beta: float = 0.1
     # DPO only: + sft_weight x per-token NLL of the chosen candidate (RPO, Pang et al. 2024). Plain DPO can
@@ -56,6 +65,7 @@ class PrefConfig(TuneConfig):
     # KTO only: learn from thumbs alone, or from every rating that calls one candidate good or bad
     # (thumbs, stars of 4-5 and 1-2, best-of-N picks: feedback.pairs.single_labels)
     kto_from: str = "thumbs"  # thumbs | all
+    clip_eps: float = 0.2  # group only: how far one token's probability ratio may move (PPO's clip)
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     think_eval: bool = False  # the held-out scores before / after in think-then-edit mode
@@ -109,6 +119,25 @@ class SeqLogp:
     def examples(self, bundle: Any, exs: list[Example]) -> torch.Tensor:
         return self(bundle, [e.prompt_ids for e in exs], [e.gen_ids for e in exs], [e.shape_key for e in exs])
 
+    def tokens(self, bundle: Any, exs: list[Example]) -> torch.Tensor:
+        """Per-token log-probs, (B, T_max), zero past each generation's end and on forced tokens."""
+        out = torch.zeros((len(exs), max(len(e.gen_ids) for e in exs)))
+        groups: dict[tuple, list[int]] = {}
+        for i, e in enumerate(exs):
+            groups.setdefault(e.shape_key, []).append(i)
+        rows: dict[int, torch.Tensor] = {}
+        for (h, w, think, transpose), idx in groups.items():
+            lp = sequence_logprobs(bundle, [exs[i].prompt_ids for i in idx], [exs[i].gen_ids for i in idx], h, w,
+                                   think, transpose=transpose)
+            for j, i in enumerate(idx):
+                rows[i] = lp[j, : len(exs[i].gen_ids)]
+        if any(r.requires_grad for r in rows.values()):
+            out = torch.nn.utils.rnn.pad_sequence([rows[i] for i in range(len(exs))], batch_first=True)
+        else:
+            for i, r in rows.items():
+                out[i, : len(r)] = r
+        return out
+
 
 # -- data ----------------------------------------------------------------------------------------------
 
@@ -148,6 +177,23 @@ def load_kto_data(store: Any, bundle: Any, source: str = "thumbs") -> tuple[list
     return items, {**info, "skipped_candidates": dict(ex.skipped)}
 
 
+def load_group_data(store: Any, bundle: Any) -> tuple[list[tuple[Example, float]], dict]:
+    """(example, advantage) for every member of a rating group that carries signal (EARL's advantage of its
+    grade within the group; groups of one or graded all alike are left out)."""
+    ex = StoreExamples(bundle, store)
+    items, groups, flat = [], 0, 0
+    for group in rating_groups(store):
+        members = [(e, grade) for e, grade in ((ex.example(c), g) for c, g in group) if e is not None]
+        adv = advantages([g for _, g in members])
+        if adv is None:
+            flat += 1
+            continue
+        groups += 1
+        items += [(e, float(a)) for (e, _), a in zip(members, adv, strict=True) if a is not None]
+    return items, {"groups": groups, "graded_alike": flat, "candidates": len(items),
+                   "skipped_candidates": dict(ex.skipped)}
+
+
 def batches_for_epoch(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
     """Deterministic shuffled batches of indices for this process (so a resumed run sees the same data)."""
     idx = list(range(n))
@@ -174,8 +220,8 @@ def kl_pairs(exs: list[Example]) -> list[tuple[Example, Example]]:
 
 def train(cfg: PrefConfig) -> Path | None:
     """Run DPO or KTO as configured; the new bundle's folder (None on processes other than the main one)."""
-    if cfg.method not in ("dpo", "kto"):
-        raise ValueError(f"unknown method {cfg.method!r}; use dpo or kto")
+    if cfg.method not in ("dpo", "kto", "group"):
+        raise ValueError(f"unknown method {cfg.method!r}; use dpo, kto or group")
     ft = FineTune(cfg, cfg.method)
     return ft.run(lambda: _train(cfg, ft))
 
@@ -189,8 +235,11 @@ def _train(cfg: PrefConfig, ft: FineTune) -> Path | None:
     if cfg.method == "dpo":
         items, data_info = load_dpo_data(store, base, cfg.use_stars)
         need = 1
-    else:
+    elif cfg.method == "kto":
         items, data_info = load_kto_data(store, base, cfg.kto_from)
+        need = 2
+    else:
+        items, data_info = load_group_data(store, base)
         need = 2
     if len(items) < need:
         raise SystemExit(f"not enough ratings for {cfg.method.upper()}: {data_info}")
@@ -199,15 +248,19 @@ def _train(cfg: PrefConfig, ft: FineTune) -> Path | None:
     # reference log-probs, once, from the base before training starts (the reference never changes)
     seq = SeqLogp()
     flat = [e for it in items for e in ((it[0], it[1]) if cfg.method == "dpo" else (it[0],))]
-    ref_lp: dict[int, float] = {}
+    ref_lp: dict[int, Any] = {}  # summed log-prob (DPO, KTO) or per-token log-probs (group)
     with torch.no_grad():
         for i in range(0, len(flat), 16):
             chunk = flat[i : i + 16]
-            for e, v in zip(chunk, seq.examples(base, chunk).tolist(), strict=True):
-                ref_lp[e.candidate_id] = v
+            if cfg.method == "group":
+                for e, row in zip(chunk, seq.tokens(base, chunk), strict=True):
+                    ref_lp[e.candidate_id] = row[: len(e.gen_ids)].clone()
+            else:
+                for e, v in zip(chunk, seq.examples(base, chunk).tolist(), strict=True):
+                    ref_lp[e.candidate_id] = v
     ft.eval_before(think=cfg.think_eval)
 
-    # KTO's reference point reads the reference during training; DPO's needs only ref_lp
+    # KTO's reference point reads the reference during training; DPO's and the group loss need only ref_lp
     policy = ft.start(*LR, reference=cfg.method == "kto")
     per_epoch = math.ceil(math.ceil(len(items) / accel.num_processes) / cfg.batch_size)
     total = per_epoch * cfg.epochs
@@ -226,8 +279,10 @@ def _train(cfg: PrefConfig, ft: FineTune) -> Path | None:
         if batch:
             if cfg.method == "dpo":
                 loss_sum, stats = _dpo_batch(policy, seq, batch, ref_lp, cfg)
-            else:
+            elif cfg.method == "kto":
                 loss_sum, stats = _kto_batch(policy, seq, batch, ref_lp, cfg)
+            else:
+                loss_sum, stats = _group_batch(policy, seq, batch, ref_lp, cfg)
             loss = loss_sum * accel.num_processes / n_global  # summed over processes = global mean
             loss.backward()
             loss_val = float(loss_sum.detach()) / len(batch)
@@ -255,7 +310,8 @@ def _train(cfg: PrefConfig, ft: FineTune) -> Path | None:
     card = {"data": {"store": str(store.data_dir), **data_info},
             "settings": {"method": cfg.method, "beta": cfg.beta, "lr": ft.lr, "epochs": cfg.epochs,
                          "max_steps": cfg.max_steps, "sft_weight": cfg.sft_weight, "batch_size": cfg.batch_size,
-                         "lora": cfg.lora, "use_stars": cfg.use_stars, "kto_from": cfg.kto_from, "processes": accel.num_processes},
+                         "lora": cfg.lora, "use_stars": cfg.use_stars, "kto_from": cfg.kto_from,
+                         "clip_eps": cfg.clip_eps, "processes": accel.num_processes},
             "metrics": metrics}
     return ft.finish(cfg.data or str(store.data_dir), card, think=cfg.think_eval)
 
@@ -293,6 +349,26 @@ def _kto_batch(policy: Policy, seq: SeqLogp, batch: list, ref_lp: dict, cfg: Pre
     losses = kto_loss(lp, ref, desirable, kl, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
     rewards = cfg.beta * (lp - ref).detach()
     return losses.sum(), {"kl": float(kl), "reward": float(rewards.mean())}
+
+
+def _group_batch(policy: Policy, seq: SeqLogp, batch: list, ref_lp: dict,
+                 cfg: PrefConfig) -> tuple[torch.Tensor, dict]:
+    exs = [e for e, _ in batch]
+    lp = seq.tokens(policy.bundle, exs)
+    ref = torch.zeros_like(lp)
+    for b, e in enumerate(exs):
+        ref[b, : len(e.gen_ids)] = ref_lp[e.candidate_id]
+    mask = ref != 0  # the model's choices: forced tokens and padding have log-prob 0
+    adv = torch.tensor([a for _, a in batch], dtype=lp.dtype, device=lp.device)
+    # offline: the starting model sampled the candidates and is the reference, so ρ = π / π_start
+    loss, stats = grpo_token_loss(lp, ref.to(lp.device), ref.to(lp.device), adv, mask.to(lp.device), 0.0,
+                                  cfg.clip_eps)
+    with torch.no_grad():
+        moved = ((lp.detach() - ref) * mask).sum(1)
+        good = adv > 0
+        stats["logratio_good"] = float(moved[good].mean()) if good.any() else 0.0
+        stats["logratio_bad"] = float(moved[~good].mean()) if (~good).any() else 0.0
+    return loss * len(batch), stats
 
 
 def main(argv: list[str] | None = None) -> int:
