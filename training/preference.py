@@ -3,6 +3,7 @@ updates on candidates graded side by side. Readable top to bottom.
 
     python -m training.preference --method dpo --data ~/.earl-studio --bundle assets/earl-nano --out runs/dpo
     python -m training.preference --method kto --data ~/.earl-studio --bundle assets/earl-nano --out runs/kto
+    python -m training.preference --method group --data ~/.earl-studio --bundle assets/earl-nano --out runs/group
     accelerate launch --multi_gpu --num_processes 2 -m training.preference ...      # several processes
 
 Data come from the studio's feedback store (``feedback.store``), with the exact token ids each candidate
@@ -23,8 +24,8 @@ frozen; its log-probs are computed once before training (as TRL's ``precompute_r
   candidates one person graded side by side (``feedback.pairs.rating_groups``: one edit's thumbs or stars,
   an A/B answer, a best-of-N pick) gives every member EARL's advantage (grade − group mean) / std; a group
   graded all alike teaches nothing and is left out, where KTO would push a whole photo's candidates up or
-  down. The loss is ``training.grpo.grpo_token_loss`` with the starting model as both the sampling and the
-  reference policy: −min(ρA, clip(ρ, 1 ± ε)A) per token, so each token's probability moves at most ε
+  down. The loss is ``training.grpo.grpo_token_loss`` with the starting model (which sampled the candidates,
+  at the studio's temperature) as both the sampling and the reference policy: −min(ρA, clip(ρ, 1 ± ε)A) per token, so each token's probability moves at most ε
   in the advantage's direction however many epochs run.
 
 Output: a new bundle version (LoRA merged) with a README card, like ``training.grpo``: both run on
@@ -121,7 +122,6 @@ class SeqLogp:
 
     def tokens(self, bundle: Any, exs: list[Example]) -> torch.Tensor:
         """Per-token log-probs, (B, T_max), zero past each generation's end and on forced tokens."""
-        out = torch.zeros((len(exs), max(len(e.gen_ids) for e in exs)))
         groups: dict[tuple, list[int]] = {}
         for i, e in enumerate(exs):
             groups.setdefault(e.shape_key, []).append(i)
@@ -131,12 +131,7 @@ class SeqLogp:
                                    think, transpose=transpose)
             for j, i in enumerate(idx):
                 rows[i] = lp[j, : len(exs[i].gen_ids)]
-        if any(r.requires_grad for r in rows.values()):
-            out = torch.nn.utils.rnn.pad_sequence([rows[i] for i in range(len(exs))], batch_first=True)
-        else:
-            for i, r in rows.items():
-                out[i, : len(r)] = r
-        return out
+        return torch.nn.utils.rnn.pad_sequence([rows[i] for i in range(len(exs))], batch_first=True)
 
 
 # -- data ----------------------------------------------------------------------------------------------
@@ -219,7 +214,8 @@ def kl_pairs(exs: list[Example]) -> list[tuple[Example, Example]]:
 
 
 def train(cfg: PrefConfig) -> Path | None:
-    """Run DPO or KTO as configured; the new bundle's folder (None on processes other than the main one)."""
+    """Run DPO, KTO or the group update as configured; the new bundle's folder (None on processes other than
+    the main one)."""
     if cfg.method not in ("dpo", "kto", "group"):
         raise ValueError(f"unknown method {cfg.method!r}; use dpo, kto or group")
     ft = FineTune(cfg, cfg.method)
