@@ -3,7 +3,6 @@
     python -m benchmarks.ab_rejudge runs/loop-G [--judges 200]
     python -m benchmarks.ab_rejudge --evals old.json new.json      # two training.eval runs instead
 
-
 Reads a ``benchmarks.feedback_loop --out`` folder: the A/B rounds its log scored (the verifier's score of
 the left and the right image) and the store's A/B ratings, which say which side was the new model. Prints
 how many rounds the new model's output scored higher, lower or the same, the mean scores, and the win rate
