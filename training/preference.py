@@ -100,11 +100,13 @@ def kto_loss(pi: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, kl: t
 
 
 class SeqLogp:
-    """Summed sequence log-probs of ``Example``s, one ``sequence_logprobs`` call per (H, W, think, transpose)
-    group (``Example.shape_key``)."""
+    """Sequence log-probs of ``Example``s (summed, or per token), one ``sequence_logprobs`` call per
+    (H, W, think, transpose) group (``Example.shape_key``)."""
 
-    def __call__(self, bundle: Any, prompts: list[list[int]], gens: list[list[int]],
-                 keys: list[tuple[int, int, bool, bool]]) -> torch.Tensor:
+    @staticmethod
+    def rows(bundle: Any, prompts: list[list[int]], gens: list[list[int]],
+             keys: list[tuple[int, int, bool, bool]]) -> list[torch.Tensor]:
+        """Each generation's per-token log-probs, (len(gen),), zero on forced tokens."""
         out: list[torch.Tensor | None] = [None] * len(gens)
         groups: dict[tuple, list[int]] = {}
         for i, k in enumerate(keys):
@@ -114,24 +116,20 @@ class SeqLogp:
             lp = sequence_logprobs(bundle, [prompts[i] for i in idx], [gens[i] for i in idx], h, w, think,
                                    transpose=transpose)
             for j, i in enumerate(idx):
-                out[i] = lp[j].sum()
-        return torch.stack(out)  # type: ignore[arg-type]
+                out[i] = lp[j, : len(gens[i])]
+        return out  # type: ignore[return-value]
+
+    def __call__(self, bundle: Any, prompts: list[list[int]], gens: list[list[int]],
+                 keys: list[tuple[int, int, bool, bool]]) -> torch.Tensor:
+        return torch.stack([r.sum() for r in self.rows(bundle, prompts, gens, keys)])
 
     def examples(self, bundle: Any, exs: list[Example]) -> torch.Tensor:
         return self(bundle, [e.prompt_ids for e in exs], [e.gen_ids for e in exs], [e.shape_key for e in exs])
 
     def tokens(self, bundle: Any, exs: list[Example]) -> torch.Tensor:
         """Per-token log-probs, (B, T_max), zero past each generation's end and on forced tokens."""
-        groups: dict[tuple, list[int]] = {}
-        for i, e in enumerate(exs):
-            groups.setdefault(e.shape_key, []).append(i)
-        rows: dict[int, torch.Tensor] = {}
-        for (h, w, think, transpose), idx in groups.items():
-            lp = sequence_logprobs(bundle, [exs[i].prompt_ids for i in idx], [exs[i].gen_ids for i in idx], h, w,
-                                   think, transpose=transpose)
-            for j, i in enumerate(idx):
-                rows[i] = lp[j, : len(exs[i].gen_ids)]
-        return torch.nn.utils.rnn.pad_sequence([rows[i] for i in range(len(exs))], batch_first=True)
+        rows = self.rows(bundle, [e.prompt_ids for e in exs], [e.gen_ids for e in exs], [e.shape_key for e in exs])
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
 
 
 # -- data ----------------------------------------------------------------------------------------------
