@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio.ratings import ab_verdict, counts_markdown, readiness, wilson_interval
+from studio.ratings import ab_verdict, counts_markdown, readiness, training_pairs, wilson_interval
 from training.jobs import JobManager
 
 METHODS = {
@@ -100,14 +100,13 @@ def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epoc
                                  "“Reward model” in this tab, or python -m training.reward_model).")
             opts["reward_model"] = str(rms[-1].parent)
     elif method == "reward_model":
-        c = ctx.store.counts()
-        if c.get("preference_pairs", 0) + c.get("graded_pairs", 0) < 2:
+        if training_pairs(ctx.store.counts()) < 2:
             raise ValueError("A reward model needs at least a few preference pairs (A/B, best-of-N, or stars "
                              "or thumbs that tell two candidates of one edit apart).")
     else:
         data = ctx.store.counts()
         thumbs_both = data.get("thumbs_up", 0) > 0 and data.get("thumbs_down", 0) > 0
-        if method == "dpo" and data.get("preference_pairs", 0) + data.get("graded_pairs", 0) == 0:
+        if method == "dpo" and training_pairs(data) == 0:
             raise ValueError("No preference pairs yet: rate some A/B pairs or best-of-N, or give two candidates "
                              "of one edit different stars or thumbs, first.")
         if method == "kto" and not thumbs_both:

@@ -24,9 +24,15 @@ READY = {
 }
 
 
+def training_pairs(counts: dict[str, int]) -> int:
+    """Preference pairs DPO and a reward model learn from: A/B and best-of-N, and those that stars and
+    thumbs of one edit's candidates imply."""
+    return int(counts.get("preference_pairs", 0)) + int(counts.get("graded_pairs", 0))
+
+
 def readiness(counts: dict[str, int]) -> dict[str, dict[str, int | bool]]:
     """For each method: what we have, what is needed, how many more, ready or not."""
-    pairs = int(counts.get("preference_pairs", 0)) + int(counts.get("graded_pairs", 0))
+    pairs = training_pairs(counts)
     up, down = int(counts.get("thumbs_up", 0)), int(counts.get("thumbs_down", 0))
     kto_more = max(READY["kto_thumbs"] - up - down, READY["kto_min_each"] - up, READY["kto_min_each"] - down, 0)
     out = {
