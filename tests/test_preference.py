@@ -222,6 +222,13 @@ def test_kto_from_every_single_candidate_label(rated, tmp_path):
             load_kto_data(store, rated.bundle, "pairs")
 
 
+def _gain(bundle, ref, exs):
+    """How much log-prob each example gained in ``bundle`` over ``ref``."""
+    seq = SeqLogp()
+    with torch.no_grad():
+        return seq.examples(bundle, exs) - seq.examples(ref, exs)
+
+
 def _margin(bundle, ref, pairs):
     seq = SeqLogp()
     with torch.no_grad():
@@ -269,10 +276,7 @@ def test_kto_run_writes_bundle(rated, tmp_path):
     assert new.config.notes["method"] == "kto"
     assert not any("lora" in k for k in new.lm.state_dict())  # merged into the weights
     items, _ = load_kto_data(rated.store, rated.bundle)
-    seq = SeqLogp()
-    with torch.no_grad():
-        exs = [e for e, _ in items]
-        delta = seq.examples(new, exs) - seq.examples(rated.bundle, exs)
+    delta = _gain(new, rated.bundle, [e for e, _ in items])
     up = torch.tensor([u for _, u in items])
     assert float(delta[up].mean()) > float(delta[~up].mean())  # desirable up relative to undesirable
 
@@ -299,10 +303,7 @@ def test_group_run_moves_good_candidates_up_and_bad_ones_down(rated, tmp_path):
     new = load_bundle(path)
     assert new.config.notes["method"] == "group"
     items, _ = load_group_data(rated.store, rated.bundle)
-    seq = SeqLogp()
-    with torch.no_grad():
-        exs = [e for e, _ in items]
-        delta = seq.examples(new, exs) - seq.examples(rated.bundle, exs)
+    delta = _gain(new, rated.bundle, [e for e, _ in items])
     adv = torch.tensor([a for _, a in items])
     assert float(delta[adv > 0].mean()) > float(delta[adv < 0].mean())
     metrics = json.loads((tmp_path / "group" / "metrics.json").read_text())
