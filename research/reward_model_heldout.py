@@ -32,14 +32,14 @@ def heldout_rounds(run: Path) -> list[tuple[list, tuple[float, float]]]:
 
     lines = [ln for ln in (run / "log.txt").read_text().splitlines() if ln.startswith("A/B ")]
     store = Store(run / "data")
-    ab = [r for r in store.ratings("pair") if r.value in ("A", "B", "tie")]
-    ab = [r for r in ab if all(c.settings.get("ab_test") for c in store.candidates(r.candidate_ids))]
+    decided = (store.candidates(r.candidate_ids) for r in store.ratings("pair") if r.value in ("A", "B", "tie"))
+    ab = [cands for cands in decided if all(c.settings.get("ab_test") for c in cands)]
     out = []
-    for r, line in zip(ab[-len(lines):], lines, strict=True):
+    for cands, line in zip(ab[-len(lines):], lines, strict=True):
         m = re.search(r"left ([\d.]+) right ([\d.]+)", line)
         if m is None:
             raise ValueError(f"not an A/B line: {line}")
-        out.append((store.candidates(r.candidate_ids), (float(m.group(1)), float(m.group(2)))))
+        out.append((cands, (float(m.group(1)), float(m.group(2)))))
     return out
 
 
