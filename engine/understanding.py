@@ -45,11 +45,17 @@ UNSURE = 0.45  # below this the typed text goes to the model unchanged
 SPLIT = re.compile(
     r"\s*(?:,|;|\+|\.\s+|:\s+|\band then\b|\bthen\b|\band also\b|\band afterwards\b|\bafterwards\b|"
     r"\bafter that\b|\bfollowed by\b|\bnext\b|\bfinally\b|\blastly\b|\bonce done\b|\bonce that is done\b|"
-    r"\bat the end\b|\bto finish\b|\balso\b|\bplus\b|\band\b)\s*", re.I)
+    r"\bat the end\b|\bto finish\b|\balso\b|\bplus\b|\band\b|\bbut\b)\s*", re.I)
 FILLER = re.compile(
     r"^(?:please|pls|plz|thanks|thank you|ok|okay|so|and|then|first|next|finally|lastly|also|"
     r"(?:two|three|2|3|a few|some) (?:things|edits|steps|changes)|could you|can you|would you|i'd like you to|"
     r"for me|if you can|begin with this|start by doing this|hey|hi)?[\s.!?:]*$", re.I)
+# a part that says what not to do or what to keep ("rotate, don't flip", "but keep the colours"): no edit
+NO_EDIT = re.compile(r"^\(?\s*(?:but\s+)?(?:don'?t|do not|never|not|no|without|keep|leave|preserve|retain)\b",
+                     re.I)
+# words that name an order of edits outright, unlike "and" or a comma ("black and white" is one edit)
+SEQUENCE = re.compile(r";|\bthen\b|\bafter that\b|\bafterwards\b|\bfollowed by\b|\bonce done\b|"
+                      r"\bonce that is done\b|\bnext\b|\bfinally\b|\blastly\b", re.I)
 
 
 def ngram_features(texts: list[str], dims: int = NGRAM_DIMS) -> np.ndarray:
@@ -235,19 +241,35 @@ class Understanding:
         """(segment text, kind, probability) per edit in ``text``: the best grouping of its clauses.
 
         The head first says whether the whole text is one edit or a composition (label ``compose``). A
-        composition is cut at joiners ("then", ";", "and", ","), every grouping of consecutive pieces into two
-        or three parts is read by the head (``compose`` left out; parts that are only filler dropped;
-        neighbouring parts of one kind merged): the grouping with the most steps whose parts all read with
-        probability >= 0.5 wins, then the one with the highest mean log-probability."""
+        composition is cut at joiners ("then", ";", "and", ","), and the best grouping of its pieces wins
+        (``_grouping``). A short text such as "sepia then flip it" can read to the head as its first edit
+        alone; when it names its order outright ("then", "after that", ";") and every part of its best
+        grouping reads surely, that grouping wins over the head's single kind. "And" or a comma alone never
+        overrule the head: "black and white" is one edit. Parts that say what not to do ("but don't flip it")
+        are left out of the reading."""
+        pieces = self._segments(text)
+        kept = [p for p in pieces if not NO_EDIT.match(p)]
+        if kept and len(kept) < len(pieces):  # "brighter, but don't flip it": read without what not to do
+            text, pieces = " ".join(kept), kept
         whole = self.probs([text])[0]
         kw = int(whole.argmax())
-        pieces = self._segments(text)
-        if self.labels[kw] != "compose" or len(pieces) == 1:
-            if self.labels[kw] == "compose":  # one piece: its best single kind
-                whole = whole.copy()
-                whole[kw] = 0.0
-                kw = int(whole.argmax())
-            return [(text, self.labels[kw], float(whole[kw]))]
+        if len(pieces) > 1 and (self.labels[kw] == "compose" or SEQUENCE.search(text)):
+            best, sure = self._grouping(pieces)
+            if best is not None and (self.labels[kw] == "compose" or sure):
+                return best
+        if self.labels[kw] == "compose":  # no grouping reads: the best single kind
+            whole = whole.copy()
+            whole[kw] = 0.0
+            kw = int(whole.argmax())
+        return [(text, self.labels[kw], float(whole[kw]))]
+
+    def _grouping(self, pieces: list[str]) -> tuple[list[tuple[str, str, float]] | None, bool]:
+        """The best reading of ``pieces`` as two or three edits, and whether every part of it reads surely.
+
+        Every grouping of consecutive pieces into parts is read by the head (``compose`` left out; parts that
+        are only filler or say what not to do ("don't flip") dropped; neighbouring parts of one kind merged):
+        the grouping with the most steps whose parts all read with probability >= 0.5 wins, then the one
+        with the highest mean log-probability. None when no grouping gives two or three edits."""
         single = [i for i, lab in enumerate(self.labels) if lab != "compose"]
         groupings = []
         n = len(pieces)
@@ -264,7 +286,7 @@ class Understanding:
         best: list[tuple[str, str, float]] | None = None
         best_score: tuple[int, float] = (0, -np.inf)
         for g in groupings:
-            parts = [t for t in g if not FILLER.match(t)]
+            parts = [t for t in g if not FILLER.match(t) and not NO_EDIT.match(t)]
             if not parts or len(parts) > MAX_STEPS + 2:
                 continue
             labs = [(t, self.labels[int(p[t].argmax())], float(p[t].max())) for t in parts]
@@ -281,11 +303,7 @@ class Understanding:
             score = (len(merged) if sure else 0, float(np.mean([np.log(q + 1e-6) for _, _, q in labs])))
             if best is None or score > best_score:
                 best, best_score = merged, score
-        if best is None:
-            whole[kw] = 0.0
-            k = int(whole.argmax())
-            return [(text, self.labels[k], float(whole[k]))]
-        return best
+        return best, best_score[0] > 0
 
     # ---------------------------------------------------------------- parameters
 

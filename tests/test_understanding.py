@@ -44,6 +44,18 @@ def test_everyday_wording_reads_as_the_trained_words(reader, text, canonical):
     assert r.warning is None
 
 
+def test_an_order_named_outright_splits_even_a_short_text_and_what_not_to_do_is_left_out(reader):
+    # "then" names two edits even where the head reads the whole text as its first edit alone
+    assert [s.kind for s in reader.read("sepia then flip it vertically").steps] == ["sepia", "vflip"]
+    assert [s.kind for s in reader.read("grayscale, then sepia").steps] == ["grayscale", "sepia"]
+    # "and" alone does not: black and white is one edit
+    assert [s.kind for s in reader.read("make it black and white").steps] == ["grayscale"]
+    # a part that says what not to do, or what to keep, is no edit of its own
+    for text in ("make it brighter but don't flip it", "make it brighter, but keep the colours"):
+        r = reader.read(text)
+        assert [s.kind for s in r.steps] == ["brighter"], (text, r.as_dict())
+
+
 def test_object_edits_are_read_but_flagged(reader):
     r = reader.read("could you remove the red circle?")
     assert r.canonical == "Remove the red circle."
