@@ -50,6 +50,7 @@ FILLER = re.compile(
     r"^(?:please|pls|plz|thanks|thank you|ok|okay|so|and|then|first|next|finally|lastly|also|"
     r"(?:two|three|2|3|a few|some) (?:things|edits|steps|changes)|could you|can you|would you|i'd like you to|"
     r"for me|if you can|begin with this|start by doing this|hey|hi)?[\s.!?:]*$", re.I)
+BW = re.compile(r"\bb\s*[/+]\s*w\b", re.I)  # "B/W", "b+w": black and white
 # a part that says what not to do or what to keep ("rotate, don't flip", "but keep the colours"): no edit
 NO_EDIT = re.compile(r"^\(?\s*(?:but\s+)?(?:don'?t|do not|never|not|no|without|keep|leave|preserve|retain)\b",
                      re.I)
@@ -245,8 +246,10 @@ class Understanding:
         (``_grouping``). A short text such as "sepia then flip it" can read to the head as its first edit
         alone; when it names its order outright ("then", "after that", ";") and every part of its best
         grouping reads surely, that grouping wins over the head's single kind. "And" or a comma alone never
-        overrule the head: "black and white" is one edit. Parts that say what not to do ("but don't flip it")
+        overrule the head ("black and white" is one edit): the head reads a fragment such as "tone it down"
+        surely as some kind, so a split at every "and" would invent edits. Parts that say what not to do ("but don't flip it")
         are left out of the reading."""
+        text = BW.sub("black and white", text)  # "B/W" reads as two letters, and "+" would split "b+w"
         pieces = self._segments(text)
         kept = [p for p in pieces if not NO_EDIT.match(p)]
         if kept and len(kept) < len(pieces):  # "brighter, but don't flip it": read without what not to do
@@ -254,8 +257,8 @@ class Understanding:
         whole = self.probs([text])[0]
         kw = int(whole.argmax())
         if len(pieces) > 1 and (self.labels[kw] == "compose" or SEQUENCE.search(text)):
-            best, sure = self._grouping(pieces)
-            if best is not None and (self.labels[kw] == "compose" or sure):
+            best, least = self._grouping(pieces)
+            if best is not None and (self.labels[kw] == "compose" or least >= 0.5):
                 return best
         if self.labels[kw] == "compose":  # no grouping reads: the best single kind
             whole = whole.copy()
@@ -263,8 +266,8 @@ class Understanding:
             kw = int(whole.argmax())
         return [(text, self.labels[kw], float(whole[kw]))]
 
-    def _grouping(self, pieces: list[str]) -> tuple[list[tuple[str, str, float]] | None, bool]:
-        """The best reading of ``pieces`` as two or three edits, and whether every part of it reads surely.
+    def _grouping(self, pieces: list[str]) -> tuple[list[tuple[str, str, float]] | None, float]:
+        """The best reading of ``pieces`` as two or three edits, and the head's least sure part of it.
 
         Every grouping of consecutive pieces into parts is read by the head (``compose`` left out; parts that
         are only filler or say what not to do ("don't flip") dropped; neighbouring parts of one kind merged):
@@ -285,6 +288,7 @@ class Understanding:
             p[t] = full
         best: list[tuple[str, str, float]] | None = None
         best_score: tuple[int, float] = (0, -np.inf)
+        best_least = 0.0
         for g in groupings:
             parts = [t for t in g if not FILLER.match(t) and not NO_EDIT.match(t)]
             if not parts or len(parts) > MAX_STEPS + 2:
@@ -299,11 +303,11 @@ class Understanding:
             if not 2 <= len(merged) <= MAX_STEPS:
                 continue
             # the most steps whose every part the head reads with some confidence, then the surest reading
-            sure = min(q for _, _, q in labs) >= 0.5
-            score = (len(merged) if sure else 0, float(np.mean([np.log(q + 1e-6) for _, _, q in labs])))
+            least = min(q for _, _, q in labs)
+            score = (len(merged) if least >= 0.5 else 0, float(np.mean([np.log(q + 1e-6) for _, _, q in labs])))
             if best is None or score > best_score:
-                best, best_score = merged, score
-        return best, best_score[0] > 0
+                best, best_score, best_least = merged, score, least
+        return best, (best_least if best is not None else 0.0)
 
     # ---------------------------------------------------------------- parameters
 
@@ -353,7 +357,8 @@ class Understanding:
         f: dict[str, str] = {}
         missing: list[str] = []
         if kind == "rotate90":
-            ccw = re.search(r"counter|anti|\bccw\b|\bleft\b", low)
+            ccw = bool(re.search(r"counter|anti|\bccw\b|\bleft\b", low))
+            ccw ^= bool(re.search(r"\b270\b", low))  # three quarter turns one way are one the other way
             f["dir"] = "counterclockwise" if ccw else "clockwise"
         elif kind == "zoom":
             w = self._position(low) or "center"
@@ -430,6 +435,9 @@ class Understanding:
             if kind in ("other", "compose"):
                 steps.append(Step(kind, {}, q, seg))
                 continue
+            if kind in ("rotate90", "rotate180"):  # a number of degrees says which turn, whatever the head read
+                deg = re.search(r"\b(90|180|270)\b", seg)
+                kind = {"180": "rotate180"}.get(deg.group(1), "rotate90") if deg else kind
             f, missing = self.fields(kind, seg)
             if kind == "replace" and missing == ["new object"]:  # "switch the red circle to blue": a colour
                 f2, m2 = self.fields("recolour", seg)

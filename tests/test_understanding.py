@@ -56,6 +56,13 @@ def test_an_order_named_outright_splits_even_a_short_text_and_what_not_to_do_is_
         assert [s.kind for s in r.steps] == ["brighter"], (text, r.as_dict())
 
 
+def test_shorthand_and_degrees_say_what_they_mean(reader):
+    assert reader.read("B/W").canonical == "Make it black and white."
+    turns = [reader.read(f"turn it {d} degrees").steps[0] for d in (90, 180, 270)]
+    assert [(s.kind, s.fields.get("dir")) for s in turns] == [
+        ("rotate90", "clockwise"), ("rotate180", None), ("rotate90", "counterclockwise")]
+
+
 def test_object_edits_are_read_but_flagged(reader):
     r = reader.read("could you remove the red circle?")
     assert r.canonical == "Remove the red circle."
