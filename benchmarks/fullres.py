@@ -18,9 +18,10 @@ ground truth:
 
 * ``bicubic``: the model's output (EARL-nano, ``engine.edit`` with the kind's held-out instruction,
   temperature 0) upscaled bicubically — what the engine returned before ``engine.render``;
-* ``render``: ``engine.render.render_full`` of the same output;
+* ``render``: ``engine.render.render_full`` of the same output, told as ``engine.edit`` tells it whether the
+  instruction asks for new content (``Reading.new_content``);
 * ``oracle``: ``render_full`` fed the exact low-resolution ground truth as the image tokenizer
-  reproduces it (``decode(encode(.))``) instead of the model's output: the method's ceiling. For object
+  reproduces it (``decode(encode(.))``) instead of the model's output, told the same: the method's ceiling. For object
   kinds the oracle's codes are the source's outside the token cells the edit changes (what a perfect
   model writes: it copies them), the ground truth's inside.
 
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         return bundle.vq.decode([np.asarray(bundle.vq.encode([im])[0])])[0]
 
     from engine.api import edit_blocking
+    from engine.understanding import for_bundle
+
+    reader = for_bundle(bundle)
 
     ks = kinds()
     rows: dict[str, list[dict]] = {k: [] for k in ks}
@@ -191,18 +195,19 @@ def main(argv: list[str] | None = None) -> int:
                 if tag != "bicubic":
                     r[f"ssim_{tag}"] = ssim(a, gt)
 
-            orc = render_full(src_full, s_tok, o_tok)
+            instr = kind.instruction(params, np.random.default_rng(args.seed), heldout=True)
+            new_content = reader.read(instr).new_content if reader is not None else True  # as engine.edit reads it
+            orc = render_full(src_full, s_tok, o_tok, new_content=new_content)
             measure("oracle", orc.image)
             r["oracle_method"] = orc.provenance.get("method")
             if pi == 0:
                 oracle_outs[name] = (src_full, s_tok, o_tok)
             if not args.no_model and pi < args.model_photos:
-                instr = kind.instruction(params, np.random.default_rng(args.seed), heldout=True)
                 done = edit_blocking(bundle, src_low, instr, n=1, seed=args.seed, temperature=0.0,
                                      full_resolution=False)[0]
                 out = done.image
                 measure("bicubic", out.resize(gt_full.size, Image.Resampling.BICUBIC))
-                ren = render_full(src_full, s_tok, out)
+                ren = render_full(src_full, s_tok, out, new_content=new_content)
                 measure("render", ren.image)
                 r["render_method"] = ren.provenance.get("method")
                 r["transform"] = ren.provenance.get("transform", {}).get("name")

@@ -742,14 +742,17 @@ def _zoom_full(original: Image.Image, box: tuple[float, float, float, float], mo
 
 
 def render_full(original: Image.Image, source_model: Image.Image, output_model: Image.Image,
-                max_aspect: float = DEFAULT_MAX_ASPECT) -> RenderResult:
+                max_aspect: float = DEFAULT_MAX_ASPECT, new_content: bool = True) -> RenderResult:
     """Render ``output_model`` at the resolution of ``original``.
 
     ``original``: the photo at full resolution, RGB, EXIF orientation applied (``image_io.load_image``).
     ``source_model``: the model's source as the image tokenizer reproduces it (``decode(encode(src))``)
     where ``src = fit_to_area(original, …)`` (its size says which part of the original the model saw,
     ``image_io.fit_box``). ``output_model``: the model's output, the source's size or its transpose.
-    ``max_aspect`` must be the one ``fit_to_area`` used.
+    ``max_aspect`` must be the one ``fit_to_area`` used. ``new_content``: False when the instruction asks
+    for colour, tone and geometric edits only (``engine.understanding.Reading.new_content``); then what the
+    geometry and colour steps leave unexplained is the model's mistake, not an object, and none of the model's
+    own pixels are blended in (the provenance's ``content_left_out`` says how much of the picture that was).
     """
     t0 = time.perf_counter()
     original = original.convert("RGB") if original.mode != "RGB" else original
@@ -788,6 +791,9 @@ def render_full(original: Image.Image, source_model: Image.Image, output_model: 
         frame = _d4_box(box, original.size, geo)
     # one full-size intermediate at a time: the transformed copy is dropped as soon as it is recoloured
     img = _apply_colour_full(img if geo.window is not None else apply_geometry(original, geo), colour, frame)
+    if alpha.any() and not new_content:
+        prov["content_left_out"] = round(frac, 4)
+        alpha = np.zeros_like(alpha)
     if alpha.any():
         if img is original:
             img = original.copy()

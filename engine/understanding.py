@@ -14,7 +14,8 @@ own vocabulary. ``Understanding.read(text)`` returns a ``Reading``:
   (a text already worded as in training is kept as it is: ``trained_wording``);
 - ``summary``: "Understood: make it black and white" for the person;
 - ``warning``: set when the request falls outside what the model was trained for (an object or scene edit,
-  an unknown object, or no edit it knows), or when the reading is unsure. The edit still runs.
+  an unknown object, or no edit it knows), or when the reading is unsure. The edit still runs;
+- ``new_content``: False when the reading is sure and asks only for colour, tone and geometric edits.
 
 Folder layout (written by ``python -m training.understanding``): ``vocab.json`` (kinds, their categories
 and canonical clauses, joiners, object vocabulary, what the model does) and ``head.safetensors`` (the
@@ -146,10 +147,13 @@ class Reading:
     summary: str
     warning: str | None
     confidence: float
+    # whether the edit may add, remove or change objects: False when the reading is sure and every step is a
+    # colour, tone or geometric edit (then ``engine.render`` blends none of the model's own pixels in)
+    new_content: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {"text": self.text, "canonical": self.canonical, "summary": self.summary, "warning": self.warning,
-                "confidence": round(self.confidence, 3),
+                "confidence": round(self.confidence, 3), "new_content": self.new_content,
                 "steps": [{"kind": s.kind, "fields": s.fields, "confidence": round(s.confidence, 3), "text": s.text,
                            "missing": s.missing} for s in self.steps]}
 
@@ -473,7 +477,9 @@ class Understanding:
                            "poorly.")
         summary = (f"Understood: {self._describe(edits)}" if edits and canonical else
                    f"Read as typed{': ' + self._describe(edits) + '?' if edits else ''}")
-        return Reading(text, steps, canonical, summary, warning, conf)
+        new_content = canonical is None or any(v["categories"].get(s.kind) not in ("global", "geometry")
+                                                for s in edits)
+        return Reading(text, steps, canonical, summary, warning, conf, new_content)
 
     def _describe(self, steps: list[Step]) -> str:
         out = []

@@ -170,6 +170,20 @@ def test_a_local_edit_leaves_every_pixel_outside_the_changed_area_identical():
     assert inside[0] > 200 and inside[1] < 60  # the new content is there, at full resolution
 
 
+def test_a_flip_asked_for_without_new_content_leaves_the_models_wrong_cells_out():
+    photo = _photo()
+    src = fit_to_area(photo, AREA, FACTOR)
+    a = _arr(src)[:, ::-1].copy()
+    a[30:60, 40:80] = (230, 20, 20)  # cells the model got wrong while flipping
+    with_content = render_full(photo, src, _img(a))
+    assert with_content.provenance["method"] == "geometry+colour+content"
+    res = render_full(photo, src, _img(a), new_content=False)
+    p = res.provenance
+    assert p["method"] == "geometry+colour" and p["transform"]["name"] == "hflip"
+    assert 0 < p["content_left_out"] == p["changed_fraction"]
+    assert np.array_equal(_arr(res.image), _arr(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+
+
 def test_exif_rotated_photo(tmp_path):
     photo = _photo(300, 200)
     exif = Image.Exif()

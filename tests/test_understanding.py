@@ -78,6 +78,13 @@ def test_requests_outside_the_model_are_flagged(reader):
         r = reader.read(text)
         assert r.canonical is None, r.as_dict()
         assert r.warning and "outside what EARL-nano was trained for" in r.warning
+        assert r.new_content  # the render may blend in whatever the model draws
+
+
+def test_only_a_sure_colour_or_geometric_reading_rules_out_new_content(reader):
+    assert not reader.read("make it black and white, then flip it upside down").new_content
+    assert reader.read("could you remove the red circle?").new_content
+    assert reader.read("remove the cup").new_content  # an object it does not know: read as typed
 
 
 def test_ngram_features_shrug_off_a_typo():
