@@ -473,10 +473,10 @@ class Understanding:
             if self.trained_wording(text):  # the model knows these very words: keep them
                 canonical = text.strip()
             if any(v["categories"][s.kind] in v["weak_categories"] for s in edits):
-                warning = (f"{v['model']} was trained on {v['does']}; this looks like an object edit, which it does "
-                           "poorly.")
+                warning = (f"{v['model']} does object edits poorly: expect a blob of about the right colour near "
+                           "the right place, or little change.")
         summary = (f"Understood: {self._describe(edits)}" if edits and canonical else
-                   f"Read as typed{': ' + self._describe(edits) + '?' if edits else ''}")
+                   f"Read as typed{' (it looks like: ' + self._describe(edits) + ')' if edits else ''}")
         new_content = canonical is None or any(v["categories"].get(s.kind) not in ("global", "geometry")
                                                 for s in edits)
         return Reading(text, steps, canonical, summary, warning, conf, new_content)

@@ -145,10 +145,13 @@ class EditTab:
             touch(photo_path)  # this page's photo: among the last of the temp files to go
             ctx.temp.prune(keep=[photo_path])
             edit_fn = ctx.edit_fn or _engine_edit()
+            # the previous edit's results leave the screen and the state: nothing of them is rated by mistake
+            st.update(cand_ids=[], selected=0, pair=[], view=0)
             yield {
+                **panel.updates(st),
                 status: f"Starting {n} candidate{'s' * (n > 1)} · seed {seed_}…",
                 side.seed: seed_, run_btn: gr.update(interactive=False), cancel_btn: gr.update(interactive=True),
-                reasoning: gr.update(value="", visible=bool(think_)),
+                reasoning: gr.update(value="", visible=bool(think_)), edit_state: st,
                 panel.gallery: [(_placeholder(ctx, source.size), f"#{i + 1} · seed {seed_ + i}") for i in range(n)],
             }
             snap: Snapshot | None = None
@@ -213,7 +216,7 @@ class EditTab:
         store = ctx.store
         st = dict(st)
         if not node:
-            return {}
+            return {self.state: st}
         kind, _, key = node.partition(":")
         if kind == "src":
             st.update(parent=None, photo=key)
@@ -221,7 +224,7 @@ class EditTab:
         if kind == "edit":
             cands = store.edit_candidates(key)
             if not cands:
-                return {}
+                return {self.state: st, self.status: "That edit's results are no longer in the store."}
             first = cands[0]
             st.update(parent=first.parent_id, cand_ids=[c.id for c in cands], selected=0, photo=first.original_hash)
             status = (f"Results of “{first.instruction}” — continue from one, or type another instruction for "
@@ -236,15 +239,17 @@ class EditTab:
             status = f"↩ Source is now result #{cid} — type the next instruction."
             photo = shown(self.ctx, c.full_hash)
         st["pair"] = pick_pair(st["cand_ids"], rng)
+        shown_edit = store.candidates(st["cand_ids"])
+        thought = [f"[{c.idx + 1}] {plain(c.reasoning.strip())}" for c in shown_edit if c.reasoning.strip()]
         out = {side.photo: str(photo), side.crumbs: breadcrumbs(store, st["parent"]), self.state: st,
-               self.status: status}
+               self.status: status, self.reasoning: gr.update(value="\n".join(thought), visible=bool(thought))}
         out.update(panel.updates(st))
         return out
 
     def _wire_history(self, demo: gr.Blocks, rng: random.Random) -> None:
         ctx, side, panel, edit_state = self.ctx, self.side, self.panel, self.state
         store, history = ctx.store, side.history
-        moves = [side.photo, side.crumbs, edit_state, self.status, *panel.outputs]
+        moves = [side.photo, side.crumbs, edit_state, self.status, self.reasoning, *panel.outputs]
 
         history.input(lambda node, st: self.go_to(node, st, rng), [history, edit_state], moves,
                       api_name="history_go")
@@ -252,8 +257,7 @@ class EditTab:
         def continue_from(st: dict) -> dict:
             ids = st.get("cand_ids") or []
             if not ids:
-                gr.Warning("Run an edit first.")
-                return {}
+                return {self.status: "**Run an edit first** — then continue editing from one of its results."}
             cid = ids[min(st.get("selected", 0), len(ids) - 1)]
             out = self.go_to(f"cand:{cid}", st, rng)
             out[history] = gr.update(choices=tree_choices(store, st["edits"], cid), value=f"cand:{cid}")
@@ -264,7 +268,7 @@ class EditTab:
         def open_earlier(edit_uid: str | None, st: dict) -> dict:
             """An earlier edit joins this page's tree and opens, as if it had been made here."""
             if not edit_uid:
-                return {}
+                return {edit_state: st}
             st = dict(st, edits=[e for e in st["edits"] if e != edit_uid] + [edit_uid])
             out = self.go_to(f"edit:{edit_uid}", st, rng)
             st = out.get(edit_state, st)
@@ -274,13 +278,14 @@ class EditTab:
 
         side.earlier.input(open_earlier, [side.earlier, edit_state], [*moves, history], api_name="open_earlier")
 
-        def new_upload(st: dict) -> tuple:
+        def new_upload(photo: str | None, st: dict) -> tuple:
+            # ``photo`` is an input so that an unreadable file is reported as it arrives, not at the first edit
             ctx.temp.prune()  # uploads without edits count too; the new one is the newest file
             return dict(st, parent=None, photo=None), breadcrumbs(store, None)
 
-        side.photo.upload(new_upload, edit_state, [edit_state, side.crumbs], api_visibility="private")
+        side.photo.upload(new_upload, [side.photo, edit_state], [edit_state, side.crumbs], api_visibility="private")
         if side.examples is not None:  # an example is a new photo too (the breadcrumb said the old lineage)
-            side.examples.load_input_event.then(new_upload, edit_state, [edit_state, side.crumbs],
+            side.examples.load_input_event.then(new_upload, [side.photo, edit_state], [edit_state, side.crumbs],
                                                 api_visibility="private")
 
         def list_earlier(request: gr.Request) -> Any:

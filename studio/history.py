@@ -29,7 +29,7 @@ def _plural(n: int, noun: str) -> str:
 def tree_choices(store: Store, edit_uids: Sequence[str], current: int | None = None) -> list[tuple[str, str]]:
     """Radio choices ``(label, value)`` in tree order for the edits ``edit_uids`` of one page.
 
-    Values: ``src:<hash>`` for an uploaded photo, ``edit:<uid>`` for an edit (its results),
+    Values: ``src:<hash>`` for an uploaded photo (its stored full-size file), ``edit:<uid>`` for an edit (its results),
     ``cand:<id>`` for a result that was continued from or is the ``current`` source."""
     edits: dict[str, list[Candidate]] = {}
     for uid in dict.fromkeys(edit_uids):
@@ -59,9 +59,10 @@ def tree_choices(store: Store, edit_uids: Sequence[str], current: int | None = N
         first = cs[0]
         if first.parent_id is not None:
             attach(f"edit:{uid}", f"cand:{first.parent_id}")
-        else:
-            attach(f"src:{first.source_hash}", None)
-            attach(f"edit:{uid}", f"src:{first.source_hash}")
+        else:  # the photo as uploaded (its full size), not the model's small copy of it
+            photo = first.original_hash
+            attach(f"src:{photo}", None)
+            attach(f"edit:{uid}", f"src:{photo}")
 
     photo_no = {k: i for i, k in enumerate((r for r in roots if r.startswith("src:")), 1)}
     out: list[tuple[str, str]] = []

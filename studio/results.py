@@ -193,7 +193,8 @@ class ResultsPanel:
         ids = st.get("cand_ids") or []
         if not ids:
             return {self.gallery: [], self.slider: None, self.heatmap: None, self.info: "",
-                    self.download: gr.update(value=None, interactive=False), self.pair_a: None, self.pair_b: None,
+                    self.download: gr.update(value=None, interactive=False),
+                    self.pair_a: gr.update(value=None, label="A"), self.pair_b: gr.update(value=None, label="B"),
                     self.msg: "", self.view: gr.update(choices=[], value=None, visible=False)}
         cands = store.candidates(ids)
         out = {self.gallery: gr.update(value=[(shown(self.ctx, c.full_hash), caption(c)) for c in cands],
@@ -254,7 +255,7 @@ class ResultsPanel:
     def pair_updates(self, st: dict) -> dict:
         pair = st.get("pair") or []
         if len(pair) != 2:
-            return {self.pair_a: None, self.pair_b: None}
+            return {self.pair_a: gr.update(value=None, label="A"), self.pair_b: gr.update(value=None, label="B")}
         store = self.ctx.store
         a, b = store.candidates(pair)
         return {
@@ -271,7 +272,7 @@ class ResultsPanel:
         def select(st: dict, evt: gr.SelectData) -> dict:
             st = dict(st)
             if not st.get("cand_ids"):
-                return {}
+                return {pstate: st}
             st["selected"] = int(evt.index)
             return {pstate: st, **self.selected_updates(st)}
 
@@ -281,7 +282,7 @@ class ResultsPanel:
             """Select candidate #k (as the gallery numbers them), as a click on it would."""
             ids = st.get("cand_ids") or []
             if not ids:
-                return {}
+                return {pstate: st}
             if k is None or not 1 <= int(k) <= len(ids):
                 raise gr.Error(f"There are candidates #1 to #{len(ids)}; got #{k}.")
             st = dict(st, selected=int(k) - 1)
@@ -314,6 +315,9 @@ class ResultsPanel:
                     return {self.msg: f"⚠️ {e}"}
                 except ValueError as e:  # the click needs more candidates than are shown
                     return {self.msg: f"⚠️ {e}"}
+                if kind == "pair":  # the screen moves on to a fresh pair at once: say which one was decided
+                    a, b = store.candidates(st["pair"])
+                    what = f"{what} (A was #{a.idx + 1}, B was #{b.idx + 1})"
                 out = {self.msg: f"✓ Saved {what} · rating {rid} by <b>{html.escape(rater)}</b>"}
                 for c in counts_out:
                     out[c] = counts_markdown(store.counts())

@@ -15,7 +15,7 @@ from PIL import Image
 from studio.context import StudioContext
 
 log = logging.getLogger("studio.uploads")
-UNREADABLE = "That file could not be read as an image ({}). Use a PNG, JPEG or WebP photo."
+UNREADABLE = "That file could not be read as an image. Use a PNG, JPEG or WebP photo."
 GONE = ("The photo is no longer on the server: its temp files were cleared to keep within the disk cap "
         "(--temp-cap-mb). Upload it again.")
 
@@ -47,10 +47,9 @@ def _friendly_image_errors() -> None:
             rejected(f"{GONE} ({e})")
             raise gr.Error(GONE, print_exception=False) from e
         except Exception as e:
-            message = UNREADABLE.format(type(e).__name__)
-            rejected(f"{message} ({e})")
+            rejected(f"{UNREADABLE} ({type(e).__name__}: {e})")
             # handled: the log line above says what happened, Gradio need not print a traceback
-            raise gr.Error(message, print_exception=False) from e
+            raise gr.Error(UNREADABLE, print_exception=False) from e
 
     preprocess._friendly = True  # type: ignore[attr-defined]
     gr.Image.preprocess = preprocess  # type: ignore[method-assign]

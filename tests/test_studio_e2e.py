@@ -140,6 +140,8 @@ def test_reasoning_streams_and_cancel_stops_the_edit(server) -> None:
     # status and reasoning text only: the streamed previews are not downloaded
     client = Client(url, verbose=False, download_files=False)
     photo = make_photo(root / "photo5.png", size=(64, 64))
+    first = client.predict(*_edit_args(photo, "make it warmer", n=2, seed=12), api_name="/edit")
+    assert len(_gallery(first)) == 2
     # 8 candidates of a 32x32 grid (~1,000 image tokens each, after the reasoning) on the slow bundle run
     # long enough to see reasoning text arrive and to cancel the edit before it finishes.
     slow = f"path:{(data / 'bundles' / 'tiny-slow').resolve()}"
@@ -159,6 +161,9 @@ def test_reasoning_streams_and_cancel_stops_the_edit(server) -> None:
     assert "Cancelled" in _status(final), _status(final)
     with Store(data) as store:
         assert not [c for c in store.candidates() if c.instruction == "make it sepia"]
+    # the earlier edit's results left the screen when this one started, and are not rated by a stray click
+    assert _gallery(final) == [] and final[5] is None
+    assert "Nothing to rate" in client.predict("x", api_name="/thumb_up")[0]
 
 
 def test_bad_input_gets_a_clear_message(server, caplog, capfd) -> None:
@@ -181,8 +186,9 @@ def test_bad_input_gets_a_clear_message(server, caplog, capfd) -> None:
         assert "⚠️" in _status(out) and ("truncated" in _status(out) or "corrupt" in _status(out)), _status(out)
     except AppError as e:  # rejected already while reading the upload: also a clear message
         assert "could not be read as an image" in str(e)
-    # Nothing to rate yet in this fresh session: a message, not an exception.
+    # Nothing to rate or continue from yet in this fresh session: a message, not an exception.
     assert "Nothing to rate" in client.predict("x", api_name="/thumb_up")[0]
+    assert "Run an edit first" in client.predict(api_name="/continue_from")[2]
     # The server logs each refused upload in one line, and prints no traceback for them.
     logged = [r.getMessage() for r in caplog.records if r.name == "studio.uploads"]
     assert len(logged) == 2 and all(m.startswith("upload rejected: ") and "\n" not in m for m in logged)
@@ -350,6 +356,17 @@ def test_a_large_photo_comes_back_at_its_size(server) -> None:
         second = [c for c in store.candidates() if c.instruction == "flip it" and c.seed == 22][0]
         assert second.parent_id == first.id and second.original_hash == first.full_hash
 
+    # A new page reopens the first edit and goes back to its photo in the tree: the photo node is the
+    # upload at its own size, so the next edit from it comes back at that size too.
+    fresh = Client(url, verbose=False, download_files=str(root / "downloads"))
+    fresh.predict(api_name="/earlier_edits")  # what a new page lists
+    opened = fresh.predict(first.edit_uid, api_name="/open_earlier")
+    photo_node = opened[-1]["choices"][0][1]
+    assert photo_node == f"src:{first.original_hash}"
+    back = fresh.predict(photo_node, api_name="/history_go")
+    out3 = fresh.predict(*_edit_args(Path(back[0]), "make it cooler", n=1, seed=23), api_name="/edit")
+    assert "Done" in _status(out3) and _size(out3[8]["value"]) == big
+
 
 def test_a_portrait_result_of_a_landscape_photo(server) -> None:
     """A bundle that may turn a photo on its side: a landscape upload's candidate can come out portrait. It is
@@ -400,6 +417,48 @@ def test_blind_ab_through_the_api(server) -> None:
     with Store(data) as store:
         (r,) = [r for r in store.ratings("pair") if r.rater == "e2e-judge"]
         assert r.value == "A" and all(c.settings["ab_test"] for c in store.candidates(r.candidate_ids))
+        blind = {c.edit_uid for c in store.candidates(r.candidate_ids)}
+        counts = store.counts()
+    # its two held-out test edits are not the user's: not among the earlier edits (Edit tab, Review tab), nor
+    # in the totals the Review tab shows
+    earlier = client.predict(api_name="/earlier_edits")["choices"]
+    listed, summary = client.predict(api_name="/list_edits")
+    assert earlier and not blind & {uid for _, uid in earlier}
+    assert listed["choices"] and not blind & {uid for _, uid in listed["choices"]}
+    mine = counts["edits"] - counts["ab_edits"]
+    assert len(blind) == 2 and counts["ab_edits"] >= 2 and f"**Collected:** {mine} edits · " in summary, summary
+
+
+def test_a_fine_tuned_model_is_used_once_registered(server) -> None:
+    """The Fine-tune tab's one-click DPO on a handful of ratings: its status keeps the low-data warning while
+    it runs; "Use the new model" switches the Edit tab's picker to the new bundle, and a page loaded later
+    lists it."""
+    url, data, root = server
+    client = Client(url, verbose=False, download_files=str(root / "dl-ft"))
+    photo = make_photo(root / "photo-ft.png", size=(64, 64))
+    assert "Done" in _status(client.predict(*_edit_args(photo, "make it grey", n=2, seed=31), api_name="/edit"))
+    assert "Saved" in client.predict("ft-rater", api_name="/pair_a")[0]
+    base = f"path:{(data / 'bundles' / 'tiny-ft').resolve()}"
+    dpo = "DPO — from A/B pairs, best-of-N, stars and thumbs"
+    msg = client.predict(dpo, base, "tiny-ft-dpo", 1, 1, "Programmatic verifier (suite photos)", "", False,
+                         api_name="/finetune_start")[0]
+    assert "Started **DPO**" in msg and "⚠️ Only" in msg, msg
+    deadline = time.monotonic() + 240
+    while True:
+        status = client.predict(api_name="/finetune_poll")[0]
+        assert "⚠️ Only" in status and "of the 100 ratings" in status, status  # still there, not for 2 s only
+        if "**done**" in status or "**failed**" in status or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "**done**" in status, status
+    out = client.predict(api_name="/finetune_register")  # status, start from, bundle 1, bundle 2, Edit tab's model
+    key = f"path:{(data / 'bundles' / 'tiny-ft-dpo').resolve()}"
+    assert f"Registered: `{key[5:]}`" in out[0] and "Edit tab's model" in out[0], out[0]
+    assert out[-1]["value"] == key and key in [k for _, k in out[-1]["choices"]], out[-1]
+    assert out[3]["value"] == key and out[2]["value"] == base  # the blind A/B: new against the one it came from
+    # a page loaded later (a reload, another browser) lists it without a rescan
+    fresh = Client(url, verbose=False, download_files=False)
+    assert key in [k for _, k in fresh.predict(api_name="/model_choices")["choices"]]
 
 
 def test_the_loop_benchmarks_person_rates_through_the_public_api(server) -> None:
