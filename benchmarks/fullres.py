@@ -18,8 +18,9 @@ ground truth:
 
 * ``bicubic``: the model's output (EARL-nano, ``engine.edit`` with the kind's held-out instruction,
   temperature 0) upscaled bicubically — what the engine returned before ``engine.render``;
-* ``render``: ``engine.render.render_full`` of the same output, told as ``engine.edit`` tells it whether the
-  instruction asks for new content (``Reading.new_content``);
+* ``render``: ``engine.render.render_full`` of the same output, told what the instruction asks as
+  ``engine.edit`` tells it (``Reading.render_hints``: whether new content may come in, whether the result is
+  black and white);
 * ``oracle``: ``render_full`` fed the exact low-resolution ground truth as the image tokenizer
   reproduces it (``decode(encode(.))``) instead of the model's output, told the same: the method's ceiling. For object
   kinds the oracle's codes are the source's outside the token cells the edit changes (what a perfect
@@ -196,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                     r[f"ssim_{tag}"] = ssim(a, gt)
 
             instr = kind.instruction(params, np.random.default_rng(args.seed), heldout=True)
-            new_content = reader.read(instr).new_content if reader is not None else True  # as engine.edit reads it
-            orc = render_full(src_full, s_tok, o_tok, new_content=new_content)
+            hints = reader.read(instr).render_hints() if reader is not None else {}  # as engine.edit reads it
+            orc = render_full(src_full, s_tok, o_tok, **hints)
             measure("oracle", orc.image)
             r["oracle_method"] = orc.provenance.get("method")
             if pi == 0:
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                                      full_resolution=False)[0]
                 out = done.image
                 measure("bicubic", out.resize(gt_full.size, Image.Resampling.BICUBIC))
-                ren = render_full(src_full, s_tok, out, new_content=new_content)
+                ren = render_full(src_full, s_tok, out, **hints)
                 measure("render", ren.image)
                 r["render_method"] = ren.provenance.get("method")
                 r["transform"] = ren.provenance.get("transform", {}).get("name")

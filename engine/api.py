@@ -113,7 +113,7 @@ def edit(
     instruction is read first, an ``Understood`` event comes before any candidate, and the LM gets the edit in
     the words it was trained on (the typed text when the reading is unsure or names an unknown object). A sure
     reading of colour, tone and geometric edits only also tells the full-resolution render to blend none of
-    the model's own pixels in (``Reading.new_content``).
+    the model's own pixels in, and one that ends in black and white to keep no tint (``Reading.render_hints``).
     ``transpose``: a candidate may come out with the grid turned on its side (W×H for an H×W photo: a quarter
     turn of a landscape photo comes out portrait), the model choosing at the header (``engine.constraint``);
     None: when the bundle was trained to choose (``engine.bundle.transpose_default``).
@@ -151,17 +151,17 @@ def edit(
     if transpose is None:
         transpose = transpose_default(bundle)
     text = instruction.strip()
-    new_content = True  # no reading: the render may blend in whatever the model drew
+    hints: dict[str, bool] = {}  # no reading: the render keeps whatever the model drew
     if understand:
         reading = _understand(bundle, text)
         if reading is not None:
             yield Understood(reading.summary, reading.canonical, reading.warning, reading.as_dict())
             text = reading.canonical or text
-            new_content = reading.new_content
+            hints = reading.render_hints()
     try:
         yield from _run(bundle, grid, text, n, think, seeds, temperature, top_k, top_p, cfg_text,
                         cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16, speculate,
-                        _Renderer(bundle, original, grid, new_content) if original is not None else None,
+                        _Renderer(bundle, original, grid, hints) if original is not None else None,
                         transpose)
     except PromptTooLong as e:
         yield Error(str(e))
@@ -312,8 +312,8 @@ class _Renderer:
     """Renders finished candidates at the photo's resolution (``engine.render``). The source as the
     image tokenizer reproduces it is decoded once, when the first candidate finishes."""
 
-    def __init__(self, bundle: Any, original: Image.Image, grid: np.ndarray, new_content: bool = True):
-        self.bundle, self.original, self.grid, self.new_content = bundle, original, grid, new_content
+    def __init__(self, bundle: Any, original: Image.Image, grid: np.ndarray, hints: dict[str, bool] | None = None):
+        self.bundle, self.original, self.grid, self.hints = bundle, original, grid, hints or {}
         self._source: Image.Image | None = None
         f = bundle.vq.spatial_factor
         # a photo no larger than the model's picture: the model's output is already at its resolution
@@ -328,7 +328,7 @@ class _Renderer:
             if self._source is None:
                 with num_threads(_vq_threads(self.bundle)):
                     self._source = self.bundle.vq.decode([self.grid])[0]
-            res = render_full(self.original, self._source, output, new_content=self.new_content)
+            res = render_full(self.original, self._source, output, **self.hints)
             return res.image, res.provenance
         except Exception as e:  # noqa: BLE001 - the model's output still stands; the failure is recorded
             return None, {"method": "failed", "error": f"{type(e).__name__}: {e}"}

@@ -59,6 +59,9 @@ CHANGE_THRESHOLD = 0.1
 MIN_CHANGE_AREA = 32  # model pixels: smaller unexplained blobs are ignored
 # When more than this fraction of the output is unexplained, the render is the upsampled output.
 FALLBACK_FRACTION = 0.5
+# black and white asked for: outputs whose colour (95th percentile of a pixel's largest channel offset from
+# its grey) stays below this are greys with the tokenizer's tint, made neutral; above it, a failed edit
+NEUTRAL_TINT = 0.15
 # Colour models: a more complex one must cut the inlier RMS error by this factor and this much (0..1).
 MODEL_GAIN = 0.75
 MODEL_MARGIN = 1.0 / 255
@@ -742,7 +745,8 @@ def _zoom_full(original: Image.Image, box: tuple[float, float, float, float], mo
 
 
 def render_full(original: Image.Image, source_model: Image.Image, output_model: Image.Image,
-                max_aspect: float = DEFAULT_MAX_ASPECT, new_content: bool = True) -> RenderResult:
+                max_aspect: float = DEFAULT_MAX_ASPECT, new_content: bool = True, neutral: bool = False
+                ) -> RenderResult:
     """Render ``output_model`` at the resolution of ``original``.
 
     ``original``: the photo at full resolution, RGB, EXIF orientation applied (``image_io.load_image``).
@@ -753,6 +757,9 @@ def render_full(original: Image.Image, source_model: Image.Image, output_model: 
     for colour, tone and geometric edits only (``engine.understanding.Reading.new_content``); then what the
     geometry and colour steps leave unexplained is the model's mistake, not an object, and none of the model's
     own pixels are blended in (the provenance's ``content_left_out`` says how much of the picture that was).
+    ``neutral``: the request ends in black and white (``Reading.neutral``); when the model's output is grey
+    but for a faint tint (its image tokenizer's greys are not quite neutral), the result keeps the
+    brightness the model chose and none of the tint. A colourful output is left as the model drew it.
     """
     t0 = time.perf_counter()
     original = original.convert("RGB") if original.mode != "RGB" else original
@@ -799,6 +806,12 @@ def render_full(original: Image.Image, source_model: Image.Image, output_model: 
             img = original.copy()
         img = _blend(img, output_model, alpha, frame)
     unchanged = geo.is_identity and colour.kind == "identity" and not alpha.any()
+    if neutral and not unchanged:
+        tint = float(np.percentile(np.abs(o - o.mean(axis=-1, keepdims=True)).max(axis=-1), 95))
+        prov["tint"] = round(tint * 255, 1)
+        if tint < NEUTRAL_TINT:  # a grey picture with a tint, not a colour picture the model failed to grey
+            img = img.convert("L").convert("RGB")
+            prov["neutral"] = True
     if img is original:
         img = original.copy()
     prov["method"] = "unchanged" if unchanged else ("geometry+colour+content" if alpha.any() else "geometry+colour")

@@ -15,7 +15,8 @@ own vocabulary. ``Understanding.read(text)`` returns a ``Reading``:
 - ``summary``: "Understood: make it black and white" for the person;
 - ``warning``: set when the request falls outside what the model was trained for (an object or scene edit,
   an unknown object, or no edit it knows), or when the reading is unsure. The edit still runs;
-- ``new_content``: False when the reading is sure and asks only for colour, tone and geometric edits.
+- ``new_content``: False when the reading is sure and asks only for colour, tone and geometric edits;
+  ``neutral``: True when such a request ends in black and white (``render_hints`` for ``engine.render``).
 
 Folder layout (written by ``python -m training.understanding``): ``vocab.json`` (kinds, their categories
 and canonical clauses, joiners, object vocabulary, what the model does) and ``head.safetensors`` (the
@@ -150,10 +151,16 @@ class Reading:
     # whether the edit may add, remove or change objects: False when the reading is sure and every step is a
     # colour, tone or geometric edit (then ``engine.render`` blends none of the model's own pixels in)
     new_content: bool = True
+    # whether the result should have no colour at all: a sure reading whose last colour step is grayscale
+    neutral: bool = False
+
+    def render_hints(self) -> dict[str, bool]:
+        """What the request tells the full-resolution render (``engine.render.render_full``'s keywords)."""
+        return {"new_content": self.new_content, "neutral": self.neutral}
 
     def as_dict(self) -> dict[str, Any]:
         return {"text": self.text, "canonical": self.canonical, "summary": self.summary, "warning": self.warning,
-                "confidence": round(self.confidence, 3), "new_content": self.new_content,
+                "confidence": round(self.confidence, 3), **self.render_hints(),
                 "steps": [{"kind": s.kind, "fields": s.fields, "confidence": round(s.confidence, 3), "text": s.text,
                            "missing": s.missing} for s in self.steps]}
 
@@ -479,7 +486,9 @@ class Understanding:
                    f"Read as typed{' (it looks like: ' + self._describe(edits) + ')' if edits else ''}")
         new_content = canonical is None or any(v["categories"].get(s.kind) not in ("global", "geometry")
                                                 for s in edits)
-        return Reading(text, steps, canonical, summary, warning, conf, new_content)
+        colour_steps = [s.kind for s in edits if v["categories"].get(s.kind) == "global"]
+        neutral = not new_content and colour_steps[-1:] == ["grayscale"]
+        return Reading(text, steps, canonical, summary, warning, conf, new_content, neutral)
 
     def _describe(self, steps: list[Step]) -> str:
         out = []

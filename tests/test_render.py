@@ -184,6 +184,22 @@ def test_a_flip_asked_for_without_new_content_leaves_the_models_wrong_cells_out(
     assert np.array_equal(_arr(res.image), _arr(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
 
 
+def test_black_and_white_asked_for_loses_the_tokenizers_tint_but_not_a_colour_failure():
+    photo = _photo()
+    src = fit_to_area(photo, AREA, FACTOR)
+    grey = _arr(src).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    tinted = _img(np.stack([grey - 6, grey, grey + 6], axis=-1))  # grey with a faint blue tint
+    plain = render_full(photo, src, tinted)
+    assert np.abs(_arr(plain.image).astype(int) - _arr(plain.image).mean(-1, keepdims=True)).max() > 3
+    res = render_full(photo, src, tinted, new_content=False, neutral=True)
+    a = _arr(res.image)
+    assert res.provenance["neutral"] and (a == a[..., :1]).all()  # no colour left
+    assert abs(float(a.mean()) - float(_arr(plain.image).mean())) < 2  # the brightness the model chose
+    # a colourful output (the model did not make it grey) is left as it is
+    kept = render_full(photo, src, _img(_arr(src) * 0.9), new_content=False, neutral=True)
+    assert "neutral" not in kept.provenance and not (_arr(kept.image) == _arr(kept.image)[..., :1]).all()
+
+
 def test_exif_rotated_photo(tmp_path):
     photo = _photo(300, 200)
     exif = Image.Exif()

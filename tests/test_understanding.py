@@ -82,7 +82,9 @@ def test_requests_outside_the_model_are_flagged(reader):
 
 
 def test_only_a_sure_colour_or_geometric_reading_rules_out_new_content(reader):
-    assert not reader.read("make it black and white, then flip it upside down").new_content
+    r = reader.read("make it black and white, then flip it upside down")
+    assert r.render_hints() == {"new_content": False, "neutral": True}
+    assert not reader.read("make it sepia, then flip it upside down").neutral
     assert reader.read("could you remove the red circle?").new_content
     assert reader.read("remove the cup").new_content  # an object it does not know: read as typed
 
