@@ -51,6 +51,8 @@ DB_NAME = "feedback.sqlite3"
 RATING_KINDS = ("thumb", "star", "pair", "best_of_n")
 PAIR_VALUES = ("A", "B", "tie", "both_bad")
 THUMB_VALUES = ("up", "down")
+# SQL: the candidate row (table alias in {}) was made by a blind A/B round (settings["ab_test"] true)
+AB_TEST_SQL = "COALESCE(json_extract({}.settings, '$.ab_test'), 0) != 0"
 
 
 class StoreError(RuntimeError):
@@ -694,22 +696,58 @@ class Store:
             ).fetchall()
         return [self._candidate(r) for r in rows]
 
-    def recent_edits(self, limit: int = 50, offset: int = 0, rater: str | None = None) -> list[dict[str, Any]]:
+    def recent_edits(self, limit: int = 50, offset: int = 0, rater: str | None = None,
+                     include_ab_test: bool = False) -> list[dict[str, Any]]:
         """Newest edit requests first (those ``rater`` asked for, when given): edit_uid, instruction, n,
-        source_hash, created_at, n_ratings."""
-        where, args = ("WHERE c.rater = ?", (rater,)) if rater is not None else ("", ())
+        source_hash, created_at, bundle_id, parent_id, n_ratings (the ratings that stand on its candidates,
+        counted as ``standing_ratings`` counts them, so a changed mind counts once).
+
+        The blind A/B's held-out test edits (``settings["ab_test"]``) are left out unless
+        ``include_ab_test``: they judge models, are not the user's own edits, and are rated only in the
+        blind A/B itself."""
+        conds, args = [], []
+        if rater is not None:
+            conds.append("c.rater = ?")
+            args.append(rater)
+        if not include_ab_test:
+            conds.append(f"NOT {AB_TEST_SQL.format('c')}")
+        where = f"WHERE {' AND '.join(conds)}" if conds else ""
         with self._lock:
-            rows = self._con.execute(
+            rows = [dict(r) for r in self._con.execute(
                 f"""SELECT c.edit_uid, MIN(c.instruction) AS instruction, COUNT(*) AS n,
                           MIN(c.source_hash) AS source_hash, MIN(c.created_at) AS created_at,
-                          MIN(c.bundle_id) AS bundle_id, MIN(c.parent_id) AS parent_id,
-                          (SELECT COUNT(DISTINCT rc.rating_id) FROM rating_candidates rc
-                             JOIN candidates c2 ON c2.id = rc.candidate_id
-                             WHERE c2.edit_uid = c.edit_uid) AS n_ratings
+                          MIN(c.bundle_id) AS bundle_id, MIN(c.parent_id) AS parent_id
                    FROM candidates c {where} GROUP BY c.edit_uid ORDER BY MIN(c.id) DESC LIMIT ? OFFSET ?""",
                 (*args, limit, offset),
-            ).fetchall()
-        return [dict(r) for r in rows]
+            ).fetchall()]
+        standing = self._standing_per_edit([r["edit_uid"] for r in rows])
+        for r in rows:
+            r["n_ratings"] = standing.get(r["edit_uid"], 0)
+        return rows
+
+    def _standing_per_edit(self, edit_uids: Sequence[str]) -> dict[str, int]:
+        """How many ratings stand on each edit's candidates: one per (rater, kind, candidate set)."""
+        if not edit_uids:
+            return {}
+        q = f"""SELECT DISTINCT c.edit_uid, r.id, r.rater, r.kind, r.candidate_ids FROM ratings r
+                JOIN rating_candidates rc ON rc.rating_id = r.id JOIN candidates c ON c.id = rc.candidate_id
+                WHERE c.edit_uid IN ({','.join('?' * len(edit_uids))})"""
+        with self._lock:
+            rows = self._con.execute(q, list(edit_uids)).fetchall()
+        keys: dict[str, set[tuple]] = {}
+        for uid, _, rater, kind, ids in rows:
+            keys.setdefault(uid, set()).add((rater, kind, tuple(sorted(json.loads(ids)))))
+        return {uid: len(k) for uid, k in keys.items()}
+
+    def ab_test_ids(self, candidate_ids: Iterable[int]) -> set[int]:
+        """Those of ``candidate_ids`` that a blind A/B round made (``settings["ab_test"]``): held-out test
+        edits, rated only in the blind A/B."""
+        ids = [int(i) for i in candidate_ids]
+        if not ids:
+            return set()
+        q = f"SELECT id FROM candidates WHERE id IN ({','.join('?' * len(ids))}) AND {AB_TEST_SQL.format('candidates')}"
+        with self._lock:
+            return {int(r[0]) for r in self._con.execute(q, ids)}
 
     # -- ratings
     def add_rating(
@@ -888,10 +926,12 @@ class Store:
         return out
 
     def counts(self) -> dict[str, int]:
-        """What has been collected: edits, candidates, ratings, raters; the ratings that can train (thumbs
-        up/down, stars, A/B decisions and ties, best_of_n, the preference pairs A/B and best-of-N give, and
-        ``graded_pairs``: those that thumbs and stars of one edit's candidates give); and the blind
-        A/B rounds judging models (``ab_rounds``), which never train."""
+        """What has been collected: edits, candidates, ratings, raters (every row in the store, what an
+        export writes); the ratings that can train (thumbs up/down, stars, A/B decisions and ties, best_of_n,
+        the preference pairs A/B and best-of-N give, and ``graded_pairs``: those that thumbs and stars of one
+        edit's candidates give); and the blind A/B, which judges models and never trains them: its rounds
+        (``ab_rounds``) and the held-out test edits and candidates it made (``ab_edits``,
+        ``ab_candidates``; among ``edits`` and ``candidates``, so subtract them for the user's own)."""
         with self._lock:
             one = lambda q: int(self._con.execute(q).fetchone()[0])  # noqa: E731
             c = {
@@ -903,12 +943,14 @@ class Store:
         # Same rule as preference_pairs(), on two light columns instead of whole rows with tokens
         # (this runs after every click in the UI).
         with self._lock:
-            rows = self._con.execute("SELECT id, source_hash, instruction, json_extract(settings, '$.ab_test') "
-                                     "FROM candidates").fetchall()
+            rows = self._con.execute("SELECT id, source_hash, instruction, json_extract(settings, '$.ab_test'), "
+                                     "edit_uid FROM candidates").fetchall()
         # a blind A/B round's candidates are never training data (they are held-out photos): its
         # decisions are counted apart, as "ab_rounds", and never among the ratings that train
         key = {r[0]: (r[1], r[2]) if not r[3] else ("ab_test", r[0]) for r in rows}
         blind = {r[0] for r in rows if r[3]}
+        c["ab_candidates"] = len(blind)
+        c["ab_edits"] = len({r[4] for r in rows if r[3]})
         is_blind = lambda rt: any(i in blind for i in rt.candidate_ids)  # noqa: E731
         thumbs = [t for t in self.standing_ratings("thumb") if not is_blind(t)]
         c["thumbs_up"] = sum(t.value == "up" for t in thumbs)

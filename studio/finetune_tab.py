@@ -9,6 +9,8 @@ they are testable without a browser.
 Blind A/B: a held-out suite photo + instruction is edited by both bundles (same seed, one candidate
 each), shown left/right in random order without names; the rating is stored as an A/B pair with
 ``settings["ab_test"] = True`` and the shown order, and the win rate per bundle is computed from the store.
+Those held-out edits are not the user's: the lists of earlier edits and the rating totals leave them out
+(``Store.recent_edits``, ``studio.ratings.collected``), and they are rated here only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ METHODS = {
 REWARDS = {"Programmatic verifier (suite photos)": "verifier", "MLLM judge (OpenAI-compatible endpoint)": "judge",
            "Reward model learned from ratings": "reward_model"}
 DPO_MAX_STEPS = 100
+NOTE_FILE = "studio-note.md"  # in a job's folder: the warning its start gave, shown with its status
 _managers: dict[str, JobManager] = {}
 _heldout: list[dict] = []
 
@@ -117,12 +120,32 @@ def start_job(ctx: Any, method_label: str, base_key: str | None, name: str, epoc
     # the machine's cores (up to 8): the studio sits idle while its person waits for the job
     job = manager(ctx).start(method, bundle, name=clean, threads=min(os.cpu_count() or 1, 8), **opts)
     msg = f"Started **{method.upper()}** job `{job.id}` → bundle **{job.name}**"
-    ready = readiness(ctx.store.counts()).get(method)
-    if ready is not None and not ready["ready"]:
-        # allowed (a first try, a demo), but say that so little data will barely move the model
-        msg += (f"\n\n⚠️ Only {ready['have']} of the {ready['need']} ratings a first useful {method.upper()} run "
-                f"wants ({ready['more']} more): expect the new model to differ little from the old one.")
+    note = low_data_note(method, ctx.store.counts())
+    if note:
+        msg += "\n\n" + note
+        try:  # kept with the job: the status line that replaces this message while it runs shows it too
+            (job.dir / NOTE_FILE).write_text(note)
+        except OSError:  # (a full disk: the job says so itself) the message above still shows it once
+            pass
     return msg, job.id
+
+
+def low_data_note(method: str, counts: dict[str, int]) -> str:
+    """The warning that a run starts on fewer ratings than a first useful one wants ("" when it has
+    enough): allowed (a first try, a demo), but so little data will barely move the model."""
+    ready = readiness(counts).get(method)
+    if ready is None or ready["ready"]:
+        return ""
+    return (f"⚠️ Only {ready['have']} of the {ready['need']} ratings a first useful {method.upper()} run "
+            f"wants ({ready['more']} more): expect the new model to differ little from the old one.")
+
+
+def job_note(job: Any) -> str:
+    """What the studio said about a job when it started it (the low-data warning), "" if nothing."""
+    try:
+        return (job.dir / NOTE_FILE).read_text()
+    except OSError:
+        return ""
 
 
 def poll(ctx: Any, job_id: str | None) -> tuple[str, pd.DataFrame, str]:
@@ -151,7 +174,8 @@ def poll(ctx: Any, job_id: str | None) -> tuple[str, pd.DataFrame, str]:
         md += f"\n\n**New bundle:** `{st.get('bundle')}` — press **Use the new model** to register it."
     elif st["state"] in ("failed",) and st.get("message"):
         md += f"\n\n**Failed:** {st['message'][:2000]}"
-    return md, df, job.log_tail(12)
+    note = job_note(job)
+    return md + (f"\n\n{note}" if note else ""), df, job.log_tail(12)
 
 
 def current_job(ctx: Any, job_id: str | None) -> str | None:
@@ -185,7 +209,7 @@ def register(ctx: Any, job_id: str | None) -> tuple[str, str]:
     if not job_id:
         raise ValueError("No finished job yet.")
     key = manager(ctx).register(manager(ctx).get(job_id), ctx.registry)
-    return f"Registered: `{key[5:]}` — it is now in the model picker (Edit tab ▸ Model ▸ ↻).", key
+    return f"Registered: `{key[5:]}`.", key
 
 
 # -- blind A/B -------------------------------------------------------------------------------------
@@ -305,8 +329,9 @@ def ab_win_rates(ctx: Any) -> str:
 # -- UI ------------------------------------------------------------------------------------------------
 
 
-def build_finetune_tab(ctx: Any) -> None:
-    """Called by ``studio.app`` inside its ``gr.Tabs()``."""
+def build_finetune_tab(ctx: Any, model_picker: gr.Dropdown | None = None) -> None:
+    """Called by ``studio.app`` inside its ``gr.Tabs()``. ``model_picker``: the Edit tab's model dropdown,
+    which "Use the new model" switches to the new bundle (None: a tab built on its own)."""
     choices = [(c.label, c.key) for c in ctx.registry.choices()]
     with gr.Tab("Fine-tune", id="finetune") as tab:
         data_md = gr.Markdown(counts_markdown(ctx.store.counts()), elem_id="ft-counts")
@@ -363,13 +388,24 @@ def build_finetune_tab(ctx: Any) -> None:
                     ab_win_rates(ctx), jid, md, plot, tail, timer_)
 
         def on_register(jid):
+            """Register the job's bundle and switch to it: the Edit tab edits with it, the blind A/B
+            compares it (Bundle 2) with the bundle it was trained from (Bundle 1)."""
             try:
-                msg, _ = register(ctx, jid)
+                msg, key = register(ctx, jid)
             except ValueError as err:
                 gr.Warning(str(err))
-                return gr.update(), gr.update(), gr.update()
+                return (gr.update(),) * len(register_outputs)
             new = [(c.label, c.key) for c in ctx.registry.choices()]
-            return msg, gr.Dropdown(choices=new), gr.Dropdown(choices=new)
+            parent = manager(ctx).get(jid).bundle
+            parent_key = next((k for _, k in new if k == f"path:{Path(parent).resolve()}"), None)
+            old_side = gr.Dropdown(choices=new, value=parent_key) if parent_key else gr.Dropdown(choices=new)
+            out = [gr.Dropdown(choices=new), old_side, gr.Dropdown(choices=new, value=key)]
+            if model_picker is not None:
+                msg += " It is now the Edit tab's model (Edit tab ▸ Model), and Bundle 2 of the blind A/B below."
+                out.append(gr.Dropdown(choices=new, value=key))
+            else:
+                msg += " It is now in the model pickers, and Bundle 2 of the blind A/B below."
+            return (msg, *out)
 
         start_btn.click(on_start, [method, base, name, epochs, steps, reward, judge_url, lora], [status, job_id, timer],
                         api_name="finetune_start")
@@ -432,5 +468,6 @@ def build_finetune_tab(ctx: Any) -> None:
             btn.click(rate_as(choice), [rnd, rater_box], [rates, rnd], api_name=f"ab_{choice}")
         tab.select(on_enter, [job_id, base, old_dd, new_dd],
                    [data_md, base, old_dd, new_dd, rates, job_id, status, curve, log, timer], api_name="finetune_enter")
-        use_btn.click(on_register, [job_id], [status, old_dd, new_dd], api_name="finetune_register").then(
+        register_outputs = [status, base, old_dd, new_dd] + ([model_picker] if model_picker is not None else [])
+        use_btn.click(on_register, [job_id], register_outputs, api_name="finetune_register").then(
             lambda: counts_markdown(ctx.store.counts()), None, [data_md])

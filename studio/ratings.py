@@ -50,9 +50,10 @@ def readiness(counts: dict[str, int]) -> dict[str, dict[str, int | bool]]:
 
 # What the whole loop gave when measured end to end (``python -m benchmarks.feedback_loop``: simulated
 # people rate edits in the studio, the one-click default trains, a blind A/B on held-out edits judges);
-# each run, with its command, in research/feedback-loop.md. ``measurable``: the A/B's 95 % interval
-# cleared 50 %. The figures are run F's, the one with 300 ratings and all its A/B rounds (its DPO ran at
-# beta 0.01; run E at the default beta stopped at 101 rounds, no measurable difference either).
+# each run, with its command, in ``source``. ``measurable``: the A/B's 95 % interval cleared 50 %. The
+# figures are run F's, the one with 300 ratings and all its A/B rounds (its DPO ran at beta 0.01; run E
+# at the default beta stopped at 101 rounds, no measurable difference either). ``source`` is for the
+# project's readers: the page says what was measured in words, not where the notes are.
 LOOP_MEASURED: dict[str, Any] = {
     "ratings": 300, "measurable": False, "winrate": 0.492, "ci": (0.436, 0.548),
     "source": "research/feedback-loop.md, run F",
@@ -65,23 +66,44 @@ def training_ratings(counts: dict[str, int]) -> int:
 
 
 def expectation(counts: dict[str, int], measured: dict[str, Any] | None = None) -> str:
-    """One honest line on what more ratings will do, from the measured loop (``LOOP_MEASURED``)."""
+    """One honest line on what more ratings will do, from the measured loop (``LOOP_MEASURED``), in words
+    a studio user can act on: what was measured, how many more ratings to give, how to check the result."""
     m = LOOP_MEASURED if measured is None else measured
     have = training_ratings(counts)
     n = int(m["ratings"])
     seen = ""
     if m.get("winrate") is not None and m.get("ci") is not None:
-        seen = (f" (there: the new model won {m['winrate']:.0%} of the blind A/B, 95 % interval "
+        seen = (f" (the new model won {m['winrate']:.0%} of the blind A/B, 95 % interval "
                 f"{m['ci'][0]:.0%}–{m['ci'][1]:.0%})")
+    test = "in a test of the whole loop with simulated raters"
     if m.get("measurable"):
         if have >= n:
-            return (f"**What to expect:** {have} ratings — as many as gave a measurable change when measured "
-                    f"({n} simulated ratings{seen}; {m['source']}). Train, then check with the blind A/B below.")
-        return (f"**What to expect:** about **{n - have} more ratings** for a measurable change: {n} simulated "
-                f"ratings gave one{seen}; {m['source']}.")
-    return (f"**What to expect:** {n} simulated ratings did not yet give a measurable change{seen}; "
-            f"{m['source']}. Expect to need more than {max(n - have, 0)} more ratings, and check with the "
-            f"blind A/B below.")
+            return (f"**What to expect:** {have} ratings — as many as gave a measurable change {test} ({n} "
+                    f"ratings{seen}). Train, then check with the Fine-tune tab's blind A/B.")
+        return (f"**What to expect:** about **{n - have} more ratings** for a measurable change: {test}, {n} "
+                f"ratings gave one{seen}. Rate more edits (Edit or Review & rate tab), train, then check with "
+                "the Fine-tune tab's blind A/B.")
+    return (f"**What to expect:** {test}, {n} ratings did not yet give a measurable change{seen}. Expect to "
+            f"need more than {max(n - have, 0)} more ratings (rate edits in the Edit or Review & rate tab), and "
+            "check a trained model with the Fine-tune tab's blind A/B.")
+
+
+def _count(counts: dict[str, int], key: str, noun: str) -> str:
+    n = int(counts.get(key, 0))
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def collected(counts: dict[str, int]) -> str:
+    """The user's edits and the ratings that stand, in numbers that add up: the A/B answers are the decided
+    ones plus the ties and "both bad"; the blind A/B's test edits are not among the edits."""
+    mine = {"edits": int(counts.get("edits", 0)) - int(counts.get("ab_edits", 0)),
+            "candidates": int(counts.get("candidates", 0)) - int(counts.get("ab_candidates", 0)),
+            "answers": int(counts.get("pairs_decided", 0)) + int(counts.get("pairs_undecided", 0))}
+    return (f"{_count(mine, 'edits', 'edit')} · {_count(mine, 'candidates', 'candidate')} · "
+            f"{_count(mine, 'answers', 'A/B answer')}: {counts.get('pairs_decided', 0)} decided, "
+            f"{counts.get('pairs_undecided', 0)} ties or both bad · {counts.get('best_of_n', 0)} best-of-N · "
+            f"thumbs {counts.get('thumbs_up', 0)} up / {counts.get('thumbs_down', 0)} down · "
+            f"{_count(counts, 'stars', 'star rating')} · {_count(counts, 'raters', 'rater')}")
 
 
 def counts_markdown(counts: dict[str, int]) -> str:
@@ -95,13 +117,9 @@ def counts_markdown(counts: dict[str, int]) -> str:
 
     return "\n".join(
         [
-            f"**Collected:** {counts.get('edits', 0)} edits · {counts.get('candidates', 0)} candidates · "
-            f"{counts.get('pairs_decided', 0)} A/B decisions ({counts.get('pairs_undecided', 0)} ties/both bad) · "
-            f"{counts.get('best_of_n', 0)} best-of-N · thumbs {counts.get('thumbs_up', 0)} up / "
-            f"{counts.get('thumbs_down', 0)} down · {counts.get('stars', 0)} star ratings · "
-            f"{counts.get('raters', 0)} rater(s)"
-            + (f" · {counts['ab_rounds']} blind A/B rounds (they judge models and never train them)"
-               if counts.get("ab_rounds") else ""),
+            f"**Collected:** {collected(counts)}"
+            + (f" · {_count(counts, 'ab_rounds', 'blind A/B round')} (they judge models on held-out test edits, "
+               "not counted here, and never train them)" if counts.get("ab_rounds") else ""),
             "",
             line("DPO (preference pairs)", "dpo", "pairs"),
             line("KTO (thumbs)", "kto", "thumbs, both kinds"),
@@ -143,27 +161,61 @@ def standing_label(r: Rating, cid: int) -> str:
     return rating_label(r.kind, r.value, cid)
 
 
+def answer_words(kind: str, value: str, candidate_ids: Sequence[int], shown: Sequence[int]) -> str:
+    """A rating in words, candidates named by their number among the ``shown`` (#1 …): the same words for
+    the same answer whichever side of the A/B each candidate was on."""
+    if kind == "pair":
+        if value in ("A", "B"):
+            return f"#{list(shown).index(candidate_ids['AB'.index(value)]) + 1} better"
+        return rating_label("pair", value, 0).removeprefix("A/B: ")
+    if kind == "best_of_n":
+        return f"#{list(shown).index(int(value)) + 1} as the best"
+    return rating_label(kind, value, candidate_ids[0])
+
+
+def earlier_rating(store: Store, rater: str, kind: str, candidate_ids: Sequence[int]) -> Rating | None:
+    """The standing rating of ``rater`` that a new ``kind`` rating of these candidates replaces: the store
+    keeps the newest per rater, kind and set of candidates (``Store.standing_ratings``); None if none."""
+    same = sorted(candidate_ids)
+    mine = [r for r in store.standing_ratings(kind, candidate_id=same[0])
+            if r.rater == rater and sorted(r.candidate_ids) == same]
+    return mine[-1] if mine else None
+
+
 def save_rating(store: Store, rater: str, kind: str, value: Any, shown: Sequence[int], selected: int,
                 pair: Sequence[int]) -> tuple[int, str]:
     """Store one click on a rating button about the ``shown`` candidates (``selected`` the one in view,
-    ``pair`` the A/B pair on screen, A first); returns (rating id, what was saved, in words).
+    ``pair`` the A/B pair on screen, A first); returns (rating id, what was saved, in words). When it
+    replaces the rater's earlier rating of the same candidates, the words say so: the store counts the
+    newest one only, and the totals on the page then do not grow.
 
-    Raises ``ValueError`` when the click needs more candidates than are shown, ``StoreError`` when the
+    Raises ``ValueError`` when the click needs more candidates than are shown, or rates a blind A/B's
+    held-out test edit (rated in the blind A/B only, and counted nowhere else); ``StoreError`` when the
     store refuses it."""
     ids = list(shown)
+    if store.ab_test_ids(ids):
+        raise ValueError("This is a held-out test edit of the Fine-tune tab's blind A/B: it is rated there, "
+                         "in the blind A/B, not here.")
     if kind in ("thumb", "star"):
-        rid = store.add_rating(rater=rater, kind=kind, value=value, candidate_ids=[selected])
-        return rid, f"{rating_label(kind, str(value), selected)} for candidate #{ids.index(selected) + 1}"
-    if kind == "best_of_n":
+        rated, stored = [selected], str(value)
+        what = f"{rating_label(kind, stored, selected)} for candidate #{ids.index(selected) + 1}"
+    elif kind == "best_of_n":
         if len(ids) < 2:
             raise ValueError("Best-of-N needs at least two candidates.")
-        rid = store.add_rating(rater=rater, kind=kind, value=selected, candidate_ids=ids, shown_order=ids)
-        return rid, f"candidate #{ids.index(selected) + 1} is the best of {len(ids)}"
-    if len(pair) != 2:
-        raise ValueError("A/B needs at least two candidates.")
-    # candidate_ids = [A, B] as shown (A left): the shown order is part of the data.
-    rid = store.add_rating(rater=rater, kind="pair", value=value, candidate_ids=list(pair), shown_order=list(pair))
-    return rid, rating_label("pair", value, 0)
+        rated, stored, what = ids, str(selected), f"candidate #{ids.index(selected) + 1} is the best of {len(ids)}"
+    else:
+        if len(pair) != 2:
+            raise ValueError("A/B needs at least two candidates.")
+        # candidate_ids = [A, B] as shown (A left): the shown order is part of the data.
+        rated, stored, what = list(pair), str(value), rating_label("pair", value, 0)
+    before = earlier_rating(store, rater, kind, rated)
+    rid = store.add_rating(rater=rater, kind=kind, value=stored, candidate_ids=rated, shown_order=rated)
+    if before is not None:
+        was = answer_words(kind, before.value, before.candidate_ids, ids)
+        now = answer_words(kind, stored, rated, ids)
+        what += (" (the same as your earlier rating: it counts once)" if was == now
+                 else f" (replaces your earlier {was})")
+    return rid, what
 
 
 # -- blind A/B statistics ------------------------------------------------------------------------------

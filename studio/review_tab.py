@@ -44,8 +44,9 @@ class ReviewTab:
                 self.refresh_btn = gr.Button("↻ Refresh", scale=1)
             self.panel = ResultsPanel(ctx, "review")
             with gr.Accordion("Export", open=False):
-                gr.Markdown("Write every candidate and rating to a Hugging Face `datasets` folder (parquet, images "
-                            "included), under the data folder's `datasets/`.")
+                gr.Markdown("Write every candidate and rating (the blind A/B's too) to a Hugging Face `datasets` "
+                            "folder (`save_to_disk` format: Arrow files, images embedded as PNG), under the data "
+                            "folder's `datasets/`.")
                 with gr.Row(equal_height=True):
                     self.export_btn = gr.Button("Export dataset", scale=0, min_width=160)
                     self.export_msg = gr.Markdown("", elem_id="export-msg")
@@ -61,6 +62,9 @@ class ReviewTab:
             if not edit_uid:
                 return {}
             ids = [c.id for c in store.edit_candidates(edit_uid)]
+            if store.ab_test_ids(ids):  # not listed here: rated in the blind A/B only (see Store.recent_edits)
+                gr.Warning("That edit is a held-out test edit of the Fine-tune tab's blind A/B: it is rated there.")
+                return {}
             st = dict(st, cand_ids=ids, selected=0, pair=pick_pair(ids, rng))
             return {state: st, **panel.updates(st)}
 

@@ -118,3 +118,7 @@ def test_expectation_is_stated_from_the_measured_loop() -> None:
     # the page says what the shipped measurement says
     assert expectation(counts) in counts_markdown(counts)
     assert LOOP_MEASURED["source"].startswith("research/")
+    # … in words a studio user can act on: the numbers, how many more ratings, where to check; no repo path
+    line = expectation(counts)
+    assert "49%" in line and "44%–55%" in line and "more than 200 more ratings" in line, line
+    assert "research/" not in line and "blind A/B" in line

@@ -83,7 +83,7 @@ def test_browser_edit_and_rate(tmp_path: Path) -> None:
             page.wait_for_selector(".cand-info:has-text('#1 of 4')", timeout=20_000)
 
             page.get_by_role("tab", name="Review & rate").click()
-            page.wait_for_selector("#counts:has-text('1 A/B decisions')", timeout=20_000)
+            page.wait_for_selector("#counts:has-text('1 A/B answer: 1 decided')", timeout=20_000)
             # Entering the tab opens the newest edit with its four candidates, ready to rate.
             page.wait_for_selector("#review-slider img", timeout=30_000)
             assert page.locator("#review-gallery img").count() >= 4

@@ -129,6 +129,9 @@ def test_finetune_tab_builds_and_ab_win_rate(env, monkeypatch):
     # a run on far fewer ratings than a useful one wants starts, with a warning that says so
     msg, jid = ft.start_job(ctx, next(iter(ft.METHODS)), f"path:{env.root / 'tiny'}", "few-pairs", 1, 1, "", "", False)
     assert "Started **DPO**" in msg and "⚠️ Only" in msg and "of the 100 ratings" in msg, msg
+    # the status line that replaces the message while the job runs keeps the warning (a reloaded page too)
+    status = ft.poll(SimpleNamespace(data_dir=env.store.data_dir), jid)[0]
+    assert f"`{jid}`" in status and "⚠️ Only" in status and "of the 100 ratings" in status, status
     # the one-click job trains with the machine's cores (torch threads and OMP alike), not one
     import os
 

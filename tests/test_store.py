@@ -76,6 +76,36 @@ def test_candidates_round_trip_and_images_are_lossless(tmp_path: Path) -> None:
         assert store.recent_edits(rater="someone else") == []
 
 
+def test_blind_ab_test_edits_are_not_among_the_users_edits(tmp_path: Path) -> None:
+    """A blind A/B round stores each bundle's held-out edit as an edit of its own (``settings["ab_test"]``):
+    the lists of earlier edits and the user's totals leave them out; an export still holds them."""
+    with Store(tmp_path) as store:
+        mine = store.candidate(_add_edit(store, 0)[0]).edit_uid
+        blind = []
+        for bundle in ("old@0", "new@1"):  # one round: the same held-out photo, one candidate per bundle
+            (cid,) = store.add_candidates(source=_img(7), instruction="Cool down the colours.", bundle_id=bundle,
+                                          weights_hash=bundle, settings={**SETTINGS, "ab_test": True},
+                                          candidates=[NewCandidate(_img(8), [1, 2], [-0.1, -0.2], 3)])
+            blind.append(cid)
+        store.add_rating("judge", "pair", "A", blind)
+        assert [e["edit_uid"] for e in store.recent_edits()] == [mine]
+        assert [e["edit_uid"] for e in store.recent_edits(rater="tester")] == [mine]
+        assert len(store.recent_edits(include_ab_test=True)) == 3
+        assert store.ab_test_ids([*blind, store.edit_candidates(mine)[0].id]) == set(blind)
+        c = store.counts()
+        assert (c["edits"], c["candidates"], c["ab_edits"], c["ab_candidates"], c["ab_rounds"]) == (3, 4, 2, 2, 1)
+
+        # an edit's ratings are those that stand: thumbs up, down, up again by one rater is one rating
+        a, b = (x.id for x in store.edit_candidates(mine))
+        for v in ("up", "down", "up"):
+            store.add_rating("ann", "thumb", v, [a])
+        store.add_rating("bob", "thumb", "down", [a])
+        store.add_rating("ann", "pair", "A", [a, b])
+        store.add_rating("ann", "pair", "tie", [b, a])  # the same two candidates: replaces her A
+        assert store.recent_edits()[0]["n_ratings"] == 3 == len(store.standing_ratings(candidate_id=a))
+        assert len(store.ratings(candidate_id=a)) == 6  # the history stays
+
+
 def test_ratings_validation_and_training_reads(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
         a, b = _add_edit(store, 0)

@@ -104,3 +104,58 @@ def test_a_turned_result_is_compared_with_its_source_turned_the_same_way() -> No
     assert turned_to_match(photo, photo.convert("L")) == (photo, None)
     square = photo.resize((200, 200))
     assert turned_to_match(square, square.transpose(Image.Transpose.ROTATE_90))[1] is None
+
+
+def test_a_rating_that_replaces_an_earlier_one_says_so(tmp_path: Path) -> None:
+    """The store keeps one rating per rater, kind and candidates (the newest); the words saved with a click
+    say when it replaced one, so totals that do not grow are no surprise."""
+    from studio.ratings import save_rating
+
+    with Store(tmp_path) as store:
+        ids = _edit(store, "make it grey", n=3)
+        a, b = ids[0], ids[1]
+
+        def click(kind: str, value: object, selected: int = a, pair: list[int] | None = None, rater: str = "ann"):
+            return save_rating(store, rater, kind, value, ids, selected, pair or [a, b])[1]
+
+        assert click("thumb", "up") == "thumbs up for candidate #1"
+        assert click("thumb", "down") == "thumbs down for candidate #1 (replaces your earlier thumbs up)"
+        assert click("thumb", "up") == "thumbs up for candidate #1 (replaces your earlier thumbs down)"
+        assert click("thumb", "up").endswith("(the same as your earlier rating: it counts once)")
+        assert click("thumb", "down", rater="bob") == "thumbs down for candidate #1"  # another rater's own
+        assert click("star", 4) == "★★★★ for candidate #1"  # stars and thumbs are kinds apart: both stand
+        c = store.counts()
+        assert (c["thumbs_up"], c["thumbs_down"], c["stars"]) == (1, 1, 1)
+        # an A/B answer is the same answer whichever side each candidate was shown on
+        assert click("pair", "A") == "A/B: A"
+        assert click("pair", "B", pair=[b, a]).endswith("(the same as your earlier rating: it counts once)")
+        assert click("pair", "tie", pair=[b, a]) == "A/B: tie (replaces your earlier #1 better)"
+        assert click("pair", "A", pair=[a, ids[2]]) == "A/B: A"  # another pair
+        assert click("best_of_n", None, selected=b) == "candidate #2 is the best of 3"
+        assert click("best_of_n", None, selected=a) == "candidate #1 is the best of 3 (replaces your earlier #2 as the best)"
+        c = store.counts()
+        assert (c["pairs_decided"], c["pairs_undecided"], c["best_of_n"]) == (1, 1, 1)
+
+
+def test_counts_add_up_and_leave_the_blind_ab_out(tmp_path: Path) -> None:
+    """The summary's numbers reconcile (A/B answers = decided + ties or both bad), and a blind A/B round's
+    held-out test edits are neither listed, nor counted, nor rated outside the blind A/B."""
+    from studio.ratings import counts_markdown, save_rating
+
+    with Store(tmp_path) as store:
+        ids = _edit(store, "make it grey", n=4)
+        for pair, v in (((0, 1), "A"), ((0, 2), "B"), ((0, 3), "tie"), ((1, 2), "both_bad"), ((1, 3), "A")):
+            store.add_rating("ann", "pair", v, [ids[i] for i in pair])
+        blind = [store.add_candidates(source=Image.new("RGB", (16, 16)), instruction="Cool down the colours.",
+                                      bundle_id=b, weights_hash=b, settings={**SETTINGS, "ab_test": True},
+                                      candidates=[NewCandidate(Image.new("RGB", (16, 16), 9), [1], [-1.0], 0)])[0]
+                 for b in ("old@0", "new@1")]
+        store.add_rating("judge", "pair", "A", blind)
+        text = counts_markdown(store.counts())
+        assert "**Collected:** 1 edit · 4 candidates · 5 A/B answers: 3 decided, 2 ties or both bad" in text, text
+        assert "1 blind A/B round (" in text and "research/" not in text
+        (only,) = earlier_choices(store, 10)  # the Edit tab's "Earlier edits": the user's one edit
+        assert "make it grey" in only[0]
+        with pytest.raises(ValueError, match="blind A/B"):
+            save_rating(store, "ann", "thumb", "down", [blind[0]], blind[0], [])
+        assert store.counts()["ratings"] == 6  # refused: nothing was stored
