@@ -7,7 +7,7 @@ Photos: ``--photos`` when given; else the held-out (val/test) photos of a built 
 (``training.data.corpus``; the originals are read from ``<corpus>/../cache/unpacked/<package>/<orig_path>``)
 of at least 1 MP; else, on a fresh machine without a corpus, scikit-image's sample photographs at their
 own (smaller) size — they are held-out photos of every corpus. Each photo is first center-cropped to the
-aspect ratio of its model-resolution picture, so the model sees all of it and a zoom's ground truth
+aspect ratio of its model-resolution picture (the bundle's nearest trained shape), so the model sees all of it and a zoom's ground truth
 and the model's zoom cover the same window.
 
 For every edit kind of the suite (``training.data.edits.kinds``; ``compose`` aside), with parameters drawn
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.image_io import fit_to_area, load_image, target_size
+from engine.image_io import bundle_aspects, fit_to_area, load_image, target_size
 from engine.render import render_full
 from training.data.edits.kinds import changed_pixels, mask_cells
 
@@ -107,8 +107,8 @@ def skimage_photos() -> list[tuple[str, Image.Image]]:
     return [(n, Image.fromarray(getattr(skimage.data, n)())) for n in ("astronaut", "coffee", "chelsea", "rocket")]
 
 
-def crop_to_model_aspect(im: Image.Image, area: int, factor: int) -> Image.Image:
-    tw, th = target_size(im.width, im.height, area, factor)
+def crop_to_model_aspect(im: Image.Image, area: int, factor: int, aspects: tuple[float, ...] = ()) -> Image.Image:
+    tw, th = target_size(im.width, im.height, area, factor, aspects=aspects)
     w, h = im.size
     if w * th > h * tw:
         nw = round(h * tw / th)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f"held-out originals of {args.corpus}"
         if not photos:
             photos, where = skimage_photos()[: args.max_photos], "scikit-image samples (below 1 MP: no corpus)"
-    photos = [(n, crop_to_model_aspect(p, area, factor)) for n, p in photos]
+    photos = [(n, crop_to_model_aspect(p, area, factor, bundle_aspects(bundle))) for n, p in photos]
     print(f"photos ({where}): " + ", ".join(f"{n} {p.width}x{p.height}" for n, p in photos))
 
     def tok(im: Image.Image) -> Image.Image:

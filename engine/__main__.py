@@ -65,15 +65,16 @@ def _edit(args: argparse.Namespace) -> int:
 
     from engine.api import edit
     from engine.events import Done, Error, ImageRow, Text
-    from engine.image_io import ImageInputError, fit_to_area, load_image, prepare_image
+    from engine.image_io import ImageInputError, bundle_aspects, fit_to_bundle, load_image, prepare_image
 
     area, factor = bundle.config.image_area, bundle.vq.spatial_factor
     try:
-        image = prepare_image(args.image, area, factor) if args.raw else load_image(args.image)
+        image = (prepare_image(args.image, area, factor, aspects=bundle_aspects(bundle)) if args.raw
+                 else load_image(args.image))
     except ImageInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    fitted = fit_to_area(image, area, factor)
+    fitted = fit_to_bundle(bundle, image)
     rows, cols = fitted.height // factor, fitted.width // factor
 
     outs = output_paths(args.output, args.n)

@@ -116,23 +116,24 @@ def edit(
     the model's own pixels in, and one that ends in black and white to keep no tint (``Reading.render_hints``).
     ``transpose``: a candidate may come out with the grid turned on its side (W×H for an H×W photo: a quarter
     turn of a landscape photo comes out portrait), the model choosing at the header (``engine.constraint``);
-    None: when the bundle was trained to choose (``engine.bundle.transpose_default``).
+    None: when the bundle was trained to choose (``engine.bundle.transpose_default``), unless the reading of
+    the instruction is sure it asks for no quarter turn (``Reading.sideways``).
     """
     t0 = time.perf_counter()
     msg = _check_args(instruction, n, temperature, top_k, top_p, cfg_text, cfg_image, preview_every)
     if msg:
         yield Error(msg)
         return
-    from engine.image_io import ImageInputError, fit_to_area, load_image, prepare_image
+    from engine.image_io import ImageInputError, bundle_aspects, fit_to_bundle, load_image, prepare_image
 
     original = None
     try:
         cfg = bundle.config
         if full_resolution:
             original = load_image(image)
-            img = fit_to_area(original, cfg.image_area, bundle.vq.spatial_factor)
+            img = fit_to_bundle(bundle, original)
         else:
-            img = prepare_image(image, cfg.image_area, bundle.vq.spatial_factor)
+            img = prepare_image(image, cfg.image_area, bundle.vq.spatial_factor, aspects=bundle_aspects(bundle))
         with num_threads(_vq_threads(bundle)):
             grid = np.asarray(bundle.vq.encode([img])[0], dtype=np.int64)
     except ImageInputError as e:
@@ -148,8 +149,6 @@ def edit(
     seeds = [int(seed) + i for i in range(n)]
     if fp16 is None:
         fp16 = fp16_default(bundle)
-    if transpose is None:
-        transpose = transpose_default(bundle)
     text = instruction.strip()
     hints: dict[str, bool] = {}  # no reading: the render keeps whatever the model drew
     if understand:
@@ -158,6 +157,10 @@ def edit(
             yield Understood(reading.summary, reading.canonical, reading.warning, reading.as_dict())
             text = reading.canonical or text
             hints = reading.render_hints()
+            if transpose is None and not reading.sideways:  # a flip or a colour change keeps the photo's shape
+                transpose = False
+    if transpose is None:
+        transpose = transpose_default(bundle)
     try:
         yield from _run(bundle, grid, text, n, think, seeds, temperature, top_k, top_p, cfg_text,
                         cfg_image, preview_every, max_new_tokens, cancel, t0, t_prepare, fp16, speculate,

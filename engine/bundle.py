@@ -63,6 +63,10 @@ class BundleConfig:
     # then is that choice the model's: an LM trained with the header forced never learnt it, and would pick
     # either on any edit. Training that replays the choice sets it; converted Emu3 checkpoints leave it off.
     transpose: bool = False
+    # The photo shapes (width / height) the LM was trained on. The engine shows the model a photo cropped to
+    # the nearest of them (``engine.image_io.fit_to_bundle``): a grid shape it never saw can make it fail
+    # on edits it does well otherwise. Empty: the photo's own shape.
+    aspects: list[float] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -22,6 +22,7 @@ import math
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -222,12 +223,15 @@ def load_image(
 
 
 def target_size(
-    width: int, height: int, area: int, spatial_factor: int, max_aspect: float = DEFAULT_MAX_ASPECT
+    width: int, height: int, area: int, spatial_factor: int, max_aspect: float = DEFAULT_MAX_ASPECT,
+    aspects: Sequence[float] = (),
 ) -> tuple[int, int]:
     """(width, height) that ``fit_to_area`` produces for a ``width``×``height`` image."""
     if area < spatial_factor * spatial_factor:
         raise ValueError(f"area {area} is smaller than one {spatial_factor}×{spatial_factor} token")
     aspect = min(max(width / height, 1 / max_aspect), max_aspect)
+    if aspects:  # the nearest shape the model knows (by ratio): the picture is cropped to it
+        aspect = min(aspects, key=lambda a: abs(math.log(a / aspect)))
     tw = math.sqrt(area * aspect)
     th = math.sqrt(area / aspect)
     f = spatial_factor
@@ -248,11 +252,15 @@ def _center_crop_to_aspect(img: Image.Image, max_aspect: float) -> Image.Image:
 
 
 def fit_to_area(
-    img: Image.Image, area: int, spatial_factor: int, max_aspect: float = DEFAULT_MAX_ASPECT
+    img: Image.Image, area: int, spatial_factor: int, max_aspect: float = DEFAULT_MAX_ASPECT,
+    aspects: Sequence[float] = (),
 ) -> Image.Image:
     """Resize to about ``area`` pixels, aspect kept, both sides multiples of ``spatial_factor``.
 
     Aspect ratios beyond ``max_aspect`` : 1 are center-cropped to it first (see the module doc).
+    ``aspects``: the width / height ratios a model was trained on (``BundleConfig.aspects``); the picture
+    is then center-cropped to the nearest of them, since a model can fail on a grid shape it never saw.
+    ``fit_box`` says which part of the image is kept, either way.
     """
     if spatial_factor < 1:
         raise ValueError("spatial_factor must be >= 1")
@@ -260,7 +268,7 @@ def fit_to_area(
         raise ValueError("max_aspect must be >= 1")
     img = _center_crop_to_aspect(img, max_aspect)
     w, h = img.size
-    tw, th = target_size(w, h, area, spatial_factor, max_aspect)
+    tw, th = target_size(w, h, area, spatial_factor, max_aspect, aspects)
     if (w, h) == (tw, th):
         return img.copy()
     # Scale to cover (tw, th) with the aspect unchanged, then crop the < factor left-over pixels.
@@ -308,12 +316,19 @@ def prepare_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    aspects: Sequence[float] = (),
 ) -> Image.Image:
     """``load_image`` then ``fit_to_area``: the picture the image tokenizer will encode."""
     im = load_image(src, max_bytes=max_bytes, max_pixels=max_pixels, _draft_area=area)
-    return fit_to_area(im, area, spatial_factor, max_aspect)
+    return fit_to_area(im, area, spatial_factor, max_aspect, aspects)
 
 
 def fit_to_bundle(bundle: Any, img: Image.Image) -> Image.Image:
-    """``img`` at the area and cell size a bundle's model reads (``fit_to_area`` with its settings)."""
-    return fit_to_area(img.convert("RGB"), bundle.config.image_area, bundle.vq.spatial_factor)
+    """``img`` as a bundle's model reads it (``fit_to_area`` with its area, cell size and photo shapes)."""
+    return fit_to_area(img.convert("RGB"), bundle.config.image_area, bundle.vq.spatial_factor,
+                       aspects=bundle_aspects(bundle))
+
+
+def bundle_aspects(bundle: Any) -> tuple[float, ...]:
+    """The photo shapes (width / height) a bundle's model was trained on; () for any shape."""
+    return tuple(getattr(getattr(bundle, "config", None), "aspects", None) or ())

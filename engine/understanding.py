@@ -16,7 +16,9 @@ own vocabulary. ``Understanding.read(text)`` returns a ``Reading``:
 - ``warning``: set when the request falls outside what the model was trained for (an object or scene edit,
   an unknown object, or no edit it knows), or when the reading is unsure. The edit still runs;
 - ``new_content``: False when the reading is sure and asks only for colour, tone and geometric edits;
-  ``neutral``: True when such a request ends in black and white (``render_hints`` for ``engine.render``).
+  ``neutral``: True when such a request ends in black and white (``render_hints`` for ``engine.render``);
+- ``sideways``: False when the reading is sure and asks for no quarter turn (the model may then not turn
+  the grid on its side).
 
 Folder layout (written by ``python -m training.understanding``): ``vocab.json`` (kinds, their categories
 and canonical clauses, joiners, object vocabulary, what the model does) and ``head.safetensors`` (the
@@ -153,6 +155,9 @@ class Reading:
     new_content: bool = True
     # whether the result should have no colour at all: a sure reading whose last colour step is grayscale
     neutral: bool = False
+    # whether the result may come out turned on its side: a quarter turn asked for, or a reading not sure
+    # enough to rule one out (``engine.edit`` lets the model turn the grid only then)
+    sideways: bool = True
 
     def render_hints(self) -> dict[str, bool]:
         """What the request tells the full-resolution render (``engine.render.render_full``'s keywords)."""
@@ -160,7 +165,7 @@ class Reading:
 
     def as_dict(self) -> dict[str, Any]:
         return {"text": self.text, "canonical": self.canonical, "summary": self.summary, "warning": self.warning,
-                "confidence": round(self.confidence, 3), **self.render_hints(),
+                "confidence": round(self.confidence, 3), **self.render_hints(), "sideways": self.sideways,
                 "steps": [{"kind": s.kind, "fields": s.fields, "confidence": round(s.confidence, 3), "text": s.text,
                            "missing": s.missing} for s in self.steps]}
 
@@ -488,7 +493,8 @@ class Understanding:
                                                 for s in edits)
         colour_steps = [s.kind for s in edits if v["categories"].get(s.kind) == "global"]
         neutral = not new_content and colour_steps[-1:] == ["grayscale"]
-        return Reading(text, steps, canonical, summary, warning, conf, new_content, neutral)
+        sideways = canonical is None or any(s.kind == "rotate90" for s in edits)
+        return Reading(text, steps, canonical, summary, warning, conf, new_content, neutral, sideways)
 
     def _describe(self, steps: list[Step]) -> str:
         out = []

@@ -244,7 +244,7 @@ def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None
     if not old_key or not new_key or old_key == new_key:
         raise ValueError("Pick two different bundles to compare.")
     from engine.api import edit_blocking
-    from engine.image_io import fit_to_area
+    from engine.image_io import fit_to_bundle
     from engine.sampler import SAMPLING_DEFAULTS
     from feedback.record import record_edit
 
@@ -257,7 +257,7 @@ def ab_next(ctx: Any, old_key: str | None, new_key: str | None, seed: int | None
     images = {}
     for key in (old_key, new_key):
         b = ctx.registry.get(key)
-        src = fit_to_area(s["source"], b.config.image_area, b.vq.spatial_factor)
+        src = fit_to_bundle(b, s["source"])
         (d,) = edit_blocking(b, src, s["instruction"], n=1, seed=sd, temperature=settings["temperature"],
                              top_k=int(settings["top_k"]), top_p=settings["top_p"], preview_every=0)
         (cid,) = record_edit(ctx.store, b, src, s["instruction"], [d], settings)

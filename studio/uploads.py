@@ -79,7 +79,7 @@ def source_image(ctx: StudioContext, photo_path: str, st: dict, bundle: Any) -> 
     size and is linked to its parent; any other photo is a new one.
 
     Raises ``ValueError`` (``ImageInputError``) with a user-facing message for a file it cannot use."""
-    from engine.image_io import fit_to_area, load_image
+    from engine.image_io import fit_to_bundle, load_image
 
     shown = load_image(photo_path, max_bytes=ctx.max_upload_bytes)
     original, original_hash, parent = shown, None, None
@@ -91,8 +91,7 @@ def source_image(ctx: StudioContext, photo_path: str, st: dict, bundle: Any) -> 
             original_hash = key
             original = ctx.store.load_image(key) if preview.size != _stored_size(ctx, key) else preview
             parent = st.get("parent")
-    cfg = bundle.config
-    return Source(original, fit_to_area(original, cfg.image_area, cfg.spatial_factor), original_hash, parent)
+    return Source(original, fit_to_bundle(bundle, original), original_hash, parent)
 
 
 def _stored_size(ctx: StudioContext, image_hash: str) -> tuple[int, int]:

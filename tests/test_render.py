@@ -41,11 +41,20 @@ def _psnr(a: Image.Image, b: Image.Image) -> float:
 
 def test_fit_box_is_the_region_fit_to_area_keeps():
     for w, h in [(600, 400), (401, 299), (1000, 100), (90, 700), (128, 128)]:
-        im = _photo(w, h)
-        small = fit_to_area(im, AREA, FACTOR)
-        box = fit_box(w, h, small.size)
-        again = im.resize(small.size, Image.Resampling.LANCZOS, box=box)
-        assert _psnr(again, small) > 35, (w, h, box)
+        for aspects in ((), (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3)):  # the photo's own shape, or a trained one
+            im = _photo(w, h)
+            small = fit_to_area(im, AREA, FACTOR, aspects=aspects)
+            box = fit_box(w, h, small.size)
+            again = im.resize(small.size, Image.Resampling.LANCZOS, box=box)
+            assert _psnr(again, small) > 35, (w, h, aspects, box)
+
+
+def test_a_photo_is_shown_to_the_model_in_the_nearest_shape_it_was_trained_on():
+    shapes = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3)
+    for (w, h), want in [((512, 600), (112, 144)), ((1920, 1080), (160, 104)), ((300, 427), (104, 160)),
+                         ((4000, 3000), (144, 112)), ((640, 640), (128, 128))]:
+        assert fit_to_area(_photo(w, h), AREA, FACTOR, aspects=shapes).size == want, (w, h)
+    assert fit_to_area(_photo(512, 600), AREA, FACTOR).size == (120, 136)  # no shapes given: its own
 
 
 def test_unchanged_output_gives_back_the_original_exactly():

@@ -10,7 +10,7 @@ import pytest
 
 from engine import edit_blocking
 from engine.bundle import default_bundle_path, load_bundle
-from engine.image_io import prepare_image
+from engine.image_io import fit_to_bundle, load_image, prepare_image
 from engine.layout import parse_generation
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
@@ -71,7 +71,7 @@ def test_a_quarter_turn_of_a_landscape_photo_comes_out_portrait(nano):
     """The shipped model chooses the turned header for a quarter turn, so a landscape photo comes back
     portrait, at full resolution too; a flip of the same photo keeps its shape."""
     photo = EXAMPLES / "rocket.jpg"
-    src = prepare_image(photo, nano.config.image_area, nano.config.spatial_factor)
+    src = fit_to_bundle(nano, load_image(photo))
     h, w = src.height // 8, src.width // 8
     assert w > h and nano.config.transpose
     turned = edit_blocking(nano, photo, "Rotate the image 90 degrees clockwise.", n=2, seed=0,
@@ -81,3 +81,17 @@ def test_a_quarter_turn_of_a_landscape_photo_comes_out_portrait(nano):
         assert done.full.height > done.full.width
     (flipped,) = edit_blocking(nano, photo, "Flip the image horizontally.", n=1, seed=0)
     assert flipped.grid.shape == (h, w)
+
+
+def test_a_photo_of_a_shape_it_never_saw_is_flipped_and_turned(nano):
+    """A near-square portrait (6:7) makes a grid shape the suite never trains; the engine shows the model
+    the photo cropped to its nearest trained shape, and the flips and the half turn come out right."""
+    from PIL import Image
+
+    with Image.open(EXAMPLES / "chelsea.jpg") as im:
+        w, h = im.size
+        photo = im.convert("RGB").crop(((w - 6 * h // 7) // 2, 0, (w - 6 * h // 7) // 2 + 6 * h // 7, h))
+    for text, want in [("Flip it horizontally.", "hflip"), ("Flip it vertically.", "vflip"),
+                       ("Rotate it 180 degrees.", "rotate180")]:
+        (done,) = edit_blocking(nano, photo, text, n=1, seed=0)
+        assert done.render["transform"]["name"] == want and done.full.size == photo.size, (text, done.render)

@@ -85,6 +85,9 @@ def test_only_a_sure_colour_or_geometric_reading_rules_out_new_content(reader):
     r = reader.read("make it black and white, then flip it upside down")
     assert r.render_hints() == {"new_content": False, "neutral": True}
     assert not reader.read("make it sepia, then flip it upside down").neutral
+    # only a quarter turn (or a reading too unsure to rule one out) may turn the photo on its side
+    assert not r.sideways and reader.read("rotate it 90 degrees to the left").sideways
+    assert reader.read("remove the cup").sideways
     assert reader.read("could you remove the red circle?").new_content
     assert reader.read("remove the cup").new_content  # an object it does not know: read as typed
 
