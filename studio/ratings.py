@@ -207,7 +207,10 @@ def save_rating(store: Store, rater: str, kind: str, value: Any, shown: Sequence
         if len(pair) != 2:
             raise ValueError("A/B needs at least two candidates.")
         # candidate_ids = [A, B] as shown (A left): the shown order is part of the data.
-        rated, stored, what = list(pair), str(value), rating_label("pair", value, 0)
+        # the screen moves on to a fresh pair at once: the words say which two were decided
+        rated, stored = list(pair), str(value)
+        what = (f"{rating_label('pair', value, 0)} (A was #{ids.index(pair[0]) + 1}, "
+                f"B was #{ids.index(pair[1]) + 1})")
     before = earlier_rating(store, rater, kind, rated)
     rid = store.add_rating(rater=rater, kind=kind, value=stored, candidate_ids=rated, shown_order=rated)
     if before is not None:

@@ -315,9 +315,6 @@ class ResultsPanel:
                     return {self.msg: f"⚠️ {e}"}
                 except ValueError as e:  # the click needs more candidates than are shown
                     return {self.msg: f"⚠️ {e}"}
-                if kind == "pair":  # the screen moves on to a fresh pair at once: say which one was decided
-                    a, b = store.candidates(st["pair"])
-                    what = f"{what} (A was #{a.idx + 1}, B was #{b.idx + 1})"
                 out = {self.msg: f"✓ Saved {what} · rating {rid} by <b>{html.escape(rater)}</b>"}
                 for c in counts_out:
                     out[c] = counts_markdown(store.counts())
