@@ -54,6 +54,12 @@ FILLER = re.compile(
     r"^(?:please|pls|plz|thanks|thank you|ok|okay|so|and|then|first|next|finally|lastly|also|"
     r"(?:two|three|2|3|a few|some) (?:things|edits|steps|changes)|could you|can you|would you|i'd like you to|"
     r"for me|if you can|begin with this|start by doing this|hey|hi)?[\s.!?:]*$", re.I)
+_NOUNS = r"(?:the\s+)?(?:brightness|contrast|saturation|warmth|exposure|vibrance|colou?rs?)"
+BARE_NOUN = re.compile(rf"^{_NOUNS}$", re.I)  # a part that is only what to change, its verb shared
+VERB_NOUN = re.compile(rf"^(.+?)\s+{_NOUNS}$", re.I)  # "reduce the warmth": the verb, then the noun
+# everyday words for the suite's shapes: "a red ball" is a red circle
+SHAPE_WORDS = {"ball": "circle", "dot": "circle", "disc": "circle", "disk": "circle", "box": "square",
+               "block": "square", "rectangle": "square", "cube": "square", "rhombus": "diamond", "lozenge": "diamond"}
 BW = re.compile(r"\bb\s*[/+]\s*w\b", re.I)  # "B/W", "b+w": black and white
 # a part that says what not to do or what to keep ("rotate, don't flip", "but keep the colours"): no edit
 NO_EDIT = re.compile(r"^\(?\s*(?:but\s+)?(?:don'?t|do not|never|not|no|without|keep|leave|preserve|retain)\b",
@@ -252,6 +258,10 @@ class Understanding:
 
     def _segments(self, text: str) -> list[str]:
         parts = [p.strip(" .!?") for p in SPLIT.split(text) if p and p.strip(" .!?")]
+        for i in range(1, len(parts)):  # "reduce the warmth and contrast": the bare noun takes the verb before
+            m = VERB_NOUN.match(parts[i - 1])
+            if m and BARE_NOUN.match(parts[i]):
+                parts[i] = f"{m.group(1)} {parts[i]}"
         return parts[:8] or [text]
 
     def classify(self, text: str) -> list[tuple[str, str, float]]:
@@ -348,12 +358,13 @@ class Understanding:
             for m in re.finditer(rf"\b{re.escape(name)}s?\b", low):
                 if not taken[m.start():m.end()].any():
                     taken[m.start():m.end()] = True
-                    found.append((m.start(), {"type": "stamp", "name": name}))
-        shapes = "|".join(self._shapes)
+                    found.append((m.start(), {"type": "stamp", "name": name, "end": m.end()}))
+        shapes = "|".join([*self._shapes, *(w for w, sh in SHAPE_WORDS.items() if sh in self._shapes)])
         colours = "|".join(self._colours)
-        for m in re.finditer(rf"\b(?:({colours})\s+)?({shapes})s?\b", low):
+        for m in re.finditer(rf"\b(?:({colours})\s+)?({shapes})(?:s|es)?\b", low):
             if not taken[m.start():m.end()].any():
-                found.append((m.start(), {"type": "shape", "shape": m.group(2), "colour": m.group(1)}))
+                shape = SHAPE_WORDS.get(m.group(2), m.group(2))
+                found.append((m.start(), {"type": "shape", "shape": shape, "colour": m.group(1), "end": m.end()}))
         return sorted(found, key=lambda x: x[0])
 
     @staticmethod
@@ -419,7 +430,7 @@ class Understanding:
                             f["new"] = self._a(self._label(new[1]))
                     f["obj"] = f"the {self._label(old[1])}"
                     if kind == "recolour":
-                        end = old[0] + len(self._label(old[1]))
+                        end = old[1]["end"]  # where the object's words end, as typed ("red ball")
                         later = [c for o, c in colours if o >= end] or [c for o, c in colours if o < old[0]]
                         own = old[1].get("colour")
                         later = [c for c in later if c != own] or later
@@ -473,8 +484,13 @@ class Understanding:
         elif any(s.missing for s in edits):
             miss = sorted({m for s in edits for m in s.missing})
             known = v["objects_known"]
-            warning = (f"This looks like an object edit naming something {v['model']} does not know ({', '.join(miss)} "
-                       f"unclear; it knows {known}); it gets the text as typed and does such edits poorly.")
+            if miss == ["position"]:
+                warning = (f"Where should it go? {v['model']} puts a new object where the instruction says (\"in the "
+                           "top left corner\", \"on the right\"); this one says nowhere, so it gets the text as typed.")
+            else:
+                warning = (f"This looks like an object edit naming something {v['model']} does not know "
+                           f"({', '.join(miss)} unclear; it knows {known}); it gets the text as typed and does such "
+                           "edits poorly.")
         else:
             clauses = [self.canonical_clause(s.kind, s.fields) for s in edits]
             if len(clauses) == 1:
@@ -501,8 +517,10 @@ class Understanding:
         for s in steps:
             try:
                 out.append(self.canonical_clause(s.kind, s.fields))
-            except KeyError:
-                out.append(self.vocab["names"].get(s.kind, s.kind))
+            except KeyError:  # a field it could not read: the object it did read, else the kind's name
+                obj = s.fields.get("a_obj") or s.fields.get("obj")
+                out.append(f"{self.vocab['names'].get(s.kind, s.kind).split()[0]} {obj}" if obj
+                           else self.vocab["names"].get(s.kind, s.kind))
         return ", then ".join(out)
 
 

@@ -20,7 +20,7 @@ from engine.understanding import Understanding, for_bundle, ngram_features
 def folder(tmp_path_factory):
     from training.understanding import build
 
-    return build(tmp_path_factory.mktemp("understanding"), per_kind=40, seed=0)
+    return build(tmp_path_factory.mktemp("understanding"), per_kind=40, seed=0, pair_share=25)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,28 @@ def test_an_order_named_outright_splits_even_a_short_text_and_what_not_to_do_is_
         assert [s.kind for s in r.steps] == ["brighter"], (text, r.as_dict())
 
 
+def test_two_colour_edits_sharing_a_verb_are_two_edits(reader):
+    assert [s.kind for s in reader.read("make it darker and cooler").steps] == ["darker", "cooler"]
+    # the bare noun takes the verb before it, direction included
+    assert [s.kind for s in reader.read("reduce the saturation and brightness").steps] == [
+        "less_saturation", "darker"]
+
+
+def test_colour_pairs_for_training_name_two_kinds_of_different_axes():
+    from engine.direction import AXES
+    from training.heldout_phrasings import load, normalise
+    from training.rich_language import colour_pair
+
+    rng = np.random.default_rng(0)
+    held = {normalise(r["text"]) for r in load()}
+    axis = {k: a for a, pair in AXES.items() for k in pair}
+    for _ in range(200):
+        text, kinds = colour_pair(rng)
+        assert " and " in text or " & " in text
+        assert len(kinds) == 2 and axis.get(kinds[0], kinds[0]) != axis.get(kinds[1], kinds[1])
+        assert normalise(text) not in held
+
+
 def test_shorthand_and_degrees_say_what_they_mean(reader):
     assert reader.read("B/W").canonical == "Make it black and white."
     turns = [reader.read(f"turn it {d} degrees").steps[0] for d in (90, 180, 270)]
@@ -71,6 +93,23 @@ def test_object_edits_are_read_but_flagged(reader):
     r = reader.read("remove the cup")
     assert r.canonical is None and r.warning and "does not know" in r.warning
     assert [s.kind for s in r.steps] == ["remove"] and r.steps[0].missing == ["object"]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from engine.bundle import default_bundle_path
+
+    return Understanding(default_bundle_path() / "understanding")
+
+
+def test_everyday_shape_words_and_a_missing_place_are_read(shipped):
+    reader = shipped
+    r = reader.read("could you remove the blue box?")
+    assert r.canonical == "Remove the blue square."
+    r = reader.read("could you add a red ball in the top left corner?")
+    assert r.canonical == "Add a medium red circle in the top left corner.", r.as_dict()
+    r = reader.read("could you add a red circle?")  # but where?
+    assert r.canonical is None and r.warning.startswith("Where should it go?") and "red circle" in r.summary
 
 
 def test_requests_outside_the_model_are_flagged(reader):

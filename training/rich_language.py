@@ -368,6 +368,50 @@ def join(clauses: list[str], rng: np.random.Generator) -> str:
     raise RuntimeError("no composition phrasing outside the held-out set")
 
 
+# Two colour edits asked for in one breath, sharing "make it" or a verb ("make it darker and cooler",
+# "increase brightness and contrast"): the shortest compositions people type, and the easiest to misread as
+# one edit. The kinds' comparative words, and the nouns a verb of more or less takes.
+ADJECTIVES = {
+    "brighter": ["brighter", "lighter"], "darker": ["darker", "moodier"],
+    "more_contrast": ["punchier", "more contrasty", "higher in contrast"], "less_contrast": ["softer", "flatter"],
+    "more_saturation": ["more saturated", "more colourful", "more vibrant"],
+    "less_saturation": ["less saturated", "more muted"], "warmer": ["warmer", "more golden"],
+    "cooler": ["cooler", "colder", "bluer"], "grayscale": ["black and white", "grey"], "sepia": ["sepia"],
+}
+NOUNS = {"brightness": ("brighter", "darker"), "contrast": ("more_contrast", "less_contrast"),
+         "saturation": ("more_saturation", "less_saturation"), "warmth": ("warmer", "cooler")}
+MORE_VERBS = ["increase", "boost", "raise", "bump up", "turn up", "add more", "more"]
+LESS_VERBS = ["decrease", "reduce", "lower", "turn down", "tone down", "less"]
+PAIR_FORMS = ["make it {0} and {1}", "{0} and {1}", "{0} & {1}", "make it a bit {0} and {1}", "a little {0} and {1}",
+              "I want it {0} and {1}", "make the photo {0} and {1}", "it should be {0} and {1}"]
+
+
+def colour_pair(rng: np.random.Generator) -> tuple[str, list[str]]:
+    """A two-edit request of two colour edits of different axes sharing a verb (never a held-out text), and
+    the kinds it asks for, in order."""
+    from engine.direction import AXES
+
+    axis_of = {k: a for a, pair in AXES.items() for k in pair}
+    for _ in range(50):
+        if rng.random() < 0.35:  # "increase brightness and contrast": one verb, two nouns
+            n1, n2 = (str(n) for n in rng.choice(sorted(NOUNS), size=2, replace=False))
+            more = bool(rng.random() < 0.6)
+            verb = _pick(rng, MORE_VERBS if more else LESS_VERBS)
+            kinds = [NOUNS[n][0 if more else 1] for n in (n1, n2)]
+            the = "the " if rng.random() < 0.3 else ""
+            t = f"{verb} {the}{n1} and {n2}"
+        else:
+            k1, k2 = (str(k) for k in rng.choice(sorted(ADJECTIVES), size=2, replace=False))
+            if axis_of.get(k1, k1) == axis_of.get(k2, k2) or {k1, k2} <= {"grayscale", "sepia"}:
+                continue
+            kinds = [k1, k2]
+            t = _pick(rng, PAIR_FORMS).format(_pick(rng, ADJECTIVES[k1]), _pick(rng, ADJECTIVES[k2]))
+        t = _finish(_pick(rng, ["{c}", "{c}", "{c} please", "please {c}", "can you {c}?"]).format(c=t), rng)
+        if heldout_phrasings.normalise(t) not in _held():
+            return t, kinds
+    raise RuntimeError("no colour pair outside the held-out set")
+
+
 def instruction(kind: str, params: dict, rng: np.random.Generator) -> str:
     """A rich instruction for a suite sample's ``kind`` and ``params`` (compositions included)."""
     from training.data.edits import KINDS

