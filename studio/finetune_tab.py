@@ -401,7 +401,8 @@ def build_finetune_tab(ctx: Any, model_picker: gr.Dropdown | None = None) -> Non
             old_side = gr.Dropdown(choices=new, value=parent_key) if parent_key else gr.Dropdown(choices=new)
             out = [gr.Dropdown(choices=new), old_side, gr.Dropdown(choices=new, value=key)]
             if model_picker is not None:
-                msg += " It is now the Edit tab's model (Edit tab ▸ Model), and Bundle 2 of the blind A/B below."
+                msg += (" It is now the Edit tab's model on this page (Edit tab ▸ Model; other pages pick it there), "
+                        "and Bundle 2 of the blind A/B below.")
                 out.append(gr.Dropdown(choices=new, value=key))
             else:
                 msg += " It is now in the model pickers, and Bundle 2 of the blind A/B below."

@@ -209,15 +209,14 @@ def save_rating(store: Store, rater: str, kind: str, value: Any, shown: Sequence
         # candidate_ids = [A, B] as shown (A left): the shown order is part of the data.
         # the screen moves on to a fresh pair at once: the words say which two were decided
         rated, stored = list(pair), str(value)
-        what = (f"{rating_label('pair', value, 0)} (A was #{ids.index(pair[0]) + 1}, "
-                f"B was #{ids.index(pair[1]) + 1})")
+        what = f"{rating_label('pair', value, 0)} (A was #{ids.index(pair[0]) + 1}, B was #{ids.index(pair[1]) + 1})"
     before = earlier_rating(store, rater, kind, rated)
     rid = store.add_rating(rater=rater, kind=kind, value=stored, candidate_ids=rated, shown_order=rated)
     if before is not None:
         was = answer_words(kind, before.value, before.candidate_ids, ids)
         now = answer_words(kind, stored, rated, ids)
-        what += (" (the same as your earlier rating: it counts once)" if was == now
-                 else f" (replaces your earlier {was})")
+        note = "the same as your earlier rating: it counts once" if was == now else f"replaces your earlier {was}"
+        what = f"{what[:-1]}; {note})" if what.endswith(")") else f"{what} ({note})"
     return rid, what
 
 

@@ -22,7 +22,7 @@ CSS = """
 #edit-heatmap img, #review-heatmap img, #edit-pair-a img, #edit-pair-b img, #review-pair-a img,
 #review-pair-b img { width: 100%; height: 100%; object-fit: contain; }
 .cand-bar { align-items: center; }
-.cand-info { font-size: .92em; }
+.cand-info { font-size: .92em; flex: 1 1 320px !important; min-width: 320px !important; }
 .rate-box, .pair-box { padding: 6px; margin-top: 6px; }
 .rate-row { align-items: center; gap: 6px; flex-wrap: wrap; }
 .rate-label { font-weight: 600; padding: 0 6px; white-space: nowrap; }

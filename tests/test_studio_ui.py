@@ -129,8 +129,8 @@ def test_a_rating_that_replaces_an_earlier_one_says_so(tmp_path: Path) -> None:
         # an A/B answer is the same answer whichever side each candidate was shown on
         # (the screen moves on to a fresh pair at once, so the words say which two were decided)
         assert click("pair", "A") == "A/B: A (A was #1, B was #2)"
-        assert click("pair", "B", pair=[b, a]).endswith("(the same as your earlier rating: it counts once)")
-        assert click("pair", "tie", pair=[b, a]) == "A/B: tie (A was #2, B was #1) (replaces your earlier #1 better)"
+        assert click("pair", "B", pair=[b, a]).endswith("; the same as your earlier rating: it counts once)")
+        assert click("pair", "tie", pair=[b, a]) == "A/B: tie (A was #2, B was #1; replaces your earlier #1 better)"
         assert click("pair", "A", pair=[a, ids[2]]) == "A/B: A (A was #1, B was #3)"  # another pair
         assert click("best_of_n", None, selected=b) == "candidate #2 is the best of 3"
         assert click("best_of_n", None, selected=a) == "candidate #1 is the best of 3 (replaces your earlier #2 as the best)"
