@@ -9,6 +9,7 @@ run overfit the raters' first few preferences. The training code may use its own
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Sequence
@@ -130,12 +131,18 @@ def counts_markdown(counts: dict[str, int]) -> str:
     )
 
 
-def pick_pair(candidate_ids: Sequence[int], rng: random.Random, avoid: Sequence[int] | None = None) -> list[int]:
+def pick_pair(candidate_ids: Sequence[int], rng: random.Random, avoid: Sequence[int] | None = None,
+              seen: Sequence[Sequence[int]] = ()) -> list[int]:
     """Two different candidates in a random on-screen order (position bias is then measurable:
-    the shown order is stored with the rating). Prefers a pair different from ``avoid``."""
+    the shown order is stored with the rating). Prefers a pair not among ``seen`` (the pairs already shown
+    of these candidates, so "another pair" goes through them all), then one different from ``avoid``."""
     ids = list(dict.fromkeys(candidate_ids))
     if len(ids) < 2:
         return []
+    shown = {tuple(sorted(p)) for p in seen}
+    fresh = [p for p in itertools.combinations(sorted(ids), 2) if p not in shown]
+    if fresh:
+        return rng.sample(list(rng.choice(fresh)), 2)
     for _ in range(8):
         pair = rng.sample(ids, 2)
         if avoid is None or sorted(pair) != sorted(avoid) or len(ids) == 2:

@@ -128,6 +128,20 @@ def new_state() -> dict[str, Any]:
             "photo": None}
 
 
+def next_pair_state(st: dict, rng: random.Random) -> dict:
+    """``st`` moved on to an A/B pair of its candidates not shown yet (all of them in turn, then any other
+    than the one on screen). ``st["pairs_seen"]`` remembers the pairs shown of these candidates only."""
+    ids = st.get("cand_ids") or []
+    seen = st.get("pairs_seen") or {}
+    shown = seen.get("pairs", []) if seen.get("ids") == ids else []
+    if st.get("pair"):
+        shown = [*shown, sorted(st["pair"])]
+    pair = pick_pair(ids, rng, avoid=st.get("pair"), seen=shown)
+    if len({tuple(p) for p in shown}) >= len(ids) * (len(ids) - 1) // 2:  # every pair shown: round again
+        shown = []
+    return dict(st, pair=pair, pairs_seen={"ids": list(ids), "pairs": shown})
+
+
 class ResultsPanel:
     """Builds the panel's components where it is created (inside a tab); ``prefix`` names their ids."""
 
@@ -319,7 +333,7 @@ class ResultsPanel:
                 for c in counts_out:
                     out[c] = counts_markdown(store.counts())
                 if kind == "pair":  # move on to a fresh pair so the rater can keep going with the keys
-                    st = dict(st, pair=pick_pair(ids, rng, avoid=st.get("pair")))
+                    st = next_pair_state(st, rng)
                     out[pstate] = st
                     out.update(self.pair_updates(st))
                 else:
@@ -341,7 +355,7 @@ class ResultsPanel:
         self.both_bad.click(rate("pair", "both_bad"), api_name=f"{api_prefix}pair_both_bad", **common)
 
         def next_pair(st: dict) -> dict:
-            st = dict(st, pair=pick_pair(st.get("cand_ids") or [], rng, avoid=st.get("pair")))
+            st = next_pair_state(st, rng)
             return {pstate: st, **self.pair_updates(st)}
 
         self.next_pair.click(next_pair, pstate, [pstate, self.pair_a, self.pair_b], api_visibility="private")

@@ -160,3 +160,20 @@ def test_counts_add_up_and_leave_the_blind_ab_out(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="blind A/B"):
             save_rating(store, "ann", "thumb", "down", [blind[0]], blind[0], [])
         assert store.counts()["ratings"] == 6  # refused: nothing was stored
+
+
+def test_another_pair_goes_through_every_pair_before_repeating_one() -> None:
+    import random
+
+    from studio.results import next_pair_state
+
+    st = {"cand_ids": [11, 12, 13, 14], "pair": [11, 12]}
+    rng = random.Random(3)
+    shown = [frozenset(st["pair"])]
+    for _ in range(5):
+        st = next_pair_state(st, rng)
+        shown.append(frozenset(st["pair"]))
+    assert len(set(shown)) == 6  # all six pairs of four candidates, none twice
+    # new candidates (another edit opened): the pairs shown of the old ones do not count
+    st = next_pair_state(dict(st, cand_ids=[21, 22, 23], pair=[21, 22]), rng)
+    assert set(st["pair"]) <= {21, 22, 23} and set(st["pair"]) != {21, 22}
