@@ -128,6 +128,15 @@ def new_state() -> dict[str, Any]:
             "photo": None}
 
 
+def render_note(render: dict[str, Any]) -> str:
+    """A line under a candidate when its full-size result is not the photo edited: the model's picture
+    matched nothing in the photo, so what is shown is that picture, upscaled (blurry, by nature)."""
+    if render.get("method") != "upsampled":
+        return ""
+    return ("<br><span class='muted'>full size: the model's own picture, upscaled. It did not match your photo "
+            f"({html.escape(str(render.get('reason', '')))}), so none of the photo's pixels were kept.</span>")
+
+
 def next_pair_state(st: dict, rng: random.Random) -> dict:
     """``st`` moved on to an A/B pair of its candidates not shown yet (all of them in turn, then any other
     than the one on screen). ``st["pairs_seen"]`` remembers the pairs shown of these candidates only."""
@@ -248,6 +257,7 @@ class ResultsPanel:
             f"{len(c.tokens)} tokens{timing}" + ("" if lost else f" · mean change {mean_diff * 100:.1f}%")
             + (f" · compared with the source {TURN_WORDS.get(turn, turn)}" if turn is not None else "")
             + lost
+            + render_note(c.render)
             + (f"<br><span class='muted'>rated: {mine}</span>" if mine else "")
             + (f"<br><span class='muted'>reasoning: {html.escape(_clip(c.reasoning, 300))}</span>"
                if c.reasoning.strip() else "")

@@ -177,3 +177,11 @@ def test_another_pair_goes_through_every_pair_before_repeating_one() -> None:
     # new candidates (another edit opened): the pairs shown of the old ones do not count
     st = next_pair_state(dict(st, cand_ids=[21, 22, 23], pair=[21, 22]), rng)
     assert set(st["pair"]) <= {21, 22, 23} and set(st["pair"]) != {21, 22}
+
+
+def test_a_result_the_render_could_not_explain_says_so() -> None:
+    from studio.results import render_note
+
+    assert render_note({"method": "geometry+colour", "transform": {"name": "hflip"}}) == ""
+    note = render_note({"method": "upsampled", "reason": "61% of the output is not explained by the source"})
+    assert "the model's own picture, upscaled" in note and "61% of the output" in note
