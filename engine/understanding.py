@@ -62,8 +62,7 @@ SHAPE_WORDS = {"ball": "circle", "dot": "circle", "disc": "circle", "disk": "cir
                "block": "square", "rectangle": "square", "cube": "square", "rhombus": "diamond", "lozenge": "diamond"}
 BW = re.compile(r"\bb\s*[/+]\s*w\b", re.I)  # "B/W", "b+w": black and white
 # a part that says what not to do or what to keep ("rotate, don't flip", "but keep the colours"): no edit
-NO_EDIT = re.compile(r"^\(?\s*(?:but\s+)?(?:don'?t|do not|never|not|no|without|keep|leave|preserve|retain)\b",
-                     re.I)
+NO_EDIT = re.compile(r"^\(?\s*(?:but\s+)?(?:don'?t|do not|never|not|without|keep|leave|preserve|retain)\b", re.I)
 # words that name an order of edits outright, unlike "and" or a comma ("black and white" is one edit)
 SEQUENCE = re.compile(r";|\bthen\b|\bafter that\b|\bafterwards\b|\bfollowed by\b|\bonce done\b|"
                       r"\bonce that is done\b|\bnext\b|\bfinally\b|\blastly\b", re.I)
@@ -273,8 +272,8 @@ class Understanding:
         alone; when it names its order outright ("then", "after that", ";") and every part of its best
         grouping reads surely, that grouping wins over the head's single kind. "And" or a comma alone never
         overrule the head ("black and white" is one edit): the head reads a fragment such as "tone it down"
-        surely as some kind, so a split at every "and" would invent edits. Parts that say what not to do ("but don't flip it")
-        are left out of the reading."""
+        surely as some kind, so a split at every "and" would invent edits. Parts that say what not to do
+        ("but don't flip it") are left out of the reading."""
         text = BW.sub("black and white", text)  # "B/W" reads as two letters, and "+" would split "b+w"
         pieces = self._segments(text)
         kept = [p for p in pieces if not NO_EDIT.match(p)]
