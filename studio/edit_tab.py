@@ -236,7 +236,8 @@ class EditTab:
             siblings = [s.id for s in store.edit_candidates(c.edit_uid)]
             # the result at the photo's resolution: the box shows its preview, the edit starts from the file
             st.update(parent=cid, cand_ids=siblings, selected=siblings.index(cid), photo=c.full_hash)
-            status = f"↩ Source is now result #{cid} — type the next instruction."
+            status = (f"↩ Source is now result #{c.idx + 1} of “{html.escape(c.instruction)}” — type the next "
+                      "instruction.")
             photo = shown(self.ctx, c.full_hash)
         st["pair"] = pick_pair(st["cand_ids"], rng)
         shown_edit = store.candidates(st["cand_ids"])

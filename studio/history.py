@@ -74,9 +74,10 @@ def tree_choices(store: Store, edit_uids: Sequence[str], current: int | None = N
         if kind == "edit":
             cs = edits[key]
             return f"“{_short(cs[0].instruction)}” · {_plural(len(cs), 'result')}"
-        c = shown[int(key)]
-        where = "" if c.edit_uid in edits else f" of “{_short(c.instruction, 24)}” (earlier)"
-        return f"result #{c.id}{where} · {c.idx + 1} of {len(store.edit_candidates(c.edit_uid))}"
+        c = shown[int(key)]  # numbered as its edit's gallery numbers it
+        if c.edit_uid in edits:
+            return f"result #{c.idx + 1} of {len(edits[c.edit_uid])}"
+        return f"result #{c.idx + 1} of “{_short(c.instruction, 24)}” (earlier)"
 
     def walk(node: str, depth: int) -> None:
         prefix = f"{EM * (depth - 1)}└ " if depth else ""
@@ -90,10 +91,11 @@ def tree_choices(store: Store, edit_uids: Sequence[str], current: int | None = N
 
 
 def breadcrumbs(store: Store, candidate_id: int | None) -> str:
-    """"photo → “make it grey” #3 → “flip it” #9" for the current source."""
+    """"photo → “make it grey” #3 → “flip it” #1" for the current source (each result numbered as its edit's
+    gallery numbers it)."""
     if candidate_id is None:
         return "original photo"
-    parts = ["photo"] + [f"“{_short(c.instruction, 24)}” #{c.id}" for c in store.lineage(candidate_id)]
+    parts = ["photo"] + [f"“{_short(c.instruction, 24)}” #{c.idx + 1}" for c in store.lineage(candidate_id)]
     return " → ".join(parts)
 
 

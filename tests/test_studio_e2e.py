@@ -212,7 +212,7 @@ def test_continue_editing_builds_a_history_tree(server) -> None:
         assert [c.id for c in store.lineage(second.id)] == [first.id, second.id]
     # Going back to the first result through the history tree makes it the source again.
     back = client.predict(f"cand:{first.id}", api_name="/history_go")  # photo, crumbs, status, panel…
-    assert f"result #{first.id}" in back[2] and "make it warmer" in back[1]
+    assert f"result #{first.idx + 1} of “make it warmer”" in back[2] and "make it warmer" in back[1]
     assert Image.open(back[0]).tobytes() == Image.open(cont[0]).tobytes()
     # A new page opens an earlier edit from its folded list: it joins the page's tree, with its source.
     fresh = Client(url, verbose=False, download_files=str(root / "downloads"))
