@@ -59,12 +59,12 @@ class ReviewTab:
             return gr.update(choices=choices), counts_markdown(store.counts())
 
         def open_edit(edit_uid: str | None, st: dict) -> dict:
-            if not edit_uid:
-                return {}
+            if not edit_uid:  # (a dict that names no component would read to Gradio as one value)
+                return {state: st}
             ids = [c.id for c in store.edit_candidates(edit_uid)]
             if store.ab_test_ids(ids):  # not listed here: rated in the blind A/B only (see Store.recent_edits)
                 gr.Warning("That edit is a held-out test edit of the Fine-tune tab's blind A/B: it is rated there.")
-                return {}
+                return {state: st}
             st = dict(st, cand_ids=ids, selected=0, pair=pick_pair(ids, rng))
             return {state: st, **panel.updates(st)}
 
