@@ -44,6 +44,7 @@ from engine.tiny import tiny_lm_config
 from engine.vq import FSQ, NanoVQ
 from training.common import config_from, config_parser, latest, write_atomic
 from training.data.pretokenize import KEEP_PHRASINGS, encode_records, load_cache
+from training.data.suite import ASPECTS as SUITE_ASPECTS
 from training.routing import RouteHead, parse_head, route_loss, route_map, route_pairs
 from training.targets import apply_pin_local, apply_remove_fill, apply_zoom_copy
 
@@ -188,6 +189,7 @@ def new_bundle(cfg: SFTConfig, texts: list[str]) -> Bundle:
         family="earl-nano", name="earl-nano", version="sft", image_area=cfg.image_area,
         spatial_factor=vq.spatial_factor, codebook_size=vq.codebook_size,
         notes={"trained_by": "training/train_sft.py"},
+        aspects=list(dict.fromkeys(SUITE_ASPECTS)),  # the photo shapes the suite's samples are cropped to
     )
     return Bundle(config=bcfg, lm=lm, tokenizer=tok, vq=vq, grid_embed=ge, path=None)
 
