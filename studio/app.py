@@ -53,14 +53,10 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             tab.panel.wire(tab.state, rater_box, [review.counts], rng, api_prefix)
         # the page as built lists the bundles there were at start: each page load lists them anew, so a
         # bundle trained and registered since (or copied into <data>/bundles/) is there after a reload
-        demo.load(lambda: gr.update(choices=model_choices(ctx)), None, edit.side.model, api_name="model_choices")
+        demo.load(lambda: gr.update(choices=ctx.registry.dropdown_choices()), None, edit.side.model,
+                  api_name="model_choices")
     ctx.temp.track(demo)
     return demo
-
-
-def model_choices(ctx: StudioContext) -> list[tuple[str, str]]:
-    """The model picker's choices, (label, registry key), as the registry finds them now."""
-    return [(c.label, c.key) for c in ctx.registry.choices()]
 
 
 def served_folders(ctx: StudioContext) -> list[Path]:

@@ -332,7 +332,7 @@ def ab_win_rates(ctx: Any) -> str:
 def build_finetune_tab(ctx: Any, model_picker: gr.Dropdown | None = None) -> None:
     """Called by ``studio.app`` inside its ``gr.Tabs()``. ``model_picker``: the Edit tab's model dropdown,
     which "Use the new model" switches to the new bundle (None: a tab built on its own)."""
-    choices = [(c.label, c.key) for c in ctx.registry.choices()]
+    choices = ctx.registry.dropdown_choices()
     with gr.Tab("Fine-tune", id="finetune") as tab:
         data_md = gr.Markdown(counts_markdown(ctx.store.counts()), elem_id="ft-counts")
         job_id = gr.State(None)
@@ -379,7 +379,7 @@ def build_finetune_tab(ctx: Any, model_picker: gr.Dropdown | None = None) -> Non
             # what changed since the page was built: ratings, bundles trained since, a job started
             # from another page or before a reload
             jid = current_job(ctx, jid)
-            new = [(c.label, c.key) for c in ctx.registry.choices()]
+            new = ctx.registry.dropdown_choices()
             keys = {k for _, k in new}
             pick = lambda v: v if v in keys else None  # noqa: E731
             md, plot, tail, timer_ = on_tick(jid)
@@ -395,10 +395,11 @@ def build_finetune_tab(ctx: Any, model_picker: gr.Dropdown | None = None) -> Non
             except ValueError as err:
                 gr.Warning(str(err))
                 return (gr.update(),) * len(register_outputs)
-            new = [(c.label, c.key) for c in ctx.registry.choices()]
+            new = ctx.registry.dropdown_choices()
             parent = manager(ctx).get(jid).bundle
-            parent_key = next((k for _, k in new if k == f"path:{Path(parent).resolve()}"), None)
-            old_side = gr.Dropdown(choices=new, value=parent_key) if parent_key else gr.Dropdown(choices=new)
+            parent_key = f"path:{Path(parent).resolve()}"
+            old_side = (gr.Dropdown(choices=new, value=parent_key) if any(k == parent_key for _, k in new)
+                        else gr.Dropdown(choices=new))
             out = [gr.Dropdown(choices=new), old_side, gr.Dropdown(choices=new, value=key)]
             if model_picker is not None:
                 msg += (" It is now the Edit tab's model on this page (Edit tab ▸ Model; other pages pick it there), "

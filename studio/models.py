@@ -58,6 +58,10 @@ class ModelRegistry:
         # folders in bundles_dir left out of the last choices(), with why (shown under the picker)
         self.skipped: list[tuple[Path, str]] = []
 
+    def dropdown_choices(self) -> list[tuple[str, str]]:
+        """``choices`` as a model picker lists them: (label, key)."""
+        return [(c.label, c.key) for c in self.choices()]
+
     def choices(self) -> list[ModelChoice]:
         out: list[ModelChoice] = []
         for key, b in self._preloaded.items():

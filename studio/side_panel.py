@@ -75,7 +75,7 @@ class SidePanel:
         with gr.Accordion("Model", open=False, elem_id="model"):
             with gr.Row(equal_height=True):
                 self.model = gr.Dropdown(
-                    choices=self._model_choices(), value=ctx.default_model, label="Bundle",
+                    choices=self.ctx.registry.dropdown_choices(), value=ctx.default_model, label="Bundle",
                     elem_id="model-picker", allow_custom_value=False, scale=5,
                 )
                 self.rescan_btn = gr.Button("↻", scale=0, min_width=44, elem_id="rescan", size="sm")
@@ -97,9 +97,6 @@ class SidePanel:
     def sampling_inputs(self) -> list:
         return [self.n, self.think, self.temperature, self.top_k, self.top_p, self.seed, self.randomize]
 
-    def _model_choices(self) -> list[tuple[str, str]]:
-        return [(c.label, c.key) for c in self.ctx.registry.choices()]
-
     def wire_model_picker(self) -> None:
         """Picking a bundle shows it and loads its sampling settings; a folder path adds one; ↻ rescans."""
         ctx, registry = self.ctx, self.ctx.registry
@@ -119,13 +116,13 @@ class SidePanel:
             except ValueError as e:
                 gr.Warning(str(e))
                 return gr.skip(), f"⚠️ {e}"
-            return gr.update(choices=self._model_choices(), value=key), registry.describe(bundle)
+            return gr.update(choices=registry.dropdown_choices(), value=key), registry.describe(bundle)
 
         self.load_btn.click(use_path, self.path_box, [self.model, self.model_info], api_visibility="private")
 
         def rescan(current: str | None) -> tuple:
             """Pick up bundles added to <data>/bundles/ since start (e.g. by a fine-tuning job)."""
-            return (gr.update(choices=self._model_choices(), value=current),
+            return (gr.update(choices=registry.dropdown_choices(), value=current),
                     model_markdown(ctx, current) + registry.skipped_message())
 
         self.rescan_btn.click(rescan, self.model, [self.model, self.model_info], api_name="rescan_models")
