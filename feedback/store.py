@@ -55,6 +55,11 @@ THUMB_VALUES = ("up", "down")
 AB_TEST_SQL = "COALESCE(json_extract({}.settings, '$.ab_test'), 0) != 0"
 
 
+def standing_key(rater: str, kind: str, candidate_ids: Iterable[int]) -> tuple[str, str, tuple[int, ...]]:
+    """Which rating a newer one replaces: the same rater, kind and set of candidates (shown order aside)."""
+    return rater, kind, tuple(sorted(candidate_ids))
+
+
 class StoreError(RuntimeError):
     """The data folder or database cannot be used (newer schema, bad arguments, …)."""
 
@@ -736,7 +741,7 @@ class Store:
             rows = self._con.execute(q, list(edit_uids)).fetchall()
         keys: dict[str, set[tuple]] = {}
         for uid, _, rater, kind, ids in rows:
-            keys.setdefault(uid, set()).add((rater, kind, tuple(sorted(json.loads(ids)))))
+            keys.setdefault(uid, set()).add(standing_key(rater, kind, json.loads(ids)))
         return {uid: len(k) for uid, k in keys.items()}
 
     def ab_test_ids(self, candidate_ids: Iterable[int]) -> set[int]:
@@ -879,7 +884,7 @@ class Store:
         who changes their mind counts once, with the newest value (older rows stay, as history)."""
         latest: dict[tuple[str, str, tuple[int, ...]], Rating] = {}
         for r in self.ratings(kind, candidate_id):
-            latest[(r.rater, r.kind, tuple(sorted(r.candidate_ids)))] = r
+            latest[standing_key(r.rater, r.kind, r.candidate_ids)] = r
         return sorted(latest.values(), key=lambda r: r.id)
 
     def thumbs(self) -> list[Thumb]:

@@ -15,7 +15,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from feedback.store import Rating, Store
+from feedback.store import Rating, Store, standing_key
 
 READY = {
     "dpo_pairs": 100,  # preference pairs (A/B, best-of-N, and those stars and thumbs imply) for a first DPO run
@@ -183,9 +183,9 @@ def answer_words(kind: str, value: str, candidate_ids: Sequence[int], shown: Seq
 def earlier_rating(store: Store, rater: str, kind: str, candidate_ids: Sequence[int]) -> Rating | None:
     """The standing rating of ``rater`` that a new ``kind`` rating of these candidates replaces: the store
     keeps the newest per rater, kind and set of candidates (``Store.standing_ratings``); None if none."""
-    same = sorted(candidate_ids)
-    mine = [r for r in store.standing_ratings(kind, candidate_id=same[0])
-            if r.rater == rater and sorted(r.candidate_ids) == same]
+    key = standing_key(rater, kind, candidate_ids)
+    mine = [r for r in store.standing_ratings(kind, candidate_id=key[2][0])
+            if standing_key(r.rater, r.kind, r.candidate_ids) == key]
     return mine[-1] if mine else None
 
 
